@@ -1,0 +1,6 @@
+export * from './errors.js'
+export * from './units.js'
+export * from './run.js'
+export * from './fs.js'
+export * from './lock.js'
+export * from './log.js'

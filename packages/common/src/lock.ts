@@ -1,0 +1,73 @@
+/**
+ * A lock that holds across processes (a lock file created with O_EXCL holding the owner's pid)
+ * and within one (a promise queue per path). A lock file whose owner process is gone is stale
+ * and is taken over, so a crash never wedges the data dir.
+ */
+import { readFileSync } from 'node:fs'
+import { open, readFile, rm } from 'node:fs/promises'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { TimeoutError } from './errors.js'
+
+const inProcess = new Map<string, Promise<unknown>>()
+
+export interface LockOptions {
+  /** Give up after this long (default 60 s). */
+  timeoutMs?: number
+}
+
+/** True when the process exists and is not a zombie (a zombie holds its pid but runs nothing). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    // The state letter follows the parenthesised command name, which may itself contain spaces.
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z'
+  } catch {
+    return true
+  }
+}
+
+async function acquire(lockPath: string, deadline: number): Promise<void> {
+  for (let delay = 5; ; delay = Math.min(delay * 2, 200)) {
+    try {
+      const fh = await open(lockPath, 'wx', 0o644)
+      await fh.writeFile(String(process.pid))
+      await fh.close()
+      return
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+    }
+    const owner = Number.parseInt(await readFile(lockPath, 'utf8').catch(() => ''), 10)
+    // An empty file is an owner between open and write; give it time before calling it stale.
+    if (Number.isInteger(owner) && owner !== process.pid && !processAlive(owner)) {
+      await rm(lockPath, { force: true })
+      continue
+    }
+    if (Date.now() > deadline) throw new TimeoutError(`timed out waiting for lock ${lockPath} (held by pid ${owner || '?'})`)
+    await sleep(delay)
+  }
+}
+
+export async function withFileLock<T>(lockPath: string, fn: () => Promise<T>, opts: LockOptions = {}): Promise<T> {
+  const previous = inProcess.get(lockPath) ?? Promise.resolve()
+  let release!: () => void
+  const mine = new Promise<void>((r) => (release = r))
+  const chained = previous.then(() => mine)
+  inProcess.set(lockPath, chained)
+  await previous.catch(() => {})
+  try {
+    await acquire(lockPath, Date.now() + (opts.timeoutMs ?? 60_000))
+    try {
+      return await fn()
+    } finally {
+      await rm(lockPath, { force: true })
+    }
+  } finally {
+    release()
+    if (inProcess.get(lockPath) === chained) inProcess.delete(lockPath)
+  }
+}

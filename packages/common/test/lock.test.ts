@@ -1,0 +1,50 @@
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { readJsonIfExists, withFileLock, writeJsonAtomic } from '../src/index.js'
+import { run } from '../src/run.js'
+
+describe('withFileLock', () => {
+  it('serialises critical sections in one process', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'lock-'))
+    const lock = join(dir, 'l.lock')
+    const events: string[] = []
+    await Promise.all(
+      [1, 2, 3].map((i) =>
+        withFileLock(lock, async () => {
+          events.push(`in${i}`)
+          await new Promise((r) => setTimeout(r, 20))
+          events.push(`out${i}`)
+        }),
+      ),
+    )
+    for (let i = 0; i < events.length; i += 2) expect(events[i + 1]).toBe(events[i]!.replace('in', 'out'))
+  })
+
+  it('takes over a lock whose owner process died', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'lock-'))
+    const lock = join(dir, 'l.lock')
+    const { stdout } = await run('sh', ['-c', 'sh -c "exit 0" & echo $!'])
+    await writeFile(lock, stdout.trim())
+    await new Promise((r) => setTimeout(r, 50))
+    expect(await withFileLock(lock, async () => 'got it', { timeoutMs: 2000 })).toBe('got it')
+  })
+
+  it('waits for a live owner and times out', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'lock-'))
+    const lock = join(dir, 'l.lock')
+    await writeFile(lock, '1') // pid 1 is alive
+    await expect(withFileLock(lock, async () => 'x', { timeoutMs: 100 })).rejects.toMatchObject({ code: 'timeout' })
+    expect(await readFile(lock, 'utf8')).toBe('1')
+  })
+})
+
+describe('atomic JSON', () => {
+  it('round-trips and reports missing files as undefined', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'json-'))
+    await writeJsonAtomic(join(dir, 'a.json'), { a: 1 })
+    expect(await readJsonIfExists(join(dir, 'a.json'))).toEqual({ a: 1 })
+    expect(await readJsonIfExists(join(dir, 'missing.json'))).toBeUndefined()
+  })
+})
