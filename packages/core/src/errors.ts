@@ -1,0 +1,24 @@
+/**
+ * Error codes of @hypeman-ts/core, on the shared classes of @hypeman-ts/common.
+ * Callers match on `code`; the message is for humans.
+ */
+import { HypemanError, type HypemanErrorOptions } from '@hypeman-ts/common'
+
+export type ImageErrorCode =
+  | 'image_not_found' // the registry or layout has no such repository, tag, digest or platform
+  | 'invalid_platform'
+  | 'registry_unauthorized' // credentials missing or refused
+  | 'registry_rate_limited'
+  | 'registry_error' // the registry answered something we cannot use (5xx, bad JSON, ...)
+  | 'digest_mismatch' // content did not hash to the digest that named it
+  | 'unsupported_media_type'
+  | 'unsafe_layer' // a layer tried to write outside its root, or is malformed
+  | 'image_build_failed'
+  | 'image_in_use'
+
+export class ImageError extends HypemanError {
+  declare readonly code: ImageErrorCode
+  constructor(code: ImageErrorCode, message: string, opts: HypemanErrorOptions = {}) {
+    super(code, message, opts)
+  }
+}

@@ -1,0 +1,7 @@
+export { ImageManager, imageToWire, type Image, type ImageStatus, type CreateImageParams, type ImageManagerOptions, type PullOptions } from './manager.js'
+export type { PullProgress, PullPhase } from './pull.js'
+export { parseReference, formatReference, type ImageReference, type RegistryReference, type LayoutReference } from './reference.js'
+export { parsePlatform, formatPlatform, type Platform, type ImageConfig } from './manifest.js'
+export type { RegistryCredentials } from './auth.js'
+export type { DiskFormat } from './disk.js'
+export type { ImageRecord } from './store.js'

@@ -1,0 +1,42 @@
+/**
+ * The error codes of the VMM drivers. Callers branch on `code`; `step` names the part of a
+ * lifecycle operation that failed (e.g. `qemu.spawn`, `qmp.connect`, `restore.incoming`).
+ * Bad input is a plain ValidationError naming the field (e.g. `disks[1].serial`), a feature a
+ * driver lacks is a NotSupportedError, a deadline is a TimeoutError: all from common.
+ */
+import { HypemanError, type HypemanErrorOptions } from '@hypeman-ts/common'
+
+export type VmmErrorCode =
+  /** The VMM process could not be started or died before it was ready; `details.vmmLog` has its last output. */
+  | 'vmm_start_failed'
+  /** The operation needs a live VMM and the process is gone (or the pid now belongs to someone else). */
+  | 'vmm_not_running'
+  /** The VM is in a state where the operation makes no sense (e.g. resume of a running VM). */
+  | 'invalid_state'
+  /** The requested accelerator cannot be used on this host. */
+  | 'accel_unavailable'
+  /** A snapshot could not be written, or a snapshot directory is not usable for a restore. */
+  | 'snapshot_failed'
+  | 'restore_failed'
+  /** The VMM's control connection broke or spoke something that is not its protocol. */
+  | 'control_closed'
+  | 'control_protocol'
+
+export class VmmError extends HypemanError {
+  declare readonly code: VmmErrorCode
+  constructor(code: VmmErrorCode, message: string, opts: HypemanErrorOptions = {}) {
+    super(code, message, opts)
+  }
+}
+
+/** QEMU answered a QMP command with an error; `qmpClass` is QEMU's class (e.g. `GenericError`, `DeviceNotFound`). */
+export class QmpCommandError extends HypemanError {
+  declare readonly code: 'qmp_error'
+  readonly command: string
+  readonly qmpClass: string
+  constructor(command: string, qmpClass: string, desc: string, opts: HypemanErrorOptions = {}) {
+    super('qmp_error', `QMP ${command} failed: ${qmpClass}: ${desc}`, opts)
+    this.command = command
+    this.qmpClass = qmpClass
+  }
+}

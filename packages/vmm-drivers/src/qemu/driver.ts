@@ -1,0 +1,278 @@
+/**
+ * The QEMU driver. A start is a list of steps, and whoever started the process cleans up when a
+ * later step fails: validate → check files → (snapshot check) → accel → spawn → onSpawn →
+ * QMP ready → (load snapshot, cont) → running. On failure the process is killed and its runtime
+ * files removed before the error (with QEMU's own last words) is thrown.
+ */
+import { appendFile, mkdir, open, stat } from 'node:fs/promises'
+import { join } from 'node:path'
+import {
+  AbortedError,
+  ConflictError,
+  HypemanError,
+  stderrLogger,
+  throwIfAborted,
+  TimeoutError,
+  ValidationError,
+  errorMessage,
+  type Logger,
+} from '@hypeman-ts/common'
+import { VmmError } from '../errors.js'
+import { findProcessesByArg, isSameProcessAlive, killAndWait, ProcessWatch, readStartTime, spawnDetached } from '../process.js'
+import { pollUntil, withDeadline } from '../readiness.js'
+import { checkSpecFiles, validateVmSpec } from '../spec.js'
+import type {
+  Accel,
+  AttachOptions,
+  DestroyTarget,
+  DriverCapabilities,
+  PersistedVm,
+  ResolvedAccel,
+  StartOptions,
+  VmmDriver,
+  VmSpec,
+} from '../types.js'
+import { AccelResolver } from './accel.js'
+import { buildQemuArgv, DEFAULT_QBOOT, QEMU_MACHINE_CMDLINE, RUNTIME_FILES } from './argv.js'
+import { QmpClient } from './qmp-client.js'
+import { pidFilePath, processMark, qmpSocketPath, removeRuntimeFiles } from './runtime.js'
+import { loadSnapshotForRestore, migrateFromFileUri } from './snapshot.js'
+import { mapQemuStatus, QemuMachine, QemuPausedVm, QemuRunningVm } from './vm.js'
+
+export interface QemuDriverOptions {
+  /** Default `qemu-system-x86_64` (from PATH). */
+  qemuBinary?: string
+  /** Firmware; default qboot (`/usr/share/qemu/qboot.rom`). */
+  bios?: string
+  /** Default: warnings to stderr. */
+  logger?: Logger
+  /** Default deadline for a VMM to answer on QMP (and to load a snapshot). Default 15 s. */
+  readyTimeoutMs?: number
+  accelProbe?: {
+    /** How long a trivial guest gets to prove KVM works. Default 5 s. */
+    deadlineMs?: number
+    /** Remember the KVM verdict across processes (keyed by host boot id). */
+    cacheFile?: string
+  }
+}
+
+export const QEMU_CAPABILITIES: DriverCapabilities = Object.freeze({
+  pause: true,
+  snapshot: true,
+  hotplugMemory: true,
+  diskThrottle: true,
+  diskSerial: true,
+  namedChannels: true,
+  channelBackends: Object.freeze(['socket', 'file'] as const),
+  agentTransport: 'virtio-serial',
+  accels: Object.freeze(['kvm', 'tcg'] as const),
+  gracefulShutdown: 'acpi-power-button',
+})
+
+const VMM_LOG_TAIL = 4000
+
+async function fileSize(path: string): Promise<number> {
+  return stat(path).then(
+    (s) => s.size,
+    () => 0,
+  )
+}
+
+/** What the VMM wrote since `offset` (its complaint when it fails to start). */
+async function readTail(path: string, offset: number): Promise<string> {
+  try {
+    const fh = await open(path, 'r')
+    try {
+      const size = (await fh.stat()).size
+      const from = Math.max(offset, size - VMM_LOG_TAIL)
+      const buf = Buffer.alloc(Math.max(0, size - from))
+      await fh.read(buf, 0, buf.length, from)
+      return buf.toString('utf8').trim()
+    } finally {
+      await fh.close()
+    }
+  } catch {
+    return ''
+  }
+}
+
+export class QemuDriver implements VmmDriver {
+  readonly name = 'qemu' as const
+  readonly capabilities = QEMU_CAPABILITIES
+  readonly machineCmdline = QEMU_MACHINE_CMDLINE
+  readonly qemuBinary: string
+  readonly #logger: Logger
+  readonly #accel: AccelResolver
+  readonly #opts: QemuDriverOptions
+
+  constructor(opts: QemuDriverOptions = {}) {
+    this.#opts = opts
+    this.qemuBinary = opts.qemuBinary ?? 'qemu-system-x86_64'
+    this.#logger = opts.logger ?? stderrLogger
+    this.#accel = new AccelResolver({
+      qemuBinary: this.qemuBinary,
+      logger: this.#logger,
+      ...(opts.accelProbe?.deadlineMs !== undefined ? { deadlineMs: opts.accelProbe.deadlineMs } : {}),
+      ...(opts.accelProbe?.cacheFile !== undefined ? { cacheFile: opts.accelProbe.cacheFile } : {}),
+    })
+  }
+
+  async resolveAccel(accel: Accel): Promise<ResolvedAccel> {
+    const r = await this.#accel.resolve(accel)
+    if (r.accel === undefined) {
+      throw new VmmError('accel_unavailable', `accel "${accel}" is not usable on this host: ${r.reason}`, { field: 'accel' })
+    }
+    return r.accel
+  }
+
+  isAlive(persisted: PersistedVm): boolean {
+    return isSameProcessAlive(persisted.pid, persisted.pidStartTime)
+  }
+
+  async start(spec: VmSpec, opts: StartOptions = {}): Promise<QemuRunningVm> {
+    throwIfAborted(opts.signal, 'start')
+    validateVmSpec(spec, [RUNTIME_FILES.qmp])
+    await checkSpecFiles(spec)
+    const restore = spec.restoreFrom ? await loadSnapshotForRestore(spec) : undefined
+    const accel = await this.resolveAccel(spec.accel ?? 'auto')
+    if (restore && restore.meta.accel !== accel) {
+      throw new ValidationError('restoreFrom', `snapshot was taken under ${restore.meta.accel}, this start resolved to ${accel}`)
+    }
+
+    await mkdir(spec.runtimeDir, { recursive: true })
+    const qmpSocket = qmpSocketPath(spec.runtimeDir)
+    const pidFile = pidFilePath(spec.runtimeDir)
+    if ((await findProcessesByArg(processMark(spec.runtimeDir))).length > 0) {
+      throw new ConflictError(`a VMM is already running with runtime dir ${spec.runtimeDir}`, { field: 'runtimeDir' })
+    }
+    // Leftovers of a VMM that was killed: QEMU would refuse or confuse them.
+    await removeRuntimeFiles(spec)
+
+    const argv = buildQemuArgv(spec, { accel, qmpSocket, pidFile, bios: this.#opts.bios ?? DEFAULT_QBOOT, incoming: !!restore })
+    const vmmLog = spec.vmmLog ?? join(spec.runtimeDir, RUNTIME_FILES.vmmLog)
+    await appendFile(vmmLog, `--- hypeman-ts ${new Date().toISOString()} ${restore ? 'restore' : 'start'}: ${this.qemuBinary} ${argv.join(' ')}\n`)
+    const logOffset = await fileSize(vmmLog)
+
+    const t0 = Date.now()
+    const readyTimeoutMs = opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000
+    const spawned = await spawnDetached(this.qemuBinary, argv, vmmLog, 'qemu.spawn')
+    const persisted: PersistedVm = {
+      driver: 'qemu',
+      version: 1,
+      pid: spawned.pid,
+      pidStartTime: spawned.startTime,
+      controlSocket: qmpSocket,
+      accel,
+      spec,
+    }
+    const watch = new ProcessWatch(spawned.pid, spawned.startTime, spawned.child)
+    const exitedAc = new AbortController()
+    void watch.exited.then(() => exitedAc.abort(new Error('QEMU exited')))
+    const signal = opts.signal ? AbortSignal.any([exitedAc.signal, opts.signal]) : exitedAc.signal
+    let qmp: QmpClient | undefined
+    let step = 'onSpawn'
+    try {
+      await opts.onSpawn?.(persisted)
+      step = 'qmp.connect'
+      qmp = await QmpClient.connect(qmpSocket, { deadline: t0 + readyTimeoutMs, signal })
+      const readyMs = Date.now() - t0
+      let restoreMs: number | undefined
+      if (restore) {
+        step = 'restore.incoming'
+        await qmp.execute('migrate-incoming', { uri: migrateFromFileUri(restore.statePath) })
+        const final = await pollUntil(
+          async () => {
+            const info = await (qmp as QmpClient).execute<{ status?: string; 'error-desc'?: string }>('query-migrate')
+            return info.status === 'completed' || info.status === 'failed' || info.status === 'cancelled' ? info : undefined
+          },
+          { deadline: t0 + readyTimeoutMs, signal, intervalMs: 5, maxIntervalMs: 50, what: 'the snapshot to load', step },
+        )
+        if (final.status !== 'completed') {
+          throw new VmmError('restore_failed', `loading the snapshot ${final.status}: ${final['error-desc'] ?? 'no reason given'}`, { step })
+        }
+        step = 'restore.cont'
+        const status = await qmp.execute<{ status: string }>('query-status')
+        if (status.status !== 'running') await qmp.execute('cont')
+        restoreMs = Date.now() - t0
+      }
+      step = 'query-status'
+      const status = await qmp.execute<{ status: string }>('query-status')
+      if (mapQemuStatus(status.status) !== 'running') {
+        throw new VmmError('vmm_start_failed', `QEMU is ${status.status} right after start`, { step })
+      }
+      const machine = new QemuMachine(persisted, qmp, watch, { readyMs, ...(restoreMs !== undefined ? { restoreMs } : {}) }, this.#logger)
+      return new QemuRunningVm(machine)
+    } catch (err) {
+      qmp?.destroy()
+      // A closed QMP socket usually means QEMU is ending right now: let it say so before we decide.
+      let exit = exitedAc.signal.aborted || (err instanceof VmmError && err.code === 'control_closed')
+        ? await withDeadline(watch.exited, 1000, 'QEMU to exit', step).catch(() => undefined)
+        : undefined
+      const diedByItself = exit !== undefined
+      if (!diedByItself) {
+        await killAndWait(spawned.pid, spawned.startTime).catch((e) =>
+          this.#logger.error(`could not kill QEMU ${spawned.pid} after a failed start: ${errorMessage(e)}`),
+        )
+        exit = await withDeadline(watch.exited, 10_000, 'QEMU to be reaped', 'start.cleanup').catch(() => undefined)
+      }
+      watch.stop()
+      await removeRuntimeFiles(spec).catch(() => {})
+      const tail = await readTail(vmmLog, logOffset)
+      const details = { vmmLog, output: tail }
+      if (opts.signal?.aborted) throw new AbortedError('start aborted', { step, cause: opts.signal.reason })
+      if (diedByItself) {
+        const how = exit?.signal ? `was killed by ${exit.signal}` : exit?.code != null ? `exited with code ${exit.code}` : 'exited'
+        throw new VmmError('vmm_start_failed', `QEMU ${how} during start${tail ? `: ${tail}` : ''}`, { step, details, cause: err })
+      }
+      if (err instanceof TimeoutError) {
+        throw new VmmError('vmm_start_failed', `QEMU was not ready within ${readyTimeoutMs} ms (${err.message})${tail ? `: ${tail}` : ''}`, {
+          step,
+          details,
+          cause: err,
+        })
+      }
+      if (err instanceof HypemanError) throw err
+      throw new VmmError('vmm_start_failed', `start failed at ${step}: ${errorMessage(err)}`, { step, details, cause: err })
+    }
+  }
+
+  async attach(persisted: PersistedVm, opts: AttachOptions = {}): Promise<QemuRunningVm | QemuPausedVm> {
+    if (persisted?.driver !== 'qemu') throw new ValidationError('driver', `expected a qemu VM, got ${String(persisted?.driver)}`)
+    if (!this.isAlive(persisted)) {
+      throw new VmmError('vmm_not_running', `QEMU process ${persisted.pid} is gone`, { step: 'attach' })
+    }
+    const watch = new ProcessWatch(persisted.pid, persisted.pidStartTime)
+    const exitedAc = new AbortController()
+    void watch.exited.then(() => exitedAc.abort(new Error('QEMU exited')))
+    const signal = opts.signal ? AbortSignal.any([exitedAc.signal, opts.signal]) : exitedAc.signal
+    const t0 = Date.now()
+    let qmp: QmpClient | undefined
+    try {
+      qmp = await QmpClient.connect(persisted.controlSocket, {
+        deadline: t0 + (opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000),
+        signal,
+      })
+      const status = await qmp.execute<{ status: string }>('query-status')
+      const machine = new QemuMachine(persisted, qmp, watch, { readyMs: Date.now() - t0 }, this.#logger)
+      return mapQemuStatus(status.status) === 'running' ? new QemuRunningVm(machine) : new QemuPausedVm(machine)
+    } catch (err) {
+      qmp?.destroy()
+      watch.stop()
+      if (exitedAc.signal.aborted) {
+        throw new VmmError('vmm_not_running', `QEMU process ${persisted.pid} exited while attaching`, { step: 'attach', cause: err })
+      }
+      throw err
+    }
+  }
+
+  async destroy(target: DestroyTarget): Promise<void> {
+    const persisted = 'driver' in target ? target : undefined
+    const runtimeDir = 'driver' in target ? target.spec.runtimeDir : target.runtimeDir
+    if (persisted) await killAndWait(persisted.pid, persisted.pidStartTime)
+    // A process spawned but never recorded (crash between spawn and persist) still carries our mark.
+    for (const pid of await findProcessesByArg(processMark(runtimeDir))) {
+      await killAndWait(pid, readStartTime(pid))
+    }
+    await removeRuntimeFiles(persisted ? persisted.spec : { runtimeDir })
+  }
+}

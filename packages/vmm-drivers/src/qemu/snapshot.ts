@@ -1,0 +1,90 @@
+/**
+ * The snapshot directory of a QEMU standby: the migration stream (`vmstate`) plus a small
+ * `snapshot.json`. A migration stream only loads into a QEMU with the same device model, so the
+ * metadata records a fingerprint of the parts of the spec that shape it, and a restore with a
+ * different one is refused up front instead of failing inside QEMU.
+ *
+ * QEMU 7.2 has no `file:` migration URI, so the stream goes through `exec:cat` (run by /bin/sh:
+ * paths are single-quoted).
+ */
+import { createHash } from 'node:crypto'
+import { stat } from 'node:fs/promises'
+import { join } from 'node:path'
+import { readJsonIfExists, ValidationError } from '@hypeman-ts/common'
+import { VmmError } from '../errors.js'
+import type { ResolvedAccel, VmSpec } from '../types.js'
+
+export const SNAPSHOT_META_FILE = 'snapshot.json'
+export const SNAPSHOT_STATE_FILE = 'vmstate'
+export const SNAPSHOT_FORMAT = 'hypeman-ts/qemu-migration/1'
+
+export interface QemuSnapshotMeta {
+  format: typeof SNAPSHOT_FORMAT
+  driver: 'qemu'
+  qemuVersion: string
+  accel: ResolvedAccel
+  /** machineFingerprint() of the spec the snapshot was taken from. */
+  fingerprint: string
+  stateFile: string
+  bytes: number
+  createdAt: string
+}
+
+/** The parts of a spec that the migration stream depends on (not paths: those may move). */
+export function machineFingerprint(spec: VmSpec): string {
+  const shape = {
+    vcpus: spec.vcpus,
+    memoryBytes: spec.memoryBytes,
+    hotplugMemory: spec.hotplugMemory ? { maxBytes: spec.hotplugMemory.maxBytes, slots: spec.hotplugMemory.slots ?? null } : null,
+    disks: (spec.disks ?? []).map((d) => ({ serial: d.serial, readonly: d.readonly === true, format: d.format ?? 'raw', throttled: !!d.throttle })),
+    nics: (spec.nics ?? []).map((n) => n.mac.toLowerCase()),
+    channels: (spec.channels ?? []).map((c) => [c.name, c.backend.kind]),
+  }
+  return createHash('sha256').update(JSON.stringify(shape)).digest('hex').slice(0, 32)
+}
+
+/** Single-quotes a path for /bin/sh. */
+export function shellQuote(value: string): string {
+  return `'${value.replaceAll("'", `'\\''`)}'`
+}
+
+export function migrateToFileUri(path: string): string {
+  return `exec:cat > ${shellQuote(path)}`
+}
+
+export function migrateFromFileUri(path: string): string {
+  return `exec:cat ${shellQuote(path)}`
+}
+
+/** Reads and checks a snapshot directory for restoring `spec`; returns the path of the stream. */
+export async function loadSnapshotForRestore(spec: VmSpec): Promise<{ meta: QemuSnapshotMeta; statePath: string }> {
+  const dir = spec.restoreFrom as string
+  let meta: QemuSnapshotMeta | undefined
+  try {
+    meta = await readJsonIfExists<QemuSnapshotMeta>(join(dir, SNAPSHOT_META_FILE))
+  } catch (err) {
+    throw new VmmError('restore_failed', `snapshot ${dir} has an unreadable ${SNAPSHOT_META_FILE}`, { field: 'restoreFrom', cause: err })
+  }
+  if (!meta) throw new ValidationError('restoreFrom', `${dir} is not a snapshot directory (no ${SNAPSHOT_META_FILE})`)
+  if (meta.format !== SNAPSHOT_FORMAT || meta.driver !== 'qemu') {
+    throw new ValidationError('restoreFrom', `${dir} holds a ${meta.format ?? 'unknown'} snapshot, not one this QEMU driver wrote`)
+  }
+  const expected = machineFingerprint(spec)
+  if (meta.fingerprint !== expected) {
+    throw new ValidationError(
+      'restoreFrom',
+      `snapshot ${dir} was taken from a VM with different vCPUs, memory, disks, NICs or channels than this spec`,
+    )
+  }
+  const statePath = join(dir, meta.stateFile)
+  const size = await stat(statePath).then(
+    (s) => s.size,
+    () => -1,
+  )
+  if (size !== meta.bytes) {
+    throw new VmmError('restore_failed', `snapshot state ${statePath} is missing or truncated (${size} of ${meta.bytes} bytes)`, {
+      field: 'restoreFrom',
+    })
+  }
+  return { meta, statePath }
+}

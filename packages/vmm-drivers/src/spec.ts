@@ -1,0 +1,163 @@
+/**
+ * Checks a VmSpec before anything is created, naming the offending field. Limits here are the
+ * hypervisors' own (virtio-blk serials are 20 bytes, interface names 15, unix socket paths 107,
+ * the x86 kernel command line 2048), so a bad spec fails here and not halfway through a start.
+ */
+import { access, constants } from 'node:fs/promises'
+import { isAbsolute } from 'node:path'
+import { ValidationError } from '@hypeman-ts/common'
+import type { VmSpec } from './types.js'
+
+const MiB = 1024 * 1024
+export const SOCKET_PATH_MAX = 107
+export const CMDLINE_MAX = 2048
+const SERIAL_RE = /^[A-Za-z0-9._-]{1,20}$/
+const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/
+const CHANNEL_RE = /^[A-Za-z0-9._-]{1,64}$/
+const TAP_RE = /^[A-Za-z0-9_.-]{1,15}$/
+const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i
+
+function path(field: string, value: unknown): string {
+  if (typeof value !== 'string' || value === '') throw new ValidationError(field, 'expected a path')
+  if (!isAbsolute(value)) throw new ValidationError(field, `"${value}" is not an absolute path`)
+  if (/[\0\n\r]/.test(value)) throw new ValidationError(field, 'contains a NUL or newline')
+  return value
+}
+
+function socketPath(field: string, value: unknown): string {
+  const p = path(field, value)
+  if (Buffer.byteLength(p) > SOCKET_PATH_MAX) {
+    throw new ValidationError(field, `unix socket path is ${Buffer.byteLength(p)} bytes, the limit is ${SOCKET_PATH_MAX}`)
+  }
+  return p
+}
+
+function positiveInt(field: string, value: unknown, max: number): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1 || value > max) {
+    throw new ValidationError(field, `expected a whole number from 1 to ${max}, got ${String(value)}`)
+  }
+  return value
+}
+
+function wholeMiB(field: string, value: unknown, min: number): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
+    throw new ValidationError(field, `expected at least ${min / MiB} MiB in bytes, got ${String(value)}`)
+  }
+  if (value % MiB !== 0) throw new ValidationError(field, `${value} bytes is not a whole number of MiB`)
+  return value
+}
+
+/**
+ * Validates the shape of a spec. `controlFiles` are the file names the driver will put in
+ * `runtimeDir`, so their socket paths are checked for length too.
+ */
+export function validateVmSpec(spec: VmSpec, controlFiles: readonly string[] = []): void {
+  if (spec === null || typeof spec !== 'object') throw new ValidationError('spec', 'expected an object')
+  if (spec.name !== undefined && (typeof spec.name !== 'string' || !NAME_RE.test(spec.name))) {
+    throw new ValidationError('name', 'expected 1-64 characters of letters, digits, ".", "_" or "-"')
+  }
+  path('kernel', spec.kernel)
+  if (spec.initrd !== undefined) path('initrd', spec.initrd)
+  if (spec.cmdline !== undefined) {
+    if (typeof spec.cmdline !== 'string' || /[\0\n\r]/.test(spec.cmdline)) {
+      throw new ValidationError('cmdline', 'expected a single line of text')
+    }
+  }
+  positiveInt('vcpus', spec.vcpus, 255)
+  wholeMiB('memoryBytes', spec.memoryBytes, 16 * MiB)
+  if (spec.hotplugMemory !== undefined) {
+    const max = wholeMiB('hotplugMemory.maxBytes', spec.hotplugMemory.maxBytes, 16 * MiB)
+    if (max <= spec.memoryBytes) {
+      throw new ValidationError('hotplugMemory.maxBytes', 'must be larger than memoryBytes')
+    }
+    if (spec.hotplugMemory.slots !== undefined) positiveInt('hotplugMemory.slots', spec.hotplugMemory.slots, 256)
+  }
+
+  const serials = new Set<string>()
+  for (const [i, disk] of (spec.disks ?? []).entries()) {
+    path(`disks[${i}].path`, disk.path)
+    if (typeof disk.serial !== 'string' || !SERIAL_RE.test(disk.serial)) {
+      throw new ValidationError(`disks[${i}].serial`, 'expected 1-20 characters of letters, digits, ".", "_" or "-"')
+    }
+    if (serials.has(disk.serial)) throw new ValidationError(`disks[${i}].serial`, `"${disk.serial}" is used twice`)
+    serials.add(disk.serial)
+    if (disk.format !== undefined && disk.format !== 'raw' && disk.format !== 'qcow2') {
+      throw new ValidationError(`disks[${i}].format`, 'expected "raw" or "qcow2"')
+    }
+    const t = disk.throttle
+    if (t !== undefined) {
+      if (t.bytesPerSec !== undefined) positiveInt(`disks[${i}].throttle.bytesPerSec`, t.bytesPerSec, Number.MAX_SAFE_INTEGER)
+      if (t.iopsPerSec !== undefined) positiveInt(`disks[${i}].throttle.iopsPerSec`, t.iopsPerSec, Number.MAX_SAFE_INTEGER)
+    }
+  }
+
+  const taps = new Set<string>()
+  for (const [i, nic] of (spec.nics ?? []).entries()) {
+    if (typeof nic.tap !== 'string' || !TAP_RE.test(nic.tap)) {
+      throw new ValidationError(`nics[${i}].tap`, 'expected an interface name of 1-15 characters')
+    }
+    if (taps.has(nic.tap)) throw new ValidationError(`nics[${i}].tap`, `"${nic.tap}" is used twice`)
+    taps.add(nic.tap)
+    if (typeof nic.mac !== 'string' || !MAC_RE.test(nic.mac)) {
+      throw new ValidationError(`nics[${i}].mac`, 'expected a MAC like "02:00:00:00:00:01"')
+    }
+    if (Number.parseInt(nic.mac.slice(0, 2), 16) & 1) {
+      throw new ValidationError(`nics[${i}].mac`, `${nic.mac} is a multicast address`)
+    }
+  }
+
+  const names = new Set<string>()
+  const paths = new Set<string>()
+  for (const [i, ch] of (spec.channels ?? []).entries()) {
+    if (typeof ch.name !== 'string' || !CHANNEL_RE.test(ch.name)) {
+      throw new ValidationError(`channels[${i}].name`, 'expected 1-64 characters of letters, digits, ".", "_" or "-"')
+    }
+    if (names.has(ch.name)) throw new ValidationError(`channels[${i}].name`, `"${ch.name}" is used twice`)
+    names.add(ch.name)
+    const kind = ch.backend?.kind
+    if (kind === 'socket') socketPath(`channels[${i}].backend.path`, ch.backend.path)
+    else if (kind === 'file') path(`channels[${i}].backend.path`, ch.backend.path)
+    else throw new ValidationError(`channels[${i}].backend.kind`, 'expected "socket" or "file"')
+    if (paths.has(ch.backend.path)) throw new ValidationError(`channels[${i}].backend.path`, 'is used twice')
+    paths.add(ch.backend.path)
+  }
+
+  path('consoleLog', spec.consoleLog)
+  if (spec.vmmLog !== undefined) path('vmmLog', spec.vmmLog)
+  const runtimeDir = path('runtimeDir', spec.runtimeDir)
+  for (const f of controlFiles) socketPath('runtimeDir', `${runtimeDir}/${f}`)
+  if (spec.accel !== undefined && !['kvm', 'tcg', 'auto'].includes(spec.accel)) {
+    throw new ValidationError('accel', 'expected "kvm", "tcg" or "auto"')
+  }
+  if (spec.restoreFrom !== undefined) path('restoreFrom', spec.restoreFrom)
+}
+
+/** The files a start reads must exist: checked up front so the error names the field, not a VMM message. */
+export async function checkSpecFiles(spec: VmSpec): Promise<void> {
+  const readable: [string, string][] = [['kernel', spec.kernel]]
+  if (spec.initrd) readable.push(['initrd', spec.initrd])
+  for (const [i, d] of (spec.disks ?? []).entries()) readable.push([`disks[${i}].path`, d.path])
+  for (const [field, p] of readable) {
+    try {
+      await access(p, constants.R_OK)
+    } catch (err) {
+      throw new ValidationError(field, `cannot read ${p}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`)
+    }
+  }
+  for (const [i, nic] of (spec.nics ?? []).entries()) {
+    // As root QEMU would create a missing TAP itself, unconfigured: creating it is netsetup's job.
+    try {
+      await access(`/sys/class/net/${nic.tap}`)
+    } catch {
+      throw new ValidationError(`nics[${i}].tap`, `no network interface named ${nic.tap} (the TAP must exist before the VM starts)`)
+    }
+  }
+  for (const [i, d] of (spec.disks ?? []).entries()) {
+    if (d.readonly) continue
+    try {
+      await access(d.path, constants.W_OK)
+    } catch (err) {
+      throw new ValidationError(`disks[${i}].path`, `cannot write ${d.path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`)
+    }
+  }
+}

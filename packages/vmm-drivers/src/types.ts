@@ -1,0 +1,273 @@
+/**
+ * The contract every hypervisor driver implements. It is shaped so that QEMU (QMP), Cloud
+ * Hypervisor and Firecracker (REST over a unix socket) and vz can all sit behind it: what one of
+ * them cannot do is a capability flag, never a silently ignored field.
+ */
+import type { Socket } from 'node:net'
+
+export type DriverName = 'qemu' | 'cloud-hypervisor' | 'firecracker' | 'vz'
+
+/** What the caller asks for. `auto` probes KVM with a deadline and falls back to TCG with a warning. */
+export type Accel = 'kvm' | 'tcg' | 'auto'
+/** What the VM actually runs with. */
+export type ResolvedAccel = 'kvm' | 'tcg'
+
+export interface DiskThrottle {
+  /** Total (read + write) bytes per second. */
+  bytesPerSec?: number
+  /** Total (read + write) I/O operations per second. */
+  iopsPerSec?: number
+}
+
+export interface DiskSpec {
+  /** Host path of the disk image. */
+  path: string
+  /**
+   * The guest finds the disk by this, under /sys/block/vd* /serial, never by order
+   * (`hm-rootfs`, `hm-overlay`, `hm-config`, `hm-vol-<n>`). At most 20 characters of [A-Za-z0-9._-].
+   */
+  serial: string
+  readonly?: boolean
+  /** Default `raw`. */
+  format?: 'raw' | 'qcow2'
+  throttle?: DiskThrottle
+}
+
+export interface NicSpec {
+  /** An existing TAP interface (made by netsetup, with vnet_hdr); the driver never creates it. */
+  tap: string
+  /** Unicast MAC, `aa:bb:cc:dd:ee:ff`. */
+  mac: string
+}
+
+/**
+ * Where a named channel's host side lives. `socket`: the VMM listens on a unix socket, one
+ * client at a time, and a client may disconnect and connect again. `file`: everything the guest
+ * writes is appended to the file (the guest cannot read from it).
+ */
+export type ChannelBackend = { kind: 'socket'; path: string } | { kind: 'file'; path: string }
+
+export interface ChannelSpec {
+  /** The guest finds the port by this name, e.g. under /sys/class/virtio-ports/* /name for QEMU. */
+  name: string
+  backend: ChannelBackend
+}
+
+export interface HotplugMemorySpec {
+  /** Upper bound of boot memory plus hotplugged memory, in bytes. */
+  maxBytes: number
+  /** Number of hotplug slots (QEMU DIMM slots). Default 8. */
+  slots?: number
+}
+
+export interface VmSpec {
+  /** Shown in process listings and logs. [A-Za-z0-9._-], at most 64. */
+  name?: string
+  /** Uncompressed ELF vmlinux (PVH) for direct kernel boot. */
+  kernel: string
+  initrd?: string
+  /**
+   * The caller's part of the kernel command line. The driver puts its machine-specific part in
+   * front (console device, boot-time trimming); see the driver's `machineCmdline`.
+   */
+  cmdline?: string
+  vcpus: number
+  /** Boot memory in bytes, a whole number of MiB. */
+  memoryBytes: number
+  hotplugMemory?: HotplugMemorySpec
+  disks?: DiskSpec[]
+  nics?: NicSpec[]
+  channels?: ChannelSpec[]
+  /** The guest's serial console (kernel messages) is appended to this file. */
+  consoleLog: string
+  /** The VMM's own stdout/stderr. Default `<runtimeDir>/vmm.log`. */
+  vmmLog?: string
+  /**
+   * A directory for the VMM's control socket and pidfile. Kept short: unix socket paths are
+   * limited to 107 bytes. The driver creates it if needed and never deletes it (only its own files in it).
+   */
+  runtimeDir: string
+  /** Default `auto`. */
+  accel?: Accel
+  /** A snapshot directory written by `standby()`: boot from it instead of cold-booting the kernel. */
+  restoreFrom?: string
+}
+
+export interface DriverCapabilities {
+  pause: boolean
+  /** standby (snapshot to a directory, then the VMM ends) and restore (`VmSpec.restoreFrom`). */
+  snapshot: boolean
+  hotplugMemory: boolean
+  diskThrottle: boolean
+  /** The guest can tell disks apart by `DiskSpec.serial`. */
+  diskSerial: boolean
+  /** Any number of named channels (`VmSpec.channels`). */
+  namedChannels: boolean
+  channelBackends: readonly ChannelBackend['kind'][]
+  /** How a guest agent reaches the host: a named socket-backed channel, or vsock. */
+  agentTransport: 'virtio-serial' | 'vsock'
+  accels: readonly ResolvedAccel[]
+  /** What `shutdown()` asks the guest with before it forces the end. */
+  gracefulShutdown: 'acpi-power-button' | 'none'
+}
+
+/**
+ * What the VMM says now. `shutdown`: the guest stopped but the process is still up (transient;
+ * the process ends right after). `crashed`: the process is up but the guest cannot run (guest
+ * panic, emulation failure, disk I/O error).
+ */
+export type VmState = 'running' | 'paused' | 'shutdown' | 'crashed' | 'exited'
+
+/**
+ * Why the VMM process ended. `poweroff`: the guest powered off. `reboot`: the guest rebooted,
+ * which ends the VM (no reboot loops). `panic`: the guest kernel panicked. `quit`: the host asked
+ * the VMM to quit. `standby`: ended after a snapshot. `signal`: the VMM got a catchable signal and
+ * ended. `killed`: the process vanished without saying why (SIGKILL, crash), `code`/`signal` tell
+ * more when we are its parent.
+ */
+export type ExitReason = 'poweroff' | 'reboot' | 'panic' | 'quit' | 'standby' | 'signal' | 'killed'
+
+export interface ExitInfo {
+  reason: ExitReason
+  /** Exit code of the VMM process; null when it was killed by a signal or we are not its parent. */
+  code: number | null
+  signal: string | null
+  /** The VMM's own word for it (QEMU's SHUTDOWN reason, e.g. `guest-shutdown`), when it said one. */
+  vmmReason?: string
+  /** `shutdown()` had to force the end after its deadline. */
+  forced?: boolean
+  /** ISO time at which the exit was observed. */
+  at: string
+}
+
+export type VmEvent =
+  | { type: 'state'; state: VmState; at: string }
+  /** A raw event from the VMM (a QMP event for QEMU: STOP, RESUME, SHUTDOWN, POWERDOWN ...). */
+  | { type: 'vmm'; name: string; data: Record<string, unknown>; at: string }
+  | { type: 'exit'; exit: ExitInfo }
+
+/**
+ * Everything needed to find a running VM again from another process. JSON-safe: the caller
+ * persists it (atomically) and passes it to `attach()` or `destroy()` later.
+ */
+export interface PersistedVm {
+  driver: DriverName
+  version: 1
+  pid: number
+  /** Process start time from /proc/<pid>/stat, so a reused pid is never mistaken for the VMM. */
+  pidStartTime: number
+  /** The VMM's control socket (QMP for QEMU, the REST API socket for Cloud Hypervisor/Firecracker). */
+  controlSocket: string
+  accel: ResolvedAccel
+  spec: VmSpec
+}
+
+export interface SnapshotInfo {
+  dir: string
+  /** Bytes written (guest memory and device state). */
+  bytes: number
+  /** From the pause to the snapshot being complete on disk. */
+  durationMs: number
+  createdAt: string
+}
+
+export interface ShutdownOptions {
+  /** How long the guest gets to power off after the request. Default 10 s. */
+  timeoutMs?: number
+}
+
+export interface WaitOptions {
+  timeoutMs?: number
+  signal?: AbortSignal
+}
+
+export interface VmTimings {
+  /** From spawning the process to its control socket answering. */
+  readyMs: number
+  /** For a restore: from spawning the process to the guest running again. */
+  restoreMs?: number
+}
+
+/** What every handle offers, whatever state it was returned in. */
+export interface VmHandleBase extends AsyncDisposable {
+  readonly driver: DriverName
+  readonly pid: number
+  readonly accel: ResolvedAccel
+  readonly spec: VmSpec
+  /** Persist this to find the VM again after a restart of the host process. */
+  readonly persisted: PersistedVm
+  readonly timings: VmTimings
+  /** Settles (never rejects) when the VMM process has ended and its runtime files are removed. */
+  readonly exited: Promise<ExitInfo>
+  /** Asks the VMM now. `exited` once the process is gone. */
+  state(): Promise<VmState>
+  /** Asks the guest to power off (ACPI power button), then forces the end after the deadline. */
+  shutdown(opts?: ShutdownOptions): Promise<ExitInfo>
+  /** Ends the VMM at once (SIGKILL). */
+  kill(): Promise<ExitInfo>
+  /** Resolves with the exit; a TimeoutError/AbortedError when the wait is given up (the VM keeps running). */
+  waitForExit(opts?: WaitOptions): Promise<ExitInfo>
+  /** Subscribes to events; returns the unsubscribe function. */
+  onEvent(listener: (event: VmEvent) => void): () => void
+  /**
+   * Grows guest memory to `totalBytes` (boot plus hotplugged), up to `spec.hotplugMemory.maxBytes`.
+   * Grow only; the guest must online the new memory (Linux: `memhp_default_state=online`).
+   */
+  resizeMemory(totalBytes: number): Promise<{ memoryBytes: number }>
+  /** Connects to a socket-backed channel by name, retrying until `timeoutMs` (default 5 s). */
+  connectChannel(name: string, opts?: WaitOptions): Promise<Socket>
+  /** Closes our control connection and stops watching; the VM keeps running. */
+  detach(): Promise<void>
+}
+
+export interface RunningVm extends VmHandleBase {
+  /** The state the VM was in when this handle was returned; `state()` asks the VMM now. */
+  readonly phase: 'running'
+  pause(): Promise<PausedVm>
+  /** Pauses, writes a snapshot into `dir` (created if needed), and ends the VMM. */
+  standby(dir: string): Promise<SnapshotInfo & { exit: ExitInfo }>
+}
+
+export interface PausedVm extends VmHandleBase {
+  readonly phase: 'paused'
+  resume(): Promise<RunningVm>
+  standby(dir: string): Promise<SnapshotInfo & { exit: ExitInfo }>
+}
+
+export type LiveVm = RunningVm | PausedVm
+
+export interface StartOptions {
+  signal?: AbortSignal
+  /** Deadline for the VMM to answer on its control socket (and, for a restore, to finish loading). Default 15 s. */
+  readyTimeoutMs?: number
+  /**
+   * Called right after the process exists, before it is ready, so the caller can persist the pid
+   * and find the process after a crash mid-start. If it throws, the start fails and the process is killed.
+   */
+  onSpawn?: (persisted: PersistedVm) => void | Promise<void>
+}
+
+export interface AttachOptions {
+  signal?: AbortSignal
+  readyTimeoutMs?: number
+}
+
+/** Names a VM to `destroy()`: its persisted record, or just the runtime dir it was started with. */
+export type DestroyTarget = PersistedVm | { runtimeDir: string }
+
+export interface VmmDriver {
+  readonly name: DriverName
+  readonly capabilities: DriverCapabilities
+  /** The machine-specific head of the kernel command line that `start()` puts before `spec.cmdline`. */
+  readonly machineCmdline: string
+  /** Boots (or restores) a VM; resolves once the guest is running. Nothing is left behind when it throws. */
+  start(spec: VmSpec, opts?: StartOptions): Promise<RunningVm>
+  /** Finds a VM again from persisted data; throws `vmm_not_running` when its process is gone. */
+  attach(persisted: PersistedVm, opts?: AttachOptions): Promise<LiveVm>
+  /** Cheap check without talking to the VMM: the pid is alive and is still the same process. */
+  isAlive(persisted: PersistedVm): boolean
+  /** Kills the VMM if it still runs and removes its runtime files. Idempotent; for reconcile after a crash. */
+  destroy(target: DestroyTarget): Promise<void>
+  /** Resolves `auto` to what this host can run (probing KVM with a deadline, cached). */
+  resolveAccel(accel: Accel): Promise<ResolvedAccel>
+}

@@ -1,0 +1,114 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { checkSpecFiles, validateVmSpec, type VmSpec } from '../src/index.js'
+import { machineFingerprint, migrateToFileUri, shellQuote } from '../src/qemu/snapshot.js'
+
+const MiB = 1024 * 1024
+const base: VmSpec = { kernel: '/k/vmlinux', vcpus: 1, memoryBytes: 256 * MiB, consoleLog: '/i/console.log', runtimeDir: '/r' }
+
+describe('validateVmSpec', () => {
+  it('accepts a full spec', () => {
+    expect(() =>
+      validateVmSpec({
+        ...base,
+        name: 'inst-1',
+        initrd: '/k/initrd',
+        cmdline: 'quiet',
+        hotplugMemory: { maxBytes: 1024 * MiB, slots: 4 },
+        disks: [
+          { path: '/a', serial: 'hm-rootfs', readonly: true },
+          { path: '/b', serial: 'hm-overlay', throttle: { bytesPerSec: 1000, iopsPerSec: 10 } },
+        ],
+        nics: [{ tap: 'hm-0123456789ab', mac: '02:00:00:00:00:01' }],
+        channels: [
+          { name: 'hypeman.agent', backend: { kind: 'socket', path: '/i/agent.sock' } },
+          { name: 'hypeman.app', backend: { kind: 'file', path: '/i/app.log' } },
+        ],
+        accel: 'auto',
+        restoreFrom: '/s',
+      }),
+    ).not.toThrow()
+  })
+
+  const long = `/${'x'.repeat(100)}/agent.sock`
+  const cases: [string, Partial<VmSpec>, string][] = [
+    ['relative kernel', { kernel: 'vmlinux' }, 'kernel'],
+    ['kernel with newline', { kernel: '/k/a\nb' }, 'kernel'],
+    ['relative initrd', { initrd: 'x' }, 'initrd'],
+    ['multi-line cmdline', { cmdline: 'a\nb' }, 'cmdline'],
+    ['zero vcpus', { vcpus: 0 }, 'vcpus'],
+    ['fractional vcpus', { vcpus: 1.5 }, 'vcpus'],
+    ['memory not whole MiB', { memoryBytes: 256 * MiB + 1 }, 'memoryBytes'],
+    ['tiny memory', { memoryBytes: 8 * MiB }, 'memoryBytes'],
+    ['hotplug max not above boot memory', { hotplugMemory: { maxBytes: 256 * MiB } }, 'hotplugMemory.maxBytes'],
+    ['hotplug slots 0', { hotplugMemory: { maxBytes: 512 * MiB, slots: 0 } }, 'hotplugMemory.slots'],
+    ['serial too long', { disks: [{ path: '/a', serial: 'x'.repeat(21) }] }, 'disks[0].serial'],
+    ['serial with comma', { disks: [{ path: '/a', serial: 'a,b' }] }, 'disks[0].serial'],
+    ['serial twice', { disks: [{ path: '/a', serial: 's' }, { path: '/b', serial: 's' }] }, 'disks[1].serial'],
+    ['unknown disk format', { disks: [{ path: '/a', serial: 's', format: 'vmdk' as 'raw' }] }, 'disks[0].format'],
+    ['zero throttle', { disks: [{ path: '/a', serial: 's', throttle: { bytesPerSec: 0 } }] }, 'disks[0].throttle.bytesPerSec'],
+    ['tap name too long', { nics: [{ tap: 'x'.repeat(16), mac: '02:00:00:00:00:01' }] }, 'nics[0].tap'],
+    ['tap with comma', { nics: [{ tap: 'a,b', mac: '02:00:00:00:00:01' }] }, 'nics[0].tap'],
+    ['bad mac', { nics: [{ tap: 't', mac: '02:00:00:00:01' }] }, 'nics[0].mac'],
+    ['multicast mac', { nics: [{ tap: 't', mac: '01:00:00:00:00:01' }] }, 'nics[0].mac'],
+    ['channel name with comma', { channels: [{ name: 'a,b', backend: { kind: 'file', path: '/x' } }] }, 'channels[0].name'],
+    [
+      'channel name twice',
+      { channels: [{ name: 'a', backend: { kind: 'file', path: '/x' } }, { name: 'a', backend: { kind: 'file', path: '/y' } }] },
+      'channels[1].name',
+    ],
+    ['socket path too long', { channels: [{ name: 'a', backend: { kind: 'socket', path: long } }] }, 'channels[0].backend.path'],
+    ['unknown backend', { channels: [{ name: 'a', backend: { kind: 'pty', path: '/x' } as never }] }, 'channels[0].backend.kind'],
+    ['relative console log', { consoleLog: 'console.log' }, 'consoleLog'],
+    ['runtime dir too long for the QMP socket', { runtimeDir: `/${'r'.repeat(100)}` }, 'runtimeDir'],
+    ['unknown accel', { accel: 'hvf' as 'kvm' }, 'accel'],
+    ['bad name', { name: 'has space' }, 'name'],
+  ]
+  it.each(cases)('%s → ValidationError on %s', (_name, patch, field) => {
+    expect(() => validateVmSpec({ ...base, ...patch }, ['qmp.sock'])).toThrow(expect.objectContaining({ code: 'invalid_input', field }))
+  })
+})
+
+describe('checkSpecFiles', () => {
+  let dir: string
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'hm-spec-'))
+    await writeFile(join(dir, 'vmlinux'), 'x')
+  })
+  afterAll(() => rm(dir, { recursive: true, force: true }))
+
+  it('names the missing file', async () => {
+    await expect(checkSpecFiles({ ...base, kernel: join(dir, 'nope') })).rejects.toMatchObject({ code: 'invalid_input', field: 'kernel' })
+    await expect(checkSpecFiles({ ...base, kernel: join(dir, 'vmlinux'), disks: [{ path: join(dir, 'disk'), serial: 's' }] })).rejects.toMatchObject({
+      field: 'disks[0].path',
+    })
+  })
+
+  it('wants the TAP to exist already', async () => {
+    await expect(
+      checkSpecFiles({ ...base, kernel: join(dir, 'vmlinux'), nics: [{ tap: 'hm-no-such-tap', mac: '02:00:00:00:00:01' }] }),
+    ).rejects.toMatchObject({ field: 'nics[0].tap', message: expect.stringContaining('must exist') })
+  })
+
+  it('passes when everything is there', async () => {
+    await expect(checkSpecFiles({ ...base, kernel: join(dir, 'vmlinux'), nics: [{ tap: 'lo', mac: '02:00:00:00:00:01' }] })).resolves.toBeUndefined()
+  })
+})
+
+describe('snapshot helpers', () => {
+  it('quotes paths for the shell that runs exec: migrations', () => {
+    expect(shellQuote("/a b/it's")).toBe(`'/a b/it'\\''s'`)
+    expect(migrateToFileUri('/s/vmstate')).toBe("exec:cat > '/s/vmstate'")
+  })
+
+  it('fingerprints the machine shape, not the paths', () => {
+    const a: VmSpec = { ...base, disks: [{ path: '/a', serial: 'hm-rootfs', readonly: true }] }
+    const moved: VmSpec = { ...a, kernel: '/elsewhere', runtimeDir: '/r2', disks: [{ path: '/b', serial: 'hm-rootfs', readonly: true }] }
+    expect(machineFingerprint(moved)).toBe(machineFingerprint(a))
+    expect(machineFingerprint({ ...a, memoryBytes: 512 * MiB })).not.toBe(machineFingerprint(a))
+    expect(machineFingerprint({ ...a, disks: [{ path: '/a', serial: 'hm-other', readonly: true }] })).not.toBe(machineFingerprint(a))
+    expect(machineFingerprint({ ...a, channels: [{ name: 'x', backend: { kind: 'file', path: '/x' } }] })).not.toBe(machineFingerprint(a))
+  })
+})
