@@ -31,23 +31,34 @@ export function processAlive(pid: number): boolean {
   }
 }
 
-async function acquire(lockPath: string, deadline: number): Promise<void> {
-  for (let delay = 5; ; delay = Math.min(delay * 2, 200)) {
+/**
+ * One attempt at a lock file: takes it when free or left by a dead process. Returns the pid of a
+ * live owner otherwise (0 when the owner is between creating and writing the file).
+ */
+export async function tryLockFile(lockPath: string): Promise<{ taken: true } | { taken: false; owner: number }> {
+  for (let attempt = 0; attempt < 3; attempt++) {
     try {
       const fh = await open(lockPath, 'wx', 0o644)
       await fh.writeFile(String(process.pid))
       await fh.close()
-      return
+      return { taken: true }
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
     }
     const owner = Number.parseInt(await readFile(lockPath, 'utf8').catch(() => ''), 10)
-    // An empty file is an owner between open and write; give it time before calling it stale.
-    if (Number.isInteger(owner) && owner !== process.pid && !processAlive(owner)) {
-      await rm(lockPath, { force: true })
-      continue
-    }
-    if (Date.now() > deadline) throw new TimeoutError(`timed out waiting for lock ${lockPath} (held by pid ${owner || '?'})`)
+    // An empty file is an owner between open and write: not stale, just young.
+    if (!Number.isInteger(owner)) return { taken: false, owner: 0 }
+    if (owner === process.pid || processAlive(owner)) return { taken: false, owner }
+    await rm(lockPath, { force: true })
+  }
+  return { taken: false, owner: 0 }
+}
+
+async function acquire(lockPath: string, deadline: number): Promise<void> {
+  for (let delay = 5; ; delay = Math.min(delay * 2, 200)) {
+    const got = await tryLockFile(lockPath)
+    if (got.taken) return
+    if (Date.now() > deadline) throw new TimeoutError(`timed out waiting for lock ${lockPath} (held by pid ${got.owner || '?'})`)
     await sleep(delay)
   }
 }

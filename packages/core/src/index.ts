@@ -1,2 +1,6 @@
 export * from './errors.js'
 export * from './images/index.js'
+export * from './instances/index.js'
+export { Hypeman, createInstance, defaultHypeman, type HypemanOptions } from './hypeman.js'
+export { ensureGuestAssets, type GuestAssets, type GuestAssetsOptions } from './assets/index.js'
+export { GuestError, type ExecResult, type ExecProcess, type PathInfo, pathInfoToWire } from './guest/index.js'

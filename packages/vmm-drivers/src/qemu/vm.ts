@@ -265,10 +265,17 @@ export class QemuMachine {
       if (this.#exit) return this.#exit
       this.logger.warn(`could not ask the guest to power off: ${errorMessage(err)}; forcing`, { pid: this.pid })
     }
+    // Under TCG a press in the first seconds of a boot can be lost before the guest's ACPI
+    // handler is ready (QEMU emits POWERDOWN, the guest never sees it): press again each second.
+    const repress = setInterval(() => {
+      if (!this.#exit) this.#qmp('system_powerdown').catch(() => {})
+    }, 1_000)
     try {
       return await withDeadline(this.exited, timeoutMs, 'the guest to power off', 'shutdown')
     } catch (err) {
       if (!(err instanceof TimeoutError)) throw err
+    } finally {
+      clearInterval(repress)
     }
     return this.#force()
   }

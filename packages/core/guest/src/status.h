@@ -1,0 +1,15 @@
+/* JSON-lines events on the hypeman.status port: how the host learns what init and the program did. */
+#ifndef HM_STATUS_H
+#define HM_STATUS_H
+
+#include <stdint.h>
+
+void status_open(const char *dev); /* NULL or a failed open sends events to the console */
+/* init_ms: uptime when init began; modules_ms: time spent loading modules. */
+void status_boot(uint64_t init_ms, uint64_t modules_ms);
+void status_started(int pid);
+void status_exited(int code, int signo, int oom, const char *message);
+void status_error(const char *step, const char *message);
+void status_stopping(const char *reason, uint64_t grace_ms);
+
+#endif

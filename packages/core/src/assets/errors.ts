@@ -1,0 +1,17 @@
+/** Error codes of the guest assets (kernel, modules, init, initrd), on common's classes. */
+import { HypemanError, type HypemanErrorOptions } from '@hypeman-ts/common'
+
+export type AssetErrorCode =
+  | 'kernel_resolve_failed' // apt could not say which cloud kernel is current, and nothing is cached
+  | 'kernel_download_failed'
+  | 'invalid_kernel' // not an ELF vmlinux with a PVH entry, or a bzImage we cannot unpack
+  | 'module_missing' // a module the guest needs is neither in modules.dep nor built in
+  | 'guest_init_build_failed'
+  | 'initrd_build_failed'
+
+export class AssetError extends HypemanError {
+  declare readonly code: AssetErrorCode
+  constructor(code: AssetErrorCode, message: string, opts: HypemanErrorOptions = {}) {
+    super(code, message, opts)
+  }
+}

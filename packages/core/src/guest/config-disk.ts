@@ -1,0 +1,152 @@
+/**
+ * The config disk (virtio-blk serial `hm-config`): everything the guest init needs to start the
+ * program, in one raw image the init reads with pread — no filesystem, no parser beyond TLV.
+ *
+ *   0  "HMCONFIG"   8 bytes magic
+ *   8  u32 LE       format version (1)
+ *  12  u32 LE       payload length
+ *  16  u32 LE       CRC-32 (IEEE) of the payload
+ *  20  u32 LE       reserved, 0
+ *  24  payload      TLV records (tlv.ts), then zero padding to a 4 KiB multiple
+ *
+ * Extensibility: the init skips keys it does not know, so a new optional key needs nothing; a key
+ * the guest must not ignore (network, volumes, CA bundle) is announced with a `requires` record,
+ * which an older init refuses with a clear boot error instead of running half-configured.
+ */
+import { crc32 } from 'node:zlib'
+import { ValidationError, writeFileAtomic } from '@hypeman-ts/common'
+import { GuestError } from './errors.js'
+import { encodeTlv, TlvView, type TlvEntry } from './tlv.js'
+
+export const CONFIG_MAGIC = 'HMCONFIG'
+export const CONFIG_FORMAT_VERSION = 1
+export const CONFIG_HEADER_SIZE = 24
+/** Same bound as the init's CONFIG_MAX_PAYLOAD. */
+export const CONFIG_MAX_PAYLOAD = 16 * 1024 * 1024
+const ALIGN = 4096
+
+export type RootfsType = 'ext4' | 'erofs'
+
+export interface GuestConfig {
+  /** The program and its arguments, already resolved from Entrypoint/Cmd (resolveProgram). */
+  argv: string[]
+  /** The complete environment (buildGuestEnv); insertion order is kept. */
+  env: Record<string, string>
+  /** Absolute; created (owned by root) if missing, as docker does. Default "/". */
+  workdir?: string
+  /** docker `--user` spec: "", "name", "uid", "name:group", "uid:gid". Default "" (root). */
+  user?: string
+  /** Default "hypeman". */
+  hostname?: string
+  /** Filesystem of the `hm-rootfs` disk. Default ext4. */
+  rootfsType?: RootfsType
+  /** Do not start the agent: exec and stat are unavailable. */
+  skipGuestAgent?: boolean
+  /** Grace between SIGTERM and SIGKILL when the stop comes from the ACPI power button. Default 10 s. */
+  stopGraceMs?: number
+}
+
+export interface DecodedGuestConfig extends Required<Omit<GuestConfig, 'env'>> {
+  env: Record<string, string>
+  requires: string[]
+}
+
+const ENV_NAME = /^[^=\0]+$/
+const HOSTNAME = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/
+const USER = /^[^:\0]*(:[^:\0]+)?$/
+
+function noNul(field: string, s: string): void {
+  if (s.includes('\0')) throw new ValidationError(field, 'must not contain NUL bytes')
+}
+
+/** The TLV entries of a config, validated. Pure; `encodeGuestConfig` adds the header. */
+export function guestConfigEntries(c: GuestConfig): TlvEntry[] {
+  if (!Array.isArray(c.argv) || c.argv.length === 0 || c.argv[0] === '') {
+    throw new ValidationError('argv', 'the program is empty (no Entrypoint or Cmd to run)')
+  }
+  c.argv.forEach((a, i) => noNul(`argv[${i}]`, a))
+  const entries: TlvEntry[] = c.argv.map((a) => ['argv', a] as const)
+  for (const [name, value] of Object.entries(c.env)) {
+    if (!ENV_NAME.test(name)) throw new ValidationError(`env.${name}`, 'environment variable names must be non-empty and contain no "=" or NUL')
+    noNul(`env.${name}`, value)
+    entries.push(['env', `${name}=${value}`])
+  }
+  if (c.workdir !== undefined) {
+    if (!c.workdir.startsWith('/')) throw new ValidationError('workdir', 'must be an absolute path')
+    noNul('workdir', c.workdir)
+    entries.push(['workdir', c.workdir])
+  }
+  if (c.user !== undefined) {
+    if (!USER.test(c.user)) throw new ValidationError('user', 'must be "", "user", "uid", "user:group" or "uid:gid"')
+    entries.push(['user', c.user])
+  }
+  if (c.hostname !== undefined) {
+    if (c.hostname.length > 64 || !HOSTNAME.test(c.hostname)) throw new ValidationError('hostname', 'must be a valid hostname of at most 64 characters')
+    entries.push(['hostname', c.hostname])
+  }
+  if (c.rootfsType !== undefined) {
+    if (c.rootfsType !== 'ext4' && c.rootfsType !== 'erofs') throw new ValidationError('rootfsType', 'must be ext4 or erofs')
+    entries.push(['rootfs_fstype', c.rootfsType])
+  }
+  if (c.skipGuestAgent !== undefined) entries.push(['skip_agent', c.skipGuestAgent])
+  if (c.stopGraceMs !== undefined) {
+    if (!Number.isSafeInteger(c.stopGraceMs) || c.stopGraceMs < 0) throw new ValidationError('stopGraceMs', 'must be a non-negative integer')
+    entries.push(['stop_grace_ms', c.stopGraceMs])
+  }
+  return entries
+}
+
+/** The whole disk image: header, payload, zero padding. Pure. */
+export function encodeGuestConfig(c: GuestConfig): Buffer {
+  return packConfigImage(encodeTlv(guestConfigEntries(c)))
+}
+
+/**
+ * Header + a TLV payload + padding. Later config keys (network, volumes, CA bundle) go through here
+ * with a `requires` record naming the feature, so an init that lacks it refuses to boot.
+ */
+export function packConfigImage(payload: Buffer): Buffer {
+  if (payload.length > CONFIG_MAX_PAYLOAD) throw new ValidationError('config', `encoded config is ${payload.length} bytes, more than the ${CONFIG_MAX_PAYLOAD} the guest reads`)
+  const size = Math.ceil((CONFIG_HEADER_SIZE + payload.length) / ALIGN) * ALIGN
+  const img = Buffer.alloc(size)
+  img.write(CONFIG_MAGIC, 0, 'ascii')
+  img.writeUInt32LE(CONFIG_FORMAT_VERSION, 8)
+  img.writeUInt32LE(payload.length, 12)
+  img.writeUInt32LE(crc32(payload), 16)
+  payload.copy(img, CONFIG_HEADER_SIZE)
+  return img
+}
+
+/** Reads a config image back (for tests, debugging and `hypeman inspect`-style tools). */
+export function decodeGuestConfig(img: Buffer): DecodedGuestConfig {
+  const bad = (msg: string) => new GuestError('bad_config_disk', `config disk: ${msg}`)
+  if (img.length < CONFIG_HEADER_SIZE || img.toString('ascii', 0, 8) !== CONFIG_MAGIC) throw bad('bad magic')
+  const version = img.readUInt32LE(8)
+  if (version !== CONFIG_FORMAT_VERSION) throw bad(`format version ${version} not supported`)
+  const len = img.readUInt32LE(12)
+  if (len > img.length - CONFIG_HEADER_SIZE) throw bad('payload length exceeds the image')
+  const payload = img.subarray(CONFIG_HEADER_SIZE, CONFIG_HEADER_SIZE + len)
+  if (crc32(payload) !== img.readUInt32LE(16)) throw bad('checksum mismatch')
+  const v = TlvView.decode(payload)
+  const env: Record<string, string> = {}
+  for (const e of v.all('env')) {
+    const eq = e.indexOf('=')
+    env[e.slice(0, eq)] = e.slice(eq + 1)
+  }
+  return {
+    argv: v.all('argv'),
+    env,
+    workdir: v.str('workdir') ?? '/',
+    user: v.str('user') ?? '',
+    hostname: v.str('hostname') ?? 'hypeman',
+    rootfsType: (v.str('rootfs_fstype') as RootfsType | undefined) ?? 'ext4',
+    skipGuestAgent: v.bool('skip_agent') ?? false,
+    stopGraceMs: v.int('stop_grace_ms') ?? 10_000,
+    requires: v.all('requires'),
+  }
+}
+
+/** Writes the config disk image atomically (a crash leaves no half-written disk). */
+export async function writeGuestConfigDisk(path: string, config: GuestConfig): Promise<void> {
+  await writeFileAtomic(path, encodeGuestConfig(config), 0o600)
+}

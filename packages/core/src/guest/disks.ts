@@ -1,0 +1,59 @@
+/**
+ * The per-instance disks and channels in the driver's terms, so the instance code does not spell
+ * serials and port names itself.
+ */
+import { rm } from 'node:fs/promises'
+import { run } from '@hypeman-ts/common'
+import type { ChannelSpec, DiskSpec } from '@hypeman-ts/vmm-drivers'
+import { DISK_SERIAL, PORT_NAME } from './constants.js'
+
+export interface GuestDiskPaths {
+  /** The image's read-only ext4/erofs disk (shared by instances of the image). */
+  rootfs: string
+  /** This instance's writable disk (createOverlayDisk). */
+  overlay: string
+  /** This instance's config disk (writeGuestConfigDisk). */
+  config: string
+}
+
+export function guestDisks(paths: GuestDiskPaths): DiskSpec[] {
+  return [
+    { path: paths.rootfs, serial: DISK_SERIAL.rootfs, readonly: true },
+    { path: paths.overlay, serial: DISK_SERIAL.overlay },
+    { path: paths.config, serial: DISK_SERIAL.config, readonly: true },
+  ]
+}
+
+export interface GuestChannelPaths {
+  agentSocket: string
+  controlSocket: string
+  appLog: string
+  statusLog: string
+}
+
+/** The named ports init looks for. With skipGuestAgent the agent port is left out: nothing would serve it. */
+export function guestChannels(paths: GuestChannelPaths, opts: { skipGuestAgent?: boolean } = {}): ChannelSpec[] {
+  const channels: ChannelSpec[] = [
+    { name: PORT_NAME.status, backend: { kind: 'file', path: paths.statusLog } },
+    { name: PORT_NAME.app, backend: { kind: 'file', path: paths.appLog } },
+    { name: PORT_NAME.control, backend: { kind: 'socket', path: paths.controlSocket } },
+  ]
+  if (!opts.skipGuestAgent) channels.push({ name: PORT_NAME.agent, backend: { kind: 'socket', path: paths.agentSocket } })
+  return channels
+}
+
+/**
+ * The writable disk: a sparse file of `sizeBytes` formatted ext4. The guest puts the overlay's
+ * upper and work dirs on it and mounts it with noinit_itable, so the lazy inode-table
+ * initialisation mkfs leaves does not cost the guest CPU. On failure nothing is left behind.
+ */
+export async function createOverlayDisk(path: string, sizeBytes: number, opts: { signal?: AbortSignal } = {}): Promise<void> {
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 16 * 1024 * 1024) throw new RangeError('overlay disk must be at least 16 MiB')
+  try {
+    await run('truncate', ['-s', String(sizeBytes), path], { signal: opts.signal, step: 'create_overlay_disk' })
+    await run('mkfs.ext4', ['-q', '-F', '-m', '0', '-L', 'hm-overlay', '-E', 'lazy_itable_init=1,lazy_journal_init=1', path], { signal: opts.signal, step: 'create_overlay_disk' })
+  } catch (err) {
+    await rm(path, { force: true })
+    throw err
+  }
+}

@@ -1,0 +1,138 @@
+/**
+ * The manager users open: `Hypeman.open({ dataDir })` gives `.images` and `.instances` over one
+ * data directory; `createInstance(params)` is the one-call form over a default manager.
+ *
+ * One manager per data directory at a time (a lock file holds it): the reconcile that runs at
+ * open kills and removes whatever belongs to no known instance, which is only safe when no other
+ * live manager is using the directory.
+ */
+import { mkdir, rm } from 'node:fs/promises'
+import { availableParallelism } from 'node:os'
+import { join } from 'node:path'
+import { ConflictError, stderrLogger, tryLockFile, type Logger } from '@hypeman-ts/common'
+import { QemuDriver, type Accel, type VmmDriver } from '@hypeman-ts/vmm-drivers'
+import { defaultCacheDir, ensureGuestAssets, type GuestAssets, type GuestAssetsOptions } from './assets/index.js'
+import { ImageManager, type ImageManagerOptions } from './images/manager.js'
+import { InstanceManager } from './instances/manager.js'
+import type { Instance } from './instances/model.js'
+import type { CreateInstanceParams, Hypervisor } from './instances/params.js'
+import { InstanceFiles } from './instances/record.js'
+
+export interface HypemanOptions {
+  /** Where images and instances live. Default $HYPEMAN_TS_DATA_DIR or /var/lib/hypeman-ts. */
+  dataDir?: string
+  /** Guest kernel, initrd and init cache. Default $HYPEMAN_TS_CACHE or /var/cache/hypeman-ts. */
+  cacheDir?: string
+  /** A guest kernel of your own instead of Debian's cloud kernel. */
+  kernel?: GuestAssetsOptions['kernel']
+  /** Hardware acceleration: 'auto' (default) probes KVM with a deadline and falls back to TCG. */
+  accel?: Accel
+  /** Default hypervisor for instances that name none. Default qemu. */
+  hypervisor?: Hypervisor
+  /** Defaults of the create params (spec defaults: 1GB, 10GB, 2 vCPUs). */
+  defaults?: { size?: string; overlaySize?: string; vcpus?: number }
+  /** How long a boot may take to start the program. Default 120 s (TCG is slow). */
+  bootTimeoutMs?: number
+  images?: Omit<ImageManagerOptions, 'dir' | 'inUse' | 'logger'>
+  /** Drivers to use instead of the defaults (tests, other binaries). */
+  drivers?: Partial<Record<Hypervisor, VmmDriver>>
+  logger?: Logger
+}
+
+export class Hypeman {
+  private constructor(
+    readonly dataDir: string,
+    readonly images: ImageManager,
+    readonly instances: InstanceManager,
+    private readonly lockPath: string,
+  ) {}
+
+  static async open(opts: HypemanOptions = {}): Promise<Hypeman> {
+    const dataDir = opts.dataDir ?? process.env.HYPEMAN_TS_DATA_DIR ?? '/var/lib/hypeman-ts'
+    const logger = opts.logger ?? stderrLogger
+    await mkdir(dataDir, { recursive: true, mode: 0o700 })
+    const lockPath = join(dataDir, 'manager.lock')
+    await takeDataDir(lockPath)
+    try {
+      const files = new InstanceFiles(dataDir)
+      await files.init()
+      let instances: InstanceManager | undefined
+      const images = new ImageManager({
+        ...opts.images,
+        dir: join(dataDir, 'images'),
+        logger,
+        inUse: async () => (instances ? instances.digestsInUse() : new Set()),
+      })
+      await images.init()
+      const drivers: Partial<Record<Hypervisor, VmmDriver>> = opts.drivers ?? { qemu: new QemuDriver({ logger }) }
+      let assets: Promise<GuestAssets> | undefined
+      const cacheDir = opts.cacheDir ?? defaultCacheDir()
+      instances = new InstanceManager({
+        files,
+        images,
+        drivers,
+        assets: () => {
+          assets ??= ensureGuestAssets({ cacheDir, logger, ...(opts.kernel ? { kernel: opts.kernel } : {}) }).catch((err) => {
+            assets = undefined
+            throw err
+          })
+          return assets
+        },
+        defaults: {
+          size: opts.defaults?.size ?? '1GB',
+          overlaySize: opts.defaults?.overlaySize ?? '10GB',
+          vcpus: opts.defaults?.vcpus ?? 2,
+          hypervisor: opts.hypervisor ?? 'qemu',
+          available: Object.keys(drivers) as Hypervisor[],
+          maxVcpus: Math.max(availableParallelism(), 1) * 4,
+        },
+        accel: opts.accel ?? 'auto',
+        ...(opts.bootTimeoutMs ? { bootTimeoutMs: opts.bootTimeoutMs } : {}),
+        logger,
+      })
+      await instances.reconcile()
+      return new Hypeman(dataDir, images, instances, lockPath)
+    } catch (err) {
+      await rm(lockPath, { force: true })
+      throw err
+    }
+  }
+
+  /** Lets go of the data directory. VMs keep running; the next open reattaches to them. */
+  async close(): Promise<void> {
+    await this.instances.detachAll()
+    await this.images.close()
+    await rm(this.lockPath, { force: true })
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close()
+  }
+}
+
+/** Holds the data directory for this process; a lock left by a dead process is taken over. */
+async function takeDataDir(lockPath: string): Promise<void> {
+  const got = await tryLockFile(lockPath)
+  if (got.taken) return
+  throw new ConflictError(
+    got.owner === process.pid ? 'this process already has the data directory open' : `the data directory is in use by another manager (pid ${got.owner || '?'})`,
+    { field: 'dataDir' },
+  )
+}
+
+let defaultManager: Promise<Hypeman> | undefined
+
+/** Creates and starts an instance with the default manager (opened on first use). */
+export async function createInstance(params: CreateInstanceParams, opts: HypemanOptions = {}): Promise<Instance> {
+  defaultManager ??= Hypeman.open(opts).catch((err) => {
+    defaultManager = undefined
+    throw err
+  })
+  return (await defaultManager).instances.create(params)
+}
+
+/** The default manager behind createInstance (opened on first use). */
+export function defaultHypeman(opts: HypemanOptions = {}): Promise<Hypeman> {
+  defaultManager ??= Hypeman.open(opts)
+  return defaultManager
+}

@@ -1,0 +1,727 @@
+/**
+ * The instances API: create (an ordered list of recorded, reversible steps), get/list with the
+ * state derived from the VMM and the guest, start/stop/delete, standby/restore, exec/stat through
+ * the guest agent, logs, and the reconcile pass that makes a reopen after a crash leave nothing
+ * behind.
+ */
+import { mkdir, rm } from 'node:fs/promises'
+import { createId } from '@paralleldrive/cuid2'
+import {
+  ConflictError,
+  HypemanError,
+  NotFoundError,
+  NotSupportedError,
+  TimeoutError,
+  ValidationError,
+  errorMessage,
+  parseDuration,
+  silentLogger,
+  type Logger,
+} from '@hypeman-ts/common'
+import type { Accel, LiveVm, RunningVm, VmmDriver, VmSpec, VmState } from '@hypeman-ts/vmm-drivers'
+import type { GuestAssets } from '../assets/index.js'
+import {
+  createOverlayDisk,
+  followLog,
+  GuestAgentClient,
+  guestChannels,
+  guestDisks,
+  readStatusEvents,
+  requestGuestStop,
+  resolveProgram,
+  statusMark,
+  summarizeStatus,
+  tailLines,
+  waitForStatusEvent,
+  writeGuestConfigDisk,
+  type ExecOptions,
+  type ExecProcess,
+  type ExecResult,
+  type GuestStatusSummary,
+  type PathInfo,
+} from '../guest/index.js'
+import type { ImageManager } from '../images/manager.js'
+import type { ImageRecord } from '../images/store.js'
+import { matchesTags } from '../validate.js'
+import { INSTANCE_STATES, type Instance, type InstanceState } from './model.js'
+import { validateCreateParams, type CreateInstanceParams, type Hypervisor, type InstanceSpec, type SpecDefaults } from './params.js'
+import { InstanceFiles, type CreateStep, type InstanceRecord } from './record.js'
+import { deriveState, exitFromGuest } from './state.js'
+
+export interface InstanceManagerOptions {
+  files: InstanceFiles
+  images: ImageManager
+  drivers: Partial<Record<Hypervisor, VmmDriver>>
+  /** The guest kernel, initrd and command line (memoised by the caller). */
+  assets: () => Promise<GuestAssets>
+  defaults: SpecDefaults
+  accel: Accel
+  /** How long a boot may take to reach the program (TCG is slow). Default 120 s. */
+  bootTimeoutMs?: number
+  logger?: Logger
+}
+
+export interface CreateOptions {
+  signal?: AbortSignal
+  /** Return only once the program started (Running) or ended. Default true. */
+  waitForRunning?: boolean
+}
+
+export interface StopOptions {
+  /** Grace the program gets between SIGTERM and SIGKILL. Default 10 s. */
+  timeoutMs?: number
+}
+
+export type LogSource = 'app' | 'vmm' | 'hypeman' | 'console'
+
+export interface LogOptions {
+  source?: LogSource
+  /** Lines from the end to start with. Default 100. */
+  tail?: number
+  /** Keep streaming new lines until `signal` aborts. */
+  follow?: boolean
+  signal?: AbortSignal
+}
+
+export interface WaitResult {
+  state: InstanceState
+  stateError: string | null
+  timedOut: boolean
+}
+
+export interface ExecParams extends Omit<ExecOptions, 'stdin'> {
+  /** Bytes for the program's stdin (closed afterwards); omit for /dev/null. */
+  stdin?: string | Buffer
+  /** How long to wait for the guest agent to answer (a booting guest). Default 30 s. */
+  connectTimeoutMs?: number
+}
+
+const nowIso = (): string => new Date().toISOString()
+
+/** The image's Entrypoint/Cmd/Env/WorkingDir/User in the shape the program resolver reads. */
+function runtimeConfig(img: ImageRecord): Parameters<typeof resolveProgram>[0] {
+  const c = img.config
+  return {
+    Entrypoint: c.entrypoint,
+    Cmd: c.cmd,
+    Env: Object.entries(c.env).map(([k, v]) => `${k}=${v}`),
+    ...(c.workingDir ? { WorkingDir: c.workingDir } : {}),
+    ...(c.user ? { User: c.user } : {}),
+  }
+}
+
+export class InstanceManager {
+  private readonly live = new Map<string, LiveVm>()
+  /** The exit handler of each watched VM, so a read right after an exit can wait for its record. */
+  private readonly exitHandlers = new Map<string, Promise<void>>()
+  private readonly logger: Logger
+  private readonly bootTimeoutMs: number
+
+  constructor(private readonly opts: InstanceManagerOptions) {
+    this.logger = opts.logger ?? silentLogger
+    this.bootTimeoutMs = opts.bootTimeoutMs ?? 120_000
+  }
+
+  private get files(): InstanceFiles {
+    return this.opts.files
+  }
+
+  private driver(name: Hypervisor | string): VmmDriver {
+    const d = this.opts.drivers[name as Hypervisor]
+    if (!d) throw new NotSupportedError(`no ${name} driver on this host`, { field: 'hypervisor' })
+    return d
+  }
+
+  /** Image digests instances depend on (their disks boot from them). */
+  async digestsInUse(): Promise<Set<string>> {
+    const out = new Set<string>()
+    for (const id of await this.files.ids()) {
+      const r = await this.files.read(id)
+      if (r?.imageDigest) out.add(r.imageDigest)
+    }
+    return out
+  }
+
+  // ---------------------------------------------------------------------------------- lookup
+
+  private async records(): Promise<InstanceRecord[]> {
+    const out: InstanceRecord[] = []
+    for (const id of await this.files.ids()) {
+      const r = await this.files.read(id)
+      if (r) out.push(r)
+    }
+    return out
+  }
+
+  private async find(idOrName: string): Promise<InstanceRecord> {
+    if (typeof idOrName !== 'string' || idOrName === '') throw new ValidationError('id', 'an instance id or name is required')
+    const direct = /^[a-z0-9]+$/.test(idOrName) ? await this.files.read(idOrName).catch(() => undefined) : undefined
+    if (direct && direct.phase !== 'deleting') return direct
+    const byName = (await this.records()).find((r) => r.name === idOrName && r.phase !== 'deleting')
+    if (!byName) throw new NotFoundError(`instance ${idOrName} not found`, { field: 'id' })
+    return byName
+  }
+
+  // ---------------------------------------------------------------------------------- create
+
+  async create(params: CreateInstanceParams, opts: CreateOptions = {}): Promise<Instance> {
+    const spec = validateCreateParams(params, this.opts.defaults)
+    this.driver(spec.hypervisor)
+    const id = createId()
+    const paths = this.files.paths(id)
+    const record: InstanceRecord = {
+      version: 1,
+      id,
+      name: spec.name,
+      spec,
+      imageDigest: null,
+      createdAt: nowIso(),
+      startedAt: null,
+      stoppedAt: null,
+      phase: 'creating',
+      steps: [],
+      vmm: null,
+      statusMark: 0,
+      exit: null,
+      snapshot: false,
+    }
+    await this.files.withNamesLock(async () => {
+      if ((await this.records()).some((r) => r.name === spec.name && r.phase !== 'deleting')) {
+        throw new ConflictError(`an instance named "${spec.name}" already exists`, { field: 'name' })
+      }
+      await mkdir(paths.dir, { recursive: true, mode: 0o700 })
+      record.steps.push('instance_dir')
+      await this.files.write(record)
+    })
+
+    let step: CreateStep = 'image'
+    const done = async (s: CreateStep): Promise<void> => {
+      record.steps.push(s)
+      await this.files.write(record)
+    }
+    try {
+      const image = await this.opts.images.pull(
+        { name: spec.image, ...(spec.platform ? { platform: spec.platform } : {}) },
+        opts.signal ? { signal: opts.signal } : {},
+      )
+      const { record: img, diskPath } = await this.opts.images.resolveReady(image.name)
+      record.imageDigest = img.digest
+      await done('image')
+
+      step = 'overlay_disk'
+      await createOverlayDisk(paths.overlay, spec.overlayBytes, opts.signal ? { signal: opts.signal } : {})
+      await done('overlay_disk')
+
+      step = 'config_disk'
+      const program = resolveProgram(runtimeConfig(img), { entrypoint: spec.entrypoint, cmd: spec.cmd, env: spec.env }, spec.name)
+      await writeGuestConfigDisk(paths.config, {
+        ...program,
+        hostname: spec.name,
+        rootfsType: img.disk.format,
+        skipGuestAgent: spec.skipGuestAgent,
+      })
+      await done('config_disk')
+
+      step = 'vmm'
+      await this.files.log(id, `create: image ${spec.image} (${img.digest}), ${spec.vcpus} vCPU, ${spec.size} memory`)
+      await this.boot(record, diskPath, opts.signal)
+      await done('vmm')
+
+      step = 'guest_ready'
+      if (opts.waitForRunning !== false) await this.waitForGuest(record, opts.signal)
+      record.phase = 'ready'
+      await done('guest_ready')
+    } catch (err) {
+      await this.undoCreate(record)
+      if (err instanceof ValidationError) throw err
+      const code = err instanceof HypemanError ? err.code : 'create_failed'
+      throw new HypemanError(code, `create ${spec.name}: step ${step} failed: ${errorMessage(err)}`, {
+        step,
+        cause: err,
+        ...(err instanceof HypemanError && err.field ? { field: err.field } : {}),
+      })
+    }
+    return this.get(id)
+  }
+
+  /** Undoes whatever a create finished, newest first; also what reconcile runs for a crashed create. */
+  private async undoCreate(record: InstanceRecord): Promise<void> {
+    const paths = this.files.paths(record.id)
+    this.live.delete(record.id)
+    if (record.vmm) await this.driver(record.vmm.driver).destroy(record.vmm).catch(() => {})
+    await this.destroyRuntime(record.id)
+    await rm(paths.dir, { recursive: true, force: true })
+  }
+
+  private async destroyRuntime(id: string): Promise<void> {
+    const runtimeDir = this.files.paths(id).runtimeDir
+    for (const d of Object.values(this.opts.drivers)) await d?.destroy({ runtimeDir }).catch(() => {})
+    await rm(runtimeDir, { recursive: true, force: true })
+  }
+
+  /** Starts the VMM for the record's current disks (a cold boot, or a restore from its snapshot). */
+  private async boot(record: InstanceRecord, rootfs: string, signal?: AbortSignal, restore = false): Promise<RunningVm> {
+    const spec = record.spec
+    const paths = this.files.paths(record.id)
+    const assets = await this.opts.assets()
+    const driver = this.driver(spec.hypervisor)
+    if (!restore) {
+      record.statusMark = await statusMark(paths.statusLog)
+      record.exit = null
+      record.startedAt = nowIso()
+      record.stoppedAt = null
+    }
+    const throttle = spec.diskIoBytesPerSec ? { throttle: { bytesPerSec: spec.diskIoBytesPerSec } } : {}
+    const vmSpec: VmSpec = {
+      name: spec.name,
+      kernel: assets.kernelPath,
+      initrd: assets.initrdPath,
+      cmdline: [assets.cmdline, spec.hotplugBytes ? 'memhp_default_state=online' : ''].filter(Boolean).join(' '),
+      vcpus: spec.vcpus,
+      memoryBytes: spec.memoryBytes,
+      ...(spec.hotplugBytes ? { hotplugMemory: { maxBytes: spec.memoryBytes + spec.hotplugBytes } } : {}),
+      disks: guestDisks({ rootfs, overlay: paths.overlay, config: paths.config }).map((d) => (d.readonly && d.serial !== 'hm-rootfs' ? d : { ...d, ...throttle })),
+      channels: guestChannels(
+        { agentSocket: paths.agentSocket, controlSocket: paths.controlSocket, appLog: paths.appLog, statusLog: paths.statusLog },
+        { skipGuestAgent: spec.skipGuestAgent },
+      ),
+      consoleLog: paths.consoleLog,
+      vmmLog: paths.vmmLog,
+      runtimeDir: paths.runtimeDir,
+      accel: this.opts.accel,
+      ...(restore ? { restoreFrom: paths.snapshot } : {}),
+    }
+    const vm = await driver.start(vmSpec, {
+      ...(signal ? { signal } : {}),
+      onSpawn: async (persisted) => {
+        record.vmm = persisted
+        await this.files.write(record)
+      },
+    })
+    record.vmm = vm.persisted
+    await this.files.write(record)
+    this.watch(record.id, vm)
+    await this.files.log(record.id, `${restore ? 'restored' : 'booted'}: VMM pid ${vm.pid} (${vm.accel})`)
+    return vm
+  }
+
+  /** Waits until the program started, or the boot ended (program exit or boot error). */
+  private async waitForGuest(record: InstanceRecord, signal?: AbortSignal): Promise<void> {
+    const paths = this.files.paths(record.id)
+    const vm = this.live.get(record.id)
+    const ended = new AbortController()
+    const onAbort = (): void => ended.abort(signal?.reason)
+    signal?.addEventListener('abort', onAbort, { once: true })
+    void vm?.exited.then(() => setTimeout(() => ended.abort(new Error('vmm exited')), 500))
+    try {
+      await waitForStatusEvent(paths.statusLog, ['started', 'exited', 'error'], {
+        since: record.statusMark,
+        timeoutMs: this.bootTimeoutMs,
+        signal: ended.signal,
+      })
+    } catch (err) {
+      if (signal?.aborted) throw err
+      // The VMM ended before the guest said anything: the boot itself failed (see the console log).
+      if (ended.signal.aborted) {
+        const tail = (await tailLines(paths.consoleLog, 20)).join('\n')
+        throw new HypemanError('boot_failed', `the VM ended before the guest program started${tail ? `; console:\n${tail}` : ''}`, { step: 'guest_ready' })
+      }
+      throw new TimeoutError(`the guest did not start its program within ${this.bootTimeoutMs} ms`, { step: 'guest_ready', cause: err })
+    } finally {
+      signal?.removeEventListener('abort', onAbort)
+    }
+  }
+
+  private watch(id: string, vm: LiveVm): void {
+    this.live.set(id, vm)
+    const handled = vm.exited
+      .then((exit) => this.onVmExit(id, vm, exit.reason))
+      .catch((err) => this.logger.warn('recording a VM exit failed', { id, error: errorMessage(err) }))
+    this.exitHandlers.set(id, handled)
+    void handled.finally(() => {
+      if (this.exitHandlers.get(id) === handled) this.exitHandlers.delete(id)
+    })
+  }
+
+  /** Records a boot's end: the guest's exit report if it made one, else why the VMM ended. */
+  private async onVmExit(id: string, vm: LiveVm, reason: string): Promise<void> {
+    if (this.live.get(id) === vm) this.live.delete(id)
+    await this.files.withLock(id, async () => {
+      const record = await this.files.read(id)
+      if (!record || record.vmm?.pid !== vm.pid) return // deleted, or a newer boot
+      await this.finishBoot(record, reason)
+    })
+  }
+
+  /** Marks the current boot as ended in the record (call under the instance lock). */
+  private async finishBoot(record: InstanceRecord, reason: string): Promise<void> {
+    const guest = await this.guestStatus(record)
+    record.vmm = null
+    if (reason !== 'standby') {
+      record.stoppedAt = nowIso()
+      record.exit = exitFromGuest(guest) ?? { code: null, message: `the VM ended (${reason}) before the program reported an exit` }
+    }
+    await this.files.write(record)
+    await this.files.log(record.id, reason === 'standby' ? 'standby: VMM ended after the snapshot' : `stopped: ${record.exit?.message ?? reason} (exit code ${record.exit?.code ?? 'none'})`)
+  }
+
+  private async guestStatus(record: InstanceRecord): Promise<GuestStatusSummary> {
+    return summarizeStatus(await readStatusEvents(this.files.paths(record.id).statusLog, record.statusMark).catch(() => []))
+  }
+
+  // ---------------------------------------------------------------------------------- read
+
+  private async vmmState(record: InstanceRecord): Promise<VmState | Error> {
+    if (!record.vmm) return 'exited'
+    const vm = this.live.get(record.id)
+    if (vm) {
+      try {
+        return await vm.state()
+      } catch (err) {
+        return vm.exited && (await Promise.race([vm.exited.then(() => true), new Promise((r) => setTimeout(() => r(false), 50))])) ? 'exited' : (err as Error)
+      }
+    }
+    const driver = this.driver(record.vmm.driver)
+    if (!driver.isAlive(record.vmm)) return 'exited'
+    return new Error('the VMM runs but this manager is not attached to it')
+  }
+
+  private async toInstance(record: InstanceRecord): Promise<Instance> {
+    let vmm = await this.vmmState(record)
+    if (vmm === 'exited' && record.vmm) {
+      // The VM just ended: let its exit handler record how before describing the instance.
+      await this.exitHandlers.get(record.id)
+      record = (await this.files.read(record.id)) ?? record
+      vmm = await this.vmmState(record)
+    }
+    const guest = await this.guestStatus(record)
+    const { state, stateError } = deriveState({ phase: record.phase, hasVmm: record.vmm !== null, vmm, guest, snapshot: record.snapshot })
+    const s = record.spec
+    const ended = state === 'Stopped' || state === 'Standby'
+    const exit = ended ? (record.exit ?? exitFromGuest(guest)) : null
+    return {
+      id: record.id,
+      createdAt: record.createdAt,
+      image: s.image,
+      name: record.name,
+      state,
+      ...(s.diskIoBps ? { diskIoBps: s.diskIoBps } : {}),
+      env: s.env,
+      exitCode: exit?.code ?? null,
+      exitMessage: exit?.message ?? null,
+      hasSnapshot: record.snapshot,
+      ...(s.hotplugSize ? { hotplugSize: s.hotplugSize } : {}),
+      hypervisor: s.hypervisor,
+      network: { enabled: false },
+      overlaySize: s.overlaySize,
+      size: s.size,
+      startedAt: record.startedAt,
+      stateError: stateError ?? null,
+      stoppedAt: record.stoppedAt,
+      tags: s.tags,
+      vcpus: s.vcpus,
+      volumes: [],
+    }
+  }
+
+  async get(idOrName: string): Promise<Instance> {
+    return this.toInstance(await this.find(idOrName))
+  }
+
+  async list(filter: { tags?: Record<string, string> } = {}): Promise<Instance[]> {
+    const out: Instance[] = []
+    for (const r of await this.records()) {
+      if (r.phase === 'deleting' || !matchesTags(r.spec.tags, filter.tags)) continue
+      out.push(await this.toInstance(r))
+    }
+    return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt))
+  }
+
+  /** Blocks until the instance reaches `state`, a terminal state, or the timeout (max 5 min). */
+  async waitForState(idOrName: string, state: InstanceState, opts: { timeout?: string | number; signal?: AbortSignal } = {}): Promise<WaitResult> {
+    if (!INSTANCE_STATES.includes(state)) throw new ValidationError('state', `must be one of ${INSTANCE_STATES.join(', ')}`)
+    const timeoutMs = Math.min(parseDuration(opts.timeout ?? '60s', 'timeout'), 5 * 60_000)
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const inst = await this.get(idOrName)
+      const terminal = (inst.state === 'Stopped' || inst.state === 'Unknown') && state !== inst.state
+      if (inst.state === state || terminal) return { state: inst.state, stateError: inst.stateError ?? null, timedOut: false }
+      if (Date.now() >= deadline || opts.signal?.aborted) return { state: inst.state, stateError: inst.stateError ?? null, timedOut: true }
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  }
+
+  // ---------------------------------------------------------------------------------- lifecycle
+
+  /** Boots a stopped instance again (its overlay keeps what it wrote); a standby one is restored. */
+  async start(idOrName: string, opts: { signal?: AbortSignal } = {}): Promise<Instance> {
+    const found = await this.find(idOrName)
+    if (found.snapshot) return this.restore(found.id)
+    await this.files.withLock(found.id, async () => {
+      const record = (await this.files.read(found.id))!
+      if (record.vmm) {
+        if (this.driver(record.vmm.driver).isAlive(record.vmm)) throw new ConflictError(`instance ${record.name} is already running`, { field: 'id' })
+        await this.finishBoot(record, 'killed')
+      }
+      const { diskPath } = await this.rootfsOf(record)
+      await this.boot(record, diskPath, opts.signal)
+    })
+    const record = (await this.files.read(found.id))!
+    await this.waitForGuest(record, opts.signal)
+    return this.get(found.id)
+  }
+
+  private async rootfsOf(record: InstanceRecord): Promise<{ diskPath: string }> {
+    const img = record.imageDigest ? await this.opts.images.store.getRecord(record.imageDigest) : undefined
+    if (!img) throw new NotFoundError(`the image disk of instance ${record.name} (${record.imageDigest}) is no longer in the cache`, { field: 'image' })
+    return { diskPath: this.opts.images.store.diskPath(img) }
+  }
+
+  /**
+   * Graceful stop: init sends SIGTERM to the program, SIGKILL after the grace, then powers off;
+   * if the guest does not answer, ACPI power-off, then the VMM is killed. Idempotent.
+   */
+  async stop(idOrName: string, opts: StopOptions = {}): Promise<Instance> {
+    const record = await this.find(idOrName)
+    const graceMs = opts.timeoutMs ?? 10_000
+    let vm = this.live.get(record.id)
+    if (!vm) return this.get(record.id)
+    if (vm.phase === 'paused') {
+      // A paused guest cannot act on SIGTERM: let it run to stop properly, as docker does.
+      vm = await vm.resume()
+      this.live.set(record.id, vm)
+    }
+    await this.files.log(record.id, `stop requested (grace ${graceMs} ms)`)
+    const paths = this.files.paths(record.id)
+    try {
+      await requestGuestStop(paths.controlSocket, graceMs, { timeoutMs: 5_000 })
+      await vm.waitForExit({ timeoutMs: graceMs + 15_000 })
+    } catch (err) {
+      this.logger.warn('graceful stop did not finish; powering off', { id: record.id, error: errorMessage(err) })
+      await vm.shutdown({ timeoutMs: 5_000 }).catch(() => vm!.kill())
+    }
+    await vm.exited
+    await this.settled(record.id)
+    return this.get(record.id)
+  }
+
+  /** Freezes the VM's vCPUs (the guest's clock and processes stop until resume). */
+  async pause(idOrName: string): Promise<Instance> {
+    const record = await this.find(idOrName)
+    const vm = this.live.get(record.id)
+    if (!vm) throw new ConflictError(`instance ${record.name} is not running`, { field: 'id' })
+    if (vm.phase === 'running') {
+      this.live.set(record.id, await vm.pause())
+      await this.files.log(record.id, 'paused')
+    }
+    return this.get(record.id)
+  }
+
+  async resume(idOrName: string): Promise<Instance> {
+    const record = await this.find(idOrName)
+    const vm = this.live.get(record.id)
+    if (!vm) throw new ConflictError(`instance ${record.name} is not running`, { field: 'id' })
+    if (vm.phase === 'paused') {
+      this.live.set(record.id, await vm.resume())
+      await this.files.log(record.id, 'resumed')
+    }
+    return this.get(record.id)
+  }
+
+  /** Ends the VM at once (SIGKILL to the VMM). */
+  async kill(idOrName: string): Promise<Instance> {
+    const record = await this.find(idOrName)
+    const vm = this.live.get(record.id)
+    if (vm) {
+      await vm.kill()
+      await vm.exited
+      await this.settled(record.id)
+    }
+    return this.get(record.id)
+  }
+
+  /** Waits until the exit handler has recorded the end of the boot. */
+  private async settled(id: string): Promise<void> {
+    for (let i = 0; i < 100; i++) {
+      const r = await this.files.read(id)
+      if (!r || !r.vmm) return
+      await new Promise((res) => setTimeout(res, 20))
+    }
+  }
+
+  /** Removes the instance and everything it made: VMM, sockets, disks, logs. */
+  async delete(idOrName: string): Promise<void> {
+    const found = await this.find(idOrName)
+    await this.files.withNamesLock(() =>
+      this.files.withLock(found.id, async () => {
+        const record = await this.files.read(found.id)
+        if (!record) return
+        record.phase = 'deleting'
+        await this.files.write(record)
+        const vm = this.live.get(record.id)
+        this.live.delete(record.id)
+        if (vm) await vm.kill().catch(() => {})
+        if (record.vmm) await this.driver(record.vmm.driver).destroy(record.vmm).catch(() => {})
+        await this.destroyRuntime(record.id)
+        await rm(this.files.paths(record.id).dir, { recursive: true, force: true })
+      }),
+    )
+  }
+
+  /** Snapshots the VM to disk and ends the VMM; `restore` (or `start`) resumes it where it was. */
+  async standby(idOrName: string): Promise<Instance> {
+    const record = await this.find(idOrName)
+    const vm = this.live.get(record.id)
+    if (!vm) throw new ConflictError(`instance ${record.name} is not running`, { field: 'id' })
+    if (!this.driver(record.spec.hypervisor).capabilities.snapshot) throw new NotSupportedError(`${record.spec.hypervisor} cannot snapshot`)
+    await this.files.withLock(record.id, async () => {
+      await rm(this.files.paths(record.id).snapshot, { recursive: true, force: true })
+      const snap = await vm.standby(this.files.paths(record.id).snapshot)
+      const r = (await this.files.read(record.id))!
+      r.snapshot = true
+      await this.files.write(r)
+      await this.files.log(record.id, `standby: ${snap.bytes} bytes in ${Math.round(snap.durationMs)} ms`)
+    })
+    await vm.exited
+    await this.settled(record.id)
+    return this.get(record.id)
+  }
+
+  async restore(idOrName: string, opts: { signal?: AbortSignal } = {}): Promise<Instance> {
+    const found = await this.find(idOrName)
+    await this.files.withLock(found.id, async () => {
+      const record = (await this.files.read(found.id))!
+      if (!record.snapshot) throw new ConflictError(`instance ${record.name} has no snapshot to restore`, { field: 'id' })
+      if (record.vmm) throw new ConflictError(`instance ${record.name} is running`, { field: 'id' })
+      const { diskPath } = await this.rootfsOf(record)
+      await this.boot(record, diskPath, opts.signal, true)
+      // A snapshot is good for one restore: the disks move on from here.
+      record.snapshot = false
+      await this.files.write(record)
+      await rm(this.files.paths(record.id).snapshot, { recursive: true, force: true })
+    })
+    return this.get(found.id)
+  }
+
+  // ---------------------------------------------------------------------------------- guest access
+
+  private async agent(idOrName: string, connectTimeoutMs?: number): Promise<GuestAgentClient> {
+    const record = await this.find(idOrName)
+    if (!this.live.has(record.id)) throw new ConflictError(`instance ${record.name} is not running`, { field: 'id' })
+    return GuestAgentClient.connect({
+      socketPath: this.files.paths(record.id).agentSocket,
+      skipGuestAgent: record.spec.skipGuestAgent,
+      timeoutMs: connectTimeoutMs ?? 30_000,
+      logger: this.logger,
+    })
+  }
+
+  /** Runs a program in the guest and collects its output and exit code. */
+  async exec(idOrName: string, params: ExecParams): Promise<ExecResult> {
+    const { stdin, connectTimeoutMs, ...req } = params
+    const client = await this.agent(idOrName, connectTimeoutMs)
+    try {
+      const proc = client.exec({ ...req, stdin: stdin !== undefined })
+      if (proc.stdin) proc.stdin.end(stdin)
+      const out: Buffer[] = []
+      const err: Buffer[] = []
+      proc.stdout.on('data', (d: Buffer) => out.push(d))
+      proc.stderr.on('data', (d: Buffer) => err.push(d))
+      const exit = await proc.exit
+      return { ...exit, stdout: Buffer.concat(out), stderr: Buffer.concat(err) }
+    } finally {
+      client.close()
+    }
+  }
+
+  /** Runs a program in the guest with live streams; the connection closes when it exits. */
+  async execStream(idOrName: string, params: ExecOptions & { connectTimeoutMs?: number }): Promise<ExecProcess> {
+    const { connectTimeoutMs, ...req } = params
+    const client = await this.agent(idOrName, connectTimeoutMs)
+    const proc = client.exec(req)
+    void proc.exit.finally(() => client.close()).catch(() => {})
+    return proc
+  }
+
+  async stat(idOrName: string, path: string, opts: { followLinks?: boolean } = {}): Promise<PathInfo> {
+    if (typeof path !== 'string' || !path.startsWith('/')) throw new ValidationError('path', 'must be an absolute path')
+    const client = await this.agent(idOrName)
+    try {
+      return await client.stat(path, opts)
+    } finally {
+      client.close()
+    }
+  }
+
+  /** Log lines: the program's output (app), the VMM's (vmm), our operations (hypeman), kernel console. */
+  async *logs(idOrName: string, opts: LogOptions = {}): AsyncGenerator<string> {
+    const record = await this.find(idOrName)
+    const paths = this.files.paths(record.id)
+    const source = opts.source ?? 'app'
+    const file = { app: paths.appLog, vmm: paths.vmmLog, hypeman: paths.hypemanLog, console: paths.consoleLog }[source]
+    if (!file) throw new ValidationError('source', 'must be app, vmm, hypeman or console')
+    const tail = opts.tail ?? 100
+    if (opts.follow) {
+      if (!opts.signal) throw new ValidationError('signal', 'follow needs an AbortSignal to end it')
+      yield* followLog(file, { signal: opts.signal, tail })
+      return
+    }
+    yield* await tailLines(file, tail)
+  }
+
+  // ---------------------------------------------------------------------------------- recovery
+
+  /**
+   * After a crash of the host process: finishes or undoes what was in flight, reattaches to VMMs
+   * that still run, records the end of those that do not, and removes anything that belongs to
+   * no instance (directories, runtime dirs, VMM processes).
+   */
+  async reconcile(): Promise<{ reattached: number; stopped: number; removed: number }> {
+    const stats = { reattached: 0, stopped: 0, removed: 0 }
+    const known = new Set<string>()
+    for (const id of await this.files.ids()) {
+      const record = await this.files.read(id).catch(() => undefined)
+      if (!record) {
+        await this.destroyRuntime(id)
+        await rm(this.files.paths(id).dir, { recursive: true, force: true })
+        stats.removed++
+        continue
+      }
+      if (record.phase !== 'ready') {
+        await this.undoCreate(record)
+        stats.removed++
+        continue
+      }
+      known.add(id)
+      if (!record.vmm || this.live.has(id)) continue
+      const driver = this.driver(record.vmm.driver)
+      if (driver.isAlive(record.vmm)) {
+        try {
+          const vm = await driver.attach(record.vmm)
+          this.watch(id, vm)
+          stats.reattached++
+          continue
+        } catch (err) {
+          this.logger.warn('could not reattach to a VMM; ending it', { id, error: errorMessage(err) })
+        }
+      }
+      await driver.destroy(record.vmm).catch(() => {})
+      await this.files.withLock(id, () => this.finishBoot(record, 'killed'))
+      stats.stopped++
+    }
+    for (const id of await this.files.runtimeIds()) {
+      if (known.has(id)) continue
+      await this.destroyRuntime(id)
+      stats.removed++
+    }
+    return stats
+  }
+
+  /** Forgets the VMs without stopping them: they keep running and a later open reattaches. */
+  async detachAll(): Promise<void> {
+    for (const vm of this.live.values()) await vm.detach().catch(() => {})
+    this.live.clear()
+  }
+}
+
+export type { InstanceSpec }

@@ -1,0 +1,233 @@
+/**
+ * The create parameters of the seed API ("Create and start instance"), validated field by field.
+ * A parameter whose subsystem does not exist yet is refused with a clear `not_supported` error
+ * naming it, never accepted and ignored. Nothing is created before this passes.
+ */
+import { NotSupportedError, parseRate, parseSize, ValidationError } from '@hypeman-ts/common'
+import { parsePlatform } from '../images/manifest.js'
+import { parseReference, formatReference } from '../images/reference.js'
+import { validateTags } from '../validate.js'
+
+export type Hypervisor = 'cloud-hypervisor' | 'firecracker' | 'qemu' | 'vz'
+export const HYPERVISORS: readonly Hypervisor[] = ['cloud-hypervisor', 'firecracker', 'qemu', 'vz']
+
+export interface VolumeMount {
+  volumeId: string
+  mountPath: string
+  readonly?: boolean
+  overlay?: boolean
+  overlaySize?: string
+}
+
+export interface CredentialPolicy {
+  source: { env: string }
+  inject: { hosts?: string[]; as: { header: string; format: string } }[]
+}
+
+export interface NetworkParams {
+  enabled?: boolean
+  bandwidthDownload?: string
+  bandwidthUpload?: string
+  egress?: { enabled?: boolean; enforcement?: { mode?: 'all' | 'http_https_only' } }
+}
+
+/** The seed's InstanceNewParams, in camelCase. */
+export interface CreateInstanceParams {
+  /** OCI image reference; pulled if the cache does not have it. */
+  image: string
+  /** Lowercase letters, digits and dashes; not starting or ending with a dash; at most 63. */
+  name: string
+  /** Override the image CMD (like `docker run IMAGE CMD...`). */
+  cmd?: string[]
+  /** Override the image ENTRYPOINT (like `docker run --entrypoint`); resets the image CMD. */
+  entrypoint?: string[]
+  env?: Record<string, string>
+  /** Base memory, e.g. "1GB", "512MB", "2G". Default "1GB". */
+  size?: string
+  /** Extra memory that can be plugged in later, e.g. "1GB". Omit to disable. */
+  hotplugSize?: string
+  /** Writable overlay disk size, e.g. "10GB". Default "10GB". */
+  overlaySize?: string
+  /** Disk I/O limit, e.g. "100MB/s". */
+  diskIoBps?: string
+  /** Default 2. */
+  vcpus?: number
+  /** Default: the manager's (qemu). */
+  hypervisor?: Hypervisor
+  /** os/arch[/variant] of the image to pull; default the manager's. */
+  platform?: string
+  skipGuestAgent?: boolean
+  skipKernelHeaders?: boolean
+  tags?: Record<string, string>
+  network?: NetworkParams
+  credentials?: Record<string, CredentialPolicy>
+  devices?: string[]
+  gpu?: { profile?: string }
+  volumes?: VolumeMount[]
+}
+
+/** What create works from: every field checked, sizes parsed, defaults applied. */
+export interface InstanceSpec {
+  image: string
+  name: string
+  cmd: string[] | null
+  entrypoint: string[] | null
+  env: Record<string, string>
+  size: string
+  memoryBytes: number
+  hotplugSize: string | null
+  hotplugBytes: number
+  overlaySize: string
+  overlayBytes: number
+  diskIoBps: string | null
+  diskIoBytesPerSec: number | null
+  vcpus: number
+  hypervisor: Hypervisor
+  platform: string | null
+  skipGuestAgent: boolean
+  skipKernelHeaders: boolean
+  tags: Record<string, string>
+}
+
+export interface SpecDefaults {
+  size: string
+  overlaySize: string
+  vcpus: number
+  hypervisor: Hypervisor
+  /** Supported hypervisors on this manager (drivers that exist). */
+  available: readonly Hypervisor[]
+  maxVcpus: number
+}
+
+const NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
+const KNOWN = new Set([
+  'image', 'name', 'cmd', 'entrypoint', 'env', 'size', 'hotplugSize', 'overlaySize', 'diskIoBps', 'vcpus', 'hypervisor',
+  'platform', 'skipGuestAgent', 'skipKernelHeaders', 'tags', 'network', 'credentials', 'devices', 'gpu', 'volumes',
+])
+const MIB = 1024 * 1024
+
+export function validateName(name: unknown, field = 'name'): string {
+  if (typeof name !== 'string' || name === '') throw new ValidationError(field, 'is required')
+  if (name.length > 63) throw new ValidationError(field, `"${name}" is longer than 63 characters`)
+  if (!NAME.test(name)) {
+    throw new ValidationError(field, `"${name}" must be lowercase letters, digits and dashes, not starting or ending with a dash`)
+  }
+  return name
+}
+
+function stringArray(value: unknown, field: string): string[] | null {
+  if (value === undefined || value === null) return null
+  if (!Array.isArray(value) || value.some((v) => typeof v !== 'string')) throw new ValidationError(field, 'must be an array of strings')
+  value.forEach((v: string, i) => {
+    if (v.includes('\0')) throw new ValidationError(`${field}[${i}]`, 'must not contain NUL bytes')
+  })
+  return [...value]
+}
+
+function bool(value: unknown, field: string): boolean {
+  if (value === undefined || value === null) return false
+  if (typeof value !== 'boolean') throw new ValidationError(field, 'must be true or false')
+  return value
+}
+
+function notYet(field: string, what: string): never {
+  throw new NotSupportedError(`${field}: ${what} is not supported yet`, { field })
+}
+
+export function validateCreateParams(input: unknown, defaults: SpecDefaults): InstanceSpec {
+  if (!input || typeof input !== 'object' || Array.isArray(input)) throw new ValidationError('params', 'must be an object')
+  const p = input as CreateInstanceParams & Record<string, unknown>
+  for (const key of Object.keys(p)) {
+    if (!KNOWN.has(key) && p[key] !== undefined) throw new ValidationError(key, 'is not a create parameter')
+  }
+
+  const name = validateName(p.name)
+  const image = formatReference(parseReference(p.image, 'image'))
+  const platform = p.platform === undefined ? null : (parsePlatform(p.platform, 'platform'), p.platform)
+  const cmd = stringArray(p.cmd, 'cmd')
+  const entrypoint = stringArray(p.entrypoint, 'entrypoint')
+
+  const env: Record<string, string> = {}
+  if (p.env !== undefined && p.env !== null) {
+    if (typeof p.env !== 'object' || Array.isArray(p.env)) throw new ValidationError('env', 'must be an object of strings')
+    for (const [k, v] of Object.entries(p.env)) {
+      if (!ENV_NAME.test(k)) throw new ValidationError(`env.${k}`, 'is not a valid environment variable name (letters, digits and _, not starting with a digit)')
+      if (typeof v !== 'string') throw new ValidationError(`env.${k}`, 'must be a string')
+      if (v.includes('\0')) throw new ValidationError(`env.${k}`, 'must not contain NUL bytes')
+      env[k] = v
+    }
+  }
+
+  const size = p.size ?? defaults.size
+  const memoryBytes = parseSize(size, 'size', { min: 64 * MIB, max: 1024 ** 4 })
+  if (memoryBytes % MIB !== 0) throw new ValidationError('size', `"${size}" is not a whole number of MiB`)
+  let hotplugBytes = 0
+  if (p.hotplugSize !== undefined && p.hotplugSize !== null) {
+    hotplugBytes = parseSize(p.hotplugSize, 'hotplugSize', { min: 128 * MIB, max: 1024 ** 4 })
+    if (hotplugBytes % (128 * MIB) !== 0) throw new ValidationError('hotplugSize', `"${p.hotplugSize}" must be a multiple of 128MB (the memory block size)`)
+  }
+  const overlaySize = p.overlaySize ?? defaults.overlaySize
+  const overlayBytes = parseSize(overlaySize, 'overlaySize', { min: 16 * MIB, max: 16 * 1024 ** 4 })
+
+  let diskIoBytesPerSec: number | null = null
+  if (p.diskIoBps !== undefined && p.diskIoBps !== null) diskIoBytesPerSec = Math.floor(parseRate(p.diskIoBps, 'diskIoBps') / 8)
+
+  const vcpus = p.vcpus ?? defaults.vcpus
+  if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > defaults.maxVcpus) {
+    throw new ValidationError('vcpus', `must be a whole number from 1 to ${defaults.maxVcpus}, got ${JSON.stringify(p.vcpus)}`)
+  }
+
+  const hypervisor = p.hypervisor ?? defaults.hypervisor
+  if (!HYPERVISORS.includes(hypervisor)) throw new ValidationError('hypervisor', `must be one of ${HYPERVISORS.join(', ')}`)
+  if (!defaults.available.includes(hypervisor)) notYet('hypervisor', `"${hypervisor}" (no driver for it on this host; available: ${defaults.available.join(', ')})`)
+
+  const skipGuestAgent = bool(p.skipGuestAgent, 'skipGuestAgent')
+  const skipKernelHeaders = bool(p.skipKernelHeaders, 'skipKernelHeaders')
+  const tags = validateTags(p.tags, 'tags')
+
+  // Subsystems that are not built yet: refuse a request that needs them, naming the field.
+  if (p.network !== undefined && p.network !== null) {
+    if (typeof p.network !== 'object') throw new ValidationError('network', 'must be an object')
+    const n = p.network
+    if (n.enabled !== undefined && typeof n.enabled !== 'boolean') throw new ValidationError('network.enabled', 'must be true or false')
+    if (n.bandwidthDownload !== undefined) parseRate(n.bandwidthDownload, 'network.bandwidthDownload')
+    if (n.bandwidthUpload !== undefined) parseRate(n.bandwidthUpload, 'network.bandwidthUpload')
+    const mode = n.egress?.enforcement?.mode
+    if (mode !== undefined && mode !== 'all' && mode !== 'http_https_only') {
+      throw new ValidationError('network.egress.enforcement.mode', 'must be "all" or "http_https_only"')
+    }
+    if (n.enabled === true) notYet('network.enabled', 'host networking (bridge, TAP, NAT)')
+    if (n.bandwidthDownload !== undefined) notYet('network.bandwidthDownload', 'bandwidth shaping')
+    if (n.bandwidthUpload !== undefined) notYet('network.bandwidthUpload', 'bandwidth shaping')
+    if (n.egress?.enabled) notYet('network.egress.enabled', 'mediated egress')
+  }
+  if (p.credentials !== undefined && p.credentials !== null && Object.keys(p.credentials).length > 0) {
+    notYet('credentials', 'credential brokering (needs the egress proxy on the instance network)')
+  }
+  if (p.devices !== undefined && p.devices !== null && (!Array.isArray(p.devices) || p.devices.length > 0)) notYet('devices', 'PCI passthrough')
+  if (p.gpu !== undefined && p.gpu !== null) notYet('gpu', 'GPU attachment')
+  if (p.volumes !== undefined && p.volumes !== null && (!Array.isArray(p.volumes) || p.volumes.length > 0)) notYet('volumes', 'volume attachment')
+
+  return {
+    image,
+    name,
+    cmd,
+    entrypoint,
+    env,
+    size,
+    memoryBytes,
+    hotplugSize: p.hotplugSize ?? null,
+    hotplugBytes,
+    overlaySize,
+    overlayBytes,
+    diskIoBps: p.diskIoBps ?? null,
+    diskIoBytesPerSec,
+    vcpus,
+    hypervisor,
+    platform,
+    skipGuestAgent,
+    skipKernelHeaders,
+    tags,
+  }
+}

@@ -1,0 +1,123 @@
+/**
+ * What is persisted per instance (`<dataDir>/instances/<id>/instance.json`, written atomically
+ * under the instance's lock) and where each of its files lives. The runtime dir (sockets, pidfile)
+ * is kept short because unix socket paths are limited to 107 bytes.
+ */
+import { createHash } from 'node:crypto'
+import { appendFile, mkdir, readdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { readJsonIfExists, withFileLock, writeJsonAtomic } from '@hypeman-ts/common'
+import type { PersistedVm } from '@hypeman-ts/vmm-drivers'
+import type { InstanceSpec } from './params.js'
+
+/** The create steps, in order; each one that finished is recorded so a crash can be undone. */
+export const CREATE_STEPS = ['instance_dir', 'image', 'overlay_disk', 'config_disk', 'vmm', 'guest_ready'] as const
+export type CreateStep = (typeof CREATE_STEPS)[number]
+
+export interface InstanceRecord {
+  version: 1
+  id: string
+  name: string
+  spec: InstanceSpec
+  imageDigest: string | null
+  createdAt: string
+  startedAt: string | null
+  stoppedAt: string | null
+  /** `creating` until create returns; a record still `creating` at open is a crashed create. */
+  phase: 'creating' | 'ready' | 'deleting'
+  steps: CreateStep[]
+  /** The VMM while one runs (or may run): what the driver needs to attach or destroy it. */
+  vmm: PersistedVm | null
+  /** Byte offset of the current (or last) boot's events in status.jsonl. */
+  statusMark: number
+  /** The last boot's end, once known. */
+  exit: { code: number | null; message: string | null } | null
+  /** A standby snapshot exists in snapshot/. */
+  snapshot: boolean
+}
+
+export interface InstancePaths {
+  dir: string
+  record: string
+  lock: string
+  overlay: string
+  config: string
+  appLog: string
+  statusLog: string
+  consoleLog: string
+  hypemanLog: string
+  snapshot: string
+  runtimeDir: string
+  agentSocket: string
+  controlSocket: string
+  vmmLog: string
+}
+
+export class InstanceFiles {
+  readonly root: string
+  readonly runBase: string
+
+  constructor(dataDir: string, runBase?: string) {
+    this.root = join(dataDir, 'instances')
+    // One run dir per data dir: two managers on different data dirs never share sockets.
+    this.runBase = runBase ?? join('/run/hypeman-ts', createHash('sha256').update(dataDir).digest('hex').slice(0, 10))
+  }
+
+  async init(): Promise<void> {
+    await mkdir(this.root, { recursive: true })
+    await mkdir(this.runBase, { recursive: true })
+  }
+
+  paths(id: string): InstancePaths {
+    const dir = join(this.root, id)
+    const run = join(this.runBase, id)
+    return {
+      dir,
+      record: join(dir, 'instance.json'),
+      lock: join(dir, 'lock'),
+      overlay: join(dir, 'overlay.ext4'),
+      config: join(dir, 'config.img'),
+      appLog: join(dir, 'app.log'),
+      statusLog: join(dir, 'status.jsonl'),
+      consoleLog: join(dir, 'console.log'),
+      hypemanLog: join(dir, 'hypeman.log'),
+      snapshot: join(dir, 'snapshot'),
+      runtimeDir: run,
+      agentSocket: join(run, 'agent.sock'),
+      controlSocket: join(run, 'control.sock'),
+      vmmLog: join(dir, 'vmm.log'),
+    }
+  }
+
+  read(id: string): Promise<InstanceRecord | undefined> {
+    return readJsonIfExists<InstanceRecord>(this.paths(id).record)
+  }
+
+  write(record: InstanceRecord): Promise<void> {
+    return writeJsonAtomic(this.paths(record.id).record, record, 0o600)
+  }
+
+  /** Serialises every change to one instance, across processes. */
+  withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    return withFileLock(this.paths(id).lock, fn, { timeoutMs: 5 * 60_000 })
+  }
+
+  /** Serialises name reservations (create) and deletes across instances. */
+  withNamesLock<T>(fn: () => Promise<T>): Promise<T> {
+    return withFileLock(join(this.root, '.names.lock'), fn, { timeoutMs: 60_000 })
+  }
+
+  async ids(): Promise<string[]> {
+    const names = await readdir(this.root).catch(() => [] as string[])
+    return names.filter((n) => !n.startsWith('.'))
+  }
+
+  async runtimeIds(): Promise<string[]> {
+    return readdir(this.runBase).catch(() => [] as string[])
+  }
+
+  /** The per-instance operations log (the `hypeman` log source): one timestamped line per action. */
+  async log(id: string, line: string): Promise<void> {
+    await appendFile(this.paths(id).hypemanLog, `${new Date().toISOString()} ${line}\n`).catch(() => {})
+  }
+}

@@ -1,0 +1,29 @@
+/**
+ * A small busybox image disk for the guest tests, made with tools that are not ours (busybox-static,
+ * mkfs.ext4 -d, mkfs.erofs), while the image pipeline is tested elsewhere.
+ */
+import { chmod, chown, copyFile, mkdir, symlink, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { run } from '@hypeman-ts/common'
+
+export async function makeBusyboxTree(dir: string): Promise<void> {
+  for (const d of ['bin', 'etc', 'tmp', 'root', 'home/app', 'data']) await mkdir(join(dir, d), { recursive: true })
+  await chmod(join(dir, 'tmp'), 0o1777)
+  await copyFile('/bin/busybox', join(dir, 'bin/busybox'))
+  await chmod(join(dir, 'bin/busybox'), 0o755)
+  const { stdout } = await run('/bin/busybox', ['--list'])
+  for (const applet of stdout.trim().split('\n')) if (applet !== 'busybox') await symlink('busybox', join(dir, 'bin', applet))
+  await writeFile(join(dir, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n')
+  await writeFile(join(dir, 'etc/group'), 'root:x:0:\napp:x:1000:\nextra:x:2000:app\n')
+  await chown(join(dir, 'home/app'), 1000, 1000)
+  await writeFile(join(dir, 'data/file.txt'), 'twelve bytes')
+  await symlink('/etc/passwd', join(dir, 'link'))
+}
+
+export async function makeExt4(tree: string, path: string): Promise<void> {
+  await run('mkfs.ext4', ['-q', '-F', '-d', tree, path, '32M'])
+}
+
+export async function makeErofs(tree: string, path: string): Promise<void> {
+  await run('mkfs.erofs', ['--quiet', path, tree])
+}
