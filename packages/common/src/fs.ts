@@ -1,6 +1,6 @@
 /** File helpers for state that must survive a crash: a reader sees the old file or the new one, never half. */
 import { randomBytes } from 'node:crypto'
-import { open, readFile, rename, rm } from 'node:fs/promises'
+import { open, readFile, rename, rm, stat } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 
 export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
@@ -47,12 +47,11 @@ export async function syncDir(dir: string): Promise<void> {
 
 export async function pathExists(path: string): Promise<boolean> {
   try {
-    await (await open(path, 'r')).close()
+    await stat(path)
     return true
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code
     if (code === 'ENOENT' || code === 'ENOTDIR') return false
-    if (code === 'EISDIR') return true
     throw err
   }
 }

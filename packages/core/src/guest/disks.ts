@@ -2,7 +2,7 @@
  * The per-instance disks and channels in the driver's terms, so the instance code does not spell
  * serials and port names itself.
  */
-import { rm } from 'node:fs/promises'
+import { rm, truncate, writeFile } from 'node:fs/promises'
 import { run } from '@hypeman-ts/common'
 import type { ChannelSpec, DiskSpec } from '@hypeman-ts/vmm-drivers'
 import { DISK_SERIAL, PORT_NAME } from './constants.js'
@@ -50,7 +50,8 @@ export function guestChannels(paths: GuestChannelPaths, opts: { skipGuestAgent?:
 export async function createOverlayDisk(path: string, sizeBytes: number, opts: { signal?: AbortSignal } = {}): Promise<void> {
   if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 16 * 1024 * 1024) throw new RangeError('overlay disk must be at least 16 MiB')
   try {
-    await run('truncate', ['-s', String(sizeBytes), path], { signal: opts.signal, step: 'create_overlay_disk' })
+    await writeFile(path, '', { mode: 0o600 })
+    await truncate(path, sizeBytes) // sparse: only what mkfs writes takes space
     await run('mkfs.ext4', ['-q', '-F', '-m', '0', '-L', 'hm-overlay', '-E', 'lazy_itable_init=1,lazy_journal_init=1', path], { signal: opts.signal, step: 'create_overlay_disk' })
   } catch (err) {
     await rm(path, { force: true })

@@ -15,6 +15,7 @@ import {
   ValidationError,
   errorMessage,
   parseDuration,
+  pathExists,
   silentLogger,
   type Logger,
 } from '@hypeman-ts/common'
@@ -195,42 +196,52 @@ export class InstanceManager {
     })
 
     let step: CreateStep = 'image'
-    const done = async (s: CreateStep): Promise<void> => {
-      record.steps.push(s)
-      await this.files.write(record)
-    }
-    try {
-      const image = await this.opts.images.pull(
-        { name: spec.image, ...(spec.platform ? { platform: spec.platform } : {}) },
-        opts.signal ? { signal: opts.signal } : {},
+    // The in-directory steps are only remembered; the record is written (durably) when the VMM
+    // is spawned, which is the first step whose undo is more than removing the directory.
+    const stepped = <T>(s: CreateStep, work: () => Promise<T>): Promise<T> =>
+      work().then(
+        (v) => {
+          record.steps.push(s)
+          return v
+        },
+        (err) => {
+          step = s
+          throw err
+        },
       )
-      const { record: img, diskPath } = await this.opts.images.resolveReady(image.name)
+    try {
+      // The overlay disk needs nothing from the image: make it while the image is resolved.
+      const [{ record: img, diskPath }] = await Promise.all([
+        stepped('image', async () => {
+          const image = await this.opts.images.pull(
+            { name: spec.image, ...(spec.platform ? { platform: spec.platform } : {}) },
+            opts.signal ? { signal: opts.signal } : {},
+          )
+          return this.opts.images.resolveReady(image.name)
+        }),
+        stepped('overlay_disk', () => createOverlayDisk(paths.overlay, spec.overlayBytes, opts.signal ? { signal: opts.signal } : {})),
+      ])
       record.imageDigest = img.digest
-      await done('image')
-
-      step = 'overlay_disk'
-      await createOverlayDisk(paths.overlay, spec.overlayBytes, opts.signal ? { signal: opts.signal } : {})
-      await done('overlay_disk')
 
       step = 'config_disk'
-      const program = resolveProgram(runtimeConfig(img), { entrypoint: spec.entrypoint, cmd: spec.cmd, env: spec.env }, spec.name)
-      await writeGuestConfigDisk(paths.config, {
-        ...program,
-        hostname: spec.name,
-        rootfsType: img.disk.format,
-        skipGuestAgent: spec.skipGuestAgent,
-      })
-      await done('config_disk')
+      await stepped('config_disk', () =>
+        writeGuestConfigDisk(paths.config, {
+          ...resolveProgram(runtimeConfig(img), { entrypoint: spec.entrypoint, cmd: spec.cmd, env: spec.env }, spec.name),
+          hostname: spec.name,
+          rootfsType: img.disk.format,
+          skipGuestAgent: spec.skipGuestAgent,
+        }),
+      )
 
       step = 'vmm'
       await this.files.log(id, `create: image ${spec.image} (${img.digest}), ${spec.vcpus} vCPU, ${spec.size} memory`)
-      await this.boot(record, diskPath, opts.signal)
-      await done('vmm')
+      await stepped('vmm', () => this.boot(record, diskPath, opts.signal))
 
       step = 'guest_ready'
       if (opts.waitForRunning !== false) await this.waitForGuest(record, opts.signal)
       record.phase = 'ready'
-      await done('guest_ready')
+      record.steps.push('guest_ready')
+      await this.files.write(record)
     } catch (err) {
       await this.undoCreate(record)
       if (err instanceof ValidationError) throw err
@@ -346,11 +357,17 @@ export class InstanceManager {
   /** Records a boot's end: the guest's exit report if it made one, else why the VMM ended. */
   private async onVmExit(id: string, vm: LiveVm, reason: string): Promise<void> {
     if (this.live.get(id) === vm) this.live.delete(id)
-    await this.files.withLock(id, async () => {
-      const record = await this.files.read(id)
-      if (!record || record.vmm?.pid !== vm.pid) return // deleted, or a newer boot
-      await this.finishBoot(record, reason)
-    })
+    if (!(await pathExists(this.files.paths(id).dir))) return // deleted: nothing to record
+    try {
+      await this.files.withLock(id, async () => {
+        const record = await this.files.read(id)
+        if (!record || record.vmm?.pid !== vm.pid) return // deleted, or a newer boot
+        await this.finishBoot(record, reason)
+      })
+    } catch (err) {
+      // The instance directory went away under us: a delete won the race.
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+    }
   }
 
   /** Marks the current boot as ended in the record (call under the instance lock). */

@@ -1,0 +1,156 @@
+/**
+ * bench:boot — `instances.create` to Running (the guest program started) with a cached image,
+ * against a bare `qemu-system-x86_64` started by hand with the same kernel, initrd, disks and
+ * devices (no driver, no QMP client, no disk preparation), in the same run, alternating.
+ *
+ * Two baselines are reported:
+ *   - bare → program started: the same guest work as ours, so the ratio is our orchestration cost
+ *     (validation, image lookup, overlay and config disks, VMM supervision, readiness);
+ *   - bare → init started: the issue's literal baseline (the guest's `boot` status event).
+ * Also the host memory per instance: the VMM's RSS beyond the guest RAM it touched (from smaps).
+ *
+ *   npm run bench:boot [-- --runs 5] [-- --json]
+ */
+import { spawn } from 'node:child_process'
+import { copyFile, mkdtemp, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { buildQemuArgv, type VmSpec } from '@hypeman-ts/vmm-drivers'
+import { Hypeman } from '@hypeman-ts/core'
+import { createOverlayDisk } from '../packages/core/src/guest/index.js'
+import { pushFixtures, startRegistries } from '../packages/core/test/support/registry.js'
+import { argValue, finish, median, round, say } from './lib/report.js'
+
+const RUNS = argValue('--runs', 5)
+const SIZE = '256MB'
+const GUEST_RAM = 256 * 1024 * 1024
+const CMD = ['sh', '-c', 'exec sleep 600']
+
+/** RSS of the VMM outside the guest RAM mapping, and the guest RAM actually touched, in bytes. */
+async function vmmMemory(pid: number): Promise<{ overhead: number; guest: number; total: number }> {
+  const smaps = await readFile(`/proc/${pid}/smaps`, 'utf8')
+  let total = 0
+  let guest = 0
+  let size = 0
+  for (const line of smaps.split('\n')) {
+    if (/^[0-9a-f]+-[0-9a-f]+ /.test(line)) {
+      const [range] = line.split(' ')
+      const [a, b] = range!.split('-').map((h) => Number.parseInt(h, 16)) as [number, number]
+      size = b - a
+    } else if (line.startsWith('Rss:')) {
+      const kb = Number(line.split(/\s+/)[1]) * 1024
+      total += kb
+      if (size >= GUEST_RAM) guest += kb // the guest RAM block (one mapping of at least its size)
+    }
+  }
+  return { overhead: total - guest, guest, total }
+}
+
+async function waitForStatus(file: string, type: string, since: number, timeoutMs = 120_000): Promise<number> {
+  const deadline = performance.now() + timeoutMs
+  for (;;) {
+    const text = await readFile(file, 'utf8').catch(() => '')
+    if (text.slice(since).includes(`"type":"${type}"`)) return performance.now()
+    if (performance.now() > deadline) throw new Error(`no ${type} event in ${file}`)
+    await new Promise((r) => setTimeout(r, 2))
+  }
+}
+
+async function bare(spec: VmSpec, dir: string): Promise<{ toInit: number; toProgram: number }> {
+  const status = join(dir, 'status.jsonl')
+  // A fresh overlay, as each of our creates gets (made before the clock starts).
+  const overlay = join(dir, 'overlay.ext4')
+  await createOverlayDisk(overlay, 1024 ** 3)
+  const s: VmSpec = {
+    ...spec,
+    disks: (spec.disks ?? []).map((d) => (d.serial === 'hm-overlay' ? { ...d, path: overlay } : d)),
+    consoleLog: join(dir, 'console.log'),
+    runtimeDir: dir,
+    channels: (spec.channels ?? []).map((c) => ({ ...c, backend: { ...c.backend, path: c.name === 'hypeman.status' ? status : join(dir, `${c.name}.${c.backend.kind}`) } })),
+  }
+  const argv = buildQemuArgv(s, { accel: 'tcg', qmpSocket: join(dir, 'qmp.sock'), pidFile: join(dir, 'qemu.pid') })
+  const t0 = performance.now()
+  const qemu = spawn('qemu-system-x86_64', argv, { stdio: ['ignore', 'ignore', 'inherit'] })
+  try {
+    const init = await waitForStatus(status, 'boot', 0)
+    const program = await waitForStatus(status, 'started', 0)
+    return { toInit: init - t0, toProgram: program - t0 }
+  } finally {
+    qemu.kill('SIGKILL')
+    await new Promise((r) => qemu.once('exit', r))
+  }
+}
+
+const work = await mkdtemp(join(tmpdir(), 'bench-boot-'))
+const registries = await startRegistries(join(work, 'registry'))
+const hm = await Hypeman.open({ dataDir: join(work, 'data'), accel: 'tcg' })
+try {
+  await pushFixtures(registries.open.host, ['busybox:latest'])
+  const image = `${registries.open.host}/busybox:latest`
+  await hm.images.pull(image)
+
+  // The bare boots use the exact machine our instance gets, read from a created instance.
+  const probe = await hm.instances.create({ image, name: 'bench-probe', vcpus: 1, size: SIZE, overlaySize: '1GB', cmd: CMD })
+  const record = JSON.parse(await readFile(join(work, 'data', 'instances', probe.id, 'instance.json'), 'utf8'))
+  const spec: VmSpec = record.vmm.spec
+  await hm.instances.stop(probe.id, { timeoutMs: 1000 })
+  const bareDir = join(work, 'bare')
+  await rm(bareDir, { recursive: true, force: true })
+  const disks = await Promise.all(
+    (spec.disks ?? []).map(async (d) => {
+      if (d.serial === 'hm-rootfs') return d // the image's disk stays in the image cache
+      const copy = join(work, `bare-${d.serial}`)
+      await copyFile(d.path, copy)
+      return { ...d, path: copy }
+    }),
+  )
+  const bareSpec = { ...spec, disks }
+  await hm.instances.delete(probe.id)
+
+  say(`boot: create → Running vs bare qemu (same kernel, initrd, disks), ${RUNS} runs each (plus one warm-up), TCG, 1 vCPU, ${SIZE}`)
+  const oursMs: number[] = []
+  const bareProgramMs: number[] = []
+  const bareInitMs: number[] = []
+  const overhead: number[] = []
+  const rss: number[] = []
+  for (let i = 0; i <= RUNS; i++) {
+    const t0 = performance.now()
+    const inst = await hm.instances.create({ image, name: `bench-${i}`, vcpus: 1, size: SIZE, overlaySize: '1GB', cmd: CMD })
+    const ours = performance.now() - t0
+    const rec = JSON.parse(await readFile(join(work, 'data', 'instances', inst.id, 'instance.json'), 'utf8'))
+    const mem = await vmmMemory(rec.vmm.pid)
+    await hm.instances.delete(inst.id)
+
+    const dir = await mkdtemp(join(work, 'bare-run-'))
+    const b = await bare(bareSpec, dir)
+    await rm(dir, { recursive: true, force: true })
+    if (i === 0) continue // warm-up: page cache, accel probe, assets
+    oursMs.push(ours)
+    bareProgramMs.push(b.toProgram)
+    bareInitMs.push(b.toInit)
+    overhead.push(mem.overhead)
+    rss.push(mem.total)
+    say(`  run ${i}: ours ${ours.toFixed(0)} ms, bare to program ${b.toProgram.toFixed(0)} ms, bare to init ${b.toInit.toFixed(0)} ms, VMM RSS ${(mem.total / 2 ** 20).toFixed(0)} MiB (${(mem.overhead / 2 ** 20).toFixed(0)} MiB beyond guest RAM)`)
+  }
+  const result = {
+    benchmark: 'boot',
+    runs: RUNS,
+    accel: 'tcg',
+    ours_create_to_running_ms: round(median(oursMs), 1),
+    bare_to_program_ms: round(median(bareProgramMs), 1),
+    bare_to_init_ms: round(median(bareInitMs), 1),
+    ratio_vs_bare_to_program: round(median(oursMs) / median(bareProgramMs)),
+    ratio_vs_bare_to_init: round(median(oursMs) / median(bareInitMs)),
+    vmm_rss_mib: round(median(rss) / 2 ** 20, 1),
+    vmm_rss_beyond_guest_ram_mib: round(median(overhead) / 2 ** 20, 1),
+  }
+  say(`median: ours ${result.ours_create_to_running_ms} ms; bare qemu to program ${result.bare_to_program_ms} ms, to init ${result.bare_to_init_ms} ms`)
+  say(`ratio vs bare to program ${result.ratio_vs_bare_to_program} (goal ≤ 1.10); vs bare to init ${result.ratio_vs_bare_to_init}`)
+  say(`host memory per instance: VMM RSS ${result.vmm_rss_mib} MiB, of which ${result.vmm_rss_beyond_guest_ram_mib} MiB beyond guest RAM`)
+  finish(result)
+} finally {
+  for (const i of await hm.instances.list()) await hm.instances.delete(i.id).catch(() => {})
+  await hm.close()
+  await registries.stop()
+  await rm(work, { recursive: true, force: true })
+}
