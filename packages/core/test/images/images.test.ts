@@ -104,7 +104,7 @@ describe('pull from an anonymous registry', () => {
   })
 
   it('gives the spec\'s Image JSON', async () => {
-    const spec = YAML.parse(readFileSync(new URL('../../../../../shared/specs/hypeman-openapi.yaml', import.meta.url), 'utf8'))
+    const spec = YAML.parse(readFileSync(new URL('../../../../specs/hypeman-openapi.yaml', import.meta.url), 'utf8'))
     const ajv = new Ajv({ strict: false })
     ajv.addFormat('date-time', true)
     ajv.addFormat('int64', true)

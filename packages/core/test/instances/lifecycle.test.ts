@@ -161,7 +161,7 @@ describe('a long-running instance', () => {
   })
 
   it('gives the spec\'s Instance JSON', () => {
-    const spec = YAML.parse(readFileSync(new URL('../../../../../shared/specs/hypeman-openapi.yaml', import.meta.url), 'utf8'))
+    const spec = YAML.parse(readFileSync(new URL('../../../../specs/hypeman-openapi.yaml', import.meta.url), 'utf8'))
     const ajv = new Ajv({ strict: false })
     ajv.addFormat('date-time', true)
     ajv.addFormat('int64', true)
