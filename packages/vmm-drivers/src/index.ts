@@ -1,6 +1,7 @@
 export * from './types.js'
 export * from './errors.js'
 export { validateVmSpec, checkSpecFiles } from './spec.js'
+export { vmmCommand, netnsPath } from './netns.js'
 export { QemuDriver, QEMU_CAPABILITIES, type QemuDriverOptions } from './qemu/driver.js'
 export { QemuRunningVm, QemuPausedVm, mapQemuStatus, mapShutdownReason } from './qemu/vm.js'
 export { buildQemuArgv, composeCmdline, QEMU_MACHINE_CMDLINE, DEFAULT_QBOOT, qemuOptValue, type QemuArgvContext } from './qemu/argv.js'

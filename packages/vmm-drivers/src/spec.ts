@@ -5,7 +5,8 @@
  */
 import { access, constants } from 'node:fs/promises'
 import { isAbsolute } from 'node:path'
-import { ValidationError } from '@hypeman-ts/common'
+import { run, ValidationError } from '@hypeman-ts/common'
+import { NETNS_RE, netnsPath } from './netns.js'
 import type { VmSpec } from './types.js'
 
 const MiB = 1024 * 1024
@@ -130,6 +131,16 @@ export function validateVmSpec(spec: VmSpec, controlFiles: readonly string[] = [
     throw new ValidationError('accel', 'expected "kvm", "tcg" or "auto"')
   }
   if (spec.restoreFrom !== undefined) path('restoreFrom', spec.restoreFrom)
+  if (spec.netns !== undefined && (typeof spec.netns !== 'string' || !NETNS_RE.test(spec.netns))) {
+    throw new ValidationError('netns', 'expected the name of a network namespace under /run/netns (letters, digits, ".", "_", "-")')
+  }
+}
+
+/** Whether a network interface exists, in the host's namespace or in `netns`. */
+async function interfaceExists(name: string, netns: string | undefined): Promise<boolean> {
+  // /sys/class/net shows the namespace sysfs was mounted from, so inside another one ask ip.
+  if (netns === undefined) return access(`/sys/class/net/${name}`).then(() => true, () => false)
+  return run('ip', ['-n', netns, '-j', 'link', 'show', 'dev', name], { timeoutMs: 10_000 }).then(() => true, () => false)
 }
 
 /** The files a start reads must exist: checked up front so the error names the field, not a VMM message. */
@@ -144,12 +155,18 @@ export async function checkSpecFiles(spec: VmSpec): Promise<void> {
       throw new ValidationError(field, `cannot read ${p}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`)
     }
   }
+  if (spec.netns !== undefined) {
+    try {
+      await access(netnsPath(spec.netns))
+    } catch {
+      throw new ValidationError('netns', `no network namespace named ${spec.netns} (${netnsPath(spec.netns)})`)
+    }
+  }
   for (const [i, nic] of (spec.nics ?? []).entries()) {
     // As root QEMU would create a missing TAP itself, unconfigured: creating it is netsetup's job.
-    try {
-      await access(`/sys/class/net/${nic.tap}`)
-    } catch {
-      throw new ValidationError(`nics[${i}].tap`, `no network interface named ${nic.tap} (the TAP must exist before the VM starts)`)
+    if (!(await interfaceExists(nic.tap, spec.netns))) {
+      const where = spec.netns ? ` in network namespace ${spec.netns}` : ''
+      throw new ValidationError(`nics[${i}].tap`, `no network interface named ${nic.tap}${where} (the TAP must exist before the VM starts)`)
     }
   }
   for (const [i, d] of (spec.disks ?? []).entries()) {

@@ -89,6 +89,11 @@ export interface VmSpec {
   runtimeDir: string
   /** Default `auto`. */
   accel?: Accel
+  /**
+   * Run the VMM inside this named network namespace (`/run/netns/<name>`), where its TAPs are.
+   * Only the network namespace is entered; every path in the spec is the host's.
+   */
+  netns?: string
   /** A snapshot directory written by `standby()`: boot from it instead of cold-booting the kernel. */
   restoreFrom?: string
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { buildQemuArgv, composeCmdline, QEMU_MACHINE_CMDLINE, qemuOptValue, type QemuArgvContext, type VmSpec } from '../src/index.js'
+import { buildQemuArgv, composeCmdline, QEMU_MACHINE_CMDLINE, qemuOptValue, vmmCommand, type QemuArgvContext, type VmSpec } from '../src/index.js'
 
 const base: VmSpec = {
   kernel: '/k/vmlinux',
@@ -184,6 +184,15 @@ describe('buildQemuArgv', () => {
   it('escapes option values', () => {
     expect(qemuOptValue('a,b,,c')).toBe('a,,b,,,,c')
     expect(qemuOptValue('plain')).toBe('plain')
+  })
+})
+
+describe('vmmCommand', () => {
+  it.each([
+    ['no namespace: the VMM itself', undefined, ['qemu-system-x86_64', ['-machine', 'q35']]],
+    ['a namespace: nsenter execs the VMM in it', 'tenant-a', ['nsenter', ['--net=/run/netns/tenant-a', '--', 'qemu-system-x86_64', '-machine', 'q35']]],
+  ] as const)('%s', (_name, netns, expected) => {
+    expect(vmmCommand('qemu-system-x86_64', ['-machine', 'q35'], netns)).toEqual(expected)
   })
 })
 

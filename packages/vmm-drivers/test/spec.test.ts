@@ -1,6 +1,7 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { run } from '@hypeman-ts/common'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { checkSpecFiles, validateVmSpec, type VmSpec } from '../src/index.js'
 import { machineFingerprint, migrateToFileUri, shellQuote } from '../src/qemu/snapshot.js'
@@ -65,6 +66,8 @@ describe('validateVmSpec', () => {
     ['runtime dir too long for the QMP socket', { runtimeDir: `/${'r'.repeat(100)}` }, 'runtimeDir'],
     ['unknown accel', { accel: 'hvf' as 'kvm' }, 'accel'],
     ['bad name', { name: 'has space' }, 'name'],
+    ['netns with a slash', { netns: '../proc/1/ns' }, 'netns'],
+    ['empty netns', { netns: '' }, 'netns'],
   ]
   it.each(cases)('%s → ValidationError on %s', (_name, patch, field) => {
     expect(() => validateVmSpec({ ...base, ...patch }, ['qmp.sock'])).toThrow(expect.objectContaining({ code: 'invalid_input', field }))
@@ -90,6 +93,25 @@ describe('checkSpecFiles', () => {
     await expect(
       checkSpecFiles({ ...base, kernel: join(dir, 'vmlinux'), nics: [{ tap: 'hm-no-such-tap', mac: '02:00:00:00:00:01' }] }),
     ).rejects.toMatchObject({ field: 'nics[0].tap', message: expect.stringContaining('must exist') })
+  })
+
+  it('wants the network namespace to exist, and looks for the TAP inside it', async () => {
+    const kernel = join(dir, 'vmlinux')
+    await expect(checkSpecFiles({ ...base, kernel, netns: 'hm-no-such-netns' })).rejects.toMatchObject({ code: 'invalid_input', field: 'netns' })
+    const ns = `hmspec-${process.pid}`
+    await run('ip', ['netns', 'add', ns])
+    try {
+      // inside a namespace only its own interfaces count, and one of its interfaces is not the host's
+      await expect(checkSpecFiles({ ...base, kernel, netns: ns, nics: [{ tap: 'hm-no-such-tap', mac: '02:00:00:00:00:01' }] })).rejects.toMatchObject({
+        field: 'nics[0].tap',
+        message: expect.stringContaining(`in network namespace ${ns}`),
+      })
+      await run('ip', ['-n', ns, 'link', 'add', 'hmspecdev0', 'type', 'ifb'])
+      await expect(checkSpecFiles({ ...base, kernel, netns: ns, nics: [{ tap: 'hmspecdev0', mac: '02:00:00:00:00:01' }] })).resolves.toBeUndefined()
+      await expect(checkSpecFiles({ ...base, kernel, nics: [{ tap: 'hmspecdev0', mac: '02:00:00:00:00:01' }] })).rejects.toMatchObject({ field: 'nics[0].tap' })
+    } finally {
+      await run('ip', ['netns', 'del', ns])
+    }
   })
 
   it('passes when everything is there', async () => {

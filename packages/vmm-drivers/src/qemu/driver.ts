@@ -18,6 +18,7 @@ import {
   type Logger,
 } from '@hypeman-ts/common'
 import { VmmError } from '../errors.js'
+import { vmmCommand } from '../netns.js'
 import { findProcessesByArg, isSameProcessAlive, killAndWait, ProcessWatch, readStartTime, spawnDetached } from '../process.js'
 import { pollUntil, withDeadline } from '../readiness.js'
 import { checkSpecFiles, validateVmSpec } from '../spec.js'
@@ -150,12 +151,13 @@ export class QemuDriver implements VmmDriver {
 
     const argv = buildQemuArgv(spec, { accel, qmpSocket, pidFile, bios: this.#opts.bios ?? DEFAULT_QBOOT, incoming: !!restore })
     const vmmLog = spec.vmmLog ?? join(spec.runtimeDir, RUNTIME_FILES.vmmLog)
-    await appendFile(vmmLog, `--- hypeman-ts ${new Date().toISOString()} ${restore ? 'restore' : 'start'}: ${this.qemuBinary} ${argv.join(' ')}\n`)
+    const [command, commandArgs] = vmmCommand(this.qemuBinary, argv, spec.netns)
+    await appendFile(vmmLog, `--- hypeman-ts ${new Date().toISOString()} ${restore ? 'restore' : 'start'}: ${command} ${commandArgs.join(' ')}\n`)
     const logOffset = await fileSize(vmmLog)
 
     const t0 = Date.now()
     const readyTimeoutMs = opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000
-    const spawned = await spawnDetached(this.qemuBinary, argv, vmmLog, 'qemu.spawn')
+    const spawned = await spawnDetached(command, commandArgs, vmmLog, 'qemu.spawn')
     const persisted: PersistedVm = {
       driver: 'qemu',
       version: 1,

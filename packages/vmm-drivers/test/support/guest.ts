@@ -2,8 +2,9 @@
  * The test guest: the cached guest kernel (see the kernel cache layout in the package README)
  * and a tiny initrd built here from busybox-static, the virtio modules in modules.dep order, and
  * a /init shell script that exercises what the driver offers: console output, a file-backed
- * port, a socket-backed echo port (which also takes `poweroff` and `panic`), a tick counter, and
- * a power button that powers off unless `hm.ignore_power=1` is on the kernel command line.
+ * port, a socket-backed echo port (which also takes `poweroff` and `panic`), a tick counter, a
+ * power button that powers off unless `hm.ignore_power=1` is on the kernel command line, and
+ * with `hm.ip=`/`hm.gw=`/`hm.ping=`/`hm.nc=` an address on eth0, a ping, and TCP probes.
  */
 import { existsSync, readdirSync } from 'node:fs'
 import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
@@ -72,6 +73,18 @@ param() { tr ' ' '\\n' </proc/cmdline | sed -n "s/^hm\\.$1=//p"; }
 port() { for p in /sys/class/virtio-ports/*; do [ "$(cat $p/name 2>/dev/null)" = "$1" ] && echo /dev/\${p##*/}; done; }
 for b in /sys/block/vd*; do [ -e "$b" ] && echo "HM-DISK \${b##*/} $(cat $b/serial) ro=$(cat $b/ro)"; done
 for n in /sys/class/net/*; do [ "\${n##*/}" != lo ] && echo "HM-NIC \${n##*/} $(cat $n/address)"; done
+# hm.ip=<addr/len> [hm.gw=<addr>] hm.ping=<addr> [hm.nc=<host>:<port>,...]: configure eth0, ping until
+# an answer (bounded), then print the first line each TCP connection gets (in the background).
+if [ -n "$(param ip)" ]; then
+  (
+    ip link set eth0 up && ip addr add "$(param ip)" dev eth0
+    [ -n "$(param gw)" ] && ip route add default via "$(param gw)"
+    i=0; while ! ping -c 1 -W 1 "$(param ping)" >/dev/null 2>&1 && [ $i -lt 30 ]; do i=$((i+1)); done
+    [ $i -lt 30 ] && echo HM-PING-OK || echo HM-PING-FAILED
+    for t in $(param nc | tr ',' ' '); do echo "HM-NC $t [$(nc -w 3 \${t%:*} \${t#*:} </dev/null 2>&1 | head -n 1)]"; done
+    echo HM-NC-DONE
+  ) &
+fi
 i=0; while [ -z "$(port test.echo)" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 i=0; while [ ! -e "$(port test.echo)" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 f=$(port test.file); [ -n "$f" ] && echo "HM-FILE-PORT hello from $(uname -r)" > $f
