@@ -71,10 +71,15 @@ describe('a VM through its whole life', { timeout: 120_000 }, () => {
   let tap: string
   const events: VmEvent[] = []
 
+  let netns: string
+
   beforeAll(async () => {
     tap = `hmt${randomBytes(4).toString('hex')}`
-    // The TAP stays down and has no address: the guest only needs to see its NIC.
-    await run('ip', ['tuntap', 'add', 'dev', tap, 'mode', 'tap', 'vnet_hdr'])
+    // In a namespace of this test's own, never the host's: the TAP stays down and has no
+    // address, the guest only needs to see its NIC.
+    netns = `hmvt${randomBytes(4).toString('hex')}`
+    await run('ip', ['netns', 'add', netns])
+    await run('ip', ['-n', netns, 'tuntap', 'add', 'dev', tap, 'mode', 'tap', 'vnet_hdr'])
     const disk = join(guest.dir, 'data.img')
     const ro = join(guest.dir, 'ro.img')
     await writeFile(disk, '')
@@ -87,13 +92,14 @@ describe('a VM through its whole life', { timeout: 120_000 }, () => {
         { path: ro, serial: 'hm-ro', readonly: true },
       ],
       nics: [{ tap, mac: '02:00:0a:0b:0c:0d' }],
+      netns,
     })
     specs.push(spec)
   })
 
   afterAll(async () => {
     await driver.destroy({ runtimeDir: spec.runtimeDir })
-    await run('ip', ['link', 'del', tap]).catch(() => {})
+    await run('ip', ['netns', 'del', netns]).catch(() => {})
   })
 
   it('starts and its init runs, printing to the console log', async () => {
