@@ -1,0 +1,129 @@
+/**
+ * Request and response header rewriting, as pure functions over header lists. Hop-by-hop
+ * headers are dropped (RFC 9110 §7.6.1, including those the Connection header names), the
+ * policy's headers are set, and placeholders elsewhere are swapped for real values on hosts
+ * their credential names. Runs once per request, so it only looks things up.
+ */
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http'
+import { PLACEHOLDER_PREFIX, scanPlaceholders } from './placeholders.js'
+import type { CompiledCredential, CompiledPolicy, HostPlan } from './policy.js'
+
+const HOP_BY_HOP = new Set([
+  'connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate',
+  'transfer-encoding', 'upgrade', 'te', 'trailer', 'http2-settings', 'expect', 'host',
+])
+
+export interface RequestRewrite {
+  /** Flat name/value list for the upstream request, `host` included. */
+  headers: string[]
+  /** Credentials whose real value went into the request. */
+  injected: string[]
+  /** Credentials whose placeholder was found towards a host they do not name (or over plain HTTP). */
+  unmatched: CompiledCredential[]
+  /** The guest sent a body: a Content-Length (passed on) or chunked framing (re-framed upstream). */
+  hasBody: boolean
+}
+
+export interface RewriteOptions {
+  /** The Host / :authority to send. */
+  authority: string
+  policy: CompiledPolicy | undefined
+  /** The plan for the destination host; undefined over plain HTTP, where nothing is injected. */
+  plan: HostPlan | undefined
+  /** Keep Upgrade/Connection for a WebSocket handshake. */
+  upgrade?: boolean
+}
+
+function connectionTokens(raw: readonly string[]): Set<string> | undefined {
+  let tokens: Set<string> | undefined
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i]!.length === 10 && raw[i]!.toLowerCase() === 'connection') {
+      for (const t of raw[i + 1]!.split(',')) {
+        const token = t.trim().toLowerCase()
+        if (token && token !== 'close' && token !== 'keep-alive' && token !== 'upgrade') (tokens ??= new Set()).add(token)
+      }
+    }
+  }
+  return tokens
+}
+
+/** Swaps this policy's placeholders in one header value; records credentials that do not apply. */
+function swapPlaceholders(value: string, policy: CompiledPolicy, plan: HostPlan | undefined, out: RequestRewrite, injected: Set<string>): string {
+  let result = ''
+  let last = 0
+  scanPlaceholders(value, (token, at) => {
+    const cred = policy.byPlaceholder.get(token)
+    if (!cred) return
+    const secret = plan?.swap.get(token)
+    if (secret === undefined) {
+      if (!out.unmatched.includes(cred)) out.unmatched.push(cred)
+      return
+    }
+    result += value.slice(last, at) + secret
+    last = at + token.length
+    injected.add(cred.name)
+  })
+  return last === 0 ? value : result + value.slice(last)
+}
+
+/**
+ * Rewrites a guest request's headers (flat raw list, pseudo-headers excluded) for upstream.
+ * HTTP/2 guests may split cookies over several fields; they are joined for HTTP/1.1 upstreams.
+ */
+export function rewriteRequestHeaders(raw: readonly string[], opts: RewriteOptions): RequestRewrite {
+  const out: RequestRewrite = { headers: ['host', opts.authority], injected: [], unmatched: [], hasBody: false }
+  const injected = new Set<string>()
+  const { policy, plan } = opts
+  const extraHop = connectionTokens(raw)
+  const headers = out.headers
+  let cookies: string | undefined
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!
+    let value = raw[i + 1]!
+    const lower = name.toLowerCase()
+    if (HOP_BY_HOP.has(lower)) {
+      if (lower === 'transfer-encoding') out.hasBody = true
+      else if (lower === 'te' && value.trim().toLowerCase() === 'trailers') headers.push('te', 'trailers')
+      else if (opts.upgrade && lower === 'upgrade') headers.push(name, value)
+      continue
+    }
+    if (extraHop?.has(lower)) continue
+    if (lower === 'content-length' && value !== '0') out.hasBody = true
+    if (plan?.setLower.has(lower)) continue
+    if (policy && value.includes(PLACEHOLDER_PREFIX)) value = swapPlaceholders(value, policy, plan, out, injected)
+    if (lower === 'cookie') {
+      cookies = cookies === undefined ? value : `${cookies}; ${value}`
+      continue
+    }
+    headers.push(name, value)
+  }
+  if (cookies !== undefined) headers.push('cookie', cookies)
+  if (opts.upgrade) headers.push('connection', 'Upgrade')
+  if (plan) {
+    for (const s of plan.set) {
+      headers.push(s.header, s.value)
+      injected.add(s.credential)
+    }
+  }
+  out.injected = [...injected]
+  return out
+}
+
+const RESPONSE_DROP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'http2-settings', 'te'])
+
+/** Response headers for the guest: hop-by-hop ones removed (HTTP/2 forbids them outright). */
+export function rewriteResponseHeaders(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
+  const connection = headers.connection
+  const out: OutgoingHttpHeaders = {}
+  for (const key in headers) {
+    if (RESPONSE_DROP.has(key)) continue
+    const value = headers[key]
+    if (value !== undefined) out[key] = value
+  }
+  if (typeof connection === 'string' && connection.includes(',')) {
+    for (const t of connection.split(',')) delete out[t.trim().toLowerCase()]
+  } else if (typeof connection === 'string') {
+    delete out[connection.trim().toLowerCase()]
+  }
+  return out
+}

@@ -1,0 +1,162 @@
+/**
+ * The upstream side: undici agents whose connector resolves through the SSRF guard and dials
+ * the address it checked, with TLS always verified against the destination's name (Node's
+ * bundled roots, the system bundle and an optional extra bundle). Connections are pooled per
+ * origin and shared by every source, so a guest opening a new TLS connection per request still
+ * reuses warm upstream connections.
+ */
+import { existsSync, readFileSync } from 'node:fs'
+import type { Socket } from 'node:net'
+import { connect as tlsConnect, createSecureContext, rootCertificates, type SecureContext, type TLSSocket } from 'node:tls'
+import { connect as netConnect } from 'node:net'
+import { Agent, buildConnector } from 'undici'
+import { EgressError } from './errors.js'
+import type { DestinationGuard } from './guard.js'
+
+const UPSTREAM_READ_BUFFER = 256 * 1024
+const SYSTEM_BUNDLES = ['/etc/ssl/certs/ca-certificates.crt', '/etc/pki/tls/certs/ca-bundle.crt']
+
+export interface UpstreamOptions {
+  guard: DestinationGuard
+  /** Extra PEM roots to trust, in addition to the bundled and system roots. */
+  extraCa?: string
+  connectTimeoutMs: number
+  headersTimeoutMs: number
+  bodyTimeoutMs: number
+  keepAliveTimeoutMs: number
+  connectionsPerOrigin: number
+  maxResponseHeaderSize: number
+  /** "address:port" pairs the proxy listens on; dialling them would loop. */
+  isSelf: (address: string, port: number) => boolean
+}
+
+/** The trust store for upstream TLS: Node's bundled roots, the system bundle, and the extra roots. */
+export function upstreamTrust(extraCa?: string): SecureContext {
+  const ca: string[] = [...rootCertificates]
+  const system = SYSTEM_BUNDLES.find((p) => existsSync(p))
+  if (system) ca.push(readFileSync(system, 'utf8'))
+  if (extraCa) ca.push(extraCa)
+  return createSecureContext({ ca, minVersion: 'TLSv1.2' })
+}
+
+const TLS_VERIFY_CODES = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN',
+  'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'ERR_TLS_CERT_ALTNAME_INVALID', 'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'CERT_SIGNATURE_FAILURE', 'CERT_UNTRUSTED', 'CERT_REJECTED',
+  'INVALID_CA', 'PATH_LENGTH_EXCEEDED', 'INVALID_PURPOSE', 'HOSTNAME_MISMATCH', 'CERT_REVOKED',
+])
+
+/** Names what went wrong upstream, in words a guest's developer can act on. */
+export function upstreamError(err: unknown, host: string, port: number): EgressError {
+  if (err instanceof EgressError) return err
+  const e = err as NodeJS.ErrnoException & { reason?: string }
+  const code = e?.code ?? ''
+  const where = `${host}:${port}`
+  if (TLS_VERIFY_CODES.has(code)) {
+    return new EgressError('upstream_tls', `upstream ${where} presented a certificate that does not verify: ${code}: ${e.message}`, { cause: err, details: { host, tlsCode: code } })
+  }
+  if (code.startsWith('ERR_SSL') || code === 'ERR_TLS_HANDSHAKE_TIMEOUT' || /SSL|TLS/.test(e?.message ?? '') && code === '') {
+    return new EgressError('upstream_tls', `TLS with upstream ${where} failed: ${e.message}`, { cause: err, details: { host, tlsCode: code } })
+  }
+  if (code === 'UND_ERR_CONNECT_TIMEOUT') return new EgressError('upstream_timeout', `connecting to ${where} timed out`, { cause: err, details: { host } })
+  if (code === 'UND_ERR_HEADERS_TIMEOUT') return new EgressError('upstream_timeout', `${where} sent no response headers in time`, { cause: err, details: { host } })
+  if (code === 'UND_ERR_BODY_TIMEOUT') return new EgressError('upstream_timeout', `${where} stalled while sending the response body`, { cause: err, details: { host } })
+  if (['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ETIMEDOUT'].includes(code)) {
+    return new EgressError('upstream_connect', `cannot connect to ${where}: ${code}`, { cause: err, details: { host } })
+  }
+  return new EgressError('upstream_failed', `upstream ${where} failed: ${code ? `${code}: ` : ''}${e?.message ?? String(err)}`, { cause: err, details: { host } })
+}
+
+function bare(hostname: string): string {
+  return hostname.startsWith('[') ? hostname.slice(1, -1) : hostname
+}
+
+export class Upstreams {
+  /** HTTP/1.1 only: what an HTTP/1.1 guest request goes through. */
+  readonly h1: Agent
+  /** Offers h2 (and HTTP/1.1): what an HTTP/2 guest request goes through, so gRPC keeps h2 end to end. */
+  readonly h2: Agent
+  private readonly trust: SecureContext
+
+  constructor(private readonly opts: UpstreamOptions) {
+    this.trust = upstreamTrust(opts.extraCa)
+    const agent = (allowH2: boolean) =>
+      new Agent({
+        connect: this.guarded(
+          buildConnector({
+            secureContext: this.trust,
+            timeout: opts.connectTimeoutMs,
+            allowH2,
+            maxCachedSessions: 1000,
+            // undici reads TLS with a 16 KiB buffer; a larger one hands the parser (and the
+            // guest's socket) bigger pieces, so large bodies cost fewer reads, pauses and writes.
+            highWaterMark: UPSTREAM_READ_BUFFER,
+          } as buildConnector.BuildOptions),
+        ),
+        allowH2,
+        connections: opts.connectionsPerOrigin,
+        pipelining: 1,
+        headersTimeout: opts.headersTimeoutMs,
+        bodyTimeout: opts.bodyTimeoutMs,
+        keepAliveTimeout: opts.keepAliveTimeoutMs,
+        maxHeaderSize: opts.maxResponseHeaderSize,
+      })
+    this.h1 = agent(false)
+    this.h2 = agent(true)
+  }
+
+  private guarded(base: buildConnector.connector): buildConnector.connector {
+    return (options, callback) => {
+      const host = bare(options.hostname)
+      const port = Number(options.port) || (options.protocol === 'https:' ? 443 : 80)
+      this.opts.guard.resolve(host).then(
+        ({ address }) => {
+          if (this.opts.isSelf(address, port)) {
+            callback(new EgressError('destination_blocked', `${host}:${port} is this proxy; refusing to connect to itself`, { details: { host } }), null)
+            return
+          }
+          base({ ...options, hostname: address }, callback)
+        },
+        (err: unknown) => callback(err as Error, null),
+      )
+    }
+  }
+
+  /**
+   * A raw connection for protocols that leave HTTP (WebSocket upgrades): guarded and, for TLS,
+   * verified, offering only HTTP/1.1.
+   */
+  async connect(host: string, port: number, tls: boolean): Promise<Socket | TLSSocket> {
+    const { address } = await this.opts.guard.resolve(host)
+    if (this.opts.isSelf(address, port)) throw new EgressError('destination_blocked', `${host}:${port} is this proxy; refusing to connect to itself`)
+    return new Promise((resolve, reject) => {
+      const socket = tls
+        ? tlsConnect({
+            host: address,
+            port,
+            secureContext: this.trust,
+            ...(host === address ? {} : { servername: host }),
+            ALPNProtocols: ['http/1.1'],
+          })
+        : netConnect({ host: address, port })
+      const timer = setTimeout(() => socket.destroy(Object.assign(new Error('connect timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })), this.opts.connectTimeoutMs)
+      socket.once(tls ? 'secureConnect' : 'connect', () => {
+        clearTimeout(timer)
+        socket.removeListener('error', reject)
+        resolve(socket)
+      })
+      socket.once('error', (err) => {
+        clearTimeout(timer)
+        reject(err)
+      })
+    })
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.h1.close(), this.h2.close()])
+  }
+
+  async destroy(): Promise<void> {
+    await Promise.all([this.h1.destroy(), this.h2.destroy()])
+  }
+}
