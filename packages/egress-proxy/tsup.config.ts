@@ -1,11 +1,4 @@
-import { defineConfig } from 'tsup'
+import base from '../../tsup.base'
 
-export default defineConfig({
-  entry: ['src/index.ts', 'src/cli.ts'],
-  format: ['esm'],
-  target: 'node20',
-  dts: { entry: 'src/index.ts', compilerOptions: { paths: {} } },
-  clean: true,
-  sourcemap: true,
-  tsconfig: '../../tsconfig.base.json',
-})
+// The library plus the standalone CLI (bin: hypeman-egress-proxy).
+export default { ...base, entry: ['src/index.ts', 'src/cli.ts'], dts: { entry: 'src/index.ts', compilerOptions: { paths: {} } } }
