@@ -83,7 +83,8 @@ async function bare(spec: VmSpec, dir: string): Promise<{ toInit: number; toProg
 
 const work = await mkdtemp(join(tmpdir(), 'bench-boot-'))
 const registries = await startRegistries(join(work, 'registry'))
-const hm = await Hypeman.open({ dataDir: join(work, 'data'), accel: 'tcg' })
+// No network: the bare baseline has none either.
+const hm = await Hypeman.open({ dataDir: join(work, 'data'), accel: 'tcg', network: false })
 try {
   await pushFixtures(registries.open.host, ['busybox:latest'])
   const image = `${registries.open.host}/busybox:latest`

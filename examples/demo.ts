@@ -13,7 +13,10 @@ const program = imageArg
   ? cmd.length ? { cmd } : {}
   : { cmd: ['sh', '-c', 'echo "Hello from $(hostname), a VM running kernel $(uname -r)"; echo "memory: $(grep MemTotal /proc/meminfo)"; echo "cpus: $(nproc)"; ls /'] }
 
-const hm = await Hypeman.open({ dataDir: process.env.HYPEMAN_TS_DATA_DIR ?? '/var/lib/hypeman-ts/demo' })
+// No network by default: the demo must not change the host's networking. HYPEMAN_TS_DEMO_NETWORK=1
+// gives the VM the default network (a bridge, NAT and our nftables tables, set up on first use).
+const withNetwork = process.env.HYPEMAN_TS_DEMO_NETWORK === '1'
+const hm = await Hypeman.open({ dataDir: process.env.HYPEMAN_TS_DATA_DIR ?? '/var/lib/hypeman-ts/demo', ...(withNetwork ? {} : { network: false }) })
 const name = `demo-${Date.now().toString(36)}`
 let exitCode = 1
 try {

@@ -11,6 +11,9 @@ import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
 import { ConflictError, stderrLogger, tryLockFile, type Logger } from '@hypeman-ts/common'
 import { QemuDriver, type Accel, type VmmDriver } from '@hypeman-ts/vmm-drivers'
+import { HostNetwork, type HostNetworkOptions } from '@hypeman-ts/netsetup'
+import { createProxy, type EgressProxy, type LookupFunction } from '@hypeman-ts/egress-proxy'
+import { pathExists, parseRate } from '@hypeman-ts/common'
 import { defaultCacheDir, ensureGuestAssets, type GuestAssets, type GuestAssetsOptions } from './assets/index.js'
 import { ImageManager, type ImageManagerOptions } from './images/manager.js'
 import { InstanceManager } from './instances/manager.js'
@@ -34,9 +37,32 @@ export interface HypemanOptions {
   /** How long a boot may take to start the program. Default 120 s (TCG is slow). */
   bootTimeoutMs?: number
   images?: Omit<ImageManagerOptions, 'dir' | 'inUse' | 'logger'>
+  /**
+   * The default network instances attach to (set up on first use: a bridge, NAT, our nftables
+   * tables); `false` for none, and then `network.enabled` defaults to false.
+   */
+  network?: false | NetworkOptions
+  /** The embedded egress proxy for `network.egress` and `credentials`. */
+  egress?: EgressOptions
   /** Drivers to use instead of the defaults (tests, other binaries). */
   drivers?: Partial<Record<Hypervisor, VmmDriver>>
   logger?: Logger
+}
+
+export interface NetworkOptions extends Omit<HostNetworkOptions, 'stateDir' | 'logger' | 'capacity'> {
+  /** Host capacity the default per-instance rates share out (vCPU share), e.g. "1Gbps". */
+  capacity?: { download?: string; upload?: string }
+}
+
+export interface EgressOptions {
+  /** Ports on the gateway address: `transparent` gets the guests' redirected TCP 80/443, `explicit` is HTTP_PROXY. Default 18443, 18080. */
+  ports?: { transparent?: number; explicit?: number }
+  /** Extra PEM roots to verify upstreams with. */
+  upstreamCa?: string
+  /** CIDRs exempt from the proxy's SSRF guard (private and special ranges are refused otherwise). */
+  allowDestinations?: string[]
+  /** How the proxy resolves destination names (default: the system resolver). */
+  lookup?: LookupFunction
 }
 
 export class Hypeman {
@@ -45,6 +71,7 @@ export class Hypeman {
     readonly images: ImageManager,
     readonly instances: InstanceManager,
     private readonly lockPath: string,
+    private readonly closers: (() => Promise<void>)[],
   ) {}
 
   static async open(opts: HypemanOptions = {}): Promise<Hypeman> {
@@ -53,6 +80,7 @@ export class Hypeman {
     await mkdir(dataDir, { recursive: true, mode: 0o700 })
     const lockPath = join(dataDir, 'manager.lock')
     await takeDataDir(lockPath)
+    const closers: (() => Promise<void>)[] = []
     try {
       const files = new InstanceFiles(dataDir)
       await files.init()
@@ -65,6 +93,32 @@ export class Hypeman {
       })
       await images.init()
       const drivers: Partial<Record<Hypervisor, VmmDriver>> = opts.drivers ?? { qemu: new QemuDriver({ logger }) }
+      const networkProvider = opts.network === false ? undefined : networkProviderFor(dataDir, opts.network ?? {}, logger)
+      const egressPorts = { transparent: opts.egress?.ports?.transparent ?? 18443, explicit: opts.egress?.ports?.explicit ?? 18080 }
+      let proxy: Promise<EgressProxy> | undefined
+      const egressProvider = networkProvider && {
+        ports: egressPorts,
+        get: () =>
+          (proxy ??= (async () => {
+            // The proxy listens on the gateway address, which exists once the bridge does.
+            const gateway = (await networkProvider.get()).config.subnet.gateway
+            return createProxy({
+              stateDir: join(dataDir, 'egress'),
+              listen: `${gateway}:${egressPorts.explicit}`,
+              transparentListen: `${gateway}:${egressPorts.transparent}`,
+              ...(opts.egress?.upstreamCa ? { upstreamCa: opts.egress.upstreamCa } : {}),
+              ...(opts.egress?.allowDestinations ? { allowDestinations: opts.egress.allowDestinations } : {}),
+              ...(opts.egress?.lookup ? { lookup: opts.egress.lookup } : {}),
+              logger,
+            })
+          })().catch((err) => {
+            proxy = undefined
+            throw err
+          })),
+      }
+      closers.push(async () => {
+        if (proxy) await (await proxy.catch(() => undefined))?.close({ grace: '2s' })
+      })
       let assets: Promise<GuestAssets> | undefined
       const cacheDir = opts.cacheDir ?? defaultCacheDir()
       instances = new InstanceManager({
@@ -85,14 +139,18 @@ export class Hypeman {
           hypervisor: opts.hypervisor ?? 'qemu',
           available: Object.keys(drivers) as Hypervisor[],
           maxVcpus: Math.max(availableParallelism(), 1) * 4,
+          networkAvailable: networkProvider !== undefined,
         },
+        ...(networkProvider ? { network: networkProvider } : {}),
+        ...(egressProvider ? { egress: egressProvider } : {}),
         accel: opts.accel ?? 'auto',
         ...(opts.bootTimeoutMs ? { bootTimeoutMs: opts.bootTimeoutMs } : {}),
         logger,
       })
       await instances.reconcile()
-      return new Hypeman(dataDir, images, instances, lockPath)
+      return new Hypeman(dataDir, images, instances, lockPath, closers)
     } catch (err) {
+      for (const close of closers) await close().catch(() => {})
       await rm(lockPath, { force: true })
       throw err
     }
@@ -102,6 +160,7 @@ export class Hypeman {
   async close(): Promise<void> {
     await this.instances.detachAll()
     await this.images.close()
+    for (const close of this.closers) await close()
     await rm(this.lockPath, { force: true })
   }
 
@@ -118,6 +177,33 @@ async function takeDataDir(lockPath: string): Promise<void> {
     got.owner === process.pid ? 'this process already has the data directory open' : `the data directory is in use by another manager (pid ${got.owner || '?'})`,
     { field: 'dataDir' },
   )
+}
+
+/** The host network, opened on first use (opening it creates the bridge and our tables). */
+function networkProviderFor(dataDir: string, opts: NetworkOptions, logger: Logger) {
+  const stateDir = join(dataDir, 'network')
+  let net: Promise<HostNetwork> | undefined
+  const { capacity, ...rest } = opts
+  return {
+    exists: () => pathExists(join(stateDir, 'network.json')),
+    get: () =>
+      (net ??= HostNetwork.open({
+        ...rest,
+        stateDir,
+        logger,
+        ...(capacity
+          ? {
+              capacity: {
+                ...(capacity.download ? { downloadBitsPerSec: parseRate(capacity.download, 'network.capacity.download') } : {}),
+                ...(capacity.upload ? { uploadBitsPerSec: parseRate(capacity.upload, 'network.capacity.upload') } : {}),
+              },
+            }
+          : {}),
+      }).catch((err) => {
+        net = undefined
+        throw err
+      })),
+  }
 }
 
 let defaultManager: Promise<Hypeman> | undefined

@@ -138,9 +138,10 @@ export function validateVmSpec(spec: VmSpec, controlFiles: readonly string[] = [
 
 /** Whether a network interface exists, in the host's namespace or in `netns`. */
 async function interfaceExists(name: string, netns: string | undefined): Promise<boolean> {
-  // /sys/class/net shows the namespace sysfs was mounted from, so inside another one ask ip.
-  if (netns === undefined) return access(`/sys/class/net/${name}`).then(() => true, () => false)
-  return run('ip', ['-n', netns, '-j', 'link', 'show', 'dev', name], { timeoutMs: 10_000 }).then(() => true, () => false)
+  // /sys/class/net shows the namespace sysfs was mounted from, which is not ours after a bare
+  // setns (nsenter --net, no remount): a miss there is confirmed over netlink, which is exact.
+  if (netns === undefined && (await access(`/sys/class/net/${name}`).then(() => true, () => false))) return true
+  return run('ip', [...(netns ? ['-n', netns] : []), '-j', 'link', 'show', 'dev', name], { timeoutMs: 10_000 }).then(() => true, () => false)
 }
 
 /** The files a start reads must exist: checked up front so the error names the field, not a VMM message. */

@@ -1,5 +1,7 @@
 #include "config.h"
 
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -11,7 +13,7 @@
 #include "util.h"
 
 /* Features this init implements; a config that requires anything else is refused, not half-applied. */
-static const char *const known_features[] = {"base", NULL};
+static const char *const known_features[] = {"base", "network", "egress", NULL};
 
 static int push(char ***list, size_t *n, char *s)
 {
@@ -45,6 +47,80 @@ static int set_string(char **slot, const struct tlv_rec *rec)
 		return -1;
 	free(*slot);
 	*slot = s;
+	return 0;
+}
+
+/* Dotted IPv4 only, as inet_pton reads it (no leading zeros, four parts); copied in canonical form. */
+static int set_ipv4(char *out, size_t cap, const struct tlv_rec *rec)
+{
+	char *s = tlv_strdup(rec);
+	struct in_addr a;
+	int ok = s && inet_pton(AF_INET, s, &a) == 1 && inet_ntop(AF_INET, &a, out, (socklen_t)cap) != NULL;
+	free(s);
+	return ok ? 0 : -1;
+}
+
+/* aa:bb:cc:dd:ee:ff, unicast, not all zero; stored lowercase to compare with /sys/class/net/<if>/address. */
+static int set_mac(char *out, const struct tlv_rec *rec)
+{
+	if (rec->val_len != 17)
+		return -1;
+	int nonzero = 0;
+	for (size_t i = 0; i < 17; i++) {
+		char c = (char)rec->val[i];
+		if (i % 3 == 2 ? c != ':' : !isxdigit((unsigned char)c))
+			return -1;
+		out[i] = (char)tolower((unsigned char)c);
+		nonzero |= i % 3 != 2 && c != '0';
+	}
+	out[17] = 0;
+	unsigned first = (unsigned)strtoul(out, NULL, 16);
+	return nonzero && !(first & 1) ? 0 : -1;
+}
+
+/* Validates what the network records said as a whole, once they are all read. */
+static int check_net(struct net_config *n, char *err, size_t errcap)
+{
+	if (!n->enabled)
+		return 0;
+	const char *missing = !n->mac[0] ? "net.mac" : !n->address[0] ? "net.address" : !n->prefix_len ? "net.prefix_length" : !n->gateway[0] ? "net.gateway" : NULL;
+	if (missing) {
+		snprintf(err, errcap, "config disk: network config without %s", missing);
+		return -1;
+	}
+	if (strcmp(n->address, n->gateway) == 0) {
+		snprintf(err, errcap, "config disk: net.gateway is the guest's own address");
+		return -1;
+	}
+	if (!n->dns && !(n->dns = calloc(1, sizeof *n->dns))) {
+		snprintf(err, errcap, "out of memory");
+		return -1;
+	}
+	return 0;
+}
+
+const char *config_env_get(const struct guest_config *cfg, const char *name)
+{
+	size_t n = strlen(name);
+	for (size_t i = 0; i < cfg->envc; i++)
+		if (strncmp(cfg->env[i], name, n) == 0 && cfg->env[i][n] == '=')
+			return cfg->env[i] + n + 1;
+	return NULL;
+}
+
+int config_env_default(struct guest_config *cfg, const char *name, const char *value)
+{
+	if (config_env_get(cfg, name))
+		return 0;
+	size_t len = strlen(name) + strlen(value) + 2;
+	char *s = malloc(len);
+	if (!s)
+		return -1;
+	snprintf(s, len, "%s=%s", name, value);
+	if (push(&cfg->env, &cfg->envc, s) < 0) {
+		free(s);
+		return -1;
+	}
 	return 0;
 }
 
@@ -91,6 +167,40 @@ int config_parse(const uint8_t *data, size_t len, struct guest_config *cfg, char
 			bad = tlv_bool(&rec, &cfg->skip_agent) < 0;
 		} else if (tlv_key_is(&rec, "stop_grace_ms")) {
 			bad = tlv_u64(&rec, &cfg->stop_grace_ms) < 0;
+		} else if (tlv_key_is(&rec, "net.mac")) {
+			cfg->net.enabled = 1;
+			bad = set_mac(cfg->net.mac, &rec) < 0;
+		} else if (tlv_key_is(&rec, "net.address")) {
+			cfg->net.enabled = 1;
+			bad = set_ipv4(cfg->net.address, sizeof cfg->net.address, &rec) < 0;
+		} else if (tlv_key_is(&rec, "net.prefix_length")) {
+			uint64_t v;
+			cfg->net.enabled = 1;
+			bad = tlv_u64(&rec, &v) < 0 || v < 1 || v > 32;
+			cfg->net.prefix_len = bad ? 0 : (unsigned)v;
+		} else if (tlv_key_is(&rec, "net.gateway")) {
+			cfg->net.enabled = 1;
+			bad = set_ipv4(cfg->net.gateway, sizeof cfg->net.gateway, &rec) < 0;
+		} else if (tlv_key_is(&rec, "net.dns")) {
+			char ip[16];
+			cfg->net.enabled = 1;
+			char *s = set_ipv4(ip, sizeof ip, &rec) == 0 ? strdup(ip) : NULL;
+			bad = !s || push(&cfg->net.dns, &cfg->net.ndns, s) < 0;
+		} else if (tlv_key_is(&rec, "net.mtu")) {
+			uint64_t v;
+			cfg->net.enabled = 1;
+			bad = tlv_u64(&rec, &v) < 0 || v < 68 || v > 65535;
+			cfg->net.mtu = bad ? 0 : (unsigned)v;
+		} else if (tlv_key_is(&rec, "ca_bundle")) {
+			cfg->egress.enabled = 1;
+			bad = set_string(&cfg->egress.ca_bundle, &rec) < 0 || !strstr(cfg->egress.ca_bundle, "-----BEGIN CERTIFICATE-----") ||
+			      strstr(cfg->egress.ca_bundle, "PRIVATE KEY") != NULL;
+		} else if (tlv_key_is(&rec, "egress.env")) {
+			char *s = tlv_strdup(&rec);
+			char *eq = s ? strchr(s, '=') : NULL;
+			if (!s || !eq || eq == s)
+				FAIL("config disk: egress.env entry must be NAME=value");
+			bad = push(&cfg->egress.env, &cfg->egress.envc, s) < 0;
 		} else if (tlv_key_is(&rec, "requires")) {
 			char *f = tlv_strdup(&rec);
 			if (!f)
@@ -124,6 +234,12 @@ int config_parse(const uint8_t *data, size_t len, struct guest_config *cfg, char
 	if (strcmp(cfg->rootfs_fstype, "ext4") != 0 && strcmp(cfg->rootfs_fstype, "erofs") != 0)
 		FAIL("config disk: rootfs_fstype must be ext4 or erofs");
 	if (!cfg->env && !(cfg->env = calloc(1, sizeof *cfg->env)))
+		FAIL("out of memory");
+	if (check_net(&cfg->net, err, errcap) < 0)
+		return -1;
+	if ((cfg->egress.enabled || cfg->egress.envc) && !cfg->egress.ca_bundle)
+		FAIL("config disk: egress config without ca_bundle");
+	if (cfg->egress.enabled && !cfg->egress.env && !(cfg->egress.env = calloc(1, sizeof *cfg->egress.env)))
 		FAIL("out of memory");
 	return 0;
 }

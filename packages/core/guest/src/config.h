@@ -10,6 +10,26 @@
 #define CONFIG_FORMAT_VERSION 1
 #define CONFIG_MAX_PAYLOAD (16u << 20)
 
+/* The NIC and what goes with it (README.md, "Network"); enabled when the host sent net.* records. */
+struct net_config {
+	int enabled;
+	char mac[18];	    /* lowercase aa:bb:cc:dd:ee:ff, as /sys/class/net/<if>/address shows it */
+	char address[16];   /* dotted IPv4 */
+	unsigned prefix_len; /* 1..32 */
+	char gateway[16];
+	char **dns; /* NULL-terminated dotted IPv4 */
+	size_t ndns;
+	unsigned mtu; /* 0: the device's default */
+};
+
+/* Mediated egress (README.md, "Mediated egress"): a CA to trust and proxy variables to default. */
+struct egress_config {
+	int enabled;
+	char *ca_bundle; /* PEM, one or more CERTIFICATE blocks */
+	char **env;	 /* NULL-terminated "NAME=value", set only where the environment has no NAME */
+	size_t envc;
+};
+
 struct guest_config {
 	char **argv; /* NULL-terminated */
 	size_t argc;
@@ -21,10 +41,16 @@ struct guest_config {
 	char *rootfs_fstype;
 	int skip_agent;
 	uint64_t stop_grace_ms;
+	struct net_config net;
+	struct egress_config egress;
 };
 
 /* Parses a whole config image (header + payload). On failure returns -1 and fills err. */
 int config_parse(const uint8_t *data, size_t len, struct guest_config *cfg, char *err, size_t errcap);
+/* The value of NAME in the environment, or NULL. */
+const char *config_env_get(const struct guest_config *cfg, const char *name);
+/* Adds "NAME=value" unless the environment has NAME already; -1 only when out of memory. */
+int config_env_default(struct guest_config *cfg, const char *name, const char *value);
 /* Reads and parses the config from a block device. */
 int config_load(const char *dev, struct guest_config *cfg, char *err, size_t errcap);
 

@@ -3,7 +3,8 @@
  * program, reports what happened on hypeman.status, serves graceful stop on hypeman.control and the
  * ACPI power button, forks the agent, and powers the VM off when the program ends.
  *
- * Run on the host with a subcommand it exposes pure pieces for tests: parse-config, resolve-user.
+ * Run on the host with a subcommand it exposes pure pieces for tests: parse-config, resolve-user,
+ * render-etc, mount-target, apply-egress (the last two act on "/": run them under chroot).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -25,6 +26,9 @@
 #include "agent.h"
 #include "boot.h"
 #include "config.h"
+#include "egress.h"
+#include "etc.h"
+#include "net.h"
 #include "spawn.h"
 #include "status.h"
 #include "user.h"
@@ -39,6 +43,8 @@
 #define DISK_OVERLAY "hm-overlay"
 #define PORT_WAIT_MS 3000
 #define DISK_WAIT_MS 3000
+#define NIC_WAIT_MS 3000
+#define LINK_WAIT_MS 5000
 #define MAX_AGENT_RESTARTS 5
 #define MAX_INPUTS 8
 
@@ -348,6 +354,19 @@ static void supervise(void)
 	}
 }
 
+/* docker's three files, over the image's. */
+static int network_files(const struct guest_config *cfg, char *err, size_t cap)
+{
+	static char hosts[4096], hostname[128], resolv[4096];
+	struct gen_file files[3] = {{"/etc/hosts", hosts}, {"/etc/hostname", hostname}, {"/etc/resolv.conf", resolv}};
+	if (render_hosts(cfg, hosts, sizeof hosts) < 0 || render_hostname(cfg, hostname, sizeof hostname) < 0 ||
+	    render_resolv_conf(cfg, resolv, sizeof resolv) < 0) {
+		snprintf(err, cap, "rendering /etc files: too many entries");
+		return -1;
+	}
+	return bind_generated_files(files, 3, err, cap);
+}
+
 static void pid1(void) __attribute__((noreturn));
 static void pid1(void)
 {
@@ -380,6 +399,23 @@ static void pid1(void)
 		fail("find_disks", "no disk with serial " DISK_CONFIG);
 	if (config_load(cfgdev, &I.cfg, err, sizeof err) < 0)
 		fail("read_config", err);
+	/* The NIC as soon as the config names it, so that the program, which may use the network as its
+	 * first act, starts only once the link carries packets. */
+	int64_t network_ms = -1, egress_ms = -1;
+	char ifname[32] = "";
+	uint64_t t0 = monotonic_ms();
+	/* lo before the program, network or not: a program may bind 127.0.0.1 as its first act, as in
+	 * docker (≈ 15 ms under TCG). */
+	if (net_loopback_up(err, sizeof err) < 0)
+		fail("network", err);
+	if (I.cfg.net.enabled) {
+		if (load_modules(MODULES_LIST, "net", err, sizeof err) < 0)
+			fail("network", err);
+		if (net_configure(&I.cfg.net, NIC_WAIT_MS, LINK_WAIT_MS, ifname, sizeof ifname, err, sizeof err) < 0)
+			fail("network", err);
+		net_close();
+		network_ms = (int64_t)(monotonic_ms() - t0);
+	}
 	if (find_disk_by_serial(DISK_ROOTFS, rootdev, sizeof rootdev, DISK_WAIT_MS) < 0)
 		fail("find_disks", "no disk with serial " DISK_ROOTFS);
 	if (find_disk_by_serial(DISK_OVERLAY, overlaydev, sizeof overlaydev, DISK_WAIT_MS) < 0)
@@ -416,6 +452,24 @@ static void pid1(void)
 		fail("switch_root", err);
 	if (setup_container(&I.cfg, err, sizeof err) < 0)
 		fail("setup_container", err);
+	if (I.cfg.net.enabled) {
+		t0 = monotonic_ms();
+		if (network_files(&I.cfg, err, sizeof err) < 0)
+			fail("network", err);
+		network_ms += (int64_t)(monotonic_ms() - t0);
+	}
+	if (I.cfg.egress.enabled) {
+		t0 = monotonic_ms();
+		if (egress_install(&I.cfg, err, sizeof err) < 0)
+			fail("egress", err);
+		egress_ms = (int64_t)(monotonic_ms() - t0);
+	}
+	if (I.cfg.net.enabled) {
+		t0 = monotonic_ms();
+		if (net_wait_link(ifname, LINK_WAIT_MS, err, sizeof err) < 0)
+			fail("network", err);
+		network_ms += (int64_t)(monotonic_ms() - t0);
+	}
 
 	I.oom_before = oom_kills();
 	struct spawn_opts o = {
@@ -438,9 +492,10 @@ static void pid1(void)
 	}
 	I.main_pid = res.pid;
 	I.main_running = 1;
-	status_started(res.pid);
+	status_started(res.pid, network_ms, egress_ms);
 	if (!I.cfg.skip_agent)
 		start_agent();
+	net_close();
 	/* Off the path to "started": what only matters once the program runs (power button, vsock). */
 	if (modules_load(&late, err, sizeof err) < 0)
 		logmsg("late modules: %s", err);
@@ -448,29 +503,83 @@ static void pid1(void)
 	supervise();
 }
 
+/* A config image file, parsed as the guest parses its disk; prints the error and returns -1 on failure. */
+static int cli_config(const char *path, struct guest_config *c)
+{
+	char err[512] = "cannot read the file";
+	int fd = open(path, O_RDONLY);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0)
+		return perror(path), -1;
+	uint8_t *data = malloc((size_t)st.st_size + 1);
+	ssize_t got = data ? read(fd, data, (size_t)st.st_size) : -1;
+	close(fd);
+	if (got < 0 || config_parse(data, (size_t)got, c, err, sizeof err) < 0) {
+		fprintf(stderr, "%s\n", err);
+		return -1;
+	}
+	return 0;
+}
+
 /* Host-side entry points for tests: the same parsers the guest uses, fed from files. */
 static int cli(int argc, char **argv)
 {
 	char err[512];
+	struct guest_config c;
 	if (argc == 3 && strcmp(argv[1], "parse-config") == 0) {
-		int fd = open(argv[2], O_RDONLY);
-		struct stat st;
-		if (fd < 0 || fstat(fd, &st) < 0)
-			return perror(argv[2]), 1;
-		uint8_t *data = malloc((size_t)st.st_size + 1);
-		ssize_t got = data ? read(fd, data, (size_t)st.st_size) : -1;
-		close(fd);
-		struct guest_config c;
-		if (got < 0 || config_parse(data, (size_t)got, &c, err, sizeof err) < 0) {
-			fprintf(stderr, "%s\n", err);
+		if (cli_config(argv[2], &c) < 0)
 			return 1;
-		}
 		for (size_t i = 0; i < c.argc; i++)
 			printf("argv=%s\n", c.argv[i]);
 		for (size_t i = 0; i < c.envc; i++)
 			printf("env=%s\n", c.env[i]);
 		printf("workdir=%s\nuser=%s\nhostname=%s\nrootfs_fstype=%s\nskip_agent=%d\nstop_grace_ms=%llu\n",
 		       c.workdir, c.user, c.hostname, c.rootfs_fstype, c.skip_agent, (unsigned long long)c.stop_grace_ms);
+		if (c.net.enabled) {
+			printf("net.mac=%s\nnet.address=%s/%u\nnet.gateway=%s\nnet.mtu=%u\n", c.net.mac, c.net.address, c.net.prefix_len,
+			       c.net.gateway, c.net.mtu);
+			for (size_t i = 0; i < c.net.ndns; i++)
+				printf("net.dns=%s\n", c.net.dns[i]);
+		}
+		if (c.egress.enabled) {
+			printf("ca_bundle.bytes=%zu\n", strlen(c.egress.ca_bundle));
+			for (size_t i = 0; i < c.egress.envc; i++)
+				printf("egress.env=%s\n", c.egress.env[i]);
+		}
+		return 0;
+	}
+	if (argc == 3 && strcmp(argv[1], "render-etc") == 0) {
+		static char buf[4096];
+		if (cli_config(argv[2], &c) < 0)
+			return 1;
+		if (!c.net.enabled)
+			return 0;
+		if (render_hosts(&c, buf, sizeof buf) == 0)
+			printf("--- /etc/hosts\n%s", buf);
+		if (render_hostname(&c, buf, sizeof buf) == 0)
+			printf("--- /etc/hostname\n%s", buf);
+		if (render_resolv_conf(&c, buf, sizeof buf) == 0)
+			printf("--- /etc/resolv.conf\n%s", buf);
+		return 0;
+	}
+	if (argc == 3 && strcmp(argv[1], "mount-target") == 0) {
+		char out[4096];
+		if (mount_target(argv[2], out, sizeof out, err, sizeof err) < 0) {
+			fprintf(stderr, "%s\n", err);
+			return 1;
+		}
+		printf("%s\n", out);
+		return 0;
+	}
+	if (argc == 3 && strcmp(argv[1], "apply-egress") == 0) {
+		if (cli_config(argv[2], &c) < 0)
+			return 1;
+		if (c.egress.enabled && egress_install(&c, err, sizeof err) < 0) {
+			fprintf(stderr, "%s\n", err);
+			return 1;
+		}
+		for (size_t i = 0; i < c.envc; i++)
+			printf("env=%s\n", c.env[i]);
 		return 0;
 	}
 	if (argc == 4 && strcmp(argv[1], "resolve-user") == 0) {
@@ -485,7 +594,8 @@ static int cli(int argc, char **argv)
 		printf("\n");
 		return 0;
 	}
-	fprintf(stderr, "usage: hypeman-init (as PID 1) | parse-config FILE | resolve-user ROOT SPEC\n");
+	fprintf(stderr, "usage: hypeman-init (as PID 1) | parse-config FILE | resolve-user ROOT SPEC | render-etc FILE | "
+			"mount-target PATH | apply-egress FILE\n");
 	return 2;
 }
 

@@ -82,11 +82,15 @@ void status_boot(uint64_t init_ms, uint64_t modules_ms)
 	emit(&b);
 }
 
-void status_started(int pid)
+void status_started(int pid, int64_t network_ms, int64_t egress_ms)
 {
 	struct buf b = {0};
 	begin(&b, "started");
 	field_num(&b, "pid", pid);
+	if (network_ms >= 0)
+		field_num(&b, "networkMs", network_ms);
+	if (egress_ms >= 0)
+		field_num(&b, "egressMs", egress_ms);
 	emit(&b);
 }
 

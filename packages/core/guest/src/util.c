@@ -146,7 +146,7 @@ const char *signal_abbrev(int sig, char *scratch, size_t cap)
 	return scratch;
 }
 
-static void sleep_ms(unsigned ms)
+void sleep_ms(unsigned ms)
 {
 	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
 	while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {

@@ -18,6 +18,7 @@ int write_file(const char *path, const char *text);
 int mkdir_p(const char *path, mode_t mode);
 uint64_t uptime_ms(void);
 uint64_t monotonic_ms(void);
+void sleep_ms(unsigned ms); /* restarts after signals */
 uint32_t crc32_ieee(const uint8_t *p, size_t len);
 
 /* Strict decimal parse of len bytes (no sign, no spaces, no overflow). */

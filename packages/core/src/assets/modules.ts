@@ -7,10 +7,11 @@ import { AssetError } from './errors.js'
 
 /**
  * When the guest init loads a module: `boot` before anything else; `erofs` only for erofs image
- * disks; `late` after the program started, off the boot's critical path.
+ * disks; `net` only when the config has a network (before the program, which may use it at once);
+ * `late` after the program started, off the boot's critical path.
  */
-export type ModulePhase = 'boot' | 'erofs' | 'late'
-export const MODULE_PHASES: readonly ModulePhase[] = ['boot', 'erofs', 'late']
+export type ModulePhase = 'boot' | 'erofs' | 'net' | 'late'
+export const MODULE_PHASES: readonly ModulePhase[] = ['boot', 'erofs', 'net', 'late']
 
 export interface GuestModule {
   name: string
@@ -27,7 +28,7 @@ export const GUEST_MODULES: readonly GuestModule[] = [
   { name: 'virtio_console', phase: 'boot', required: true, why: 'named ports: agent, app log, status, control' },
   { name: 'overlay', phase: 'boot', required: true, why: 'writable overlay over the read-only image' },
   { name: 'erofs', phase: 'erofs', required: false, why: 'erofs image disks' },
-  { name: 'virtio_net', phase: 'late', required: false, why: 'networking (a later issue moves it before the program when a NIC is configured)' },
+  { name: 'virtio_net', phase: 'net', required: false, why: 'the NIC, when the instance has a network' },
   { name: 'vmw_vsock_virtio_transport', phase: 'late', required: false, why: 'agent over vsock on VMMs that offer it' },
   { name: 'button', phase: 'late', required: false, why: 'ACPI power button: graceful stop from the VMM' },
   { name: 'evdev', phase: 'late', required: false, why: 'reading the power button events' },

@@ -10,12 +10,15 @@
  *  24  payload      TLV records (tlv.ts), then zero padding to a 4 KiB multiple
  *
  * Extensibility: the init skips keys it does not know, so a new optional key needs nothing; a key
- * the guest must not ignore (network, volumes, CA bundle) is announced with a `requires` record,
- * which an older init refuses with a clear boot error instead of running half-configured.
+ * the guest must not ignore is announced with a `requires` record naming its feature (`network`,
+ * `egress`; volumes later), which an older init refuses with a clear boot error instead of running
+ * half-configured.
  */
 import { crc32 } from 'node:zlib'
 import { ValidationError, writeFileAtomic } from '@hypeman-ts/common'
+import { decodeEgress, egressEntries, type GuestEgressConfig } from './egress-config.js'
 import { GuestError } from './errors.js'
+import { decodeNetwork, networkEntries, type GuestNetworkConfig } from './network-config.js'
 import { encodeTlv, TlvView, type TlvEntry } from './tlv.js'
 
 export const CONFIG_MAGIC = 'HMCONFIG'
@@ -44,10 +47,19 @@ export interface GuestConfig {
   skipGuestAgent?: boolean
   /** Grace between SIGTERM and SIGKILL when the stop comes from the ACPI power button. Default 10 s. */
   stopGraceMs?: number
+  /**
+   * The NIC's configuration; without it the guest has only `lo` (and a NIC, if the VM has one,
+   * stays down). The program starts once the link is up.
+   */
+  network?: GuestNetworkConfig
+  /** Mediated egress: the proxy CA to trust and the proxy variables to default. */
+  egress?: GuestEgressConfig
 }
 
-export interface DecodedGuestConfig extends Required<Omit<GuestConfig, 'env'>> {
+export interface DecodedGuestConfig extends Required<Omit<GuestConfig, 'env' | 'network' | 'egress'>> {
   env: Record<string, string>
+  network?: GuestNetworkConfig
+  egress?: GuestEgressConfig
   requires: string[]
 }
 
@@ -93,6 +105,8 @@ export function guestConfigEntries(c: GuestConfig): TlvEntry[] {
     if (!Number.isSafeInteger(c.stopGraceMs) || c.stopGraceMs < 0) throw new ValidationError('stopGraceMs', 'must be a non-negative integer')
     entries.push(['stop_grace_ms', c.stopGraceMs])
   }
+  if (c.network !== undefined) entries.push(...networkEntries(c.network))
+  if (c.egress !== undefined) entries.push(...egressEntries(c.egress))
   return entries
 }
 
@@ -101,10 +115,7 @@ export function encodeGuestConfig(c: GuestConfig): Buffer {
   return packConfigImage(encodeTlv(guestConfigEntries(c)))
 }
 
-/**
- * Header + a TLV payload + padding. Later config keys (network, volumes, CA bundle) go through here
- * with a `requires` record naming the feature, so an init that lacks it refuses to boot.
- */
+/** Header + a TLV payload + padding (for tools and tests that write records of their own). */
 export function packConfigImage(payload: Buffer): Buffer {
   if (payload.length > CONFIG_MAX_PAYLOAD) throw new ValidationError('config', `encoded config is ${payload.length} bytes, more than the ${CONFIG_MAX_PAYLOAD} the guest reads`)
   const size = Math.ceil((CONFIG_HEADER_SIZE + payload.length) / ALIGN) * ALIGN
@@ -133,6 +144,8 @@ export function decodeGuestConfig(img: Buffer): DecodedGuestConfig {
     const eq = e.indexOf('=')
     env[e.slice(0, eq)] = e.slice(eq + 1)
   }
+  const network = decodeNetwork(v)
+  const egress = decodeEgress(v)
   return {
     argv: v.all('argv'),
     env,
@@ -142,6 +155,8 @@ export function decodeGuestConfig(img: Buffer): DecodedGuestConfig {
     rootfsType: (v.str('rootfs_fstype') as RootfsType | undefined) ?? 'ext4',
     skipGuestAgent: v.bool('skip_agent') ?? false,
     stopGraceMs: v.int('stop_grace_ms') ?? 10_000,
+    ...(network ? { network } : {}),
+    ...(egress ? { egress } : {}),
     requires: v.all('requires'),
   }
 }

@@ -15,6 +15,8 @@ export {
   type DecodedGuestConfig,
   type RootfsType,
 } from './config-disk.js'
+export { checkNetworkConfig, NETWORK_FEATURE, MAX_DNS_SERVERS, type GuestNetworkConfig } from './network-config.js'
+export { checkEgressConfig, checkCaBundle, EGRESS_FEATURE, PROXY_ENV_NAMES, MAX_CA_BUNDLE_BYTES, type GuestEgressConfig } from './egress-config.js'
 export { resolveProgram, resolveArgv, buildGuestEnv, type ImageRuntimeConfig, type ProgramOverrides, type ResolvedProgram } from './program.js'
 export { encodeTlv, decodeTlv, TlvView, type TlvEntry, type TlvRecord, type TlvValue } from './tlv.js'
 export {

@@ -20,8 +20,12 @@ import {
   type Logger,
 } from '@hypeman-ts/common'
 import type { Accel, LiveVm, RunningVm, VmmDriver, VmSpec, VmState } from '@hypeman-ts/vmm-drivers'
+import type { EgressProxy } from '@hypeman-ts/egress-proxy'
+import { egressProxyEnv, type HostNetwork, type NetworkAttachment } from '@hypeman-ts/netsetup'
+import { formatRate } from '@hypeman-ts/common'
 import type { GuestAssets } from '../assets/index.js'
 import {
+  type GuestConfig,
   createOverlayDisk,
   followLog,
   GuestAgentClient,
@@ -46,7 +50,7 @@ import type { ImageRecord } from '../images/store.js'
 import { matchesTags } from '../validate.js'
 import { INSTANCE_STATES, type Instance, type InstanceState } from './model.js'
 import { validateCreateParams, type CreateInstanceParams, type Hypervisor, type InstanceSpec, type SpecDefaults } from './params.js'
-import { InstanceFiles, type CreateStep, type InstanceRecord } from './record.js'
+import { InstanceFiles, type CreateStep, type InstanceNetworkRecord, type InstanceRecord } from './record.js'
 import { deriveState, exitFromGuest } from './state.js'
 
 export interface InstanceManagerOptions {
@@ -59,7 +63,23 @@ export interface InstanceManagerOptions {
   accel: Accel
   /** How long a boot may take to reach the program (TCG is slow). Default 120 s. */
   bootTimeoutMs?: number
+  /** The host network (opened on first use); absent when the manager has none. */
+  network?: NetworkProvider
+  /** The embedded egress proxy (started on first use); needs `network`. */
+  egress?: EgressProvider
   logger?: Logger
+}
+
+export interface NetworkProvider {
+  get(): Promise<HostNetwork>
+  /** Whether the network was ever set up (so reconcile need not create it just to look). */
+  exists(): Promise<boolean>
+}
+
+export interface EgressProvider {
+  get(): Promise<EgressProxy>
+  /** Where the guest's redirected TCP 80/443 and its HTTP_PROXY land. */
+  ports: { transparent: number; explicit: number }
 }
 
 export interface CreateOptions {
@@ -185,6 +205,7 @@ export class InstanceManager {
       statusMark: 0,
       exit: null,
       snapshot: false,
+      network: null,
     }
     await this.files.withNamesLock(async () => {
       if ((await this.records()).some((r) => r.name === spec.name && r.phase !== 'deleting')) {
@@ -223,13 +244,33 @@ export class InstanceManager {
       ])
       record.imageDigest = img.digest
 
+      step = 'network'
+      let attachment: NetworkAttachment | undefined
+      if (spec.network.enabled) {
+        // Recorded before it runs: a crash mid-attach must still be detached by reconcile.
+        record.steps.push('network')
+        await this.files.write(record)
+        attachment = await this.attachNetwork(record, opts.signal)
+      }
+
+      step = 'egress'
+      const guestEnv = this.guestEnv(record)
+      let egress: GuestConfig['egress']
+      if (attachment && spec.network.egress.enabled) {
+        const registered = await stepped('egress', () => this.registerEgress(record))
+        Object.assign(guestEnv, registered.placeholders)
+        egress = { caBundlePem: (await this.opts.egress!.get()).caPem, proxyEnv: egressProxyEnv(attachment) }
+      }
+
       step = 'config_disk'
       await stepped('config_disk', () =>
         writeGuestConfigDisk(paths.config, {
-          ...resolveProgram(runtimeConfig(img), { entrypoint: spec.entrypoint, cmd: spec.cmd, env: spec.env }, spec.name),
+          ...resolveProgram(runtimeConfig(img), { entrypoint: spec.entrypoint, cmd: spec.cmd, env: guestEnv }, spec.name),
           hostname: spec.name,
           rootfsType: img.disk.format,
           skipGuestAgent: spec.skipGuestAgent,
+          ...(attachment ? { network: guestNetwork(attachment) } : {}),
+          ...(egress ? { egress } : {}),
         }),
       )
 
@@ -261,7 +302,68 @@ export class InstanceManager {
     this.live.delete(record.id)
     if (record.vmm) await this.driver(record.vmm.driver).destroy(record.vmm).catch(() => {})
     await this.destroyRuntime(record.id)
+    await this.releaseNetwork(record)
     await rm(paths.dir, { recursive: true, force: true })
+  }
+
+  // ---------------------------------------------------------------------------------- network
+
+  /** Attaches the instance to the host network (idempotent: a second attach repairs). */
+  private async attachNetwork(record: InstanceRecord, signal?: AbortSignal): Promise<NetworkAttachment> {
+    const net = await this.opts.network!.get()
+    const n = record.spec.network
+    const egress = this.opts.egress
+    const att = await net.attach(record.id, {
+      vcpus: record.spec.vcpus,
+      ...(n.downloadBitsPerSec !== null ? { bandwidthDownloadBitsPerSec: n.downloadBitsPerSec } : {}),
+      ...(n.uploadBitsPerSec !== null ? { bandwidthUploadBitsPerSec: n.uploadBitsPerSec } : {}),
+      egress:
+        n.egress.enabled && egress
+          ? { enabled: true, mode: n.egress.mode, proxy: { httpPort: egress.ports.transparent, httpsPort: egress.ports.transparent, explicitPort: egress.ports.explicit } }
+          : { enabled: false },
+      ...(signal ? { signal } : {}),
+    })
+    record.network = {
+      tap: att.tap,
+      mac: att.mac,
+      ip: att.ip,
+      prefixLength: att.prefixLength,
+      gateway: att.gateway,
+      dns: att.dns,
+      netns: att.netns,
+      downloadBitsPerSec: att.bandwidthDownloadBitsPerSec,
+      uploadBitsPerSec: att.bandwidthUploadBitsPerSec,
+    }
+    await this.files.write(record)
+    await this.files.log(record.id, `network: ${att.ip}/${att.prefixLength} via ${att.gateway} on ${att.tap}`)
+    return att
+  }
+
+  /** The instance's policy in the proxy, keyed by its address: the real values never reach the guest. */
+  private async registerEgress(record: InstanceRecord): Promise<{ placeholders: Record<string, string> }> {
+    if (!this.opts.egress) throw new NotSupportedError('this manager has no egress proxy', { field: 'network.egress.enabled' })
+    const proxy = await this.opts.egress.get()
+    const sources = new Set(Object.values(record.spec.credentials).map((c) => c.source.env))
+    const env = Object.fromEntries(Object.entries(record.spec.env).filter(([k]) => sources.has(k)))
+    return proxy.policies.set(record.network!.ip, { env, credentials: record.spec.credentials })
+  }
+
+  /** The guest's environment: the requested env without the host-only real values of credentials. */
+  private guestEnv(record: InstanceRecord): Record<string, string> {
+    const hostOnly = new Set(Object.values(record.spec.credentials).map((c) => c.source.env))
+    return Object.fromEntries(Object.entries(record.spec.env).filter(([k]) => !hostOnly.has(k)))
+  }
+
+  private async releaseNetwork(record: InstanceRecord): Promise<void> {
+    if (!this.opts.network) return
+    if (record.network && record.spec.network.egress.enabled && this.opts.egress) {
+      const proxy = await this.opts.egress.get().catch(() => undefined)
+      proxy?.policies.delete(record.network.ip)
+    }
+    if (record.steps.includes('network') || record.network) {
+      const net = await this.opts.network.get()
+      await net.detach(record.id)
+    }
   }
 
   private async destroyRuntime(id: string): Promise<void> {
@@ -296,6 +398,8 @@ export class InstanceManager {
         { agentSocket: paths.agentSocket, controlSocket: paths.controlSocket, appLog: paths.appLog, statusLog: paths.statusLog },
         { skipGuestAgent: spec.skipGuestAgent },
       ),
+      ...(record.network ? { nics: [{ tap: record.network.tap, mac: record.network.mac }] } : {}),
+      ...(record.network?.netns ? { netns: record.network.netns } : {}),
       consoleLog: paths.consoleLog,
       vmmLog: paths.vmmLog,
       runtimeDir: paths.runtimeDir,
@@ -423,13 +527,22 @@ export class InstanceManager {
       name: record.name,
       state,
       ...(s.diskIoBps ? { diskIoBps: s.diskIoBps } : {}),
-      env: s.env,
+      env: this.guestEnvShown(record),
       exitCode: exit?.code ?? null,
       exitMessage: exit?.message ?? null,
       hasSnapshot: record.snapshot,
       ...(s.hotplugSize ? { hotplugSize: s.hotplugSize } : {}),
       hypervisor: s.hypervisor,
-      network: { enabled: false },
+      network: record.network
+        ? {
+            enabled: true,
+            name: 'default',
+            ip: record.network.ip,
+            mac: record.network.mac,
+            bandwidthDownload: s.network.bandwidthDownload ?? formatRate(record.network.downloadBitsPerSec),
+            bandwidthUpload: s.network.bandwidthUpload ?? formatRate(record.network.uploadBitsPerSec),
+          }
+        : { enabled: false, ip: null, mac: null },
       overlaySize: s.overlaySize,
       size: s.size,
       startedAt: record.startedAt,
@@ -439,6 +552,13 @@ export class InstanceManager {
       vcpus: s.vcpus,
       volumes: [],
     }
+  }
+
+  /** What the guest sees, placeholders included; never a real credential value. */
+  private guestEnvShown(record: InstanceRecord): Record<string, string> {
+    const env = this.guestEnv(record)
+    for (const name of Object.keys(record.spec.credentials)) env[name] = '<placeholder>'
+    return env
   }
 
   async get(idOrName: string): Promise<Instance> {
@@ -481,6 +601,7 @@ export class InstanceManager {
         await this.finishBoot(record, 'killed')
       }
       const { diskPath } = await this.rootfsOf(record)
+      if (record.network) await this.attachNetwork(record, opts.signal)
       await this.boot(record, diskPath, opts.signal)
     })
     const record = (await this.files.read(found.id))!
@@ -580,6 +701,7 @@ export class InstanceManager {
         if (vm) await vm.kill().catch(() => {})
         if (record.vmm) await this.driver(record.vmm.driver).destroy(record.vmm).catch(() => {})
         await this.destroyRuntime(record.id)
+        await this.releaseNetwork(record)
         await rm(this.files.paths(record.id).dir, { recursive: true, force: true })
       }),
     )
@@ -611,6 +733,7 @@ export class InstanceManager {
       if (!record.snapshot) throw new ConflictError(`instance ${record.name} has no snapshot to restore`, { field: 'id' })
       if (record.vmm) throw new ConflictError(`instance ${record.name} is running`, { field: 'id' })
       const { diskPath } = await this.rootfsOf(record)
+      if (record.network) await this.attachNetwork(record, opts.signal)
       await this.boot(record, diskPath, opts.signal, true)
       // A snapshot is good for one restore: the disks move on from here.
       record.snapshot = false
@@ -731,6 +854,14 @@ export class InstanceManager {
       await this.destroyRuntime(id)
       stats.removed++
     }
+    if (this.opts.network && (await this.opts.network.exists())) {
+      await (await this.opts.network.get()).reconcile(known)
+      // The proxy's policies live in memory: give the ones of running VMs back.
+      for (const id of known) {
+        const record = await this.files.read(id)
+        if (record?.vmm && record.network && record.spec.network.egress.enabled) await this.registerEgress(record)
+      }
+    }
     return stats
   }
 
@@ -742,3 +873,10 @@ export class InstanceManager {
 }
 
 export type { InstanceSpec }
+
+/** What the guest's init needs to configure its NIC. */
+function guestNetwork(att: NetworkAttachment): NonNullable<GuestConfig['network']> {
+  return { mac: att.mac, address: att.ip, prefixLength: att.prefixLength, gateway: att.gateway, dns: att.dns }
+}
+
+export type { InstanceNetworkRecord }

@@ -4,6 +4,7 @@
  * naming it, never accepted and ignored. Nothing is created before this passes.
  */
 import { NotSupportedError, parseRate, parseSize, ValidationError } from '@hypeman-ts/common'
+import { compilePolicy } from '@hypeman-ts/egress-proxy'
 import { parsePlatform } from '../images/manifest.js'
 import { parseReference, formatReference } from '../images/reference.js'
 import { validateTags } from '../validate.js'
@@ -19,16 +20,26 @@ export interface VolumeMount {
   overlaySize?: string
 }
 
-export interface CredentialPolicy {
-  source: { env: string }
-  inject: { hosts?: string[]; as: { header: string; format: string } }[]
-}
+export type { CredentialPolicy } from '@hypeman-ts/egress-proxy'
+import type { CredentialPolicy } from '@hypeman-ts/egress-proxy'
+
+export type EgressMode = 'all' | 'http_https_only'
 
 export interface NetworkParams {
   enabled?: boolean
   bandwidthDownload?: string
   bandwidthUpload?: string
-  egress?: { enabled?: boolean; enforcement?: { mode?: 'all' | 'http_https_only' } }
+  egress?: { enabled?: boolean; enforcement?: { mode?: EgressMode } }
+}
+
+/** The network an instance asked for, checked and parsed. */
+export interface NetworkSpec {
+  enabled: boolean
+  bandwidthDownload: string | null
+  downloadBitsPerSec: number | null
+  bandwidthUpload: string | null
+  uploadBitsPerSec: number | null
+  egress: { enabled: boolean; mode: EgressMode }
 }
 
 /** The seed's InstanceNewParams, in camelCase. */
@@ -87,6 +98,9 @@ export interface InstanceSpec {
   skipGuestAgent: boolean
   skipKernelHeaders: boolean
   tags: Record<string, string>
+  network: NetworkSpec
+  /** Guest-visible env var name → policy; the real values stay in `env` on the host only. */
+  credentials: Record<string, CredentialPolicy>
 }
 
 export interface SpecDefaults {
@@ -97,6 +111,8 @@ export interface SpecDefaults {
   /** Supported hypervisors on this manager (drivers that exist). */
   available: readonly Hypervisor[]
   maxVcpus: number
+  /** The manager has a default network (it was not opened with `network: false`). */
+  networkAvailable: boolean
 }
 
 const NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/
@@ -186,25 +202,10 @@ export function validateCreateParams(input: unknown, defaults: SpecDefaults): In
   const skipKernelHeaders = bool(p.skipKernelHeaders, 'skipKernelHeaders')
   const tags = validateTags(p.tags, 'tags')
 
+  const network = validateNetwork(p.network, defaults.networkAvailable)
+  const credentials = validateCredentials(p.credentials, env, network)
+
   // Subsystems that are not built yet: refuse a request that needs them, naming the field.
-  if (p.network !== undefined && p.network !== null) {
-    if (typeof p.network !== 'object') throw new ValidationError('network', 'must be an object')
-    const n = p.network
-    if (n.enabled !== undefined && typeof n.enabled !== 'boolean') throw new ValidationError('network.enabled', 'must be true or false')
-    if (n.bandwidthDownload !== undefined) parseRate(n.bandwidthDownload, 'network.bandwidthDownload')
-    if (n.bandwidthUpload !== undefined) parseRate(n.bandwidthUpload, 'network.bandwidthUpload')
-    const mode = n.egress?.enforcement?.mode
-    if (mode !== undefined && mode !== 'all' && mode !== 'http_https_only') {
-      throw new ValidationError('network.egress.enforcement.mode', 'must be "all" or "http_https_only"')
-    }
-    if (n.enabled === true) notYet('network.enabled', 'host networking (bridge, TAP, NAT)')
-    if (n.bandwidthDownload !== undefined) notYet('network.bandwidthDownload', 'bandwidth shaping')
-    if (n.bandwidthUpload !== undefined) notYet('network.bandwidthUpload', 'bandwidth shaping')
-    if (n.egress?.enabled) notYet('network.egress.enabled', 'mediated egress')
-  }
-  if (p.credentials !== undefined && p.credentials !== null && Object.keys(p.credentials).length > 0) {
-    notYet('credentials', 'credential brokering (needs the egress proxy on the instance network)')
-  }
   if (p.devices !== undefined && p.devices !== null && (!Array.isArray(p.devices) || p.devices.length > 0)) notYet('devices', 'PCI passthrough')
   if (p.gpu !== undefined && p.gpu !== null) notYet('gpu', 'GPU attachment')
   if (p.volumes !== undefined && p.volumes !== null && (!Array.isArray(p.volumes) || p.volumes.length > 0)) notYet('volumes', 'volume attachment')
@@ -229,5 +230,49 @@ export function validateCreateParams(input: unknown, defaults: SpecDefaults): In
     skipGuestAgent,
     skipKernelHeaders,
     tags,
+    network,
+    credentials,
   }
+}
+
+function validateNetwork(input: unknown, available: boolean): NetworkSpec {
+  if (input !== undefined && input !== null && (typeof input !== 'object' || Array.isArray(input))) throw new ValidationError('network', 'must be an object')
+  const n = (input ?? {}) as NetworkParams
+  if (n.enabled !== undefined && typeof n.enabled !== 'boolean') throw new ValidationError('network.enabled', 'must be true or false')
+  // The spec's default is a network; a manager opened with `network: false` has none to give.
+  const enabled = n.enabled ?? available
+  if (enabled && !available) throw new NotSupportedError('network.enabled: this manager was opened without a network (network: false)', { field: 'network.enabled' })
+  const rate = (v: unknown, field: string): number | null => (v === undefined || v === null ? null : parseRate(v, field))
+  const downloadBitsPerSec = rate(n.bandwidthDownload, 'network.bandwidthDownload')
+  const uploadBitsPerSec = rate(n.bandwidthUpload, 'network.bandwidthUpload')
+  const e = n.egress
+  if (e !== undefined && e !== null && (typeof e !== 'object' || Array.isArray(e))) throw new ValidationError('network.egress', 'must be an object')
+  if (e?.enabled !== undefined && typeof e.enabled !== 'boolean') throw new ValidationError('network.egress.enabled', 'must be true or false')
+  const mode = e?.enforcement?.mode ?? 'all'
+  if (mode !== 'all' && mode !== 'http_https_only') throw new ValidationError('network.egress.enforcement.mode', 'must be "all" or "http_https_only"')
+  const egressEnabled = e?.enabled ?? false
+  if (!enabled && (downloadBitsPerSec !== null || uploadBitsPerSec !== null || egressEnabled)) {
+    const field = egressEnabled ? 'network.egress.enabled' : downloadBitsPerSec !== null ? 'network.bandwidthDownload' : 'network.bandwidthUpload'
+    throw new ValidationError(field, 'needs network.enabled')
+  }
+  return {
+    enabled,
+    bandwidthDownload: downloadBitsPerSec === null ? null : (n.bandwidthDownload as string),
+    downloadBitsPerSec,
+    bandwidthUpload: uploadBitsPerSec === null ? null : (n.bandwidthUpload as string),
+    uploadBitsPerSec,
+    egress: { enabled: egressEnabled, mode },
+  }
+}
+
+/** The credentials map, checked as the proxy will compile it (fields named as the proxy names them). */
+function validateCredentials(input: unknown, env: Record<string, string>, network: NetworkSpec): Record<string, CredentialPolicy> {
+  if (input === undefined || input === null) return {}
+  if (typeof input !== 'object' || Array.isArray(input)) throw new ValidationError('credentials', 'must be a map of env var names to credential policies')
+  if (Object.keys(input).length === 0) return {}
+  if (!network.egress.enabled) {
+    throw new ValidationError('credentials', 'credential brokering needs the mediated egress path: set network.egress.enabled to true')
+  }
+  compilePolicy({ env, credentials: input }, () => 'placeholder')
+  return input as Record<string, CredentialPolicy>
 }

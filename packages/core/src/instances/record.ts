@@ -11,7 +11,7 @@ import type { PersistedVm } from '@hypeman-ts/vmm-drivers'
 import type { InstanceSpec } from './params.js'
 
 /** The create steps, in order; each one that finished is recorded so a crash can be undone. */
-export const CREATE_STEPS = ['instance_dir', 'image', 'overlay_disk', 'config_disk', 'vmm', 'guest_ready'] as const
+export const CREATE_STEPS = ['instance_dir', 'image', 'overlay_disk', 'network', 'egress', 'config_disk', 'vmm', 'guest_ready'] as const
 export type CreateStep = (typeof CREATE_STEPS)[number]
 
 export interface InstanceRecord {
@@ -34,6 +34,20 @@ export interface InstanceRecord {
   exit: { code: number | null; message: string | null } | null
   /** A standby snapshot exists in snapshot/. */
   snapshot: boolean
+  /** The instance's place on the host network, once attached. */
+  network: InstanceNetworkRecord | null
+}
+
+export interface InstanceNetworkRecord {
+  tap: string
+  mac: string
+  ip: string
+  prefixLength: number
+  gateway: string
+  dns: string[]
+  netns: string | null
+  downloadBitsPerSec: number
+  uploadBitsPerSec: number
 }
 
 export interface InstancePaths {

@@ -14,6 +14,7 @@ import {
 } from '../../src/guest/config-disk.js'
 import { encodeTlv } from '../../src/guest/tlv.js'
 import { guestInitBinary } from './helpers.js'
+import { makeCa, makeSelfSignedLeaf, type TestCa } from './pki.js'
 
 const full: GuestConfig = {
   argv: ['/bin/sh', '-c', 'echo "a b"; exit 3', ''],
@@ -28,9 +29,15 @@ const full: GuestConfig = {
 
 let dir: string
 let init: string
+let ca: TestCa
+let ca2: TestCa
+let leafPem: string
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'hm-cfg-'))
   init = await guestInitBinary()
+  ca = await makeCa(dir, 'hm-test-ca')
+  ca2 = await makeCa(dir, 'hm-test-ca-2')
+  leafPem = await makeSelfSignedLeaf(dir, 'not-a-ca')
 })
 afterAll(() => rm(dir, { recursive: true, force: true }))
 
@@ -137,7 +144,7 @@ describe('the guest init parses what the host writes', () => {
   })
 
   it.each<[string, Buffer, RegExp]>([
-    ['a feature it lacks (requires)', packConfigImage(encodeTlv([['argv', 'true'], ['requires', 'network']])), /requires feature "network"/],
+    ['a feature it lacks (requires)', packConfigImage(encodeTlv([['argv', 'true'], ['requires', 'volumes']])), /requires feature "volumes"/],
     ['a checksum mismatch', (() => {
       const img = encodeGuestConfig({ argv: ['true'], env: {} })
       img[CONFIG_HEADER_SIZE]! ^= 1
@@ -154,6 +161,110 @@ describe('the guest init parses what the host writes', () => {
       return img
     })(), /format version 2/],
   ])('refuses %s', async (_name, img, message) => {
+    await expect(parseInGuestCode(img)).rejects.toThrowError(message)
+  })
+})
+
+const network = { mac: '52:54:00:12:34:56', address: '10.77.0.2', prefixLength: 24, gateway: '10.77.0.1', dns: ['10.77.0.1', '192.0.2.53'], mtu: 1400 }
+
+describe('network and egress in the config disk', () => {
+  const base: GuestConfig = { argv: ['true'], env: {} }
+
+  it('encodes the network with a requires record and decodes it back (MAC lowercased)', () => {
+    const img = encodeGuestConfig({ ...base, network: { ...network, mac: '52:54:00:AB:CD:EF' } })
+    const back = decodeGuestConfig(img)
+    expect(back.network).toEqual({ ...network, mac: '52:54:00:ab:cd:ef' })
+    expect(back.requires).toEqual(['network'])
+    expect(back.egress).toBeUndefined()
+    const { mtu: _mtu, ...noMtu } = network
+    expect(decodeGuestConfig(encodeGuestConfig({ ...base, network: { ...noMtu, dns: [] } })).network).toEqual({ ...noMtu, dns: [] })
+  })
+
+  it('encodes egress (CA + proxy variables) with a requires record and decodes it back', () => {
+    const proxyEnv = { HTTP_PROXY: 'http://10.77.0.1:3128', https_proxy: 'http://10.77.0.1:3128', NO_PROXY: 'localhost,127.0.0.1' }
+    const back = decodeGuestConfig(encodeGuestConfig({ ...base, network, egress: { caBundlePem: ca.pem + ca2.pem, proxyEnv } }))
+    expect(back.requires).toEqual(['network', 'egress'])
+    expect(back.egress).toEqual({ caBundlePem: `${ca.pem.trim()}\n${ca2.pem.trim()}\n`, proxyEnv })
+    // Text around the blocks (comments, CRLF line ends) does not travel; the certificates do.
+    const messy = `# our proxy CA\r\n${ca.pem.replaceAll('\n', '\r\n')}trailing words\n`
+    expect(decodeGuestConfig(encodeGuestConfig({ ...base, egress: { caBundlePem: messy } })).egress).toEqual({ caBundlePem: ca.pem })
+  })
+
+  it.each<[string, Partial<GuestConfig['network']> | 'none', string, RegExp]>([
+    ['a MAC with dashes', { mac: '52-54-00-12-34-56' }, 'network.mac', /aa:bb:cc/],
+    ['a multicast MAC', { mac: '01:00:5e:00:00:01' }, 'network.mac', /multicast/],
+    ['an all-zero MAC', { mac: '00:00:00:00:00:00' }, 'network.mac', /zeros/],
+    ['an IPv6 address', { address: 'fd00::2' }, 'network.address', /IPv4/],
+    ['an address with leading zeros', { address: '10.77.0.02' }, 'network.address', /IPv4/],
+    ['a loopback address', { address: '127.0.0.2' }, 'network.address', /loopback/],
+    ['the network address', { address: '10.77.0.0' }, 'network.address', /network address/],
+    ['the broadcast address', { address: '10.77.0.255' }, 'network.address', /broadcast/],
+    ['a prefix of 0', { prefixLength: 0 }, 'network.prefixLength', /1 to 32/],
+    ['a prefix of 33', { prefixLength: 33 }, 'network.prefixLength', /1 to 32/],
+    ['a fractional prefix', { prefixLength: 24.5 }, 'network.prefixLength', /integer/],
+    ['a multicast gateway', { gateway: '224.0.0.1' }, 'network.gateway', /multicast/],
+    ['the gateway as own address', { gateway: '10.77.0.2' }, 'network.gateway', /own address/],
+    ['a hostname as DNS server', { dns: ['10.77.0.1', 'dns.example'] }, 'network.dns[1]', /IPv4/],
+    ['DNS not a list', { dns: '10.77.0.1' as never }, 'network.dns', /list/],
+    ['too many DNS servers', { dns: Array.from({ length: 17 }, (_, i) => `10.0.0.${i + 1}`) }, 'network.dns', /at most 16/],
+    ['an MTU below 68', { mtu: 67 }, 'network.mtu', /68 to 65535/],
+    ['an MTU above 65535', { mtu: 65536 }, 'network.mtu', /68 to 65535/],
+  ])('rejects %s, naming the field', (_name, patch, field, message) => {
+    const bad = { ...network, ...(patch as object) } as GuestConfig['network']
+    expect(() => encodeGuestConfig({ ...base, network: bad })).toThrowError(expect.objectContaining({ code: 'invalid_input', field, message: expect.stringMatching(message) }))
+  })
+
+  it('accepts a /32 address with a gateway outside it (an on-link route) and a /31', () => {
+    expect(decodeGuestConfig(encodeGuestConfig({ ...base, network: { ...network, address: '10.0.0.5', prefixLength: 32, gateway: '10.0.0.1' } })).network?.prefixLength).toBe(32)
+    expect(decodeGuestConfig(encodeGuestConfig({ ...base, network: { ...network, address: '10.0.0.0', prefixLength: 31, gateway: '10.0.0.1' } })).network?.address).toBe('10.0.0.0')
+  })
+
+  it('rejects CA bundles that are not CA certificates, naming the field', async () => {
+    const key = await readFile(join(dir, 'hm-test-ca.key'), 'utf8')
+    const cases: [string, unknown, string, RegExp][] = [
+      ['an empty bundle', '', 'egress.caBundlePem', /non-empty/],
+      ['text without PEM', 'hello', 'egress.caBundlePem', /no "-----BEGIN CERTIFICATE-----"/],
+      ['the CA with its private key', ca.pem + key, 'egress.caBundlePem', /block 2 is a private key/],
+      ['a truncated block', ca.pem.slice(0, 200), 'egress.caBundlePem', /without its END/],
+      ['a block that does not parse', '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n', 'egress.caBundlePem', /certificate 1 does not parse/],
+      ['a certificate that is not a CA', leafPem, 'egress.caBundlePem', /not a CA certificate/],
+      ['a NUL byte', `${ca.pem}\0`, 'egress.caBundlePem', /NUL/],
+    ]
+    for (const [name, caBundlePem, field, message] of cases) {
+      expect(() => encodeGuestConfig({ ...base, egress: { caBundlePem: caBundlePem as string } }), name).toThrowError(expect.objectContaining({ code: 'invalid_input', field, message: expect.stringMatching(message) }))
+    }
+  })
+
+  it('rejects proxy variables that are not proxy variables, naming them', () => {
+    expect(() => encodeGuestConfig({ ...base, egress: { caBundlePem: ca.pem, proxyEnv: { HTTPS_PROXI: 'x' } } })).toThrowError(expect.objectContaining({ field: 'egress.proxyEnv.HTTPS_PROXI' }))
+    expect(() => encodeGuestConfig({ ...base, egress: { caBundlePem: ca.pem, proxyEnv: { http_proxy: 'a\0b' } } })).toThrowError(expect.objectContaining({ field: 'egress.proxyEnv.http_proxy' }))
+  })
+
+  it('is parsed by the guest init field for field', async () => {
+    const img = encodeGuestConfig({ ...base, network: { ...network, mac: '52:54:00:AB:CD:EF' }, egress: { caBundlePem: ca.pem, proxyEnv: { HTTPS_PROXY: 'http://10.77.0.1:3128' } } })
+    const out = await parseInGuestCode(img)
+    expect(out).toContain(['net.mac=52:54:00:ab:cd:ef', 'net.address=10.77.0.2/24', 'net.gateway=10.77.0.1', 'net.mtu=1400', 'net.dns=10.77.0.1', 'net.dns=192.0.2.53', `ca_bundle.bytes=${Buffer.byteLength(ca.pem)}`, 'egress.env=HTTPS_PROXY=http://10.77.0.1:3128', ''].join('\n'))
+  })
+
+  const rec = (...extra: [string, string][]) => packConfigImage(encodeTlv([['argv', 'true'], ...extra]))
+  const net = (patch: Record<string, string | undefined>) => {
+    const all: Record<string, string | undefined> = { 'net.mac': '52:54:00:12:34:56', 'net.address': '10.0.0.2', 'net.prefix_length': '24', 'net.gateway': '10.0.0.1', ...patch }
+    return Object.entries(all).filter((e): e is [string, string] => e[1] !== undefined)
+  }
+  it.each<[string, Buffer, RegExp]>([
+    ['a network without a gateway', rec(...net({ 'net.gateway': undefined })), /network config without net.gateway/],
+    ['a network without a MAC', rec(...net({ 'net.mac': undefined })), /without net.mac/],
+    ['a multicast MAC', rec(...net({ 'net.mac': '01:00:5e:00:00:01' })), /bad value for key net.mac/],
+    ['an address that is not IPv4', rec(...net({ 'net.address': '10.0.0' })), /bad value for key net.address/],
+    ['a prefix of 33', rec(...net({ 'net.prefix_length': '33' })), /bad value for key net.prefix_length/],
+    ['an MTU of 50', rec(...net({ 'net.mtu': '50' })), /bad value for key net.mtu/],
+    ['a DNS server that is a name', rec(...net({}), ['net.dns', 'dns.example']), /bad value for key net.dns/],
+    ['the gateway as own address', rec(...net({ 'net.gateway': '10.0.0.2' })), /gateway is the guest's own address/],
+    ['a CA bundle without certificates', rec(['ca_bundle', 'nothing here']), /bad value for key ca_bundle/],
+    ['a CA bundle with a private key', rec(['ca_bundle', '-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\n']), /bad value for key ca_bundle/],
+    ['proxy variables without a CA', rec(['egress.env', 'HTTP_PROXY=x']), /egress config without ca_bundle/],
+    ['a feature it does not know', rec(['requires', 'volumes']), /requires feature "volumes"/],
+  ])('the guest init refuses %s', async (_name, img, message) => {
     await expect(parseInGuestCode(img)).rejects.toThrowError(message)
   })
 })

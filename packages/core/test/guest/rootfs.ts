@@ -3,7 +3,7 @@
  * mkfs.ext4 -d, mkfs.erofs), while the image pipeline is tested elsewhere.
  */
 import { chmod, chown, copyFile, mkdir, symlink, writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { run } from '@hypeman-ts/common'
 
 export async function makeBusyboxTree(dir: string): Promise<void> {
@@ -20,8 +20,25 @@ export async function makeBusyboxTree(dir: string): Promise<void> {
   await symlink('/etc/passwd', join(dir, 'link'))
 }
 
-export async function makeExt4(tree: string, path: string): Promise<void> {
-  await run('mkfs.ext4', ['-q', '-F', '-d', tree, path, '32M'])
+/**
+ * Copies Debian's own dynamically linked programs (e.g. /usr/bin/curl, /usr/bin/getent) into the
+ * tree at the same paths, with every library `ldd` names: real glibc/OpenSSL consumers in the guest.
+ */
+export async function addHostPrograms(tree: string, programs: string[]): Promise<void> {
+  const files = new Set<string>(programs)
+  for (const p of programs) {
+    const { stdout } = await run('ldd', [p])
+    for (const m of stdout.matchAll(/(?:=> |^\s*)(\/\S+) \(0x/gm)) files.add(m[1]!)
+  }
+  for (const f of files) {
+    await mkdir(join(tree, dirname(f)), { recursive: true })
+    await copyFile(f, join(tree, f)) // follows links: the tree gets the files under the names the loader asks for
+    await chmod(join(tree, f), 0o755)
+  }
+}
+
+export async function makeExt4(tree: string, path: string, size = '32M'): Promise<void> {
+  await run('mkfs.ext4', ['-q', '-F', '-d', tree, path, size])
 }
 
 export async function makeErofs(tree: string, path: string): Promise<void> {

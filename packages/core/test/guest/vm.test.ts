@@ -159,6 +159,12 @@ describe('a program in a guest', { timeout: 180_000 }, () => {
     expect(events[0]).toMatchObject({ type: 'boot', version: '1' })
   })
 
+  it('without a network: only lo, brought up once the program runs; no /etc files invented', async () => {
+    const r = await agent.run({ argv: ['sh', '-c', 'ls /sys/class/net; cat /sys/class/net/lo/flags; for f in hosts hostname resolv.conf; do test -e /etc/$f; echo "$f $?"; done'] })
+    expect(r.stdout.toString()).toBe('lo\n0x9\nhosts 1\nhostname 1\nresolv.conf 1\n')
+    expect((await readStatusEvents(b.statusLog)).find((e) => e.type === 'started')).not.toHaveProperty('networkMs')
+  })
+
   it('execs with stdin, stdout, stderr and the exit code', async () => {
     expect(await agent.ping()).toMatchObject({ version: '1' })
     const cat = await agent.run({ argv: ['cat'], input: 'hello stdin\n' })

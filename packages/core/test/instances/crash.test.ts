@@ -78,7 +78,7 @@ describe('kill -9 of the host process', () => {
     await new Promise((r) => child.once('exit', r))
     expect(existsSync(`/proc/${rec.vmm!.pid}`)).toBe(true) // the VMM outlived its parent
 
-    const hm = await Hypeman.open({ dataDir })
+    const hm = await Hypeman.open({ dataDir, network: false })
     cleanups.push(() => hm.close())
     expect(await hm.instances.list()).toEqual([])
     await until('the VMM to be gone', () => (existsSync(`/proc/${rec.vmm!.pid}`) ? undefined : true), 10_000)
@@ -98,7 +98,7 @@ describe('kill -9 of the host process', () => {
     await new Promise((r) => child.once('exit', r))
 
     // Reopen: the VM still runs and is ours again.
-    let hm = await Hypeman.open({ dataDir })
+    let hm = await Hypeman.open({ dataDir, network: false })
     const inst = await hm.instances.get('crash-run')
     expect(inst.state).toBe('Running')
     expect((await hm.instances.exec(inst.id, { argv: ['echo', 'still here'] })).stdout.toString()).toBe('still here\n')
@@ -108,7 +108,7 @@ describe('kill -9 of the host process', () => {
     // The VMM dies while no manager watches: the next open records it as Stopped.
     process.kill(rec!.vmm!.pid, 'SIGKILL')
     await until('the VMM to die', () => (existsSync(`/proc/${rec!.vmm!.pid}`) ? undefined : true), 10_000)
-    hm = await Hypeman.open({ dataDir })
+    hm = await Hypeman.open({ dataDir, network: false })
     cleanups.push(() => hm.close())
     const after = await hm.instances.get('crash-run')
     expect(after.state).toBe('Stopped')
@@ -121,8 +121,8 @@ describe('kill -9 of the host process', () => {
   it('a second manager cannot open a data directory in use', async () => {
     const dataDir = await mkdtemp(join(tmpdir(), 'hm-lock-'))
     cleanups.push(() => rm(dataDir, { recursive: true, force: true }))
-    const hm = await Hypeman.open({ dataDir })
+    const hm = await Hypeman.open({ dataDir, network: false })
     cleanups.push(() => hm.close())
-    await expect(Hypeman.open({ dataDir })).rejects.toMatchObject({ code: 'conflict', field: 'dataDir' })
+    await expect(Hypeman.open({ dataDir, network: false })).rejects.toMatchObject({ code: 'conflict', field: 'dataDir' })
   })
 })

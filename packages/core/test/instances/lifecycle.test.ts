@@ -21,7 +21,7 @@ let dataDir: string
 
 beforeAll(async () => {
   dataDir = await mkdtemp(join(tmpdir(), 'hm-lifecycle-'))
-  hm = await Hypeman.open({ dataDir, defaults: { vcpus: 1, size: '256MB', overlaySize: '64MB' } })
+  hm = await Hypeman.open({ dataDir, network: false, defaults: { vcpus: 1, size: '256MB', overlaySize: '64MB' } })
 })
 
 afterAll(async () => {

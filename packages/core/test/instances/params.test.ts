@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest'
 import { NotSupportedError, ValidationError } from '@hypeman-ts/common'
 import { validateCreateParams, type SpecDefaults } from '../../src/instances/params.js'
 
-const defaults: SpecDefaults = { size: '1GB', overlaySize: '10GB', vcpus: 2, hypervisor: 'qemu', available: ['qemu'], maxVcpus: 8 }
+const defaults: SpecDefaults = { size: '1GB', overlaySize: '10GB', vcpus: 2, hypervisor: 'qemu', available: ['qemu'], maxVcpus: 8, networkAvailable: false }
 const base = { image: 'alpine', name: 'my-workload-1' }
 
 function fails(params: Record<string, unknown>): ValidationError | NotSupportedError {
@@ -75,8 +75,6 @@ describe('validateCreateParams', () => {
 
   it.each([
     [{ network: { enabled: true } }, 'network.enabled'],
-    [{ network: { enabled: false, bandwidthDownload: '1Gbps' } }, 'network.bandwidthDownload'],
-    [{ credentials: { KEY: { source: { env: 'REAL' }, inject: [{ as: { header: 'Authorization', format: 'Bearer ${value}' } }] } } }, 'credentials'],
     [{ devices: ['gpu0'] }, 'devices'],
     [{ gpu: { profile: 'L40S-1Q' } }, 'gpu'],
     [{ volumes: [{ volumeId: 'v', mountPath: '/data' }] }, 'volumes'],
@@ -86,6 +84,59 @@ describe('validateCreateParams', () => {
     expect(err).toBeInstanceOf(NotSupportedError)
     expect(err.code).toBe('not_supported')
     expect(err.field).toBe(field)
+  })
+
+  it.each([
+    [{ network: { enabled: false, bandwidthDownload: '1Gbps' } }, 'network.bandwidthDownload', /needs network.enabled/],
+    [{ network: { egress: { enabled: true } } }, 'network.egress.enabled', /needs network.enabled/],
+    [{ credentials: { KEY: { source: { env: 'REAL' }, inject: [{ as: { header: 'Authorization', format: 'Bearer ${value}' } }] } } }, 'credentials', /egress/],
+  ])('without a network, %j is refused', (params, field, why) => {
+    const err = fails(params)
+    expect(err).toBeInstanceOf(ValidationError)
+    expect(err.field).toBe(field)
+    expect(err.message).toMatch(why)
+  })
+
+  describe('with a network', () => {
+    const net = { ...defaults, networkAvailable: true }
+    const cred = { source: { env: 'OPENAI_REAL' }, inject: [{ hosts: ['api.openai.com'], as: { header: 'Authorization', format: 'Bearer ${value}' } }] }
+
+    it('attaches by default, as the spec says, and parses rates in bits', () => {
+      const s = validateCreateParams({ ...base, network: { bandwidthDownload: '125MB/s', bandwidthUpload: '10Mbps' } }, net)
+      expect(s.network).toEqual({
+        enabled: true,
+        bandwidthDownload: '125MB/s',
+        downloadBitsPerSec: 1e9,
+        bandwidthUpload: '10Mbps',
+        uploadBitsPerSec: 1e7,
+        egress: { enabled: false, mode: 'all' },
+      })
+      expect(validateCreateParams({ ...base, network: { enabled: false } }, net).network.enabled).toBe(false)
+    })
+
+    it('takes credentials with mediated egress and checks them as the proxy will', () => {
+      const s = validateCreateParams(
+        { ...base, env: { OPENAI_REAL: 'sk-real' }, network: { egress: { enabled: true, enforcement: { mode: 'http_https_only' } } }, credentials: { OPENAI_API_KEY: cred } },
+        net,
+      )
+      expect(s.network.egress).toEqual({ enabled: true, mode: 'http_https_only' })
+      expect(s.credentials.OPENAI_API_KEY).toEqual(cred)
+    })
+
+    it.each([
+      [{ credentials: { OPENAI_API_KEY: cred } }, 'credentials.OPENAI_API_KEY.source.env'],
+      [{ env: { OPENAI_REAL: 'x' }, credentials: { OPENAI_API_KEY: { ...cred, inject: [{ as: { header: 'Authorization', format: 'Bearer' } }] } } }, 'credentials.OPENAI_API_KEY.inject[0].as.format'],
+      [{ env: { OPENAI_REAL: 'x' }, credentials: { OPENAI_API_KEY: { ...cred, inject: [{ hosts: ['*.*.com'], as: cred.inject[0]!.as }] } } }, 'credentials.OPENAI_API_KEY.inject[0].hosts'],
+    ])('names the bad credential field: %j', (params, field) => {
+      let err: ValidationError | undefined
+      try {
+        validateCreateParams({ ...base, network: { egress: { enabled: true } }, ...params }, net)
+      } catch (e) {
+        err = e as ValidationError
+      }
+      expect(err?.field).toMatch(new RegExp(`^${field.replace(/[.[\]*]/g, '\\$&')}`))
+      expect(err?.message).not.toContain('sk-real')
+    })
   })
 
   it('accepts the subsystems when they ask for nothing', () => {

@@ -5,7 +5,7 @@
 import { Hypeman } from '../../src/index.js'
 
 const [dataDir, image, name] = process.argv.slice(2) as [string, string, string]
-const hm = await Hypeman.open({ dataDir, defaults: { vcpus: 1, size: '256MB', overlaySize: '64MB' } })
+const hm = await Hypeman.open({ dataDir, network: false, defaults: { vcpus: 1, size: '256MB', overlaySize: '64MB' } })
 const inst = await hm.instances.create({ image, name, cmd: ['sh', '-c', 'echo up; sleep 600'] })
 process.stdout.write(`created ${inst.id} ${inst.state}\n`)
 // Stay alive until killed, holding the data dir like a real service would.

@@ -1,0 +1,168 @@
+/**
+ * Networking and mediated egress end to end: real QEMU VMs (a debootstrap'ed Debian with curl)
+ * on the host network of netsetup, with the embedded egress proxy, all inside namespaces this
+ * test creates (NetLab): the manager runs in the lab's "host" namespace, the "internet" is a
+ * server namespace reached through NAT. Nothing touches the real host's network.
+ */
+import { spawn } from 'node:child_process'
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises'
+import { readFileSync, readdirSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { run } from '@hypeman-ts/common'
+import { NetLab } from '@hypeman-ts/netsetup'
+import { FIXTURES } from '../support/registry.js'
+
+const SECRET = 'sk-real-secret-7f3a9c'
+let lab: NetLab
+let work: string
+let results: Record<string, any>
+let childOutput = ''
+
+async function makeCerts(dir: string): Promise<{ ca: string; cert: string; key: string }> {
+  const f = (n: string) => join(dir, n)
+  await writeFile(f('san.cnf'), 'subjectAltName=DNS:api.test,DNS:other.test\n')
+  await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', f('ca.key'), '-out', f('ca.pem'), '-subj', '/CN=network-test-ca', '-days', '2'])
+  await run('openssl', ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', f('leaf.key'), '-out', f('leaf.csr'), '-subj', '/CN=api.test'])
+  await run('openssl', ['x509', '-req', '-in', f('leaf.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial', '-out', f('leaf.pem'), '-days', '2', '-extfile', f('san.cnf')])
+  return { ca: f('ca.pem'), cert: f('leaf.pem'), key: f('leaf.key') }
+}
+
+/** QEMU processes started for this test's data dir (their command line names files in it). */
+function qemuOf(dir: string): string[] {
+  return readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p))
+    .flatMap((pid) => {
+      try {
+        const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8')
+        return cmd.includes('qemu-system') && cmd.includes(dir) ? [pid] : []
+      } catch {
+        return []
+      }
+    })
+}
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'hm-network-'))
+  lab = await NetLab.create({ prefix: 'hmnt' })
+  const certs = await makeCerts(work)
+  const upstream = lab.spawn(lab.serverNs, process.execPath, [join(__dirname, '../support/upstream-server.mjs'), certs.cert, certs.key])
+  await upstream.waitFor(/upstream ready/)
+  const cfg = { dataDir: join(work, 'data'), uplink: lab.uplink, upstreamCa: certs.ca, serverIp: lab.serverIp, image: `oci:${FIXTURES}/debian:bookworm` }
+  const child = lab.spawn(lab.hostNs, process.execPath, ['--import', 'tsx', join(__dirname, '../support/network-child.ts'), JSON.stringify(cfg)])
+  const m = await child.waitFor(/RESULT (.*)\n/, 600_000)
+  childOutput = child.output()
+  results = JSON.parse(m[1]!)
+}, 660_000)
+
+afterAll(async () => {
+  for (const pid of qemuOf(work)) process.kill(Number(pid), 'SIGKILL')
+  await lab?.destroy()
+  await rm(work, { recursive: true, force: true })
+})
+
+describe('networking', () => {
+  it('ran the scenario to the end', () => {
+    expect(results.error, childOutput.slice(-3000)).toBeUndefined()
+  })
+
+  it('gives the guest an address, a resolver and the way out through NAT', () => {
+    expect(results.plainInstance).toMatchObject({ enabled: true, name: 'default', ip: expect.stringMatching(/^10\.123\.0\.\d+$/), mac: expect.stringMatching(/^02:/) })
+    expect(results.plainResolv).toContain('nameserver 10.123.0.1')
+    // The server has no route to 10.123.0.0/24: the reply proves the NAT; it saw the uplink address.
+    expect(results.plainHttp).toMatchObject({ url: '/hello', remote: '198.18.0.1' })
+  })
+
+  it('shapes the guest to its configured rates, both ways (±15%)', () => {
+    const [dBytes, dTime] = String(results.shaping.down).split(' ').map(Number) as [number, number]
+    const [uBytes, uTime] = String(results.shaping.up).split(' ').map(Number) as [number, number]
+    const downMbps = (dBytes * 8) / dTime / 1e6
+    const upMbps = (uBytes * 8) / uTime / 1e6
+    expect(dBytes).toBe(10_000_000)
+    expect(uBytes).toBe(8_000_000)
+    expect(downMbps).toBeGreaterThan(20 * 0.85)
+    expect(downMbps).toBeLessThan(20 * 1.15)
+    expect(upMbps).toBeGreaterThan(16 * 0.85)
+    expect(upMbps).toBeLessThan(16 * 1.15)
+    expect(results.plainInstance).toMatchObject({ bandwidthDownload: '20Mbps', bandwidthUpload: '16Mbps' })
+  })
+})
+
+describe('mediated egress with a brokered credential', () => {
+  it('gives the guest a placeholder, never the real value', () => {
+    const env = String(results.guestEnv)
+    expect(env).toMatch(/^OPENAI_API_KEY=hmph_[0-9a-f]{40}$/m)
+    expect(env).not.toContain(SECRET)
+    expect(env).not.toContain('OPENAI_REAL')
+    expect(env).toContain('VISIBLE=yes')
+    expect(env).toMatch(/^HTTPS_PROXY=http:\/\/10\.123\.0\.1:\d+$/m)
+    expect(results.mediatedInstanceEnv).toEqual({ VISIBLE: 'yes', OPENAI_API_KEY: '<placeholder>' })
+  })
+
+  it('puts the real value on the wire to the matching host, transparently and through HTTPS_PROXY', () => {
+    expect(results.transparentMatch).toMatchObject({ url: '/t', tls: true, headers: { authorization: `Bearer ${SECRET}` } })
+    expect(results.explicitMatch).toMatchObject({ url: '/e', tls: true, headers: { authorization: `Bearer ${SECRET}` } })
+  })
+
+  it('leaves the placeholder untouched for other hosts and on plain HTTP', () => {
+    expect(results.transparentOther.headers.authorization).toMatch(/^Bearer hmph_[0-9a-f]{40}$/)
+    expect(results.transparentPlainHttp).toMatchObject({ tls: false })
+    expect(results.transparentPlainHttp.headers.authorization).toMatch(/^Bearer hmph_/)
+  })
+
+  it('mode all refuses direct egress; http_https_only lets other ports through but still mediates 443', () => {
+    expect(results.mediatedDirectTcp.out).toContain('blocked')
+    expect(results.mediatedDirectTcp.out).not.toContain('tcp-2222-hello')
+    expect(results.mediatedDirectPlainHttpPort8080.out).toContain('blocked')
+    expect(results.partialDirectTcp.out).toContain('tcp-2222-hello')
+    expect(results.partialHttps).toMatchObject({ url: '/p', tls: true })
+  })
+
+  it('delete leaves no instance, and no VMM behind', () => {
+    expect(results.afterDelete).toEqual([])
+    expect(qemuOf(work)).toEqual([])
+  })
+
+  it('wrote the real secret nowhere but the instance record (root-only)', async () => {
+    expect(results.secretHolders).toEqual([{ file: expect.stringMatching(/^\/instances\/[a-z0-9]+\/instance\.json$/), mode: '600' }])
+    const hits: string[] = []
+    const walk = async (dir: string): Promise<void> => {
+      for (const ent of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+        const p = join(dir, ent.name)
+        if (ent.isDirectory()) await walk(p)
+        else if (ent.isFile() && !p.endsWith('.ext4') && !p.endsWith('.erofs') && readFileSync(p).includes(SECRET)) hits.push(p)
+      }
+    }
+    await walk(join(work, 'data'))
+    expect(hits).toEqual([]) // instances are deleted, so their records are gone too
+    // Everything the manager and the proxy logged (the RESULT line quotes the upstream, which must see it).
+    expect(childOutput.replace(/^RESULT .*$/m, '')).not.toContain(SECRET)
+    expect(childOutput).toMatch(/^RESULT /m)
+  })
+})
+
+describe('kill -9 of the host process while it attaches an instance to the network', () => {
+  it('the next open detaches it: no allocation, port, rule or shaper is left', async () => {
+    const cfg = { dataDir: join(work, 'crash-data'), uplink: lab.uplink, image: `oci:${FIXTURES}/small:busybox-amd64` }
+    const child = lab.spawn(lab.hostNs, process.execPath, ['--import', 'tsx', join(__dirname, '../support/network-crash-child.ts'), 'create', JSON.stringify(cfg)])
+    await child.waitFor(/creating/, 120_000)
+    // Kill it once the instance's port exists on the bridge (the attach is under way or done, the VM not yet running).
+    for (let i = 0; i < 600; i++) {
+      const links = (await lab.exec(lab.hostNs, 'ip', ['-j', 'link', 'show'])).stdout
+      if (links.includes('"hmt')) break
+      await new Promise((r) => setTimeout(r, 20))
+    }
+    child.child.kill('SIGKILL')
+    await new Promise((r) => child.child.once('exit', r))
+    const again = lab.spawn(lab.hostNs, process.execPath, ['--import', 'tsx', join(__dirname, '../support/network-crash-child.ts'), 'reopen', JSON.stringify(cfg)])
+    const m = await again.waitFor(/RESULT (.*)\n/, 120_000)
+    const { instances, inventory } = JSON.parse(m[1]!)
+    expect(instances).toEqual([])
+    expect(inventory.allocations ?? []).toEqual([])
+    expect(JSON.stringify(inventory.links ?? [])).not.toContain('hmt')
+    expect(inventory.nft?.inet?.mediated ?? []).toEqual([])
+    expect(inventory.nft?.bridge?.ports ?? []).toEqual([])
+    expect(qemuOf(cfg.dataDir)).toEqual([])
+  })
+})

@@ -1,0 +1,105 @@
+/**
+ * The network scenario of test/instances/network.test.ts, run INSIDE the lab's "host" namespace
+ * (so the bridge, NAT, nftables tables, the proxy and the VMs all live there, never in the real
+ * host's namespace). Prints one line `RESULT <json>` with what each check saw.
+ */
+import { readdirSync, readFileSync, statSync } from 'node:fs'
+import { join } from 'node:path'
+import { Hypeman } from '../../src/index.js'
+
+const cfg = JSON.parse(process.argv[2]!) as { dataDir: string; uplink: string; upstreamCa: string; serverIp: string; image: string }
+const SECRET = 'sk-real-secret-7f3a9c'
+const results: Record<string, unknown> = {}
+
+const hm = await Hypeman.open({
+  dataDir: cfg.dataDir,
+  network: { uplink: cfg.uplink, subnet: '10.123.0.0/24', dns: ['10.123.0.1'], capacity: { download: '1Gbps', upload: '1Gbps' } },
+  egress: {
+    upstreamCa: readFileSync(cfg.upstreamCa, 'utf8'),
+    allowDestinations: ['198.18.0.0/15'],
+    lookup: async (host) => (host === 'api.test' || host === 'other.test' ? [{ address: cfg.serverIp, family: 4 }] : []),
+  },
+  defaults: { vcpus: 1, size: '512MB', overlaySize: '512MB' },
+})
+
+const sh = async (id: string, script: string) => {
+  const r = await hm.instances.exec(id, { argv: ['sh', '-c', script], timeoutMs: 60_000 })
+  return { code: r.exitCode, out: r.stdout.toString().trim(), err: r.stderr.toString().trim() }
+}
+const json = (s: string): Record<string, any> | null => {
+  try {
+    return JSON.parse(s)
+  } catch {
+    return null
+  }
+}
+const resolve = `--resolve api.test:443:${cfg.serverIp} --resolve other.test:443:${cfg.serverIp} --resolve api.test:80:${cfg.serverIp}`
+
+try {
+  // 1. Plain network: NAT out of the uplink, shaping, the Instance's network block.
+  const plain = await hm.instances.create({
+    image: cfg.image,
+    name: 'net-plain',
+    cmd: ['sleep', '3600'],
+    network: { bandwidthDownload: '20Mbps', bandwidthUpload: '16Mbps' },
+  })
+  results.plainInstance = plain.network
+  results.plainHttp = json((await sh(plain.id, `curl -s --max-time 20 http://${cfg.serverIp}/hello`)).out)
+  results.plainResolv = (await sh(plain.id, 'cat /etc/resolv.conf')).out
+  const down = await sh(plain.id, `curl -s --max-time 60 -o /dev/null -w '%{size_download} %{time_total}' http://${cfg.serverIp}/bytes?n=10000000`)
+  const up = await sh(plain.id, `head -c 8000000 /dev/zero > /tmp/up && curl -s --max-time 60 -o /dev/null -w '%{size_upload} %{time_total}' --data-binary @/tmp/up http://${cfg.serverIp}/sink`)
+  results.shaping = { down: down.out, up: up.out }
+
+  // 2. Mediated egress, mode all, with a brokered credential.
+  const med = await hm.instances.create({
+    image: cfg.image,
+    name: 'net-mediated',
+    cmd: ['sleep', '3600'],
+    env: { OPENAI_REAL: SECRET, VISIBLE: 'yes' },
+    credentials: { OPENAI_API_KEY: { source: { env: 'OPENAI_REAL' }, inject: [{ hosts: ['api.test'], as: { header: 'Authorization', format: 'Bearer ${value}' } }] } },
+    network: { egress: { enabled: true, enforcement: { mode: 'all' } } },
+  })
+  results.mediatedInstanceEnv = med.env
+  results.guestEnv = (await sh(med.id, 'env | sort')).out
+  // Transparent: curl told to ignore the proxy variables, like runtimes that never read them.
+  results.transparentMatch = json((await sh(med.id, `curl -s --max-time 20 --noproxy '*' ${resolve} -H "Authorization: Bearer $OPENAI_API_KEY" https://api.test/t`)).out)
+  results.transparentOther = json((await sh(med.id, `curl -s --max-time 20 --noproxy '*' ${resolve} -H "Authorization: Bearer $OPENAI_API_KEY" https://other.test/t`)).out)
+  results.transparentPlainHttp = json((await sh(med.id, `curl -s --max-time 20 --noproxy '*' ${resolve} -H "Authorization: Bearer $OPENAI_API_KEY" http://api.test/t`)).out)
+  // Explicit: the HTTPS_PROXY the guest was given.
+  results.explicitMatch = json((await sh(med.id, `curl -s --max-time 20 -H "Authorization: Bearer $OPENAI_API_KEY" https://api.test/e`)).out)
+  const tcp2222 = `timeout 5 bash -c 'cat < /dev/tcp/${cfg.serverIp}/2222' 2>&1 || echo blocked`
+  results.mediatedDirectTcp = await sh(med.id, tcp2222)
+  results.mediatedDirectPlainHttpPort8080 = await sh(med.id, `curl -s --max-time 5 --noproxy '*' http://${cfg.serverIp}:8080/ || echo blocked-$?`)
+
+  // 3. Mediated egress, mode http_https_only: other TCP goes direct.
+  const partial = await hm.instances.create({
+    image: cfg.image,
+    name: 'net-partial',
+    cmd: ['sleep', '3600'],
+    network: { egress: { enabled: true, enforcement: { mode: 'http_https_only' } } },
+  })
+  results.partialDirectTcp = await sh(partial.id, tcp2222)
+  results.partialHttps = json((await sh(partial.id, `curl -s --max-time 20 --noproxy '*' ${resolve} https://other.test/p`)).out)
+
+  // While they run: which files hold the real value (only the root-only instance record may).
+  const holders: { file: string; mode: string }[] = []
+  const walk = (dir: string): void => {
+    for (const ent of readdirSync(dir, { withFileTypes: true })) {
+      const p = join(dir, ent.name)
+      if (ent.isDirectory()) walk(p)
+      else if (ent.isFile() && !/\.(ext4|erofs)$/.test(p) && readFileSync(p).includes(SECRET)) holders.push({ file: p.slice(cfg.dataDir.length), mode: (statSync(p).mode & 0o777).toString(8) })
+    }
+  }
+  walk(cfg.dataDir)
+  results.secretHolders = holders
+
+  results.instances = (await hm.instances.list()).map((i) => ({ name: i.name, state: i.state, network: i.network }))
+  for (const i of await hm.instances.list()) await hm.instances.delete(i.id)
+  results.afterDelete = await hm.instances.list()
+} catch (err) {
+  results.error = String((err as Error).stack ?? err)
+} finally {
+  for (const i of await hm.instances.list().catch(() => [])) await hm.instances.delete(i.id).catch(() => {})
+  await hm.close()
+}
+process.stdout.write(`RESULT ${JSON.stringify(results)}\n`)
