@@ -9,29 +9,25 @@
  * systemd-style dangling /etc/resolv.conf symlink.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { createHash, randomBytes } from 'node:crypto'
-import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
+import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { run, type Logger } from '@hypeman-ts/common'
-import { QemuDriver, type QemuRunningVm, type VmSpec } from '@hypeman-ts/vmm-drivers'
+import { run } from '@hypeman-ts/common'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { defaultCacheDir, ensureGuestAssets, type GuestAssets } from '../../src/assets/ensure.js'
 import { listCachedKernels } from '../../src/assets/kernel.js'
 import { GuestAgentClient } from '../../src/guest/agent-client.js'
-import { writeGuestConfigDisk, type GuestConfig } from '../../src/guest/config-disk.js'
+import type { GuestConfig } from '../../src/guest/config-disk.js'
 import { requestGuestStop } from '../../src/guest/control.js'
-import { createOverlayDisk, guestChannels, guestDisks } from '../../src/guest/disks.js'
 import { buildGuestEnv } from '../../src/guest/program.js'
 import { readStatusEvents, statusMark, waitForStatusEvent } from '../../src/guest/status.js'
 import { makeCa, makeServerCert, type TestCa } from './pki.js'
+import { appLog, GuestBooter, sha256, waitForLog, type Booted } from './helpers.js'
 import { addHostPrograms, makeBusyboxTree, makeExt4 } from './rootfs.js'
 
-const MiB = 1024 * 1024
-const quiet: Logger = { debug() {}, info() {}, warn() {}, error() {} }
-const driver = new QemuDriver({ logger: quiet })
 const repoRoot = fileURLToPath(new URL('../../../../', import.meta.url))
 
 const NS = `hmgn-${randomBytes(3).toString('hex')}`
@@ -52,7 +48,10 @@ let rotated: TestCa
 let publicRoot: TestCa
 let peer: ChildProcess | undefined
 let nsMade = false
-const runtimeDirs: string[] = []
+let booter: GuestBooter
+/** Boots in the namespace with one NIC on the TAP; a name boots again on the same overlay. */
+const boot = (name: string, config: GuestConfig, opts: { mac?: string } = {}): Promise<Booted> =>
+  booter.boot(name, config, { rootfs, nics: [{ tap: TAP, mac: opts.mac ?? MAC }], netns: NS })
 
 const sh = (cmd: string) => run('sh', ['-c', cmd])
 
@@ -70,64 +69,10 @@ async function startPeer(certPath: string, keyPath: string): Promise<ChildProces
   return child
 }
 
-interface Booted {
-  vm: QemuRunningVm
-  dir: string
-  overlay: string
-  appLog: string
-  statusLog: string
-  agentSocket: string
-  controlSocket: string
-}
 
-/** Boots in the namespace with one NIC on the TAP; `dir` may be reused to boot the same instance again. */
-async function boot(name: string, config: GuestConfig, opts: { mac?: string } = {}): Promise<Booted> {
-  const dir = join(work, name)
-  const b = {
-    dir,
-    overlay: join(dir, 'overlay.ext4'),
-    appLog: join(dir, 'app.log'),
-    statusLog: join(dir, 'status.jsonl'),
-    agentSocket: join(dir, 'agent.sock'),
-    controlSocket: join(dir, 'control.sock'),
-  }
-  const fresh = await mkdir(dir).then(() => true, () => false)
-  if (fresh) await createOverlayDisk(b.overlay, 64 * MiB)
-  await writeGuestConfigDisk(join(dir, 'config.img'), config)
-  const spec: VmSpec = {
-    name: `hm-guestnet-${name}`,
-    kernel: assets.kernelPath,
-    initrd: assets.initrdPath,
-    cmdline: assets.cmdline,
-    vcpus: 1,
-    memoryBytes: 256 * MiB,
-    disks: guestDisks({ rootfs, overlay: b.overlay, config: join(dir, 'config.img') }),
-    nics: [{ tap: TAP, mac: opts.mac ?? MAC }],
-    channels: guestChannels(b, { skipGuestAgent: config.skipGuestAgent }),
-    consoleLog: join(dir, 'console.log'),
-    runtimeDir: join(dir, 'run'),
-    netns: NS,
-    accel: 'tcg',
-  }
-  runtimeDirs.push(spec.runtimeDir)
-  return { ...b, vm: await driver.start(spec) }
-}
 
-async function appLog(b: Booted): Promise<string> {
-  return readFile(b.appLog, 'utf8').catch(() => '')
-}
 
-async function waitForLog(b: Booted, text: string, timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await appLog(b)).includes(text)) {
-    if (Date.now() > deadline) throw new Error(`"${text}" not in the app log after ${timeoutMs} ms; it has: ${await appLog(b)}`)
-    await sleep(100)
-  }
-}
 
-async function sha256(path: string): Promise<string> {
-  return createHash('sha256').update(await readFile(path)).digest('hex')
-}
 
 /** debugfs's view of a path on an ext4 image (the disk as written, not as a guest sees it). */
 async function debugfs(image: string, request: string): Promise<string> {
@@ -141,6 +86,7 @@ beforeAll(async () => {
   expect(kernel, 'a guest kernel in the cache (scripts/setup)').toBeDefined()
   assets = await ensureGuestAssets({ kernel: { version: kernel!.version } })
   work = await mkdtemp(join(tmpdir(), 'hm-guestnet-'))
+  booter = new GuestBooter(assets, work)
 
   ca = await makeCa(work, 'hm-egress-test-ca')
   rotated = await makeCa(work, 'hm-egress-test-ca-rotated')
@@ -169,7 +115,7 @@ beforeAll(async () => {
 }, 180_000)
 
 afterAll(async () => {
-  for (const dir of runtimeDirs) await driver.destroy({ runtimeDir: dir })
+  await booter?.destroyAll()
   if (peer && peer.exitCode === null) {
     peer.kill('SIGTERM')
     await new Promise((resolve) => (peer!.exitCode !== null ? resolve(undefined) : peer!.once('exit', resolve)))

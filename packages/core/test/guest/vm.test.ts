@@ -3,91 +3,36 @@
  * from the cached kernel and the initrd ensureGuestAssets builds, with a busybox image disk made
  * here. One VM at a time; each boot checks several things where that keeps the story clear.
  */
-import { createHash } from 'node:crypto'
-import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises'
+import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
-import { run, type Logger } from '@hypeman-ts/common'
-import { QemuDriver, type QemuRunningVm, type VmSpec } from '@hypeman-ts/vmm-drivers'
+import { run } from '@hypeman-ts/common'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { defaultCacheDir, ensureGuestAssets, type GuestAssets } from '../../src/assets/ensure.js'
 import { listCachedKernels } from '../../src/assets/kernel.js'
 import { GuestAgentClient } from '../../src/guest/agent-client.js'
 import { tailLines } from '../../src/guest/app-log.js'
-import { writeGuestConfigDisk, type GuestConfig } from '../../src/guest/config-disk.js'
+import type { GuestConfig } from '../../src/guest/config-disk.js'
 import { pingGuestControl, requestGuestStop } from '../../src/guest/control.js'
-import { createOverlayDisk, guestChannels, guestDisks } from '../../src/guest/disks.js'
 import { buildGuestEnv } from '../../src/guest/program.js'
 import { readStatusEvents, waitForStatusEvent, type GuestStatusEvent } from '../../src/guest/status.js'
+import { appLog, GuestBooter, sha256, waitForLog, type Booted } from './helpers.js'
 import { makeBusyboxTree, makeErofs, makeExt4 } from './rootfs.js'
 
 const MiB = 1024 * 1024
-const quiet: Logger = { debug() {}, info() {}, warn() {}, error() {} }
-const driver = new QemuDriver({ logger: quiet })
 
 let assets: GuestAssets
 let work: string
 let ext4: string
 let erofs: string
-const runtimeDirs: string[] = []
+let booter: GuestBooter
+const boot = (name: string, config: GuestConfig, opts: { rootfs?: string; memoryMiB?: number } = {}): Promise<Booted> =>
+  booter.boot(name, config, { rootfs: opts.rootfs ?? ext4, ...(opts.memoryMiB ? { memoryMiB: opts.memoryMiB } : {}) })
 
-interface Booted {
-  vm: QemuRunningVm
-  dir: string
-  overlay: string
-  appLog: string
-  statusLog: string
-  agentSocket: string
-  controlSocket: string
-}
 
-async function boot(name: string, config: GuestConfig, opts: { rootfs?: string; memoryMiB?: number } = {}): Promise<Booted> {
-  const dir = join(work, name)
-  await mkdir(dir)
-  const b = {
-    dir,
-    overlay: join(dir, 'overlay.ext4'),
-    appLog: join(dir, 'app.log'),
-    statusLog: join(dir, 'status.jsonl'),
-    agentSocket: join(dir, 'agent.sock'),
-    controlSocket: join(dir, 'control.sock'),
-  }
-  await createOverlayDisk(b.overlay, 64 * MiB)
-  await writeGuestConfigDisk(join(dir, 'config.img'), config)
-  const spec: VmSpec = {
-    name: `hm-guest-${name}`,
-    kernel: assets.kernelPath,
-    initrd: assets.initrdPath,
-    cmdline: assets.cmdline,
-    vcpus: 1,
-    memoryBytes: (opts.memoryMiB ?? 256) * MiB,
-    disks: guestDisks({ rootfs: opts.rootfs ?? ext4, overlay: b.overlay, config: join(dir, 'config.img') }),
-    channels: guestChannels(b, { skipGuestAgent: config.skipGuestAgent }),
-    consoleLog: join(dir, 'console.log'),
-    runtimeDir: join(dir, 'run'),
-    accel: 'tcg',
-  }
-  runtimeDirs.push(spec.runtimeDir)
-  return { ...b, vm: await driver.start(spec) }
-}
 
-async function appLog(b: Booted): Promise<string> {
-  return readFile(b.appLog, 'utf8').catch(() => '')
-}
 
-/** Waits (bounded) until the app log contains `text`. */
-async function waitForLog(b: Booted, text: string, timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await appLog(b)).includes(text)) {
-    if (Date.now() > deadline) throw new Error(`"${text}" not in the app log after ${timeoutMs} ms; it has: ${await appLog(b)}`)
-    await sleep(100)
-  }
-}
 
-async function sha256(path: string): Promise<string> {
-  return createHash('sha256').update(await readFile(path)).digest('hex')
-}
 
 beforeAll(async () => {
   // The cached kernel, not "whatever apt says now": tests stay off the network.
@@ -95,6 +40,7 @@ beforeAll(async () => {
   expect(kernel, 'a guest kernel in the cache (scripts/setup)').toBeDefined()
   assets = await ensureGuestAssets({ kernel: { version: kernel!.version } })
   work = await mkdtemp(join(tmpdir(), 'hm-vm-'))
+  booter = new GuestBooter(assets, work)
   const tree = join(work, 'tree')
   await makeBusyboxTree(tree)
   ext4 = join(work, 'rootfs.ext4')
@@ -105,7 +51,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   // Whatever a failed test left running must not outlive the file.
-  for (const dir of runtimeDirs) await driver.destroy({ runtimeDir: dir })
+  await booter?.destroyAll()
   if (work) await rm(work, { recursive: true, force: true })
 })
 
