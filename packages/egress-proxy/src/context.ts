@@ -62,6 +62,8 @@ export interface ProxyContext {
   readonly limits: Limits
   /** Upstream ports for transparent connections, which carry no port of their own. */
   readonly transparentPorts: { https: number; http: number }
+  /** Serve common HTTP/1.1 requests on the fast path (src/fastpath.ts); off: Node's server and undici only. */
+  readonly http1FastPath: boolean
   closing: boolean
 }
 

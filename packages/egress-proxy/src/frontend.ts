@@ -13,6 +13,7 @@ import { type SecureContext, TLSSocket, type TLSSocketOptions } from 'node:tls'
 import { type Conn, entryOf, kConn, type ListenerKind, type ProxyContext } from './context.js'
 import { EgressError } from './errors.js'
 import { normalizeHost, splitHostPort } from './hosts.js'
+import { serveFastH1 } from './fastpath.js'
 import { handleH1, handleH2 } from './pipeline.js'
 import { sourceAddress } from './sources.js'
 import { handleUpgrade } from './upgrade.js'
@@ -225,7 +226,7 @@ export class Frontend {
       if (chunk[0] === TLS_HANDSHAKE) this.intercept(conn, raw, tunnelHost)
       else {
         if (conn.target) conn.target.tls = false
-        this.h1.emit('connection', raw)
+        this.serveH1(conn, raw)
       }
     } catch (err) {
       // One bad connection must never take the process down with it.
@@ -285,8 +286,24 @@ export class Frontend {
       // HTTP/2 session would wait forever for a 'secureConnect' that servers do not emit.
       ;(tls as unknown as { secureConnecting: boolean }).secureConnecting = false
       if (tls.alpnProtocol === 'h2') this.h2.emit('connection', tls)
-      else this.h1.emit('connection', tls)
+      else this.serveH1(conn, tls)
     })
+  }
+
+  /** HTTP/1.1 on a connection: the fast path first when enabled, which hands unusual requests to the server. */
+  private serveH1(conn: Conn, socket: Socket): void {
+    if (this.ctx.http1FastPath) serveFastH1(this.ctx, conn, socket, this.fastHooks)
+    else this.h1.emit('connection', socket)
+  }
+
+  private readonly fastHooks = {
+    handoff: (socket: Socket, unread: Buffer | null) => {
+      if (unread !== null) socket.unshift(unread)
+      this.h1.emit('connection', socket)
+      // The server reads in flowing mode; the fast path left the socket paused.
+      socket.resume()
+    },
+    onIdle: (conn: Conn) => this.onIdle(conn),
   }
 
   private clientError(err: NodeJS.ErrnoException, socket: Duplex): void {

@@ -225,6 +225,16 @@ export function sendError(guest: Guest, err: EgressError): void {
   guest.end()
 }
 
+/** Counts, audits and logs a failed upstream exchange; returns what the guest is answered with. */
+export function upstreamFailure(ctx: ProxyContext, conn: Conn, dest: { host: string; port: number }, error: unknown): EgressError {
+  const err = upstreamError(error, dest.host, dest.port)
+  ctx.metrics.upstreamFailures.inc([err.code])
+  ctx.audit.emit({ type: 'upstream_error', source: conn.source, host: dest.host, code: err.code, message: err.message })
+  if (err.code === 'destination_blocked') ctx.metrics.denied.inc([err.code])
+  ctx.logger.debug('upstream request failed', { source: conn.source, host: dest.host, port: dest.port, code: err.code, message: err.message })
+  return err
+}
+
 const CLIENT_GONE = new Error('the client went away')
 
 /** The undici handler that streams one upstream response into a Guest. */
@@ -290,12 +300,7 @@ export class Forward implements Dispatcher.DispatchHandler {
       this.finish('aborted')
       return
     }
-    const err = upstreamError(error, this.dest.host, this.dest.port)
-    const { ctx, conn } = this
-    ctx.metrics.upstreamFailures.inc([err.code])
-    ctx.audit.emit({ type: 'upstream_error', source: conn.source, host: this.dest.host, code: err.code, message: err.message })
-    if (err.code === 'destination_blocked') ctx.metrics.denied.inc([err.code])
-    ctx.logger.debug('upstream request failed', { source: conn.source, host: this.dest.host, port: this.dest.port, code: err.code, message: err.message })
+    const err = upstreamFailure(this.ctx, this.conn, this.dest, error)
     if (this.guest.started) {
       this.finish('aborted')
       this.guest.reset()

@@ -65,6 +65,13 @@ export interface ProxyOptions {
   /** Replace a cached certificate when it has less than this left (default "1d"). */
   leafRenewBefore?: string | number
   limits?: ProxyLimits
+  /**
+   * Serve common HTTP/1.1 requests on the proxy's own fast path (default true): its own head
+   * parser and raw pooled upstream connections, forwarding response bodies as they come.
+   * Requests it does not handle (Expect, upgrades, chunked uploads, ...) and all of HTTP/2 go
+   * through Node's server and undici either way; false sends everything there.
+   */
+  http1FastPath?: boolean
   /** Initial policies, as `policies.set` would register them. */
   policies?: Record<string, SourcePolicy>
   logger?: Logger
@@ -155,6 +162,7 @@ export async function createProxy(options: ProxyOptions): Promise<EgressProxy> {
     https: port(options.transparentPorts?.https, 'transparentPorts.https', 443),
     http: port(options.transparentPorts?.http, 'transparentPorts.http', 80),
   }
+  if (options.http1FastPath !== undefined && typeof options.http1FastPath !== 'boolean') throw new ValidationError('http1FastPath', 'must be true or false')
   const leafValidityMs = duration(options.leafValidity, 'leafValidity', '7d')
   const leafRenewMs = duration(options.leafRenewBefore, 'leafRenewBefore', '1d')
   if (leafRenewMs >= leafValidityMs) throw new ValidationError('leafRenewBefore', 'must be shorter than leafValidity')
@@ -213,7 +221,7 @@ export async function createProxy(options: ProxyOptions): Promise<EgressProxy> {
   })
   const metrics = new ProxyMetrics()
   const leaves = new LeafIssuer(ca, { validityMs: leafValidityMs, renewBeforeMs: leafRenewMs })
-  const ctx: ProxyContext = { sources, guard, upstreams, leaves, metrics, audit, logger, limits, transparentPorts, closing: false }
+  const ctx: ProxyContext = { sources, guard, upstreams, leaves, metrics, audit, logger, limits, transparentPorts, http1FastPath: options.http1FastPath ?? true, closing: false }
   const frontend = new Frontend(ctx)
   metrics.gauge('hypeman_egress_connections_active', 'Client connections open now.', () => frontend.conns.size)
   metrics.gauge('hypeman_egress_policies', 'Sources with a registered policy.', () => sources.size)

@@ -12,6 +12,7 @@ import { connect as netConnect } from 'node:net'
 import { Agent, buildConnector } from 'undici'
 import { EgressError } from './errors.js'
 import type { DestinationGuard } from './guard.js'
+import { UpstreamPool } from './pool.js'
 
 const UPSTREAM_READ_BUFFER = 256 * 1024
 const SYSTEM_BUNDLES = ['/etc/ssl/certs/ca-certificates.crt', '/etc/pki/tls/certs/ca-bundle.crt']
@@ -76,10 +77,22 @@ export class Upstreams {
   readonly h1: Agent
   /** Offers h2 (and HTTP/1.1): what an HTTP/2 guest request goes through, so gRPC keeps h2 end to end. */
   readonly h2: Agent
+  /** Raw kept-alive connections for the HTTP/1.1 fast path. */
+  readonly pool: UpstreamPool
+  readonly timeouts: Pick<UpstreamOptions, 'headersTimeoutMs' | 'bodyTimeoutMs' | 'maxResponseHeaderSize'>
   private readonly trust: SecureContext
 
   constructor(private readonly opts: UpstreamOptions) {
     this.trust = upstreamTrust(opts.extraCa)
+    this.timeouts = { headersTimeoutMs: opts.headersTimeoutMs, bodyTimeoutMs: opts.bodyTimeoutMs, maxResponseHeaderSize: opts.maxResponseHeaderSize }
+    this.pool = new UpstreamPool({
+      guard: opts.guard,
+      trust: this.trust,
+      connectTimeoutMs: opts.connectTimeoutMs,
+      idleTimeoutMs: opts.keepAliveTimeoutMs,
+      connectionsPerOrigin: opts.connectionsPerOrigin,
+      isSelf: opts.isSelf,
+    })
     const agent = (allowH2: boolean) =>
       new Agent({
         connect: this.guarded(
@@ -153,10 +166,12 @@ export class Upstreams {
   }
 
   async close(): Promise<void> {
+    this.pool.close()
     await Promise.all([this.h1.close(), this.h2.close()])
   }
 
   async destroy(): Promise<void> {
+    this.pool.destroy()
     await Promise.all([this.h1.destroy(), this.h2.destroy()])
   }
 }

@@ -117,6 +117,16 @@ export class ProcessWatch {
 }
 
 /** Pids of processes one of whose arguments contains `needle` (our mark: a path in our runtime dir). */
+/** Whether process `pid` is alive and has an argument containing `needle` (one /proc read). */
+export async function processHasArg(pid: number, needle: string): Promise<boolean> {
+  if (!Number.isInteger(pid) || pid <= 0) return false
+  try {
+    return (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0').some((arg) => arg.includes(needle))
+  } catch {
+    return false
+  }
+}
+
 export async function findProcessesByArg(needle: string): Promise<number[]> {
   const pids: number[] = []
   for (const entry of await readdir('/proc')) {

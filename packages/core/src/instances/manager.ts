@@ -234,10 +234,12 @@ export class InstanceManager {
       // The overlay disk needs nothing from the image: make it while the image is resolved.
       const [{ record: img, diskPath }] = await Promise.all([
         stepped('image', async () => {
-          const image = await this.opts.images.pull(
-            { name: spec.image, ...(spec.platform ? { platform: spec.platform } : {}) },
-            opts.signal ? { signal: opts.signal } : {},
-          )
+          // As `docker run` does: an image already in the cache is used as it is, no registry round trip.
+          const cached = await this.opts.images.get(spec.image).catch(() => undefined)
+          const usable = cached?.status === 'ready' && (!spec.platform || cached.platform === spec.platform)
+          const image = usable
+            ? cached
+            : await this.opts.images.pull({ name: spec.image, ...(spec.platform ? { platform: spec.platform } : {}) }, opts.signal ? { signal: opts.signal } : {})
           return this.opts.images.resolveReady(image.name)
         }),
         stepped('overlay_disk', () => createOverlayDisk(paths.overlay, spec.overlayBytes, opts.signal ? { signal: opts.signal } : {})),

@@ -4,7 +4,7 @@
  * QMP ready → (load snapshot, cont) → running. On failure the process is killed and its runtime
  * files removed before the error (with QEMU's own last words) is thrown.
  */
-import { appendFile, mkdir, open, stat } from 'node:fs/promises'
+import { appendFile, mkdir, open, readFile, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import {
   AbortedError,
@@ -19,7 +19,7 @@ import {
 } from '@hypeman-ts/common'
 import { VmmError } from '../errors.js'
 import { vmmCommand } from '../netns.js'
-import { findProcessesByArg, isSameProcessAlive, killAndWait, ProcessWatch, readStartTime, spawnDetached } from '../process.js'
+import { findProcessesByArg, isSameProcessAlive, killAndWait, processHasArg, ProcessWatch, readStartTime, spawnDetached } from '../process.js'
 import { pollUntil, withDeadline } from '../readiness.js'
 import { checkSpecFiles, validateVmSpec } from '../spec.js'
 import type {
@@ -143,7 +143,9 @@ export class QemuDriver implements VmmDriver {
     await mkdir(spec.runtimeDir, { recursive: true })
     const qmpSocket = qmpSocketPath(spec.runtimeDir)
     const pidFile = pidFilePath(spec.runtimeDir)
-    if ((await findProcessesByArg(processMark(spec.runtimeDir))).length > 0) {
+    // A VMM of this runtime dir wrote its pidfile at start: one /proc read, not a scan of every process.
+    const previous = Number.parseInt(await readFile(pidFile, 'utf8').catch(() => ''), 10)
+    if (await processHasArg(previous, processMark(spec.runtimeDir))) {
       throw new ConflictError(`a VMM is already running with runtime dir ${spec.runtimeDir}`, { field: 'runtimeDir' })
     }
     // Leftovers of a VMM that was killed: QEMU would refuse or confuse them.

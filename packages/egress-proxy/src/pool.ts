@@ -1,0 +1,271 @@
+/**
+ * Kept-alive upstream connections for the HTTP/1.1 fast path, pooled per origin (scheme, host
+ * as the guest named it, port) and shared by every source. A connection is dialled through the
+ * SSRF guard (the checked address is the one dialled), TLS is verified against the host name
+ * with the proxy's trust store, and TLS sessions are resumed. Each socket carries one set of
+ * listeners for its whole life; they hand events to whichever exchange holds the socket, so
+ * lending a socket out costs no listener churn.
+ */
+import { connect as netConnect, isIP, type Socket } from 'node:net'
+import { connect as tlsConnect, type SecureContext } from 'node:tls'
+import { EgressError } from './errors.js'
+import type { DestinationGuard } from './guard.js'
+
+/** What an exchange holding an upstream connection is told. */
+export interface UpstreamUser {
+  onUpstreamData(chunk: Buffer): void
+  /** The upstream ended its side (close-delimited bodies end here). */
+  onUpstreamEnd(): void
+  /** The socket is gone; `error` when it failed. Always the last event. */
+  onUpstreamClose(error: Error | undefined): void
+  onUpstreamDrain(): void
+  onUpstreamTimeout(): void
+}
+
+export interface PoolOptions {
+  guard: DestinationGuard
+  trust: SecureContext
+  connectTimeoutMs: number
+  /** How long an idle connection is kept (shortened by the upstream's own Keep-Alive timeout). */
+  idleTimeoutMs: number
+  connectionsPerOrigin: number
+  isSelf: (address: string, port: number) => boolean
+}
+
+export class PooledConnection {
+  user: UpstreamUser | null = null
+  /** Requests this connection has carried; above 0 it is a reused connection. */
+  uses = 0
+  expiresAt = 0
+  private error: Error | undefined
+
+  constructor(
+    readonly socket: Socket,
+    readonly key: string,
+    private readonly pool: UpstreamPool,
+  ) {
+    socket.on('data', (chunk: Buffer) => {
+      if (this.user) this.user.onUpstreamData(chunk)
+      // Bytes nobody asked for: the connection's framing can no longer be trusted.
+      else socket.destroy()
+    })
+    socket.on('end', () => {
+      if (this.user) this.user.onUpstreamEnd()
+      else socket.destroy()
+    })
+    socket.on('drain', () => this.user?.onUpstreamDrain())
+    socket.on('timeout', () => this.user?.onUpstreamTimeout())
+    socket.on('error', (err) => {
+      this.error ??= err
+      socket.destroy()
+    })
+    socket.on('close', () => {
+      pool.forget(this)
+      const user = this.user
+      this.user = null
+      user?.onUpstreamClose(this.error)
+    })
+  }
+
+  get alive(): boolean {
+    return !this.socket.destroyed && this.socket.writable && this.socket.readable
+  }
+}
+
+type Waiter = (err: Error | null, conn: PooledConnection | null) => void
+
+interface Origin {
+  idle: PooledConnection[]
+  open: number
+  waiting: Array<{ host: string; port: number; tls: boolean; cb: Waiter }>
+}
+
+const SESSION_CACHE_MAX = 1000
+
+export class UpstreamPool {
+  private readonly origins = new Map<string, Origin>()
+  private readonly all = new Set<PooledConnection>()
+  private readonly sessions = new Map<string, Buffer>()
+  private readonly sweeper: NodeJS.Timeout
+  private closed = false
+
+  constructor(private readonly opts: PoolOptions) {
+    this.sweeper = setInterval(() => this.sweep(), 1000)
+    this.sweeper.unref()
+  }
+
+  /** Idle and busy connections, for tests and metrics. */
+  get size(): number {
+    return this.all.size
+  }
+
+  /**
+   * Lends a connection to `host:port` (TLS or not): an idle one when there is one (the most
+   * recently used), else a new one, else (at the per-origin limit) the next one released.
+   */
+  acquire(host: string, port: number, tls: boolean, cb: Waiter): void {
+    if (this.closed) {
+      cb(new EgressError('proxy_closed', 'the proxy is shutting down'), null)
+      return
+    }
+    const key = `${tls ? 's' : 'p'}|${host}|${port}`
+    let origin = this.origins.get(key)
+    if (!origin) {
+      origin = { idle: [], open: 0, waiting: [] }
+      this.origins.set(key, origin)
+    }
+    const now = Date.now()
+    while (origin.idle.length > 0) {
+      const conn = origin.idle.pop()!
+      if (conn.alive && conn.expiresAt > now) {
+        cb(null, conn)
+        return
+      }
+      conn.socket.destroy()
+    }
+    if (origin.open >= this.opts.connectionsPerOrigin) {
+      origin.waiting.push({ host, port, tls, cb })
+      return
+    }
+    this.dial(key, origin, host, port, tls, cb)
+  }
+
+  /** A fresh connection, never an idle one (a request that cannot be retried on a stale socket). */
+  acquireFresh(host: string, port: number, tls: boolean, cb: Waiter): void {
+    const key = `${tls ? 's' : 'p'}|${host}|${port}`
+    let origin = this.origins.get(key)
+    if (!origin) {
+      origin = { idle: [], open: 0, waiting: [] }
+      this.origins.set(key, origin)
+    }
+    this.dial(key, origin, host, port, tls, cb)
+  }
+
+  /** Takes a connection back after a complete exchange; `keepAliveMs` is the upstream's own limit. */
+  release(conn: PooledConnection, keepAliveMs?: number): void {
+    conn.user = null
+    conn.uses++
+    const origin = this.origins.get(conn.key)
+    if (this.closed || !origin || !conn.alive) {
+      conn.socket.destroy()
+      return
+    }
+    conn.socket.setTimeout(0)
+    const waiter = origin.waiting.shift()
+    if (waiter) {
+      waiter.cb(null, conn)
+      return
+    }
+    // Leave a second of margin before the upstream's own timeout, as undici does.
+    const ttl = keepAliveMs === undefined ? this.opts.idleTimeoutMs : Math.min(this.opts.idleTimeoutMs, keepAliveMs - 1000)
+    if (ttl <= 0) {
+      conn.socket.destroy()
+      return
+    }
+    conn.expiresAt = Date.now() + ttl
+    origin.idle.push(conn)
+  }
+
+  /** Called once per connection when its socket closed. */
+  forget(conn: PooledConnection): void {
+    if (!this.all.delete(conn)) return
+    const origin = this.origins.get(conn.key)
+    if (!origin) return
+    origin.open--
+    const at = origin.idle.indexOf(conn)
+    if (at >= 0) origin.idle.splice(at, 1)
+    const waiter = origin.waiting.shift()
+    if (waiter && !this.closed) this.dial(conn.key, origin, waiter.host, waiter.port, waiter.tls, waiter.cb)
+    else if (origin.open === 0 && origin.waiting.length === 0) this.origins.delete(conn.key)
+  }
+
+  private dial(key: string, origin: Origin, host: string, port: number, tls: boolean, cb: Waiter): void {
+    origin.open++
+    let settled = false
+    const fail = (err: Error) => {
+      if (settled) return
+      settled = true
+      origin.open--
+      if (origin.open === 0 && origin.idle.length === 0 && origin.waiting.length === 0) this.origins.delete(key)
+      cb(err, null)
+      // A waiter behind a failed dial gets its own attempt (and most likely the same answer).
+      const next = origin.waiting.shift()
+      if (next) this.acquire(next.host, next.port, next.tls, next.cb)
+    }
+    this.opts.guard.resolve(host).then(({ address }) => {
+      if (this.closed) return fail(new EgressError('proxy_closed', 'the proxy is shutting down'))
+      if (this.opts.isSelf(address, port)) {
+        return fail(new EgressError('destination_blocked', `${host}:${port} is this proxy; refusing to connect to itself`, { details: { host } }))
+      }
+      const session = tls ? this.sessions.get(key) : undefined
+      const socket: Socket = tls
+        ? tlsConnect({
+            host: address,
+            port,
+            secureContext: this.opts.trust,
+            // SNI and the identity check use the name the guest asked for, never the address.
+            ...(isIP(host) === 0 ? { servername: host } : {}),
+            ALPNProtocols: ['http/1.1'],
+            ...(session ? { session } : {}),
+          })
+        : netConnect({ host: address, port })
+      const timer = setTimeout(
+        () => socket.destroy(Object.assign(new Error(`connecting to ${host}:${port} timed out`), { code: 'UND_ERR_CONNECT_TIMEOUT' })),
+        this.opts.connectTimeoutMs,
+      )
+      const onError = (err: Error) => {
+        clearTimeout(timer)
+        socket.destroy()
+        fail(err)
+      }
+      socket.once('error', onError)
+      if (tls) {
+        socket.on('session', (s: Buffer) => {
+          if (this.sessions.size >= SESSION_CACHE_MAX) this.sessions.clear()
+          this.sessions.set(key, s)
+        })
+      }
+      socket.once(tls ? 'secureConnect' : 'connect', () => {
+        clearTimeout(timer)
+        socket.removeListener('error', onError)
+        if (settled) {
+          socket.destroy()
+          return
+        }
+        settled = true
+        socket.setNoDelay(true)
+        const conn = new PooledConnection(socket, key, this)
+        this.all.add(conn)
+        if (this.closed) {
+          socket.destroy()
+          cb(new EgressError('proxy_closed', 'the proxy is shutting down'), null)
+          return
+        }
+        cb(null, conn)
+      })
+    }, fail)
+  }
+
+  private sweep(): void {
+    const now = Date.now()
+    for (const origin of this.origins.values()) {
+      for (const conn of [...origin.idle]) if (conn.expiresAt <= now) conn.socket.destroy()
+    }
+  }
+
+  /** Closes idle connections; busy ones close when their exchange ends. */
+  close(): void {
+    this.closed = true
+    clearInterval(this.sweeper)
+    for (const origin of this.origins.values()) {
+      for (const conn of origin.idle) conn.socket.destroy()
+      for (const w of origin.waiting.splice(0)) w.cb(new EgressError('proxy_closed', 'the proxy is shutting down'), null)
+    }
+  }
+
+  /** Closes every connection at once. */
+  destroy(): void {
+    this.close()
+    for (const conn of this.all) conn.socket.destroy()
+  }
+}
