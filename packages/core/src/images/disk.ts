@@ -85,13 +85,17 @@ function noSpace(err: unknown): boolean {
   return /Could not allocate|No space left|Could not allocate inode|ENOSPC|too many inodes|Could not allocate block/i.test(String((err as Error).message))
 }
 
-/** Builds the disk file `out` from directory `src`; returns its size in bytes. */
-export async function buildDisk(format: DiskFormat, src: string, out: string, signal?: AbortSignal): Promise<number> {
+/**
+ * Builds the disk file `out` from directory `src`; returns its size in bytes. `usage` (an upper
+ * bound, e.g. counted while unpacking) saves walking the tree to size an ext4 disk.
+ */
+export async function buildDisk(format: DiskFormat, src: string, out: string, opts: { signal?: AbortSignal; usage?: TreeUsage } = {}): Promise<number> {
+  const { signal } = opts
   if (format === 'erofs') {
     await run('mkfs.erofs', mkfsErofsArgs(src, out), { signal, step: 'image.disk' })
     return (await stat(out)).size
   }
-  let size = ext4Size(await measureTree(src))
+  let size = ext4Size(opts.usage ?? (await measureTree(src)))
   for (let attempt = 1; ; attempt++) {
     try {
       await truncate(out, 0).catch(() => {})

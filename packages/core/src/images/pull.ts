@@ -153,8 +153,7 @@ export async function build(ctx: PullContext, source: ImageSource, platform: Pla
       const diskFile = `rootfs.${ctx.diskFormat}`
       const disk = join(tmp, 'image')
       await mkdir(disk)
-      diskSize = await buildDisk(ctx.diskFormat, root, join(disk, diskFile), ctx.signal)
-      await rm(root, { recursive: true, force: true })
+      diskSize = await buildDisk(ctx.diskFormat, root, join(disk, diskFile), { usage: applier.usage, ...(ctx.signal ? { signal: ctx.signal } : {}) })
       const record: ImageRecord = {
         digest: resolved.manifestDigest,
         platform: formatPlatform({ os: config.os, architecture: config.architecture, ...(config.variant ? { variant: config.variant } : {}) }),
@@ -175,7 +174,9 @@ export async function build(ctx: PullContext, source: ImageSource, platform: Pla
       release()
     }
   } finally {
-    await rm(tmp, { recursive: true, force: true })
+    // The unpacked tree is thousands of files: remove it behind the caller's back (a crash
+    // leaves it to the reaping of tmp/ at the next open).
+    void rm(tmp, { recursive: true, force: true }).catch(() => {})
   }
 }
 

@@ -38,7 +38,10 @@ import { createGunzip } from 'node:zlib'
 import { extract, type ExtractEvents, type Header } from 'tar-stream'
 import { commandStream, throwIfAborted } from '@hypeman-ts/common'
 import { ImageError } from '../errors.js'
+import type { TreeUsage } from './disk.js'
 import type { LayerCompression } from './manifest.js'
+
+const BLOCK = 4096
 
 type EntryStream = ExtractEvents['entry'][1]
 
@@ -94,6 +97,12 @@ export class LayerApplier {
   private written = new Set<string>()
   private dirTimes = new Map<string, Date>()
   private stats!: LayerStats
+  /**
+   * What every layer applied so far added, counted as an ext4 needs it (whole blocks, inodes): an
+   * upper bound of the final tree (files replaced or whited out later are not taken back), which
+   * sizes the disk without walking the tree again.
+   */
+  readonly usage: TreeUsage = { blockBytes: BLOCK, inodes: 1 }
 
   constructor(private readonly root: string) {}
 
@@ -232,6 +241,7 @@ export class LayerApplier {
         this.applyMeta(rel, h, true)
         this.written.add(rel)
         this.stats.dirs++
+        this.count(BLOCK)
         stream.on('end', () => next()).resume()
         return
       }
@@ -264,6 +274,7 @@ export class LayerApplier {
             closeSync(fd)
             this.written.add(rel)
             this.stats.files++
+            this.count(Math.ceil((h.size ?? 0) / BLOCK) * BLOCK)
             next()
           } catch (err) {
             next(err as Error)
@@ -280,6 +291,7 @@ export class LayerApplier {
         if (h.mtime) lutimesSync(this.host(rel), h.mtime, h.mtime)
         this.written.add(rel)
         this.stats.symlinks++
+        this.count((h.linkname ?? '').length >= 60 ? BLOCK : 0) // short targets live in the inode
         stream.on('end', () => next()).resume()
         return
       }
@@ -310,6 +322,11 @@ export class LayerApplier {
         stream.on('end', () => next()).resume()
       }
     }
+  }
+
+  private count(blockBytes: number): void {
+    this.usage.blockBytes += blockBytes
+    this.usage.inodes++
   }
 
   private applyMeta(rel: string, h: Header, isDir: boolean): void {
