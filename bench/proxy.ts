@@ -12,6 +12,10 @@
  * from /proc for each, to say where the time goes.
  *
  *   npm run bench:proxy -- [--runs 3] [--duration 5] [--json]
+ *
+ * For A/B work while developing (a reported run uses neither): `--targets direct,ours` and
+ * `--workloads keepalive,large` run a subset, `--general-path` turns our HTTP/1.1 fast path off,
+ * `--cpu-prof-dir DIR` writes V8 CPU profiles of our proxy.
  */
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
@@ -29,7 +33,16 @@ const flag = (name: string, fallback: number) => {
   const i = args.indexOf(`--${name}`)
   return i >= 0 ? Number(args[i + 1]) : fallback
 }
+const list = (name: string): string[] | undefined => {
+  const i = args.indexOf(`--${name}`)
+  return i >= 0 ? (args[i + 1] ?? '').split(',').filter(Boolean) : undefined
+}
 const JSON_OUT = args.includes('--json')
+/** For A/B work: write V8 CPU profiles of our proxy into this directory. */
+const PROFILE_DIR = (() => {
+  const i = args.indexOf('--cpu-prof-dir')
+  return i >= 0 ? args[i + 1] : undefined
+})()
 const RUNS = flag('runs', 3)
 const DURATION_MS = flag('duration', 5) * 1000
 const WARMUP_MS = 1000
@@ -46,6 +59,12 @@ const WORKLOADS: Record<Workload, { mode: LoadSpec['mode']; path: string; concur
   large: { mode: 'keepalive', path: '/1m', concurrency: 4 },
 }
 
+/** Subsets for A/B work while developing (`--workloads keepalive,large --targets direct,ours`); a
+ * reported run uses all of them, as the ratios need. */
+const workloads = (list('workloads') ?? Object.keys(WORKLOADS)) as Workload[]
+const chosenTargets = (list('targets') ?? ['direct', 'ours', 'mitmproxy']) as TargetName[]
+for (const w of workloads) if (!(w in WORKLOADS)) throw new Error(`unknown workload ${w}`)
+
 const children: ChildProcess[] = []
 
 function startProcess(cmd: string, argv: string[], env: Record<string, string> = {}): ChildProcess {
@@ -54,8 +73,8 @@ function startProcess(cmd: string, argv: string[], env: Record<string, string> =
   return child
 }
 
-function tsNode(file: string, argv: string[]): ChildProcess {
-  return startProcess(process.execPath, ['--import', 'tsx', join(here, file), ...argv])
+function tsNode(file: string, argv: string[], nodeFlags: string[] = []): ChildProcess {
+  return startProcess(process.execPath, [...nodeFlags, '--import', 'tsx', join(here, file), ...argv])
 }
 
 /** The first JSON line a child prints. */
@@ -152,26 +171,27 @@ async function main(): Promise<void> {
 
     const upstream = tsNode('proxy/upstream.ts', [join(dir, 'up.key'), join(dir, 'up.pem'), SECRET])
     const { port: upPort } = await firstJson<{ port: number }>(upstream, 'upstream')
-    const ours = tsNode('proxy/our-proxy.ts', [join(dir, 'ours'), join(dir, 'up-ca.pem'), SECRET])
+    const ours = tsNode('proxy/our-proxy.ts', [join(dir, 'ours'), join(dir, 'up-ca.pem'), SECRET, ...(args.includes('--general-path') ? ['--general-path'] : [])], PROFILE_DIR ? ['--cpu-prof', '--cpu-prof-dir', PROFILE_DIR] : [])
     const oursInfo = await firstJson<{ port: number; ca: string }>(ours, 'our proxy')
     const mitmPort = await freePort()
-    const mitm = startProcess(
+    const withMitm = chosenTargets.includes('mitmproxy')
+    const mitm = !withMitm ? undefined : startProcess(
       'mitmdump',
       ['-q', '--listen-host', '127.0.0.1', '--listen-port', String(mitmPort), '--set', `confdir=${join(dir, 'mitm')}`,
         '--set', `ssl_verify_upstream_trusted_ca=${join(dir, 'up-ca.pem')}`, '-s', join(here, 'proxy/mitm_inject.py')],
       { BENCH_SECRET: SECRET, BENCH_TARGET_HOST: '127.0.0.1' },
     )
-    mitm.stderr!.on('data', () => {})
-    mitm.stdout!.on('data', () => {})
-    await waitForPort(mitmPort, 60_000)
-    const mitmCa = await readFile(join(dir, 'mitm', 'mitmproxy-ca-cert.pem'), 'utf8')
+    mitm?.stderr!.on('data', () => {})
+    mitm?.stdout!.on('data', () => {})
+    if (withMitm) await waitForPort(mitmPort, 60_000)
+    const mitmCa = withMitm ? await readFile(join(dir, 'mitm', 'mitmproxy-ca-cert.pem'), 'utf8') : ''
     const oursCa = await readFile(oursInfo.ca, 'utf8')
 
     const authority = `127.0.0.1:${upPort}`
     const targets: Record<TargetName, { target: LoadTarget; query: string; pid: number | undefined }> = {
       direct: { target: { dialHost: '127.0.0.1', dialPort: upPort, ca: upCa, host: authority }, query: '', pid: undefined },
       ours: { target: { dialHost: '127.0.0.1', dialPort: oursInfo.port, tunnelTo: authority, ca: oursCa, host: authority }, query: '?auth=1', pid: ours.pid },
-      mitmproxy: { target: { dialHost: '127.0.0.1', dialPort: mitmPort, tunnelTo: authority, ca: mitmCa, host: authority }, query: '?auth=1', pid: mitm.pid },
+      mitmproxy: { target: { dialHost: '127.0.0.1', dialPort: mitmPort, tunnelTo: authority, ca: mitmCa, host: authority }, query: '?auth=1', pid: mitm?.pid },
     }
 
     const results: Record<Workload, Record<TargetName, Array<LoadResult & { cpu: Record<string, number> }>>> = {
@@ -179,9 +199,13 @@ async function main(): Promise<void> {
       newconn: { direct: [], ours: [], mitmproxy: [] },
       large: { direct: [], ours: [], mitmproxy: [] },
     }
+    const allTargets = (Object.keys(targets) as TargetName[]).filter((t) => chosenTargets.includes(t))
     for (let r = 1; r <= RUNS; r++) {
-      for (const w of Object.keys(WORKLOADS) as Workload[]) {
-        for (const name of Object.keys(targets) as TargetName[]) {
+      for (const w of workloads) {
+        // The order rotates from run to run, so a slow drift in the machine's background load
+        // does not always fall on the same target.
+        const order = allTargets.map((_, i) => allTargets[(i + r - 1) % allTargets.length]!)
+        for (const name of order) {
           const t = targets[name]
           const res = await load(
             { mode: WORKLOADS[w].mode, target: t.target, path: WORKLOADS[w].path + t.query, durationMs: DURATION_MS, warmupMs: WARMUP_MS, concurrency: WORKLOADS[w].concurrency },
@@ -197,7 +221,8 @@ async function main(): Promise<void> {
     }
 
     const value = (w: Workload, r: LoadResult) => (w === 'large' ? r.bytes / r.seconds / 1e6 : r.requests / r.seconds)
-    const ratio = (w: Workload, a: TargetName, b: TargetName) => median(results[w][a].map((x, i) => value(w, x) / value(w, results[w][b][i]!)))
+    const ratio = (w: Workload, a: TargetName, b: TargetName) =>
+      results[w][a].length === 0 || results[w][b].length === 0 ? Number.NaN : median(results[w][a].map((x, i) => value(w, x) / value(w, results[w][b][i]!)))
     const med = (w: Workload, t: TargetName, f: (r: LoadResult) => number) => median(results[w][t].map(f))
     const cpuPerRequestMs = (w: Workload, t: TargetName, who: string) =>
       med(w, t, (r) => ((r as LoadResult & { cpu: Record<string, number> }).cpu[who] ?? 0) * r.seconds * 1000 / Math.max(1, r.requests))

@@ -8,7 +8,7 @@
  * Output (stdout, JSON): { requests, bytes, seconds, latenciesMs: { p50, p99 }, errors }.
  */
 import { connect as netConnect, type Socket } from 'node:net'
-import { connect as tlsConnect, type TLSSocket } from 'node:tls'
+import { connect as tlsConnect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls'
 
 export interface LoadTarget {
   /** Where the client dials: the upstream itself, or a proxy. */
@@ -53,6 +53,18 @@ function once(socket: Socket, event: string): Promise<void> {
   })
 }
 
+/**
+ * One trust store for the whole run. Passing `ca` to every tls.connect would build a new one
+ * per connection (parse the PEM, fill an X509 store), a client-side cost that has nothing to do
+ * with the target and that capped the new-connection workload for every target alike.
+ */
+const contexts = new Map<string, SecureContext>()
+function contextFor(ca: string): SecureContext {
+  let c = contexts.get(ca)
+  if (!c) contexts.set(ca, (c = createSecureContext({ ca })))
+  return c
+}
+
 async function open(t: LoadTarget): Promise<TLSSocket> {
   let tunnel: Socket | undefined
   if (t.tunnelTo) {
@@ -72,7 +84,7 @@ async function open(t: LoadTarget): Promise<TLSSocket> {
   const socket = tlsConnect({
     ...(tunnel ? { socket: tunnel, host: identity } : { host: t.dialHost, port: t.dialPort }),
     ...(t.servername ? { servername: t.servername } : {}),
-    ca: t.ca,
+    secureContext: contextFor(t.ca),
     ALPNProtocols: ['http/1.1'],
   })
   socket.setNoDelay(true)

@@ -1,13 +1,13 @@
 /**
  * Our proxy as the benchmark runs it: embedded exactly as core would, one policy for the
  * client's source that injects `Authorization: Bearer <secret>` towards the upstream.
- * Prints {"port":N,"ca":path} once listening.
+ * Prints {"port":N,"ca":path} once listening. `--general-path` turns the HTTP/1.1 fast path off.
  */
 import { readFileSync } from 'node:fs'
 import { silentLogger } from '@hypeman-ts/common'
 import { createProxy } from '@hypeman-ts/egress-proxy'
 
-const [stateDir, upstreamCaPath, secret] = process.argv.slice(2) as [string, string, string]
+const [stateDir, upstreamCaPath, secret, mode] = process.argv.slice(2) as [string, string, string, string | undefined]
 const proxy = await createProxy({
   stateDir,
   listen: '127.0.0.1:0',
@@ -15,6 +15,8 @@ const proxy = await createProxy({
   // The upstream is on loopback, which the SSRF guard refuses unless told otherwise.
   allowDestinations: ['127.0.0.0/8'],
   logger: silentLogger,
+  // --general-path: Node's HTTP server and undici for every request, to compare with the fast path.
+  http1FastPath: mode !== '--general-path',
 })
 proxy.policies.set('127.0.0.1', {
   env: { BENCH_REAL: secret },

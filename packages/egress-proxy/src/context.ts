@@ -9,6 +9,7 @@ import type { DestinationGuard } from './guard.js'
 import type { ProxyMetrics } from './metrics.js'
 import type { SourceEntry, SourceTable } from './sources.js'
 import type { Upstreams } from './upstream.js'
+import type { Watchdog } from './watchdog.js'
 
 export type ListenerKind = 'explicit' | 'transparent'
 
@@ -64,6 +65,8 @@ export interface ProxyContext {
   readonly transparentPorts: { https: number; http: number }
   /** Serve common HTTP/1.1 requests on the fast path (src/fastpath.ts); off: Node's server and undici only. */
   readonly http1FastPath: boolean
+  /** The fast path's deadlines (guest idleness, upstream headers and body). */
+  readonly watchdog: Watchdog
   closing: boolean
 }
 

@@ -5,20 +5,22 @@
  * verified upstream connection (src/pool.ts), and the response comes back as the bytes the
  * upstream sent, with only its head rewritten: the body is followed by its framing
  * (Content-Length, chunked, or close) to know where it ends, never decoded or re-encoded.
- * Backpressure pauses the side that sends faster; nothing is buffered beyond a socket's
- * high-water mark and one read.
+ * Backpressure pauses the side that sends faster; a connection holds at most a fixed budget
+ * (1 MiB of response towards the guest, 64 KiB of request bytes) plus one read.
  *
  * Anything the parser calls unusual (Expect, upgrades, chunked requests, HTTP/1.0, a head
  * that did not arrive whole, ...) hands the connection, with the bytes already read, to the
  * general path for the rest of its life, at a request boundary.
  */
 import type { Socket } from 'node:net'
+import { batchedWrite } from './batch.js'
 import { type Conn, type ProxyContext } from './context.js'
 import { EgressError } from './errors.js'
-import { type BodyFraming, ChunkedScanner, guestResponseHead, parseRequestHead, parseResponseHead, plainResponse, type RequestHead, type ResponseHead, responseFraming, upstreamRequestHead } from './http1.js'
+import { type BodyFraming, ChunkedScanner, guestResponse, parseRequestHead, parseResponseHead, plainResponse, type RequestHead, type ResponseHead, responseFraming, upstreamRequestHead } from './http1.js'
 import { statusClass } from './metrics.js'
 import { type Destination, prepare, upstreamFailure } from './pipeline.js'
-import type { PooledConnection, UpstreamUser } from './pool.js'
+import type { PooledConnection, PoolWaiter, UpstreamUser } from './pool.js'
+import type { Watched } from './watchdog.js'
 
 export interface FastPathHooks {
   /** Gives the connection to the general path, with the bytes read from it but not yet used. */
@@ -32,7 +34,7 @@ const GUEST_PENDING_MAX = 64 * 1024
 /** Requests that may be sent again when a reused upstream connection turns out to be closed. */
 const REPLAYABLE = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE'])
 /** Response bytes queued towards a guest before the upstream side pauses. */
-const GUEST_WRITE_BUDGET = Number(process.env.HM_BUDGET ?? 1024 * 1024)
+const GUEST_WRITE_BUDGET = 1024 * 1024
 const PAUSE_PENDING = 1
 const PAUSE_UPSTREAM = 2
 
@@ -41,7 +43,9 @@ export function serveFastH1(ctx: ProxyContext, conn: Conn, socket: Socket, hooks
   new FastH1(ctx, conn, socket, hooks)
 }
 
-export class FastH1 {
+export class FastH1 implements Watched {
+  /** Closes the connection when the guest has been idle for the idle timeout (as Node's server does). */
+  deadline: number
   private buf: Buffer | null = null
   private ex: Exchange | null = null
   private paused = 0
@@ -54,9 +58,9 @@ export class FastH1 {
   }
   private readonly onClose = () => {
     this.finished = true
+    this.ctx.watchdog.delete(this)
     this.ex?.guestGone()
   }
-  private readonly onTimeout = () => this.socket.destroy()
 
   constructor(
     readonly ctx: ProxyContext,
@@ -68,9 +72,13 @@ export class FastH1 {
     socket.on('drain', this.onDrain)
     socket.on('end', this.onEnd)
     socket.on('close', this.onClose)
-    socket.on('timeout', this.onTimeout)
-    socket.setTimeout(ctx.limits.idleTimeoutMs)
+    this.deadline = performance.now() + ctx.limits.idleTimeoutMs
+    ctx.watchdog.add(this)
     socket.resume()
+  }
+
+  expire(): void {
+    this.socket.destroy()
   }
 
   /**
@@ -79,8 +87,10 @@ export class FastH1 {
    * Writable buffers them), which is what keeps large bodies at a few writes per MiB; pausing at
    * the socket's own 64 KiB mark instead costs a pause/resume (and epoll changes) every 64 KiB.
    */
-  write(data: Buffer): boolean {
-    this.socket.write(data)
+  write(data: Buffer, batch = true): boolean {
+    this.deadline = performance.now() + this.ctx.limits.idleTimeoutMs
+    if (batch) batchedWrite(this.socket, data)
+    else this.socket.write(data)
     return this.socket.writableLength < GUEST_WRITE_BUDGET
   }
 
@@ -97,6 +107,7 @@ export class FastH1 {
 
   private guestData(chunk: Buffer): void {
     if (this.finished) return
+    this.deadline = performance.now() + this.ctx.limits.idleTimeoutMs
     const ex = this.ex
     if (ex !== null && ex.bodyLeft > 0) {
       const n = Math.min(ex.bodyLeft, chunk.length)
@@ -118,6 +129,7 @@ export class FastH1 {
     if (buf === null || this.ex !== null || this.finished) return
     const parsed = parseRequestHead(buf, this.ctx.limits.maxHeaderSize)
     if (parsed.kind !== 'request') {
+      this.ctx.metrics.handoffs.inc([parsed.kind === 'unusual' ? parsed.reason : 'incomplete_head'])
       this.handoff()
       return
     }
@@ -154,8 +166,7 @@ export class FastH1 {
     socket.removeListener('drain', this.onDrain)
     socket.removeListener('end', this.onEnd)
     socket.removeListener('close', this.onClose)
-    socket.removeListener('timeout', this.onTimeout)
-    socket.setTimeout(0)
+    this.ctx.watchdog.delete(this)
     this.finished = true
     const unread = this.buf
     this.buf = null
@@ -171,7 +182,7 @@ const enum Phase {
 }
 
 /** One request and its response on the fast path. */
-class Exchange implements UpstreamUser {
+class Exchange implements UpstreamUser, PoolWaiter {
   /** Request body bytes still to come from the guest. */
   bodyLeft: number
   private readonly ctx: ProxyContext
@@ -228,12 +239,11 @@ class Exchange implements UpstreamUser {
   private connect(fresh: boolean): void {
     const dest = this.dest!
     const pool = this.ctx.upstreams.pool
-    const cb = (err: Error | null, up: PooledConnection | null) => this.connected(err, up)
-    if (fresh) pool.acquireFresh(dest.host, dest.port, dest.scheme === 'https', cb)
-    else pool.acquire(dest.host, dest.port, dest.scheme === 'https', cb)
+    if (fresh) pool.acquireFresh(dest.host, dest.port, dest.scheme === 'https', this)
+    else pool.acquire(dest.host, dest.port, dest.scheme === 'https', this)
   }
 
-  private connected(err: Error | null, up: PooledConnection | null): void {
+  acquired(err: Error | null, up: PooledConnection | null): void {
     if (this.phase === Phase.Done) {
       if (up) this.ctx.upstreams.pool.release(up)
       return
@@ -247,18 +257,12 @@ class Exchange implements UpstreamUser {
     up.user = this
     this.phase = Phase.Head
     const s = up.socket
-    s.setTimeout(this.ctx.upstreams.timeouts.headersTimeoutMs)
+    up.deadline = performance.now() + this.ctx.upstreams.timeouts.headersTimeoutMs
     const pending = this.pending
     this.pending = null
     this.pendingBytes = 0
-    let ok: boolean
-    if (pending === null) ok = s.write(this.head!)
-    else {
-      s.cork()
-      ok = s.write(this.head!)
-      for (const b of pending) ok = s.write(b)
-      s.uncork()
-    }
+    let ok = batchedWrite(s, this.head!)
+    if (pending !== null) for (const b of pending) ok = batchedWrite(s, b)
     if (ok) this.fast.resume(PAUSE_UPSTREAM)
     else this.fast.pause(PAUSE_UPSTREAM)
   }
@@ -278,7 +282,7 @@ class Exchange implements UpstreamUser {
       if (this.pendingBytes > GUEST_PENDING_MAX) this.fast.pause(PAUSE_UPSTREAM)
       return
     }
-    if (!up.socket.write(chunk)) this.fast.pause(PAUSE_UPSTREAM)
+    if (!batchedWrite(up.socket, chunk)) this.fast.pause(PAUSE_UPSTREAM)
   }
 
   onUpstreamDrain(): void {
@@ -290,14 +294,16 @@ class Exchange implements UpstreamUser {
     this.waitingGuestDrain = false
     const up = this.up
     if (up && this.phase === Phase.Body) {
-      up.socket.setTimeout(this.ctx.upstreams.timeouts.bodyTimeoutMs)
+      up.deadline = performance.now() + this.ctx.upstreams.timeouts.bodyTimeoutMs
       up.socket.resume()
     }
   }
 
   onUpstreamData(chunk: Buffer): void {
-    if (this.phase === Phase.Body) this.body(chunk, 0)
-    else if (this.phase === Phase.Head) this.responseHead(chunk)
+    if (this.phase === Phase.Body) {
+      this.up!.deadline = performance.now() + this.ctx.upstreams.timeouts.bodyTimeoutMs
+      this.body(chunk, 0)
+    } else if (this.phase === Phase.Head) this.responseHead(chunk)
     else this.upstreamSpoiled = true
   }
 
@@ -340,12 +346,10 @@ class Exchange implements UpstreamUser {
     this.upstreamSpoiled ||= head.close || this.framing.kind === 'close'
     this.phase = Phase.Body
     this.guestStarted = true
-    const t = ctx.upstreams.timeouts
-    if (t.bodyTimeoutMs !== t.headersTimeoutMs) this.up!.socket.setTimeout(t.bodyTimeoutMs)
-    const guestHead = guestResponseHead(head, this.guestClose)
+    this.up!.deadline = performance.now() + ctx.upstreams.timeouts.bodyTimeoutMs
     switch (this.framing.kind) {
       case 'none':
-        fast.write(guestHead)
+        fast.write(guestResponse(head, this.guestClose))
         if (at < buf.length) this.upstreamSpoiled = true
         this.complete()
         return
@@ -359,10 +363,10 @@ class Exchange implements UpstreamUser {
         break
     }
     // The head and the body bytes that came with it leave in one write (one TLS record when small).
-    this.body(buf, at, guestHead)
+    this.body(buf, at, true)
   }
 
-  private body(buf: Buffer, at: number, head?: Buffer): void {
+  private body(buf: Buffer, at: number, withHead = false): void {
     let end = buf.length
     let done = false
     switch (this.framing.kind) {
@@ -377,8 +381,12 @@ class Exchange implements UpstreamUser {
         const scanner = this.chunked!
         end = scanner.scan(buf, at)
         if (end < 0) {
-          if (head) this.fast.write(head)
-          this.abort(new EgressError('upstream_failed', `upstream ${this.dest!.host}:${this.dest!.port} sent a malformed chunked body`))
+          const err = new EgressError('upstream_failed', `upstream ${this.dest!.host}:${this.dest!.port} sent a malformed chunked body`)
+          if (withHead) {
+            // Nothing reached the guest yet: it can still get a clean error.
+            this.guestStarted = false
+            this.failed(err)
+          } else this.abort(err)
           return
         }
         done = scanner.done
@@ -388,11 +396,14 @@ class Exchange implements UpstreamUser {
         break
     }
     let out: Buffer | undefined
-    if (end > at) out = at === 0 && end === buf.length ? buf : buf.subarray(at, end)
-    if (head) out = out ? Buffer.concat([head, out]) : head
-    if (out && !this.fast.write(out) && !done) {
+    if (withHead) out = guestResponse(this.response!, this.guestClose, buf, at, end)
+    else if (end > at) out = at === 0 && end === buf.length ? buf : buf.subarray(at, end)
+    // Streaming body pieces go straight out: Node's Writable already joins the pieces that arrive
+    // while a write is in flight, and holding them to the end of the turn only delays the guest.
+    if (out && !this.fast.write(out, withHead) && !done) {
+      // The guest is behind: the upstream pauses, and its body timeout with it.
       this.waitingGuestDrain = true
-      this.up!.socket.setTimeout(0)
+      this.up!.deadline = Number.POSITIVE_INFINITY
       this.up!.socket.pause()
     }
     if (done) {

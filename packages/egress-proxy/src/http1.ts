@@ -14,13 +14,14 @@
 import { STATUS_CODES } from 'node:http'
 
 const CRLFCRLF = Buffer.from('\r\n\r\n', 'latin1')
+const CRLF = Buffer.from('\r\n', 'latin1')
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 /** Field-value characters (RFC 9110 §5.5): visible ASCII, SP, HTAB and obs-text; never CR, LF or NUL. */
 const FIELD_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/
 const REQUEST_LINE = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP\/1\.1$/
 const ABSOLUTE = /^https?:\/\//i
-const STATUS_LINE = /^HTTP\/1\.([01]) ([1-9]\d\d)(?: ([\t\x20-\x7e\x80-\xff]*))?$/
 const DIGITS = /^\d{1,15}$/
+const KEEP_ALIVE_TIMEOUT = /(?:^|[,;\s])timeout=(\d{1,9})/i
 /** More header fields than this and the request takes the general path. */
 export const MAX_FAST_HEADERS = 128
 
@@ -41,10 +42,15 @@ export interface RequestHead {
   headLength: number
 }
 
-export type RequestParse = RequestHead | { kind: 'incomplete' } | { kind: 'unusual'; reason: string }
+/** Why a request is left to the general path; a short token, used as a metric label. */
+export type UnusualReason =
+  | 'head_size' | 'request_line' | 'method' | 'target' | 'header_syntax' | 'too_many_headers'
+  | 'host' | 'expect' | 'upgrade' | 'content_length' | 'transfer_encoding'
+
+export type RequestParse = RequestHead | { kind: 'incomplete' } | { kind: 'unusual'; reason: UnusualReason }
 
 const INCOMPLETE = { kind: 'incomplete' } as const
-const unusual = (reason: string) => ({ kind: 'unusual', reason }) as const
+const unusual = (reason: UnusualReason) => ({ kind: 'unusual', reason }) as const
 
 /** Trims SP and HTAB on both sides, as field values are (RFC 9112 §5). */
 function trimOws(s: string): string {
@@ -67,18 +73,18 @@ function hasToken(list: string, token: string): boolean {
  */
 export function parseRequestHead(buf: Buffer, maxHeadSize: number): RequestParse {
   const end = buf.indexOf(CRLFCRLF)
-  if (end < 0) return buf.length >= maxHeadSize ? unusual('head over the size limit') : INCOMPLETE
+  if (end < 0) return buf.length >= maxHeadSize ? unusual('head_size') : INCOMPLETE
   const headLength = end + 4
-  if (headLength > maxHeadSize) return unusual('head over the size limit')
+  if (headLength > maxHeadSize) return unusual('head_size')
   const text = buf.toString('latin1', 0, end)
   let eol = text.indexOf('\r\n')
   if (eol < 0) eol = text.length
   const line = REQUEST_LINE.exec(text.slice(0, eol))
-  if (!line) return unusual('request line')
+  if (!line) return unusual('request_line')
   const method = line[1]!
   const target = line[2]!
   if (method === 'CONNECT' || method === 'PRI') return unusual('method')
-  if (target.charCodeAt(0) !== 47 /* / */ && !ABSOLUTE.test(target)) return unusual('request target')
+  if (target.charCodeAt(0) !== 47 /* / */ && !ABSOLUTE.test(target)) return unusual('target')
   const headers: string[] = []
   let host: string | undefined
   let contentLength = -1
@@ -88,39 +94,39 @@ export function parseRequestHead(buf: Buffer, maxHeadSize: number): RequestParse
     let next = text.indexOf('\r\n', pos)
     if (next < 0) next = text.length
     const colon = text.indexOf(':', pos)
-    if (colon <= pos || colon >= next) return unusual('header line')
+    if (colon <= pos || colon >= next) return unusual('header_syntax')
     const name = text.slice(pos, colon)
     const value = trimOws(text.slice(colon + 1, next))
-    if (!TOKEN.test(name) || !FIELD_VALUE.test(value)) return unusual('header characters')
+    if (!TOKEN.test(name) || !FIELD_VALUE.test(value)) return unusual('header_syntax')
     pos = next + 2
-    if (headers.length >= MAX_FAST_HEADERS * 2) return unusual('too many headers')
+    if (headers.length >= MAX_FAST_HEADERS * 2) return unusual('too_many_headers')
     switch (name.length) {
       case 4:
         if (name.toLowerCase() === 'host') {
-          if (host !== undefined) return unusual('two Host headers')
+          if (host !== undefined) return unusual('host')
           host = value
         }
         break
       case 6:
-        if (name.toLowerCase() === 'expect') return unusual('Expect')
+        if (name.toLowerCase() === 'expect') return unusual('expect')
         break
       case 7:
-        if (name.toLowerCase() === 'upgrade') return unusual('Upgrade')
+        if (name.toLowerCase() === 'upgrade') return unusual('upgrade')
         break
       case 10:
         if (name.toLowerCase() === 'connection') {
-          if (hasToken(value, 'upgrade')) return unusual('Connection: upgrade')
+          if (hasToken(value, 'upgrade')) return unusual('upgrade')
           if (hasToken(value, 'close')) close = true
         }
         break
       case 14:
         if (name.toLowerCase() === 'content-length') {
-          if (contentLength >= 0 || !DIGITS.test(value)) return unusual('Content-Length')
+          if (contentLength >= 0 || !DIGITS.test(value)) return unusual('content_length')
           contentLength = Number(value)
         }
         break
       case 17:
-        if (name.toLowerCase() === 'transfer-encoding') return unusual('Transfer-Encoding')
+        if (name.toLowerCase() === 'transfer-encoding') return unusual('transfer_encoding')
         break
     }
     headers.push(name, value)
@@ -131,10 +137,8 @@ export function parseRequestHead(buf: Buffer, maxHeadSize: number): RequestParse
 export interface ResponseHead {
   kind: 'response'
   status: number
-  reason: string
   /** 0 for HTTP/1.0, 1 for HTTP/1.1. */
   minor: 0 | 1
-  headers: string[]
   headLength: number
   /** -1 when there is no Content-Length. */
   contentLength: number
@@ -144,75 +148,229 @@ export interface ResponseHead {
   close: boolean
   /** The upstream's Keep-Alive timeout, in ms, when it announced one. */
   keepAliveMs: number | undefined
+  /** The bytes the head was read from; the offsets below point into it. */
+  source: Buffer
+  /** Where the status code starts (after "HTTP/1.x ") and where the status line's CRLF ends. */
+  statusFrom: number
+  statusTo: number
+  /** [from, to) of each header line the guest gets, CRLF included, in order. */
+  keep: number[]
 }
 
 export type ResponseParse = ResponseHead | { kind: 'incomplete' } | { kind: 'invalid'; reason: string }
 
 const invalid = (reason: string) => ({ kind: 'invalid', reason }) as const
 
-/** Parses a response head at `buf[start..]`; `maxHeadSize` bounds what a head may take. */
+/** Byte classes for the response scanner: 1 = tchar (header name), 2 = field-value, 3 = both. */
+const CLASS = new Uint8Array(256)
+for (let c = 0; c < 256; c++) {
+  const ch = String.fromCharCode(c)
+  if (TOKEN.test(ch)) CLASS[c] = (CLASS[c] ?? 0) | 1
+  if (c === 9 || (c >= 0x20 && c !== 0x7f)) CLASS[c] = (CLASS[c] ?? 0) | 2
+}
+
+const enum Field {
+  Other,
+  ContentLength,
+  TransferEncoding,
+  Connection,
+  KeepAlive,
+  /** Hop-by-hop fields the guest never gets: Proxy-Connection, Upgrade, HTTP2-Settings, TE. */
+  Hop,
+}
+
+/** Whether `buf[at..at+name.length]` is `name` (lower-case ASCII), ignoring case. */
+function nameIs(buf: Buffer, at: number, name: string): boolean {
+  for (let i = 0; i < name.length; i++) if ((buf[at + i]! | 0x20) !== name.charCodeAt(i)) return false
+  return true
+}
+
+/** The fields the proxy acts on, told apart by length first so most names cost one comparison. */
+function fieldOf(buf: Buffer, at: number, len: number): Field {
+  switch (len) {
+    case 2:
+      return nameIs(buf, at, 'te') ? Field.Hop : Field.Other
+    case 7:
+      return nameIs(buf, at, 'upgrade') ? Field.Hop : Field.Other
+    case 10:
+      return nameIs(buf, at, 'connection') ? Field.Connection : nameIs(buf, at, 'keep-alive') ? Field.KeepAlive : Field.Other
+    case 14:
+      return nameIs(buf, at, 'content-length') ? Field.ContentLength : nameIs(buf, at, 'http2-settings') ? Field.Hop : Field.Other
+    case 16:
+      return nameIs(buf, at, 'proxy-connection') ? Field.Hop : Field.Other
+    case 17:
+      return nameIs(buf, at, 'transfer-encoding') ? Field.TransferEncoding : Field.Other
+    default:
+      return Field.Other
+  }
+}
+
+/**
+ * Parses a response head at `buf[start..]`; `maxHeadSize` bounds what a head may take. The
+ * head is checked byte by byte (status line, token names, field-value characters, no obs-fold)
+ * and only the fields that decide framing and hop-by-hop handling become strings; the lines
+ * the guest gets are kept as offsets, so its head is copied rather than re-encoded.
+ */
 export function parseResponseHead(buf: Buffer, maxHeadSize: number, start = 0): ResponseParse {
   const end = buf.indexOf(CRLFCRLF, start)
   if (end < 0) return buf.length - start >= maxHeadSize ? invalid('the response head is too large') : INCOMPLETE
   const headLength = end + 4 - start
   if (headLength > maxHeadSize) return invalid('the response head is too large')
-  const text = buf.toString('latin1', start, end)
-  let eol = text.indexOf('\r\n')
-  if (eol < 0) eol = text.length
-  const line = STATUS_LINE.exec(text.slice(0, eol))
-  if (!line) return invalid('malformed status line')
-  const minor = line[1] === '1' ? 1 : 0
-  const headers: string[] = []
+  // Status line: "HTTP/1." [01] SP 3DIGIT [ SP reason ] CRLF
+  let eol = buf.indexOf(CRLF, start)
+  if (
+    eol - start < 12 ||
+    !nameIsExact(buf, start, 'HTTP/1.') ||
+    (buf[start + 7] !== 48 && buf[start + 7] !== 49) ||
+    buf[start + 8] !== 32 ||
+    !isDigit(buf[start + 9]!) ||
+    buf[start + 9] === 48 ||
+    !isDigit(buf[start + 10]!) ||
+    !isDigit(buf[start + 11]!) ||
+    (eol - start > 12 && buf[start + 12] !== 32)
+  ) {
+    return invalid('malformed status line')
+  }
+  for (let i = start + 13; i < eol; i++) if ((CLASS[buf[i]!]! & 2) === 0) return invalid('malformed status line')
+  const minor = buf[start + 7] === 49 ? 1 : 0
+  const status = (buf[start + 9]! - 48) * 100 + (buf[start + 10]! - 48) * 10 + (buf[start + 11]! - 48)
+  const statusTo = eol + 2
+  const keep: number[] = []
+  let lengthAt = -1
   let contentLength = -1
   let te = ''
   let connection = ''
   let keepAliveMs: number | undefined
   let pos = eol + 2
-  while (pos < text.length) {
-    let next = text.indexOf('\r\n', pos)
-    if (next < 0) next = text.length
-    const colon = text.indexOf(':', pos)
-    if (colon <= pos || colon >= next) return invalid('malformed header line')
-    const name = text.slice(pos, colon)
-    const value = trimOws(text.slice(colon + 1, next))
-    if (!TOKEN.test(name) || !FIELD_VALUE.test(value)) return invalid('invalid characters in a header')
-    pos = next + 2
-    const lower = name.length === 10 || name.length === 14 || name.length === 17 ? name.toLowerCase() : ''
-    if (lower === 'content-length') {
-      // "42, 42" (a list of one repeated value) is the only list allowed (RFC 9110 §8.6).
-      for (const part of value.split(',')) {
-        const v = trimOws(part)
-        if (!DIGITS.test(v) || (contentLength >= 0 && Number(v) !== contentLength)) return invalid('invalid Content-Length')
-        contentLength = Number(v)
+  while (pos < end + 2) {
+    // One pass per line: token name, colon, optional whitespace, field-value bytes up to a CRLF.
+    let i = pos
+    while ((CLASS[buf[i]!]! & 1) !== 0) i++
+    if (i === pos || buf[i] !== 58 /* : */) return invalid('malformed header line')
+    const nameLen = i - pos
+    i++
+    while (buf[i] === 32 || buf[i] === 9) i++
+    const from = i
+    while ((CLASS[buf[i]!]! & 2) !== 0) i++
+    if (buf[i] !== 13 || buf[i + 1] !== 10) return invalid('invalid characters in a header')
+    eol = i
+    let to = eol
+    while (to > from && (buf[to - 1] === 32 || buf[to - 1] === 9)) to--
+    const field = fieldOf(buf, pos, nameLen)
+    switch (field) {
+      case Field.ContentLength: {
+        // "42, 42" (a list of one repeated value) is the only list allowed (RFC 9110 §8.6).
+        for (const part of buf.toString('latin1', from, to).split(',')) {
+          const v = trimOws(part)
+          if (!DIGITS.test(v) || (contentLength >= 0 && Number(v) !== contentLength)) return invalid('invalid Content-Length')
+          contentLength = Number(v)
+        }
+        lengthAt = keep.length
+        keep.push(pos, eol + 2)
+        break
       }
-    } else if (lower === 'transfer-encoding') {
-      te = te ? `${te},${value}` : value
-    } else if (lower === 'connection') {
-      connection = connection ? `${connection},${value}` : value
-    } else if (name.length === 10 && name.toLowerCase() === 'keep-alive') {
-      const m = /(?:^|[,;\s])timeout=(\d{1,9})/i.exec(value)
-      if (m) keepAliveMs = Number(m[1]) * 1000
+      case Field.TransferEncoding: {
+        const value = buf.toString('latin1', from, to)
+        te = te ? `${te},${value}` : value
+        keep.push(pos, eol + 2)
+        break
+      }
+      case Field.Connection: {
+        const value = buf.toString('latin1', from, to)
+        connection = connection ? `${connection},${value}` : value
+        break
+      }
+      case Field.KeepAlive: {
+        const m = KEEP_ALIVE_TIMEOUT.exec(buf.toString('latin1', from, to))
+        if (m) keepAliveMs = Number(m[1]) * 1000
+        break
+      }
+      case Field.Hop:
+        break
+      default:
+        keep.push(pos, eol + 2)
     }
-    headers.push(name, value)
+    pos = eol + 2
   }
   let transferEncoding: ResponseHead['transferEncoding'] = 'none'
   if (te) {
     const codings = te.split(',').map((c) => trimOws(c).toLowerCase()).filter((c) => c !== '')
     transferEncoding = codings.at(-1) === 'chunked' ? 'chunked' : 'other'
   }
-  const close = connection ? hasToken(connection, 'close') || (minor === 0 && !hasToken(connection, 'keep-alive')) : minor === 0
+  // Transfer-Encoding overrides Content-Length; forwarding both would let the guest pick the other one.
+  if (transferEncoding !== 'none' && lengthAt >= 0) {
+    for (let k = 0; k < keep.length; k += 2) {
+      if (fieldOf(buf, keep[k]!, fieldNameLength(buf, keep[k]!)) === Field.ContentLength) {
+        keep.splice(k, 2)
+        k -= 2
+      }
+    }
+  }
+  let close = minor === 0
+  // The common values need no tokenising.
+  const plain = connection.toLowerCase()
+  if (plain === 'keep-alive') close = false
+  else if (plain === 'close') close = true
+  else if (connection) {
+    dropNamed(buf, keep, connection)
+    close = hasToken(connection, 'close') || (minor === 0 && !hasToken(connection, 'keep-alive'))
+  }
   return {
     kind: 'response',
-    status: Number(line[2]),
-    reason: line[3] ?? '',
+    status,
     minor,
-    headers,
     headLength,
     contentLength,
     transferEncoding,
     close,
     keepAliveMs,
+    source: buf,
+    statusFrom: start + 9,
+    statusTo,
+    keep,
   }
+}
+
+const isDigit = (c: number) => c >= 48 && c <= 57
+
+function nameIsExact(buf: Buffer, at: number, text: string): boolean {
+  for (let i = 0; i < text.length; i++) if (buf[at + i] !== text.charCodeAt(i)) return false
+  return true
+}
+
+function fieldNameLength(buf: Buffer, at: number): number {
+  let i = at
+  while (buf[i] !== 58) i++
+  return i - at
+}
+
+/** Drops the kept lines whose field the Connection header names (RFC 9110 §7.6.1). */
+function dropNamed(buf: Buffer, keep: number[], connection: string): void {
+  const named: string[] = []
+  for (const t of connection.split(',')) {
+    const token = trimOws(t).toLowerCase()
+    if (token && token !== 'close' && token !== 'keep-alive') named.push(token)
+  }
+  if (named.length === 0) return
+  for (let k = 0; k < keep.length; k += 2) {
+    const at = keep[k]!
+    const name = buf.toString('latin1', at, at + fieldNameLength(buf, at)).toLowerCase()
+    if (named.includes(name)) {
+      keep.splice(k, 2)
+      k -= 2
+    }
+  }
+}
+
+/** The header lines of a parsed response as name/value pairs, as the guest gets them (for tests and logs). */
+export function keptHeaders(head: ResponseHead): string[] {
+  const out: string[] = []
+  for (let k = 0; k < head.keep.length; k += 2) {
+    const line = head.source.toString('latin1', head.keep[k], head.keep[k + 1]! - 2)
+    const colon = line.indexOf(':')
+    out.push(line.slice(0, colon), trimOws(line.slice(colon + 1)))
+  }
+  return out
 }
 
 export type BodyFraming = { kind: 'none' } | { kind: 'length'; length: number } | { kind: 'chunked' } | { kind: 'close' }
@@ -226,36 +384,28 @@ export function responseFraming(method: string, head: ResponseHead): BodyFraming
   return { kind: 'close' }
 }
 
-const RESPONSE_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'upgrade', 'http2-settings', 'te'])
+const HTTP11 = Buffer.from('HTTP/1.1 ', 'latin1')
+const CLOSE_LINE = Buffer.from('Connection: close\r\n', 'latin1')
 
 /**
- * The head the guest receives: the upstream's status and headers without hop-by-hop fields
- * (and those its Connection header names), keeping the framing headers that describe the body
- * bytes as they are forwarded. `close` adds `Connection: close`.
+ * The response the guest receives, head and the first body bytes in one buffer: the upstream's
+ * status line (as HTTP/1.1) and the header lines parseResponseHead kept, copied as they came,
+ * then `Connection: close` when `close`, then `body[from..to]`.
  */
-export function guestResponseHead(head: ResponseHead, close: boolean): Buffer {
-  let named: string[] | undefined
-  const raw = head.headers
-  for (let i = 0; i < raw.length; i += 2) {
-    if (raw[i]!.length === 10 && raw[i]!.toLowerCase() === 'connection') {
-      for (const t of raw[i + 1]!.split(',')) {
-        const token = trimOws(t).toLowerCase()
-        if (token && token !== 'close' && token !== 'keep-alive') (named ??= []).push(token)
-      }
-    }
-  }
-  // Transfer-Encoding overrides Content-Length; forwarding both would let the guest pick the other one.
-  const dropLength = head.transferEncoding !== 'none'
-  let out = `HTTP/1.1 ${head.status} ${head.reason}\r\n`
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i]!
-    const lower = name.toLowerCase()
-    if (RESPONSE_HOP.has(lower) || named?.includes(lower)) continue
-    if (dropLength && lower === 'content-length') continue
-    out += `${name}: ${raw[i + 1]}\r\n`
-  }
-  if (close) out += 'Connection: close\r\n'
-  return Buffer.from(`${out}\r\n`, 'latin1')
+export function guestResponse(head: ResponseHead, close: boolean, body?: Buffer, from = 0, to = body?.length ?? 0): Buffer {
+  const { source, keep } = head
+  let size = HTTP11.length + (head.statusTo - head.statusFrom) + (close ? CLOSE_LINE.length : 0) + 2
+  for (let k = 0; k < keep.length; k += 2) size += keep[k + 1]! - keep[k]!
+  const bodyBytes = body === undefined ? 0 : to - from
+  const out = Buffer.allocUnsafe(size + bodyBytes)
+  let at = HTTP11.copy(out, 0)
+  at += source.copy(out, at, head.statusFrom, head.statusTo)
+  for (let k = 0; k < keep.length; k += 2) at += source.copy(out, at, keep[k]!, keep[k + 1]!)
+  if (close) at += CLOSE_LINE.copy(out, at)
+  out[at++] = 13
+  out[at++] = 10
+  if (bodyBytes > 0) body!.copy(out, at, from, to)
+  return out
 }
 
 /** The upstream request head: request line plus the rewritten header list. */

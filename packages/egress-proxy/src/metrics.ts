@@ -98,6 +98,11 @@ export class ProxyMetrics {
   readonly upstreamFailures = new Counter('hypeman_egress_upstream_failures_total', 'Requests that failed upstream, by reason.', ['reason'])
   readonly denied = new Counter('hypeman_egress_denied_total', 'Connections or requests refused, by reason.', ['reason'])
   readonly connections = new Counter('hypeman_egress_connections_total', 'Client connections accepted, by listener.', ['listener'])
+  readonly handoffs = new Counter(
+    'hypeman_egress_http1_handoffs_total',
+    'HTTP/1.1 connections the fast path handed to the general path, by what it does not handle (expect, upgrade, transfer_encoding, incomplete_head, ...).',
+    ['reason'],
+  )
   readonly tlsFailures = new Counter('hypeman_egress_client_tls_failures_total', 'Client TLS handshakes that failed (e.g. the client does not trust the CA).')
   readonly duration = new Histogram(
     'hypeman_egress_request_duration_seconds',
@@ -113,7 +118,7 @@ export class ProxyMetrics {
   render(): string {
     const series: Series[] = [
       this.requests, this.injections, this.unmatchedPlaceholders, this.upstreamFailures,
-      this.denied, this.connections, this.tlsFailures, this.duration, ...this.gauges,
+      this.denied, this.connections, this.handoffs, this.tlsFailures, this.duration, ...this.gauges,
     ]
     return series.map((s) => s.render()).join('')
   }

@@ -109,7 +109,7 @@ export function prepare(ctx: ProxyContext, conn: Conn, method: string, url: stri
   }
   if (rewrite.injected.length > 0) {
     for (const name of rewrite.injected) ctx.metrics.injections.inc([name])
-    ctx.audit.emit({ type: 'injected', source: conn.source, host: dest.host, method, credentials: rewrite.injected })
+    if (ctx.audit.active) ctx.audit.emit({ type: 'injected', source: conn.source, host: dest.host, method, credentials: rewrite.injected })
   }
   return { dest, rewrite }
 }

@@ -10,6 +10,7 @@ import { connect as netConnect, isIP, type Socket } from 'node:net'
 import { connect as tlsConnect, type SecureContext } from 'node:tls'
 import { EgressError } from './errors.js'
 import type { DestinationGuard } from './guard.js'
+import type { Watchdog, Watched } from './watchdog.js'
 
 /** What an exchange holding an upstream connection is told. */
 export interface UpstreamUser {
@@ -19,6 +20,7 @@ export interface UpstreamUser {
   /** The socket is gone; `error` when it failed. Always the last event. */
   onUpstreamClose(error: Error | undefined): void
   onUpstreamDrain(): void
+  /** The deadline the exchange set (`deadline`) passed. */
   onUpstreamTimeout(): void
 }
 
@@ -30,13 +32,19 @@ export interface PoolOptions {
   idleTimeoutMs: number
   connectionsPerOrigin: number
   isSelf: (address: string, port: number) => boolean
+  /** Checks idle expiry and the deadlines exchanges set. */
+  watchdog: Watchdog
 }
 
-export class PooledConnection {
+export class PooledConnection implements Watched {
   user: UpstreamUser | null = null
   /** Requests this connection has carried; above 0 it is a reused connection. */
   uses = 0
-  expiresAt = 0
+  /**
+   * performance.now() after which the connection is dropped when idle, or its exchange told
+   * (headers or body timeout); Infinity while nothing is due.
+   */
+  deadline = Number.POSITIVE_INFINITY
   private error: Error | undefined
 
   constructor(
@@ -54,7 +62,6 @@ export class PooledConnection {
       else socket.destroy()
     })
     socket.on('drain', () => this.user?.onUpstreamDrain())
-    socket.on('timeout', () => this.user?.onUpstreamTimeout())
     socket.on('error', (err) => {
       this.error ??= err
       socket.destroy()
@@ -70,14 +77,22 @@ export class PooledConnection {
   get alive(): boolean {
     return !this.socket.destroyed && this.socket.writable && this.socket.readable
   }
+
+  expire(): void {
+    if (this.user) this.user.onUpstreamTimeout()
+    else this.socket.destroy()
+  }
 }
 
-type Waiter = (err: Error | null, conn: PooledConnection | null) => void
+/** Who asked for a connection; an object rather than a callback, so asking allocates nothing. */
+export interface PoolWaiter {
+  acquired(err: Error | null, conn: PooledConnection | null): void
+}
 
 interface Origin {
   idle: PooledConnection[]
   open: number
-  waiting: Array<{ host: string; port: number; tls: boolean; cb: Waiter }>
+  waiting: Array<{ host: string; port: number; tls: boolean; cb: PoolWaiter }>
 }
 
 const SESSION_CACHE_MAX = 1000
@@ -86,13 +101,9 @@ export class UpstreamPool {
   private readonly origins = new Map<string, Origin>()
   private readonly all = new Set<PooledConnection>()
   private readonly sessions = new Map<string, Buffer>()
-  private readonly sweeper: NodeJS.Timeout
   private closed = false
 
-  constructor(private readonly opts: PoolOptions) {
-    this.sweeper = setInterval(() => this.sweep(), 1000)
-    this.sweeper.unref()
-  }
+  constructor(private readonly opts: PoolOptions) {}
 
   /** Idle and busy connections, for tests and metrics. */
   get size(): number {
@@ -103,9 +114,9 @@ export class UpstreamPool {
    * Lends a connection to `host:port` (TLS or not): an idle one when there is one (the most
    * recently used), else a new one, else (at the per-origin limit) the next one released.
    */
-  acquire(host: string, port: number, tls: boolean, cb: Waiter): void {
+  acquire(host: string, port: number, tls: boolean, cb: PoolWaiter): void {
     if (this.closed) {
-      cb(new EgressError('proxy_closed', 'the proxy is shutting down'), null)
+      cb.acquired(new EgressError('proxy_closed', 'the proxy is shutting down'), null)
       return
     }
     const key = `${tls ? 's' : 'p'}|${host}|${port}`
@@ -114,11 +125,12 @@ export class UpstreamPool {
       origin = { idle: [], open: 0, waiting: [] }
       this.origins.set(key, origin)
     }
-    const now = Date.now()
+    const now = performance.now()
     while (origin.idle.length > 0) {
       const conn = origin.idle.pop()!
-      if (conn.alive && conn.expiresAt > now) {
-        cb(null, conn)
+      if (conn.alive && conn.deadline > now) {
+        conn.deadline = Number.POSITIVE_INFINITY
+        cb.acquired(null, conn)
         return
       }
       conn.socket.destroy()
@@ -131,7 +143,7 @@ export class UpstreamPool {
   }
 
   /** A fresh connection, never an idle one (a request that cannot be retried on a stale socket). */
-  acquireFresh(host: string, port: number, tls: boolean, cb: Waiter): void {
+  acquireFresh(host: string, port: number, tls: boolean, cb: PoolWaiter): void {
     const key = `${tls ? 's' : 'p'}|${host}|${port}`
     let origin = this.origins.get(key)
     if (!origin) {
@@ -145,15 +157,15 @@ export class UpstreamPool {
   release(conn: PooledConnection, keepAliveMs?: number): void {
     conn.user = null
     conn.uses++
+    conn.deadline = Number.POSITIVE_INFINITY
     const origin = this.origins.get(conn.key)
     if (this.closed || !origin || !conn.alive) {
       conn.socket.destroy()
       return
     }
-    conn.socket.setTimeout(0)
     const waiter = origin.waiting.shift()
     if (waiter) {
-      waiter.cb(null, conn)
+      waiter.cb.acquired(null, conn)
       return
     }
     // Leave a second of margin before the upstream's own timeout, as undici does.
@@ -162,13 +174,14 @@ export class UpstreamPool {
       conn.socket.destroy()
       return
     }
-    conn.expiresAt = Date.now() + ttl
+    conn.deadline = performance.now() + ttl
     origin.idle.push(conn)
   }
 
   /** Called once per connection when its socket closed. */
   forget(conn: PooledConnection): void {
     if (!this.all.delete(conn)) return
+    this.opts.watchdog.delete(conn)
     const origin = this.origins.get(conn.key)
     if (!origin) return
     origin.open--
@@ -179,7 +192,7 @@ export class UpstreamPool {
     else if (origin.open === 0 && origin.waiting.length === 0) this.origins.delete(conn.key)
   }
 
-  private dial(key: string, origin: Origin, host: string, port: number, tls: boolean, cb: Waiter): void {
+  private dial(key: string, origin: Origin, host: string, port: number, tls: boolean, cb: PoolWaiter): void {
     origin.open++
     let settled = false
     const fail = (err: Error) => {
@@ -187,7 +200,7 @@ export class UpstreamPool {
       settled = true
       origin.open--
       if (origin.open === 0 && origin.idle.length === 0 && origin.waiting.length === 0) this.origins.delete(key)
-      cb(err, null)
+      cb.acquired(err, null)
       // A waiter behind a failed dial gets its own attempt (and most likely the same answer).
       const next = origin.waiting.shift()
       if (next) this.acquire(next.host, next.port, next.tls, next.cb)
@@ -236,30 +249,23 @@ export class UpstreamPool {
         socket.setNoDelay(true)
         const conn = new PooledConnection(socket, key, this)
         this.all.add(conn)
+        this.opts.watchdog.add(conn)
         if (this.closed) {
           socket.destroy()
-          cb(new EgressError('proxy_closed', 'the proxy is shutting down'), null)
+          cb.acquired(new EgressError('proxy_closed', 'the proxy is shutting down'), null)
           return
         }
-        cb(null, conn)
+        cb.acquired(null, conn)
       })
     }, fail)
-  }
-
-  private sweep(): void {
-    const now = Date.now()
-    for (const origin of this.origins.values()) {
-      for (const conn of [...origin.idle]) if (conn.expiresAt <= now) conn.socket.destroy()
-    }
   }
 
   /** Closes idle connections; busy ones close when their exchange ends. */
   close(): void {
     this.closed = true
-    clearInterval(this.sweeper)
     for (const origin of this.origins.values()) {
       for (const conn of origin.idle) conn.socket.destroy()
-      for (const w of origin.waiting.splice(0)) w.cb(new EgressError('proxy_closed', 'the proxy is shutting down'), null)
+      for (const w of origin.waiting.splice(0)) w.cb.acquired(new EgressError('proxy_closed', 'the proxy is shutting down'), null)
     }
   }
 

@@ -17,6 +17,7 @@ import { derivePlaceholder } from './placeholders.js'
 import { compilePolicy, type SourcePolicy } from './policy.js'
 import { canonicalSource, SourceTable } from './sources.js'
 import { Upstreams } from './upstream.js'
+import { Watchdog, watchdogPeriod } from './watchdog.js'
 
 export type { ListenAddress } from './frontend.js'
 
@@ -211,7 +212,9 @@ export async function createProxy(options: ProxyOptions): Promise<EgressProxy> {
   }
 
   const listening: ListenAddress[] = []
+  const watchdog = new Watchdog(watchdogPeriod(Math.min(limits.idleTimeoutMs, upstreamTimeouts.headersTimeoutMs, upstreamTimeouts.bodyTimeoutMs, upstreamTimeouts.keepAliveTimeoutMs)))
   const upstreams = new Upstreams({
+    watchdog,
     guard,
     ...(options.upstreamCa ? { extraCa: options.upstreamCa } : {}),
     ...upstreamTimeouts,
@@ -221,7 +224,7 @@ export async function createProxy(options: ProxyOptions): Promise<EgressProxy> {
   })
   const metrics = new ProxyMetrics()
   const leaves = new LeafIssuer(ca, { validityMs: leafValidityMs, renewBeforeMs: leafRenewMs })
-  const ctx: ProxyContext = { sources, guard, upstreams, leaves, metrics, audit, logger, limits, transparentPorts, http1FastPath: options.http1FastPath ?? true, closing: false }
+  const ctx: ProxyContext = { sources, guard, upstreams, leaves, metrics, audit, logger, limits, transparentPorts, http1FastPath: options.http1FastPath ?? true, watchdog, closing: false }
   const frontend = new Frontend(ctx)
   metrics.gauge('hypeman_egress_connections_active', 'Client connections open now.', () => frontend.conns.size)
   metrics.gauge('hypeman_egress_policies', 'Sources with a registered policy.', () => sources.size)
@@ -237,6 +240,7 @@ export async function createProxy(options: ProxyOptions): Promise<EgressProxy> {
   } catch (err) {
     frontend.destroy()
     await upstreams.destroy()
+    watchdog.stop()
     const at = starting === 'listen' ? explicitAt! : transparentAt!
     throw new EgressError('listen_failed', `cannot listen on ${at.host}:${at.port}: ${(err as Error).message}`, { field: starting, cause: err })
   }
@@ -258,6 +262,7 @@ export async function createProxy(options: ProxyOptions): Promise<EgressProxy> {
         ctx.closing = true
         await frontend.close(parseDuration(opts.grace ?? '30s', 'grace'))
         await upstreams.close()
+        watchdog.stop()
       })()
       return closing
     },
@@ -265,6 +270,7 @@ export async function createProxy(options: ProxyOptions): Promise<EgressProxy> {
       ctx.closing = true
       frontend.destroy()
       await upstreams.destroy()
+      watchdog.stop()
     },
     [Symbol.asyncDispose]() {
       return proxy.close()

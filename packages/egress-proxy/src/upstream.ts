@@ -13,6 +13,7 @@ import { Agent, buildConnector } from 'undici'
 import { EgressError } from './errors.js'
 import type { DestinationGuard } from './guard.js'
 import { UpstreamPool } from './pool.js'
+import type { Watchdog } from './watchdog.js'
 
 const UPSTREAM_READ_BUFFER = 256 * 1024
 const SYSTEM_BUNDLES = ['/etc/ssl/certs/ca-certificates.crt', '/etc/pki/tls/certs/ca-bundle.crt']
@@ -29,6 +30,8 @@ export interface UpstreamOptions {
   maxResponseHeaderSize: number
   /** "address:port" pairs the proxy listens on; dialling them would loop. */
   isSelf: (address: string, port: number) => boolean
+  /** Deadlines of the fast path's pooled connections. */
+  watchdog: Watchdog
 }
 
 /** The trust store for upstream TLS: Node's bundled roots, the system bundle, and the extra roots. */
@@ -92,6 +95,7 @@ export class Upstreams {
       idleTimeoutMs: opts.keepAliveTimeoutMs,
       connectionsPerOrigin: opts.connectionsPerOrigin,
       isSelf: opts.isSelf,
+      watchdog: opts.watchdog,
     })
     const agent = (allowH2: boolean) =>
       new Agent({

@@ -40,3 +40,26 @@ export class QmpCommandError extends HypemanError {
     this.qmpClass = qmpClass
   }
 }
+
+/**
+ * A Cloud Hypervisor or Firecracker REST call answered with an error status. `status` is the
+ * HTTP status, `body` the VMM's error body as it sent it (parsed JSON when it was JSON), and
+ * `vmmMessage` its words (Firecracker's `fault_message`, Cloud Hypervisor's text). `step` names
+ * the operation (e.g. `firecracker.putGuestDriveByID`).
+ */
+export class VmmApiError extends HypemanError {
+  declare readonly code: 'vmm_api_error'
+  readonly method: string
+  readonly path: string
+  readonly status: number
+  readonly body: unknown
+  readonly vmmMessage: string
+  constructor(call: { method: string; path: string }, status: number, body: unknown, vmmMessage: string, opts: HypemanErrorOptions = {}) {
+    super('vmm_api_error', `${call.method} ${call.path} answered ${status}${vmmMessage ? `: ${vmmMessage}` : ''}`, opts)
+    this.method = call.method
+    this.path = call.path
+    this.status = status
+    this.body = body
+    this.vmmMessage = vmmMessage
+  }
+}

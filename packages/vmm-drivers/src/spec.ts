@@ -5,7 +5,7 @@
  */
 import { access, constants } from 'node:fs/promises'
 import { isAbsolute } from 'node:path'
-import { run, ValidationError } from '@hypeman-ts/common'
+import { NotSupportedError, run, ValidationError } from '@hypeman-ts/common'
 import { NETNS_RE, netnsPath } from './netns.js'
 import type { VmSpec } from './types.js'
 
@@ -48,11 +48,24 @@ function wholeMiB(field: string, value: unknown, min: number): number {
   return value
 }
 
+/** What a driver accepts beyond the common shape. The defaults are QEMU's. */
+export interface SpecSupport {
+  /** `VmSpec.vsock` (default false: refused with not_supported). */
+  vsock?: boolean
+  /** Channel backends the driver has (default socket and file); others are refused with not_supported. */
+  channelBackends?: readonly string[]
+}
+
+/** Guest vsock ports are 32-bit; 0xFFFFFFFF is VMADDR_PORT_ANY. */
+const VSOCK_PORT_MAX = 0xfffffffe
+/** CIDs 0-2 are reserved (hypervisor, local, host); the VMMs' API specs cap it at 32 bits. */
+const VSOCK_CID_MAX = 0xfffffffe
+
 /**
  * Validates the shape of a spec. `controlFiles` are the file names the driver will put in
  * `runtimeDir`, so their socket paths are checked for length too.
  */
-export function validateVmSpec(spec: VmSpec, controlFiles: readonly string[] = []): void {
+export function validateVmSpec(spec: VmSpec, controlFiles: readonly string[] = [], support: SpecSupport = {}): void {
   if (spec === null || typeof spec !== 'object') throw new ValidationError('spec', 'expected an object')
   if (spec.name !== undefined && (typeof spec.name !== 'string' || !NAME_RE.test(spec.name))) {
     throw new ValidationError('name', 'expected 1-64 characters of letters, digits, ".", "_" or "-"')
@@ -119,8 +132,33 @@ export function validateVmSpec(spec: VmSpec, controlFiles: readonly string[] = [
     if (kind === 'socket') socketPath(`channels[${i}].backend.path`, ch.backend.path)
     else if (kind === 'file') path(`channels[${i}].backend.path`, ch.backend.path)
     else throw new ValidationError(`channels[${i}].backend.kind`, 'expected "socket" or "file"')
+    const backends = support.channelBackends ?? ['socket', 'file']
+    if (!backends.includes(kind)) {
+      throw new NotSupportedError(
+        backends.length === 0 ? 'this driver has no named channels (use vsock ports)' : `this driver has no ${kind}-backed channels`,
+        { field: `channels[${i}].backend.kind` },
+      )
+    }
     if (paths.has(ch.backend.path)) throw new ValidationError(`channels[${i}].backend.path`, 'is used twice')
     paths.add(ch.backend.path)
+  }
+
+  if (spec.vsock !== undefined) {
+    if (!support.vsock) throw new NotSupportedError('this driver has no vsock device', { field: 'vsock' })
+    if (spec.vsock === null || typeof spec.vsock !== 'object') throw new ValidationError('vsock', 'expected an object')
+    if (spec.vsock.cid !== undefined) {
+      const cid = spec.vsock.cid
+      if (typeof cid !== 'number' || !Number.isSafeInteger(cid) || cid < 3 || cid > VSOCK_CID_MAX) {
+        throw new ValidationError('vsock.cid', `expected a whole number from 3 to ${VSOCK_CID_MAX}, got ${String(cid)}`)
+      }
+    }
+    const ports = spec.vsock.ports ?? {}
+    if (ports === null || typeof ports !== 'object') throw new ValidationError('vsock.ports', 'expected an object of name → port')
+    for (const [name, port] of Object.entries(ports)) {
+      if (!CHANNEL_RE.test(name)) throw new ValidationError(`vsock.ports.${name}`, 'expected a name of 1-64 letters, digits, ".", "_" or "-"')
+      if (names.has(name)) throw new ValidationError(`vsock.ports.${name}`, `"${name}" is also a channel name`)
+      positiveInt(`vsock.ports.${name}`, port, VSOCK_PORT_MAX)
+    }
   }
 
   path('consoleLog', spec.consoleLog)

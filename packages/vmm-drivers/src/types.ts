@@ -60,6 +60,19 @@ export interface HotplugMemorySpec {
   slots?: number
 }
 
+/**
+ * A virtio-vsock device (Cloud Hypervisor, Firecracker). The host side is a unix socket the VMM
+ * listens on (`<runtimeDir>/vsock.sock`); a host-initiated connection to guest port P writes
+ * `CONNECT P\n` and gets `OK <host port>\n` back. Guest-initiated connections to host port P
+ * go to a unix socket the host listens on at `<runtimeDir>/vsock.sock_P` (not managed here).
+ */
+export interface VsockSpec {
+  /** The guest's context id (3 or more). Default 3; the VMMs' unix-socket vsock keeps it local to the VM. */
+  cid?: number
+  /** Guest ports by name: `connectChannel(name)` opens a stream to that port (e.g. `{ 'hypeman.agent': 1024 }`). */
+  ports?: Record<string, number>
+}
+
 export interface VmSpec {
   /** Shown in process listings and logs. [A-Za-z0-9._-], at most 64. */
   name?: string
@@ -78,6 +91,11 @@ export interface VmSpec {
   disks?: DiskSpec[]
   nics?: NicSpec[]
   channels?: ChannelSpec[]
+  /**
+   * A vsock device, for drivers whose `capabilities.agentTransport` is `vsock` (QEMU here refuses
+   * it: this host's kernel has no vhost-vsock).
+   */
+  vsock?: VsockSpec
   /** The guest's serial console (kernel messages) is appended to this file. */
   consoleLog: string
   /** The VMM's own stdout/stderr. Default `<runtimeDir>/vmm.log`. */
@@ -104,16 +122,22 @@ export interface DriverCapabilities {
   snapshot: boolean
   hotplugMemory: boolean
   diskThrottle: boolean
-  /** The guest can tell disks apart by `DiskSpec.serial`. */
+  /** The guest can tell disks apart by `DiskSpec.serial`; when false it sees them in `disks` order. */
   diskSerial: boolean
   /** Any number of named channels (`VmSpec.channels`). */
   namedChannels: boolean
+  /** The `VmSpec.channels` backends the driver accepts (empty: no channels at all). */
   channelBackends: readonly ChannelBackend['kind'][]
-  /** How a guest agent reaches the host: a named socket-backed channel, or vsock. */
+  /** How a guest agent reaches the host: a named socket-backed channel, or a vsock port (`VmSpec.vsock`). */
   agentTransport: 'virtio-serial' | 'vsock'
   accels: readonly ResolvedAccel[]
-  /** What `shutdown()` asks the guest with before it forces the end. */
-  gracefulShutdown: 'acpi-power-button' | 'none'
+  /**
+   * What `shutdown()` asks the guest with before it forces the end: the ACPI power button, or
+   * Ctrl+Alt+Del (Firecracker: the guest reboots, which ends the VMM).
+   */
+  gracefulShutdown: 'acpi-power-button' | 'ctrl-alt-del' | 'none'
+  /** `resizeMemory` can also give memory back (virtio-mem); otherwise it only grows. */
+  memoryShrink: boolean
 }
 
 /**
@@ -215,11 +239,15 @@ export interface VmHandleBase extends AsyncDisposable {
   /** Subscribes to events; returns the unsubscribe function. */
   onEvent(listener: (event: VmEvent) => void): () => void
   /**
-   * Grows guest memory to `totalBytes` (boot plus hotplugged), up to `spec.hotplugMemory.maxBytes`.
-   * Grow only; the guest must online the new memory (Linux: `memhp_default_state=online`).
+   * Sets guest memory to `totalBytes` (boot plus hotplugged), up to `spec.hotplugMemory.maxBytes`.
+   * Grow only unless `capabilities.memoryShrink`; the guest must online the new memory (Linux:
+   * `memhp_default_state=online`, or virtio-mem for Firecracker).
    */
   resizeMemory(totalBytes: number): Promise<{ memoryBytes: number }>
-  /** Connects to a socket-backed channel by name, retrying until `timeoutMs` (default 5 s). */
+  /**
+   * Connects to a socket-backed channel (or, on vsock drivers, a named `VmSpec.vsock` port) by
+   * name, retrying until `timeoutMs` (default 5 s).
+   */
   connectChannel(name: string, opts?: WaitOptions): Promise<Socket>
   /** Closes our control connection and stops watching; the VM keeps running. */
   detach(): Promise<void>

@@ -33,13 +33,20 @@ export function probeFirmware(kind: 'signal' | 'hang' = 'signal'): Buffer {
   return image
 }
 
-/** The argv of the probe: q35 like our VMs, nothing else. */
+/**
+ * The argv of the probe: q35 and the CPU model like our VMs, nothing else. The CPU model matters:
+ * some nested hosts run the default model under KVM but abort at reset with `-cpu host` (QEMU
+ * cannot set an MSR the host CPUID advertised).
+ */
 export function probeArgv(accel: ResolvedAccel, firmware: string): string[] {
   return [
-    '-machine', 'q35', '-accel', accel, '-nodefaults', '-no-user-config', '-display', 'none',
-    '-m', '16', '-bios', firmware, '-device', 'isa-debug-exit,iobase=0xf4,iosize=0x04',
+    '-machine', 'q35', '-accel', accel, ...(accel === 'kvm' ? ['-cpu', 'host'] : []), '-nodefaults', '-no-user-config',
+    '-display', 'none', '-m', '16', '-bios', firmware, '-device', 'isa-debug-exit,iobase=0xf4,iosize=0x04',
   ]
 }
+
+/** Bumped when the probe changes, so a verdict cached by an older probe is not trusted. */
+const PROBE_VERSION = 2
 
 export interface ProbeResult {
   accel: ResolvedAccel
@@ -95,6 +102,7 @@ function bootId(): string {
 }
 
 interface CacheFile {
+  probeVersion: number
   bootId: string
   qemuBinary: string
   kvm: { usable: boolean; reason?: string }
@@ -130,13 +138,13 @@ export class AccelResolver {
     const boot = bootId()
     if (cacheFile) {
       const cached = await readJsonIfExists<CacheFile>(cacheFile).catch(() => undefined)
-      if (cached && cached.bootId === boot && cached.qemuBinary === qemuBinary) return cached.kvm
+      if (cached && cached.probeVersion === PROBE_VERSION && cached.bootId === boot && cached.qemuBinary === qemuBinary) return cached.kvm
     }
     const result = await probeAccel('kvm', { qemuBinary, deadlineMs: this.opts.deadlineMs ?? 5000 })
     const verdict = { usable: result.usable, ...(result.reason ? { reason: result.reason } : {}) }
     if (cacheFile) {
       // A cache that cannot be written only costs another probe next time.
-      await writeJsonAtomic(cacheFile, { bootId: boot, qemuBinary, kvm: verdict } satisfies CacheFile).catch(() => {})
+      await writeJsonAtomic(cacheFile, { probeVersion: PROBE_VERSION, bootId: boot, qemuBinary, kvm: verdict } satisfies CacheFile).catch(() => {})
     }
     return verdict
   }

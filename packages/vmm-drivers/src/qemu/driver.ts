@@ -4,7 +4,7 @@
  * QMP ready → (load snapshot, cont) → running. On failure the process is killed and its runtime
  * files removed before the error (with QEMU's own last words) is thrown.
  */
-import { appendFile, mkdir, open, readFile, stat } from 'node:fs/promises'
+import { appendFile, mkdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import {
   AbortedError,
@@ -22,6 +22,7 @@ import { vmmCommand } from '../netns.js'
 import { findProcessesByArg, isSameProcessAlive, killAndWait, processHasArg, ProcessWatch, readStartTime, spawnDetached } from '../process.js'
 import { pollUntil, withDeadline } from '../readiness.js'
 import { checkSpecFiles, validateVmSpec } from '../spec.js'
+import { fileSize, readTail } from '../vmm-log.js'
 import type {
   Accel,
   AttachOptions,
@@ -68,34 +69,8 @@ export const QEMU_CAPABILITIES: DriverCapabilities = Object.freeze({
   agentTransport: 'virtio-serial',
   accels: Object.freeze(['kvm', 'tcg'] as const),
   gracefulShutdown: 'acpi-power-button',
+  memoryShrink: false,
 })
-
-const VMM_LOG_TAIL = 4000
-
-async function fileSize(path: string): Promise<number> {
-  return stat(path).then(
-    (s) => s.size,
-    () => 0,
-  )
-}
-
-/** What the VMM wrote since `offset` (its complaint when it fails to start). */
-async function readTail(path: string, offset: number): Promise<string> {
-  try {
-    const fh = await open(path, 'r')
-    try {
-      const size = (await fh.stat()).size
-      const from = Math.max(offset, size - VMM_LOG_TAIL)
-      const buf = Buffer.alloc(Math.max(0, size - from))
-      await fh.read(buf, 0, buf.length, from)
-      return buf.toString('utf8').trim()
-    } finally {
-      await fh.close()
-    }
-  } catch {
-    return ''
-  }
-}
 
 export class QemuDriver implements VmmDriver {
   readonly name = 'qemu' as const

@@ -1,0 +1,413 @@
+/**
+ * The HTTP/1.1 fast path end to end: a raw guest through a CONNECT tunnel, and an upstream whose
+ * answers are written byte by byte, so each framing case (Content-Length, chunked, close,
+ * bodiless, interim responses), each failure (malformed, truncated, stalled, a kept-alive
+ * connection that died) and each hand-off to the general path is checked on the wire.
+ */
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import type { EgressProxy } from '../src/index.js'
+import { curl } from './support/clients.js'
+import { RawGuest } from './support/guest.js'
+import { bearerPolicy, type Harness, SECRET, startHarness } from './support/harness.js'
+import { ok, type RawUpstream, startRawUpstream } from './support/raw-upstream.js'
+
+let h: Harness
+let up: RawUpstream
+let plainUp: RawUpstream
+let timeouts: EgressProxy
+let ph: string
+const guests: RawGuest[] = []
+
+beforeAll(async () => {
+  h = await startHarness()
+  up = await startRawUpstream(h.pki.good)
+  plainUp = await startRawUpstream(null)
+  ph = h.proxy.policies.set('127.0.0.1', bearerPolicy(['api.test'])).placeholders.OPENAI_API_KEY!
+  h.proxy.policies.set('127.0.0.2', { ...bearerPolicy(['api.test']), unmatchedPlaceholder: 'block' })
+  timeouts = await h.another({ limits: { upstreamHeadersTimeout: '300ms', upstreamBodyTimeout: '300ms' } })
+  timeouts.policies.set('127.0.0.1', bearerPolicy(['api.test']))
+})
+afterAll(async () => {
+  for (const g of guests) g.destroy()
+  await up?.close()
+  await plainUp?.close()
+  await h?.close()
+})
+beforeEach(() => {
+  up.respond = (_req, socket) => socket.write(ok())
+})
+
+async function guest(proxy: EgressProxy = h.proxy, target = `api.test:${up.port}`, localAddress?: string): Promise<RawGuest> {
+  const g = await RawGuest.open(proxy, target, localAddress)
+  guests.push(g)
+  return g
+}
+
+const handoffs = (proxy: EgressProxy = h.proxy) =>
+  [...proxy.metrics().matchAll(/hypeman_egress_http1_handoffs_total\{reason="([a-z_]+)"\} (\d+)/g)].reduce<Record<string, number>>((acc, m) => ({ ...acc, [m[1]!]: Number(m[2]) }), {})
+
+describe('fast path exchanges', () => {
+  it('serves kept-alive requests over one pooled upstream connection, with the credential injected', async () => {
+    const before = { requests: up.requests.length, connections: up.connections, handoffs: handoffs() }
+    const a = await guest()
+    for (let i = 0; i < 3; i++) {
+      a.send(`GET /n/${i} HTTP/1.1\r\nHost: api.test\r\nX-Key: ${ph}\r\n\r\n`)
+      const r = await a.response()
+      expect(r.status).toBe(200)
+      expect(r.body).toBe('ok')
+    }
+    const b = await guest()
+    b.send('GET /other HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    expect((await b.response()).status).toBe(200)
+    const seen = up.requests.slice(before.requests)
+    expect(seen.map((r) => r.target)).toEqual(['/n/0', '/n/1', '/n/2', '/other'])
+    expect(new Set(seen.map((r) => r.connection)).size).toBe(1)
+    expect(up.connections).toBeLessThanOrEqual(before.connections + 1)
+    for (const r of seen) expect(r.headers.authorization).toBe(`Bearer ${SECRET}`)
+    expect(seen[0]!.headers['x-key']).toBe(SECRET)
+    expect(seen[0]!.headers.host).toBe('api.test')
+    expect(handoffs()).toEqual(before.handoffs)
+  })
+
+  it('forwards a chunked body byte for byte, dropping the Content-Length it overrides', async () => {
+    const chunked = '4;ext=1\r\nabcd\r\n3\r\nefg\r\n0\r\nX-Sum: 7\r\n\r\n'
+    up.respond = (_req, socket) => {
+      socket.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n4;ext=1\r\nab')
+      setTimeout(() => socket.write('cd\r\n3\r\nefg\r\n0\r\nX-Sum: 7\r\n\r\n'), 30)
+    }
+    const g = await guest()
+    g.send('GET /chunked HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    const r = await g.response()
+    expect(r.headers['transfer-encoding']).toBe('chunked')
+    expect(r.headers['content-length']).toBeUndefined()
+    expect(r.body).toBe(chunked)
+    // The connection's framing is intact: a second exchange works.
+    up.respond = (_req, socket) => socket.write(ok('again'))
+    g.send('GET /next HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    expect((await g.response()).body).toBe('again')
+  })
+
+  it('a real client decodes what it forwards (curl, chunked with trailers)', async () => {
+    up.respond = (_req, socket) => socket.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n')
+    const r = await curl(['--http1.1', '--cacert', h.proxy.caPath, '-x', h.proxy.url!, `https://api.test:${up.port}/c`])
+    expect(r.status).toBe(200)
+    expect(r.body).toBe('hello world')
+  })
+
+  it('a close-delimited body ends the guest connection too, and its upstream connection is not reused', async () => {
+    up.respond = (req, socket) => {
+      if (req.target === '/close') socket.end('HTTP/1.1 200 OK\r\nX-Kind: close\r\n\r\nuntil the end')
+      else socket.write(ok())
+    }
+    const g = await guest()
+    g.send('GET /close HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    const r = await g.response()
+    expect(r.headers.connection).toBe('close')
+    expect(r.body).toBe('until the end')
+    expect(g.closed).toBe(true)
+    const closedOn = up.requests.at(-1)!.connection
+    const g2 = await guest()
+    g2.send('GET /after HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    expect((await g2.response()).status).toBe(200)
+    expect(up.requests.at(-1)!.connection).not.toBe(closedOn)
+  })
+
+  it.each([
+    ['HEAD', 'HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n', true],
+    ['GET', 'HTTP/1.1 204 No Content\r\n\r\n', false],
+    ['GET', 'HTTP/1.1 304 Not Modified\r\nETag: "x"\r\n\r\n', false],
+  ])('%s answered with %j has no body, and the next exchange still lines up', async (method, answer, bodiless) => {
+    up.respond = (req, socket) => socket.write(req.target === '/first' ? answer : ok('second'))
+    const g = await guest()
+    g.send(`${method} /first HTTP/1.1\r\nHost: api.test\r\n\r\nGET /second HTTP/1.1\r\nHost: api.test\r\n\r\n`)
+    const first = await g.response({ bodiless })
+    expect(first.status).toBe(Number(answer.slice(9, 12)))
+    expect(first.body).toBe('')
+    if (method === 'HEAD') expect(first.headers['content-length']).toBe('10')
+    expect((await g.response()).body).toBe('second')
+  })
+
+  it('interim responses are not relayed; the final one is', async () => {
+    up.respond = (_req, socket) => socket.write('HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n' + ok('final'))
+    const g = await guest()
+    g.send('GET /hints HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    const r = await g.response()
+    expect(r.status).toBe(200)
+    expect(r.body).toBe('final')
+    expect(g.unread).toBe('')
+  })
+
+  it('hop-by-hop response headers stay on the upstream hop', async () => {
+    up.respond = (_req, socket) => socket.write('HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=30\r\nX-Hop: secret-ish\r\nX-End: 1\r\nContent-Length: 2\r\n\r\nok')
+    const g = await guest()
+    g.send('GET /hop HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    const r = await g.response()
+    expect(r.head).toBe('HTTP/1.1 200 OK\r\nX-End: 1\r\nContent-Length: 2')
+  })
+
+  it('hop-by-hop request headers are dropped and the policy header replaces the guest one', async () => {
+    const g = await guest()
+    g.send('GET /req HTTP/1.1\r\nHost: api.test\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nKeep-Alive: 5\r\nProxy-Authorization: Basic eA==\r\nTE: trailers\r\nAuthorization: Bearer guest\r\nX-Keep: 1\r\n\r\n')
+    await g.response()
+    const seen = up.requests.at(-1)!
+    expect(seen.names).toEqual(['host', 'te', 'X-Keep', 'Authorization'])
+    expect(seen.headers.authorization).toBe(`Bearer ${SECRET}`)
+  })
+
+  it('streams a request body, split however it arrives, then serves a pipelined request after it', async () => {
+    up.respond = (req, socket) => socket.write(ok(`${req.method} ${req.body.length}`))
+    const g = await guest()
+    const body = Buffer.alloc(300_000, 'b')
+    g.send(Buffer.concat([Buffer.from(`POST /upload HTTP/1.1\r\nHost: api.test\r\nContent-Length: ${body.length}\r\n\r\n`), body.subarray(0, 1000)]))
+    await new Promise((r) => setTimeout(r, 50))
+    g.send(Buffer.concat([body.subarray(1000), Buffer.from('GET /after-body HTTP/1.1\r\nHost: api.test\r\n\r\n')]))
+    expect((await g.response()).body).toBe(`POST ${body.length}`)
+    expect((await g.response()).body).toBe('GET 0')
+    const uploads = up.requests.filter((r) => r.target === '/upload')
+    expect(uploads.at(-1)!.body.equals(body)).toBe(true)
+  })
+
+  it('an upstream that answers before the body is all there gets no more of it; the guest connection carries on', async () => {
+    up.early = (target) => target === '/early'
+    up.respond = (req, socket) => {
+      if (req.target === '/early') socket.end('HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!')
+      else socket.write(ok())
+    }
+    try {
+      const g = await guest()
+      g.send('POST /early HTTP/1.1\r\nHost: api.test\r\nContent-Length: 10\r\n\r\n01')
+      const r = await g.response()
+      expect(r.status).toBe(413)
+      expect(r.body).toBe('big!')
+      g.send('23456789GET /later HTTP/1.1\r\nHost: api.test\r\n\r\n')
+      expect((await g.response()).status).toBe(200)
+      expect(up.requests.at(-1)!.target).toBe('/later')
+    } finally {
+      up.early = undefined
+    }
+  })
+
+  it('Connection: close from the guest closes after the response', async () => {
+    const g = await guest()
+    g.send('GET /bye HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n')
+    const r = await g.response()
+    expect(r.headers.connection).toBe('close')
+    expect(await g.closes()).toBe(true)
+  })
+
+  it('plain HTTP through a tunnel takes the fast path too, and carries no secret', async () => {
+    const g = await guestPlain()
+    g.send(`GET /plain HTTP/1.1\r\nHost: api.test\r\nX-Key: ${ph}\r\n\r\n`)
+    expect((await g.response()).status).toBe(200)
+    const seen = plainUp.requests.at(-1)!
+    expect(seen.headers['x-key']).toBe(ph)
+    expect(seen.headers.authorization).toBeUndefined()
+  })
+})
+
+/** A plain-HTTP guest inside a CONNECT tunnel (what `curl -p` does). */
+async function guestPlain(): Promise<PlainGuest> {
+  const { connect } = await import('node:net')
+  const raw = connect({ host: '127.0.0.1', port: h.proxy.address!.port })
+  await new Promise<void>((resolve) => raw.once('connect', () => resolve()))
+  raw.write(`CONNECT api.test:${plainUp.port} HTTP/1.1\r\n\r\n`)
+  await new Promise<void>((resolve) => raw.once('data', () => resolve()))
+  const g = new RawGuest(raw as never)
+  guests.push(g)
+  return g
+}
+type PlainGuest = RawGuest
+
+describe('fast path failures', () => {
+  it('a response head the proxy cannot frame is a 502, and the guest connection survives', async () => {
+    up.respond = (req, socket) => socket.write(req.target === '/bad' ? 'HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx' : ok())
+    const g = await guest()
+    g.send('GET /bad HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    const r = await g.response()
+    expect(r.status).toBe(502)
+    expect(r.headers['x-hypeman-egress-error']).toBe('upstream_failed')
+    expect(r.body).toContain('cannot frame')
+    g.send('GET /good HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    expect((await g.response()).status).toBe(200)
+  })
+
+  it('chunked framing the proxy cannot follow is a 502 when it shows in the first read, a cut connection later', async () => {
+    up.respond = (req, socket) => {
+      // One write is one TLS record, which the proxy reads at once.
+      const head = 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n'
+      if (req.target === '/bad-now') socket.write(`${head}zz\r\n`)
+      else {
+        socket.write(head)
+        setTimeout(() => socket.write('zz\r\n'), 50)
+      }
+    }
+    const g = await guest()
+    g.send('GET /bad-now HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    const r = await g.response()
+    expect(r.status).toBe(502)
+    expect(r.headers['x-hypeman-egress-error']).toBe('upstream_failed')
+    g.send('GET /bad-later HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    expect(await g.closes()).toBe(true)
+    expect(g.unread).toMatch(/^HTTP\/1\.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n$/)
+  })
+
+  it('an upstream that closes mid-body cuts the guest connection (never a short success)', async () => {
+    up.respond = (_req, socket) => socket.end('HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part')
+    const r = await curl(['--http1.1', '--cacert', h.proxy.caPath, '-x', h.proxy.url!, `https://api.test:${up.port}/short`])
+    expect(r.exitCode).not.toBe(0)
+    expect(h.proxy.metrics()).toMatch(/hypeman_egress_requests_total\{listener="explicit",scheme="https",status="aborted"\} [1-9]/)
+  })
+
+  it('an upstream that closes without answering is a 502', async () => {
+    up.respond = (_req, socket) => socket.destroy()
+    const g = await guest()
+    g.send('POST /nothing HTTP/1.1\r\nHost: api.test\r\nContent-Length: 2\r\n\r\nhi')
+    const r = await g.response()
+    expect(r.status).toBe(502)
+    expect(r.headers['x-hypeman-egress-error']).toBe('upstream_failed')
+  })
+
+  it('a kept-alive upstream connection that turns out dead is retried on a new one for a GET, not for a POST', async () => {
+    const g = await guest()
+    g.send('GET /warm HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    await g.response()
+    const warm = up.requests.at(-1)!.connection
+    // The next request on that connection is dropped unanswered, as a server that timed the
+    // connection out at that moment would; requests on new connections are answered.
+    up.respond = (req, socket) => (req.connection === warm && req.index > 1 ? socket.destroy() : socket.write(ok('fresh')))
+    g.send('GET /retry HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    const r = await g.response()
+    expect(r.status).toBe(200)
+    expect(r.body).toBe('fresh')
+    expect(up.requests.filter((x) => x.target === '/retry').map((x) => x.connection === warm)).toEqual([true, false])
+
+    g.send('GET /warm-again HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    await g.response()
+    const warm2 = up.requests.at(-1)!.connection
+    up.respond = (req, socket) => (req.connection === warm2 && req.index > 1 ? socket.destroy() : socket.write(ok('fresh')))
+    g.send('POST /no-replay HTTP/1.1\r\nHost: api.test\r\nContent-Length: 1\r\n\r\nx')
+    expect((await g.response()).status).toBe(502)
+    expect(up.requests.filter((x) => x.target === '/no-replay')).toHaveLength(1)
+  })
+
+  it('honours the upstream Keep-Alive timeout: an expired connection is not reused', async () => {
+    up.respond = (_req, socket) => socket.write(ok('ka', 'Keep-Alive: timeout=1\r\n'))
+    const g = await guest()
+    g.send('GET /ka1 HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    await g.response()
+    g.send('GET /ka2 HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    await g.response()
+    const [a, b] = up.requests.filter((x) => x.target.startsWith('/ka')).map((x) => x.connection)
+    // timeout=1 leaves no margin (a second of it is kept back), so each request gets a new connection.
+    expect(a).not.toBe(b)
+  })
+
+  it('an upstream that never answers is a 504 after upstreamHeadersTimeout', async () => {
+    up.respond = () => {}
+    const g = await guest(timeouts)
+    const t0 = Date.now()
+    g.send('GET /silent HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    const r = await g.response()
+    expect(r.status).toBe(504)
+    expect(r.headers['x-hypeman-egress-error']).toBe('upstream_timeout')
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(250)
+    up.respond = (_req, socket) => socket.write(ok())
+    g.send('GET /after-timeout HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    expect((await g.response()).status).toBe(200)
+  })
+
+  it('a body that stalls longer than upstreamBodyTimeout cuts the guest connection', async () => {
+    up.respond = (_req, socket) => socket.write('HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc')
+    const g = await guest(timeouts)
+    g.send('GET /stall HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    expect(await g.closes(3000)).toBe(true)
+    expect(g.unread).toMatch(/abc$/)
+  })
+
+  it('an unreachable upstream is a 502 naming the failure', async () => {
+    const g = await guest(h.proxy, 'api.test:1')
+    g.send('GET / HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    const r = await g.response()
+    expect(r.status).toBe(502)
+    expect(r.headers['x-hypeman-egress-error']).toBe('upstream_connect')
+  })
+
+  it('a refused request with a body is answered, its body read and dropped, and the connection carries on', async () => {
+    const p2 = h.proxy.placeholderFor('127.0.0.2', 'OPENAI_API_KEY')
+    const before = up.requests.length
+    const g = await guest(h.proxy, `other.test:${up.port}`, '127.0.0.2')
+    g.send(`POST /blocked HTTP/1.1\r\nHost: other.test\r\nX-Key: ${p2}\r\nContent-Length: 5\r\n\r\n12`)
+    const r = await g.response()
+    expect(r.status).toBe(403)
+    expect(r.headers['x-hypeman-egress-error']).toBe('placeholder_blocked')
+    g.send('345GET /fine HTTP/1.1\r\nHost: other.test\r\n\r\n')
+    expect((await g.response()).status).toBe(200)
+    expect(up.requests.slice(before).map((x) => x.target)).toEqual(['/fine'])
+  })
+})
+
+describe('hand-off to the general path', () => {
+  it.each([
+    ['Expect: 100-continue', ['--http1.1', '-H', 'Expect: 100-continue', '--data-binary', 'payload'], 'expect'],
+    ['a chunked upload', ['--http1.1', '-H', 'Transfer-Encoding: chunked', '--data-binary', 'payload'], 'transfer_encoding'],
+  ])('%s is served by the general path', async (_what, args, reason) => {
+    const before = handoffs()[reason] ?? 0
+    const { startHttpsUpstream } = await import('./support/upstream.js')
+    const echo = await startHttpsUpstream(h.pki.good)
+    try {
+      const r = await curl([...args, '--cacert', h.proxy.caPath, '-x', h.proxy.url!, `https://api.test:${echo.port}/echo`])
+      expect(r.status).toBe(200)
+      const seen = JSON.parse(r.body) as { bodyBytes: number; headers: Record<string, string> }
+      expect(seen.bodyBytes).toBe('payload'.length)
+      expect(seen.headers.authorization).toBe(`Bearer ${SECRET}`)
+      expect(handoffs()[reason]).toBe(before + 1)
+    } finally {
+      await echo.close()
+    }
+  })
+
+  it('an HTTP/1.0 request is served by the general path', async () => {
+    const before = handoffs().request_line ?? 0
+    up.respond = (req, socket) => socket.write(ok(`${req.method} ${req.body.toString()}`))
+    const g = await guest()
+    g.send('POST /old HTTP/1.0\r\nHost: api.test\r\nContent-Length: 3\r\n\r\nabc')
+    const r = await g.response()
+    expect(r.body).toBe('POST abc')
+    expect(up.requests.at(-1)!.headers.authorization).toBe(`Bearer ${SECRET}`)
+    expect(handoffs().request_line).toBe(before + 1)
+  })
+
+  it('a connection that starts on the fast path hands off mid-way with its unread bytes intact', async () => {
+    up.respond = (req, socket) => socket.write(ok(`${req.method} ${req.target}`))
+    const g = await guest()
+    g.send('GET /fast HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    expect((await g.response()).body).toBe('GET /fast')
+    const before = handoffs().transfer_encoding ?? 0
+    // A chunked upload (general path) pipelined with a GET behind it, in one write.
+    g.send('POST /slow HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /then HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    expect((await g.response()).body).toBe('POST /slow')
+    expect((await g.response()).body).toBe('GET /then')
+    expect(handoffs().transfer_encoding).toBe(before + 1)
+    expect(up.requests.find((r) => r.target === '/slow')!.body.toString()).toBe('abc')
+  })
+})
+
+describe('http1FastPath: false', () => {
+  it('serves everything through the general path, with the same result', async () => {
+    const general = await h.another({ http1FastPath: false })
+    general.policies.set('127.0.0.1', bearerPolicy(['api.test']))
+    const g = await guest(general)
+    g.send(`GET /general HTTP/1.1\r\nHost: api.test\r\nX-Key: ${ph}\r\n\r\n`)
+    const r = await g.response()
+    expect(r.status).toBe(200)
+    const seen = up.requests.at(-1)!
+    expect(seen.target).toBe('/general')
+    expect(seen.headers.authorization).toBe(`Bearer ${SECRET}`)
+    expect(general.metrics()).not.toMatch(/hypeman_egress_http1_handoffs_total\{/)
+    await general.close()
+  })
+
+  it('rejects a non-boolean value', async () => {
+    await expect(h.another({ http1FastPath: 'yes' as never })).rejects.toMatchObject({ code: 'invalid_input', field: 'http1FastPath' })
+  })
+})

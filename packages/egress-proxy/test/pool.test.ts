@@ -1,0 +1,186 @@
+/**
+ * The fast path's upstream connection pool against real TLS servers on loopback: reuse, the
+ * per-origin limit, idle expiry, TLS session resumption, verification, and the SSRF guard on
+ * the address it dials.
+ */
+import { mkdtemp, rm } from 'node:fs/promises'
+import { readFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createServer, type Server, type TLSSocket } from 'node:tls'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { DestinationGuard } from '../src/guard.js'
+import { type PooledConnection, UpstreamPool } from '../src/pool.js'
+import { upstreamError, upstreamTrust } from '../src/upstream.js'
+import { Watchdog } from '../src/watchdog.js'
+import { makePki, type TestPki } from './support/pki.js'
+import { testLookup } from './support/harness.js'
+
+let dir: string
+let pki: TestPki
+let good: Server
+let goodPort: number
+let bad: Server
+let badPort: number
+const watchdog = new Watchdog(25)
+
+const serverSockets = new Set<TLSSocket>()
+
+async function serve(cert: { cert: string; key: string }, onSocket: (s: TLSSocket) => void): Promise<[Server, number]> {
+  const server = createServer({ cert: readFileSync(cert.cert), key: readFileSync(cert.key) }, (s) => {
+    serverSockets.add(s)
+    s.on('close', () => serverSockets.delete(s))
+    onSocket(s)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()))
+  return [server, (server.address() as { port: number }).port]
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'hm-pool-'))
+  pki = await makePki(dir)
+  ;[good, goodPort] = await serve(pki.good, (s) => {
+    s.on('error', () => {})
+    s.on('data', (d: Buffer) => {
+      if (d.toString() === 'poke') s.write('unsolicited')
+    })
+  })
+  ;[bad, badPort] = await serve(pki.selfSigned, (s) => s.on('error', () => {}))
+})
+afterAll(async () => {
+  watchdog.stop()
+  for (const s of serverSockets) s.destroy()
+  await new Promise((r) => good?.close(r))
+  await new Promise((r) => bad?.close(r))
+  await rm(dir, { recursive: true, force: true })
+})
+
+function pool(opts: { allow?: string[]; limit?: number; idleMs?: number; self?: boolean } = {}): UpstreamPool {
+  return new UpstreamPool({
+    guard: new DestinationGuard({ allowDestinations: opts.allow ?? ['127.0.0.0/8'], lookup: testLookup }),
+    trust: upstreamTrust(pki.caPem),
+    connectTimeoutMs: 5000,
+    idleTimeoutMs: opts.idleMs ?? 30_000,
+    connectionsPerOrigin: opts.limit ?? 8,
+    isSelf: () => opts.self === true,
+    watchdog,
+  })
+}
+
+function acquire(p: UpstreamPool, host: string, port: number, fresh = false): Promise<PooledConnection> {
+  return new Promise((resolve, reject) => {
+    const waiter = { acquired: (err: Error | null, conn: PooledConnection | null) => (err ? reject(err) : resolve(conn!)) }
+    if (fresh) p.acquireFresh(host, port, true, waiter)
+    else p.acquire(host, port, true, waiter)
+  })
+}
+
+const closed = (conn: PooledConnection) => new Promise<void>((resolve) => (conn.socket.destroyed ? resolve() : conn.socket.once('close', () => resolve())))
+
+describe('UpstreamPool', () => {
+  it('reuses a released connection, most recent first, and verifies TLS against the name', async () => {
+    const p = pool()
+    const a = await acquire(p, 'api.test', goodPort)
+    const b = await acquire(p, 'api.test', goodPort)
+    expect(a).not.toBe(b)
+    expect((a.socket as TLSSocket).authorized).toBe(true)
+    expect((a.socket as TLSSocket).servername).toBe('api.test')
+    p.release(a)
+    p.release(b)
+    expect(await acquire(p, 'api.test', goodPort)).toBe(b)
+    expect(await acquire(p, 'api.test', goodPort)).toBe(a)
+    p.destroy()
+  })
+
+  it('keeps origins apart by name even when they share an address', async () => {
+    const p = pool()
+    const a = await acquire(p, 'api.test', goodPort)
+    p.release(a)
+    const b = await acquire(p, 'other.test', goodPort)
+    expect(b).not.toBe(a)
+    p.destroy()
+  })
+
+  it('resumes the TLS session on a new connection to the same origin', async () => {
+    const p = pool()
+    const a = await acquire(p, 'api.test', goodPort)
+    // TLS 1.3 tickets arrive just after the handshake.
+    await new Promise((r) => setTimeout(r, 50))
+    const b = await acquire(p, 'api.test', goodPort, true)
+    expect((a.socket as TLSSocket).isSessionReused()).toBe(false)
+    expect((b.socket as TLSSocket).isSessionReused()).toBe(true)
+    p.destroy()
+  })
+
+  it('makes requests beyond the per-origin limit wait for a released connection', async () => {
+    const p = pool({ limit: 1 })
+    const a = await acquire(p, 'api.test', goodPort)
+    let second: PooledConnection | undefined
+    const waiting = acquire(p, 'api.test', goodPort).then((c) => (second = c))
+    await new Promise((r) => setTimeout(r, 50))
+    expect(second).toBeUndefined()
+    p.release(a)
+    expect(await waiting).toBe(a)
+    // A closed connection frees its slot for the next waiter too.
+    const third = acquire(p, 'api.test', goodPort)
+    a.socket.destroy()
+    expect(await third).not.toBe(a)
+    p.destroy()
+  })
+
+  it('closes connections idle for longer than the idle timeout, and those the upstream closed or wrote to', async () => {
+    const p = pool({ idleMs: 100 })
+    const a = await acquire(p, 'api.test', goodPort)
+    p.release(a)
+    await closed(a)
+    expect(p.size).toBe(0)
+
+    const b = await acquire(p, 'api.test', goodPort)
+    p.release(b)
+    b.socket.write('poke')
+    await closed(b)
+    p.destroy()
+  })
+
+  it('refuses a certificate that does not verify, with the code the guest will see', async () => {
+    const p = pool()
+    const err = await acquire(p, 'api.test', badPort).catch((e: unknown) => e)
+    expect(upstreamError(err, 'api.test', badPort)).toMatchObject({ code: 'upstream_tls', message: expect.stringContaining('DEPTH_ZERO_SELF_SIGNED_CERT') })
+    p.destroy()
+  })
+
+  it('checks the address it dials against the SSRF guard, and never dials the proxy itself', async () => {
+    const strict = pool({ allow: [] })
+    await expect(acquire(strict, 'api.test', goodPort)).rejects.toMatchObject({ code: 'destination_blocked' })
+    strict.destroy()
+    const self = pool({ self: true })
+    await expect(acquire(self, 'api.test', goodPort)).rejects.toMatchObject({ code: 'destination_blocked', message: expect.stringContaining('itself') })
+    self.destroy()
+  })
+
+  it('close() ends idle connections and tells waiters; destroy() ends busy ones', async () => {
+    const p = pool({ limit: 1 })
+    const busy = await acquire(p, 'api.test', goodPort)
+    const waiter = acquire(p, 'api.test', goodPort)
+    p.close()
+    await expect(waiter).rejects.toMatchObject({ code: 'proxy_closed' })
+    expect(busy.socket.destroyed).toBe(false)
+    p.destroy()
+    await closed(busy)
+    await expect(acquire(p, 'api.test', goodPort)).rejects.toMatchObject({ code: 'proxy_closed' })
+  })
+})
+
+describe('Watchdog', () => {
+  it('expires an item once its deadline passes, and never one without a deadline', async () => {
+    const w = new Watchdog(10)
+    const expired: string[] = []
+    const soon = { deadline: performance.now() + 30, expire: () => expired.push('soon') }
+    const never = { deadline: Number.POSITIVE_INFINITY, expire: () => expired.push('never') }
+    w.add(soon)
+    w.add(never)
+    await new Promise((r) => setTimeout(r, 120))
+    expect(expired).toEqual(['soon'])
+    w.stop()
+  })
+})

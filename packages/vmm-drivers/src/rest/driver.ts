@@ -1,0 +1,243 @@
+/**
+ * The driver of a REST-controlled VMM (Cloud Hypervisor, Firecracker). A start is a list of
+ * steps, and whoever started the process cleans up when a later step fails, as the QEMU driver
+ * does: validate → check files → (snapshot check) → accel → spawn → pidfile → onSpawn → API
+ * ready → planned boot (or restore) calls → running. On failure the process is killed and its
+ * runtime files removed before the error (with the VMM's last output) is thrown.
+ *
+ * The process is spawned detached (src/process.ts), marked by its API socket path in its argv,
+ * and its pid written to `<runtimeDir>/vmm.pid` (these VMMs write no pidfile of their own).
+ */
+import { access, appendFile, constants, mkdir, readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import {
+  AbortedError,
+  ConflictError,
+  errorMessage,
+  HypemanError,
+  stderrLogger,
+  throwIfAborted,
+  TimeoutError,
+  ValidationError,
+  type Logger,
+} from '@hypeman-ts/common'
+import { VmmError } from '../errors.js'
+import { vmmCommand } from '../netns.js'
+import { findProcessesByArg, isSameProcessAlive, killAndWait, processHasArg, ProcessWatch, readStartTime, spawnDetached } from '../process.js'
+import { withDeadline } from '../readiness.js'
+import { checkSpecFiles, validateVmSpec } from '../spec.js'
+import type { Accel, AttachOptions, DestroyTarget, DriverCapabilities, PersistedVm, ResolvedAccel, StartOptions, VmmDriver, VmSpec } from '../types.js'
+import { fileSize, readTail } from '../vmm-log.js'
+import { RestClient, type ApiCall } from './client.js'
+import { REST_RUNTIME_FILES, restRuntime, type RestDialect, type RestRuntime } from './dialect.js'
+import { removeRestRuntimeFiles, RestMachine, RestPausedVm, RestRunningVm } from './machine.js'
+import { loadRestSnapshot } from './snapshot.js'
+
+export interface RestDriverOptions {
+  /** The VMM binary; default `firecracker` / `cloud-hypervisor` from PATH. */
+  binary?: string
+  /** Default: warnings to stderr. */
+  logger?: Logger
+  /** Deadline for the API to answer after the spawn (and, for attach, to answer at all). Default 15 s. */
+  readyTimeoutMs?: number
+  /** Deadline of each API call. Default 10 s. */
+  callTimeoutMs?: number
+  /** The KVM device `resolveAccel` checks. Default `/dev/kvm`. */
+  kvmDevice?: string
+  /**
+   * Checks every API call before it is sent and throws when it is wrong. The contract tests
+   * plug the vendored API spec in here.
+   */
+  checkCall?: (call: ApiCall) => void
+}
+
+export abstract class RestVmmDriver implements VmmDriver {
+  abstract readonly name: RestDialect['name']
+  readonly capabilities: DriverCapabilities
+  readonly machineCmdline: string
+  readonly binary: string
+  protected readonly logger: Logger
+  readonly #opts: RestDriverOptions
+
+  protected constructor(
+    readonly dialect: RestDialect,
+    opts: RestDriverOptions = {},
+  ) {
+    this.#opts = opts
+    this.capabilities = dialect.capabilities
+    this.machineCmdline = dialect.machineCmdline
+    this.binary = opts.binary ?? dialect.binary
+    this.logger = opts.logger ?? stderrLogger
+  }
+
+  runtime(runtimeDir: string): RestRuntime {
+    return restRuntime(runtimeDir, this.dialect.apiSocketName)
+  }
+
+  #client(rt: RestRuntime): RestClient {
+    return new RestClient(rt.apiSocket, {
+      basePath: this.dialect.basePath,
+      name: this.dialect.name,
+      ...(this.#opts.callTimeoutMs !== undefined ? { timeoutMs: this.#opts.callTimeoutMs } : {}),
+      ...(this.#opts.checkCall ? { check: this.#opts.checkCall } : {}),
+    })
+  }
+
+  /** These VMMs run only under KVM: no fallback exists, so `auto` means `kvm` or nothing. */
+  async resolveAccel(accel: Accel): Promise<ResolvedAccel> {
+    if (accel === 'tcg') {
+      throw new VmmError('accel_unavailable', `${this.dialect.label} runs only under KVM`, { field: 'accel' })
+    }
+    const dev = this.#opts.kvmDevice ?? '/dev/kvm'
+    try {
+      await access(dev, constants.R_OK | constants.W_OK)
+    } catch (err) {
+      throw new VmmError('accel_unavailable', `${this.dialect.label} needs KVM and ${dev} is not usable (${(err as NodeJS.ErrnoException).code ?? errorMessage(err)})`, {
+        field: 'accel',
+      })
+    }
+    return 'kvm'
+  }
+
+  isAlive(persisted: PersistedVm): boolean {
+    return isSameProcessAlive(persisted.pid, persisted.pidStartTime)
+  }
+
+  async start(spec: VmSpec, opts: StartOptions = {}): Promise<RestRunningVm> {
+    throwIfAborted(opts.signal, 'start')
+    const d = this.dialect
+    validateVmSpec(spec, [d.apiSocketName, REST_RUNTIME_FILES.vsock], { vsock: true, channelBackends: d.capabilities.channelBackends })
+    const rt = this.runtime(spec.runtimeDir)
+    d.checkSpec(spec, rt)
+    await checkSpecFiles(spec)
+    const restore = spec.restoreFrom ? await loadRestSnapshot(spec, d.name, d.pinnedPaths(spec, rt)) : undefined
+    const accel = await this.resolveAccel(spec.accel ?? 'auto')
+
+    await mkdir(spec.runtimeDir, { recursive: true })
+    const previous = Number.parseInt(await readFile(rt.pidFile, 'utf8').catch(() => ''), 10)
+    if (await processHasArg(previous, rt.apiSocket)) {
+      throw new ConflictError(`a VMM is already running with runtime dir ${spec.runtimeDir}`, { field: 'runtimeDir' })
+    }
+    // Leftovers of a VMM that was killed: a VMM refuses to bind a socket path that exists.
+    await removeRestRuntimeFiles(rt)
+
+    const [command, commandArgs] = vmmCommand(this.binary, d.argv(spec, rt), spec.netns)
+    const vmmLog = spec.vmmLog ?? join(spec.runtimeDir, REST_RUNTIME_FILES.vmmLog)
+    await appendFile(vmmLog, `--- hypeman-ts ${new Date().toISOString()} ${restore ? 'restore' : 'start'}: ${command} ${commandArgs.join(' ')}\n`)
+    const logOffset = await fileSize(vmmLog)
+
+    const t0 = Date.now()
+    const readyTimeoutMs = opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000
+    const spawned = await spawnDetached(command, commandArgs, vmmLog, `${d.name}.spawn`)
+    const persisted: PersistedVm = {
+      driver: d.name,
+      version: 1,
+      pid: spawned.pid,
+      pidStartTime: spawned.startTime,
+      controlSocket: rt.apiSocket,
+      accel,
+      spec,
+    }
+    const watch = new ProcessWatch(spawned.pid, spawned.startTime, spawned.child)
+    const exitedAc = new AbortController()
+    void watch.exited.then(() => exitedAc.abort(new Error(`${d.label} exited`)))
+    const signal = opts.signal ? AbortSignal.any([exitedAc.signal, opts.signal]) : exitedAc.signal
+    const client = this.#client(rt)
+    let step = 'pidfile'
+    try {
+      await writeFile(rt.pidFile, `${spawned.pid}\n`)
+      step = 'onSpawn'
+      await opts.onSpawn?.(persisted)
+      step = 'api.ready'
+      await client.waitReady(d.readiness, { deadline: t0 + readyTimeoutMs, signal, step: `${d.name}.ready` })
+      const readyMs = Date.now() - t0
+      const calls = restore ? d.planRestore(spec, rt, spec.restoreFrom as string) : d.planBoot(spec, rt)
+      for (const call of calls) {
+        step = `${d.name}.${call.op}`
+        await client.call(call, { signal })
+      }
+      const restoreMs = restore ? Date.now() - t0 : undefined
+      step = `${d.name}.${d.stateCall.op}`
+      const state = d.parseState(await client.call(d.stateCall, { signal }))
+      if (state !== 'running') throw new VmmError('vmm_start_failed', `${d.label} reports the VM ${state} right after start`, { step })
+      const machine = new RestMachine(d, persisted, rt, client, watch, { readyMs, ...(restoreMs !== undefined ? { restoreMs } : {}) }, this.logger)
+      return new RestRunningVm(machine)
+    } catch (err) {
+      client.destroy()
+      // An API that stopped answering usually means the VMM is ending right now: let it say so.
+      let exit =
+        exitedAc.signal.aborted || (err instanceof VmmError && err.code === 'control_closed')
+          ? await withDeadline(watch.exited, 1000, `${d.label} to exit`, step).catch(() => undefined)
+          : undefined
+      const diedByItself = exit !== undefined
+      if (!diedByItself) {
+        await killAndWait(spawned.pid, spawned.startTime).catch((e) =>
+          this.logger.error(`could not kill ${d.label} ${spawned.pid} after a failed start: ${errorMessage(e)}`),
+        )
+        exit = await withDeadline(watch.exited, 10_000, `${d.label} to be reaped`, 'start.cleanup').catch(() => undefined)
+      }
+      watch.stop()
+      await removeRestRuntimeFiles(rt).catch(() => {})
+      const tail = await readTail(vmmLog, logOffset)
+      const details = { vmmLog, output: tail }
+      if (opts.signal?.aborted) throw new AbortedError('start aborted', { step, cause: opts.signal.reason })
+      if (diedByItself) {
+        const how = exit?.signal ? `was killed by ${exit.signal}` : exit?.code != null ? `exited with code ${exit.code}` : 'exited'
+        throw new VmmError('vmm_start_failed', `${d.label} ${how} during start${tail ? `: ${tail}` : ''}`, { step, details, cause: err })
+      }
+      if (err instanceof TimeoutError && step === 'api.ready') {
+        throw new VmmError('vmm_start_failed', `${d.label} was not ready within ${readyTimeoutMs} ms (${err.message})${tail ? `: ${tail}` : ''}`, {
+          step,
+          details,
+          cause: err,
+        })
+      }
+      if (err instanceof HypemanError) throw err
+      throw new VmmError('vmm_start_failed', `start failed at ${step}: ${errorMessage(err)}`, { step, details, cause: err })
+    }
+  }
+
+  async attach(persisted: PersistedVm, opts: AttachOptions = {}): Promise<RestRunningVm | RestPausedVm> {
+    const d = this.dialect
+    if (persisted?.driver !== d.name) throw new ValidationError('driver', `expected a ${d.name} VM, got ${String(persisted?.driver)}`)
+    if (!this.isAlive(persisted)) {
+      throw new VmmError('vmm_not_running', `${d.label} process ${persisted.pid} is gone`, { step: 'attach' })
+    }
+    const rt = this.runtime(persisted.spec.runtimeDir)
+    const watch = new ProcessWatch(persisted.pid, persisted.pidStartTime)
+    const exitedAc = new AbortController()
+    void watch.exited.then(() => exitedAc.abort(new Error(`${d.label} exited`)))
+    const signal = opts.signal ? AbortSignal.any([exitedAc.signal, opts.signal]) : exitedAc.signal
+    const t0 = Date.now()
+    const client = this.#client(rt)
+    try {
+      await client.waitReady(d.readiness, {
+        deadline: t0 + (opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000),
+        signal,
+        step: `${d.name}.attach`,
+      })
+      const state = d.parseState(await client.call(d.stateCall, { signal }))
+      const machine = new RestMachine(d, persisted, rt, client, watch, { readyMs: Date.now() - t0 }, this.logger)
+      return state === 'running' ? new RestRunningVm(machine) : new RestPausedVm(machine)
+    } catch (err) {
+      client.destroy()
+      watch.stop()
+      if (exitedAc.signal.aborted) {
+        throw new VmmError('vmm_not_running', `${d.label} process ${persisted.pid} exited while attaching`, { step: 'attach', cause: err })
+      }
+      throw err
+    }
+  }
+
+  async destroy(target: DestroyTarget): Promise<void> {
+    const persisted = 'driver' in target ? target : undefined
+    const runtimeDir = 'driver' in target ? target.spec.runtimeDir : target.runtimeDir
+    const rt = this.runtime(runtimeDir)
+    if (persisted) await killAndWait(persisted.pid, persisted.pidStartTime)
+    // A process spawned but never recorded (crash between spawn and persist) still carries our mark.
+    for (const pid of await findProcessesByArg(rt.apiSocket)) {
+      await killAndWait(pid, readStartTime(pid))
+    }
+    await removeRestRuntimeFiles(rt)
+  }
+}
