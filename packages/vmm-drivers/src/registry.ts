@@ -32,7 +32,7 @@ export const DRIVERS: readonly DriverInfo[] = Object.freeze([
     platform: 'linux',
     capabilities: QEMU_CAPABILITIES,
     verifiedAgainst: 'real-vmm',
-    note: 'QEMU 7.2 under TCG on Debian 12 (KVM path exercised only as "absent" here)',
+    note: 'QEMU 7.2 under TCG on Debian 12 (KVM exercised only as absent or broken: the probe falls back to TCG)',
   },
   {
     name: 'cloud-hypervisor',

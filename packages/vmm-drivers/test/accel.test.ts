@@ -1,7 +1,8 @@
 /**
- * The accelerator probe with real QEMU. This host has no /dev/kvm, so KVM's verdict here is
- * "unusable"; the probe machinery itself is checked under TCG, where the trivial guest does run,
- * and against a firmware that hangs, which the deadline must catch.
+ * The accelerator probe with real QEMU. KVM's verdict on our machines is "unusable": some have no
+ * /dev/kvm, others have one on which `-cpu host` aborts QEMU at reset ("failed to set MSR"). The
+ * probe machinery itself is checked under TCG, where the trivial guest does run, and against a
+ * firmware that hangs, which the deadline must catch.
  */
 import { existsSync } from 'node:fs'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
@@ -10,7 +11,7 @@ import { join } from 'node:path'
 import type { Logger } from '@hypeman-ts/common'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { probeAccel, probeFirmware, QemuDriver } from '../src/index.js'
-import { AccelResolver, PROBE_EXIT_CODE } from '../src/qemu/accel.js'
+import { AccelResolver, PROBE_EXIT_CODE, probeArgv } from '../src/qemu/accel.js'
 
 function captureLogger(): Logger & { warnings: string[] } {
   const warnings: string[] = []
@@ -30,6 +31,12 @@ describe('probe firmware', () => {
     expect([...fw.subarray(0xfff0, 0xfff4)]).toEqual([0xb0, 0x2a, 0xe6, 0xf4])
     expect(PROBE_EXIT_CODE).toBe(85)
     expect([...probeFirmware('hang').subarray(0xfff0, 0xfff2)]).toEqual([0xeb, 0xfe])
+  })
+
+  it('runs under KVM with the CPU model our VMs use, and under TCG with the default', () => {
+    const kvm = probeArgv('kvm', '/fw')
+    expect(kvm.slice(kvm.indexOf('-cpu'), kvm.indexOf('-cpu') + 2)).toEqual(['-cpu', 'host'])
+    expect(probeArgv('tcg', '/fw')).not.toContain('-cpu')
   })
 })
 
@@ -81,5 +88,9 @@ describe('resolving accel', { timeout: 30_000 }, () => {
     const { writeFile } = await import('node:fs/promises')
     await writeFile(cacheFile, JSON.stringify({ ...cached, kvm: { usable: false, reason: 'from the cache' } }))
     expect(await again.kvmVerdict()).toEqual({ usable: false, reason: 'from the cache' })
+    // A verdict written by an older probe (no -cpu host) is not trusted: the probe runs again.
+    await writeFile(cacheFile, JSON.stringify({ ...cached, probeVersion: 1, kvm: { usable: true } }))
+    const reprobed = new AccelResolver({ qemuBinary: 'qemu-system-x86_64', cacheFile, logger: captureLogger() })
+    expect(await reprobed.kvmVerdict()).toEqual(verdict)
   })
 })

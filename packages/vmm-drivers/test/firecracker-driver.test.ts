@@ -5,11 +5,9 @@
  * (`checkCall`). This proves the transport, supervision, readiness, vsock handshake, attach,
  * standby/restore bookkeeping and destroy; no real Firecracker was ever run.
  */
-import { existsSync } from 'node:fs'
-import { mkdtemp, readFile, rm, truncate } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { readFile, truncate } from 'node:fs/promises'
 import { join } from 'node:path'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import {
   FirecrackerDriver,
   firecrackerDialect,
@@ -20,106 +18,18 @@ import {
   type VmEvent,
   type VmSpec,
 } from '../src/index.js'
-import { Contract } from './support/contract.js'
-import { fakeVmm, fixtureFiles, mutations, processesMentioning, recorded, type FakeVmmKnobs } from './support/fake-vmm-harness.js'
+import { mutations, recorded } from './support/fake-vmm-harness.js'
+import { lines, restDriverSuite } from './support/rest-driver-suite.js'
 
 const MiB = 1024 * 1024
-let dir: string
-let contract: Contract
-let files: Awaited<ReturnType<typeof fixtureFiles>>
-const live: LiveVm[] = []
-const runtimeDirs: string[] = []
-
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'hm-fc-'))
-  contract = await Contract.load('firecracker')
-  files = await fixtureFiles(join(dir, 'files'))
-})
-
-afterEach(async () => {
-  for (const vm of live.splice(0)) await vm.kill().catch(() => {})
-})
-
-afterAll(async () => {
-  const driver = new FirecrackerDriver()
-  for (const r of runtimeDirs) await driver.destroy({ runtimeDir: r })
-  for (const r of runtimeDirs) expect(await processesMentioning(join(r, 'firecracker.sock'))).toEqual([])
-  await rm(dir, { recursive: true, force: true })
-})
-
-let names = 0
-function spec(extra: Partial<VmSpec> = {}): VmSpec {
-  const runtimeDir = join(dir, `r${names++}`)
-  runtimeDirs.push(runtimeDir)
-  return {
-    name: `fc-${names}`,
-    kernel: files.kernel,
-    initrd: files.initrd,
-    cmdline: 'quiet',
-    vcpus: 2,
-    memoryBytes: 256 * MiB,
-    hotplugMemory: { maxBytes: 768 * MiB },
-    disks: [
-      { path: files.disks[0] as string, serial: 'hm-rootfs', readonly: true },
-      { path: files.disks[1] as string, serial: 'hm-overlay', throttle: { bytesPerSec: 50_000_000 } },
-    ],
-    nics: [{ tap: 'hm-fc-tap0', mac: '02:00:0a:00:00:07' }],
-    vsock: { cid: 7, ports: { 'hypeman.agent': 1024 } },
-    consoleLog: join(runtimeDir, 'console.log'),
-    runtimeDir,
-    ...extra,
-  }
-}
-
-/** The TAPs of these specs do not exist on this host: the fake never opens them, so skip netsetup's check. */
-function withoutNics(s: VmSpec): VmSpec {
-  const { nics: _nics, ...rest } = s
-  return rest
-}
-
-async function driverWith(knobs: FakeVmmKnobs = {}, opts: { readyTimeoutMs?: number } = {}) {
-  const fake = await fakeVmm(join(dir, 'bin'), 'firecracker', knobs)
-  const driver = new FirecrackerDriver({
-    binary: fake.binary,
-    kvmDevice: files.kvm,
-    checkCall: (call) => contract.assertRequest(call),
-    ...opts,
-  })
-  return { driver, record: fake.record }
-}
-
-function track<T extends LiveVm>(vm: T): T {
-  live.push(vm)
-  return vm
-}
-
-async function expectNothingLeft(s: VmSpec): Promise<void> {
-  const rt = restRuntime(s.runtimeDir, firecrackerDialect.apiSocketName)
-  expect(await processesMentioning(rt.apiSocket)).toEqual([])
-  for (const f of [rt.apiSocket, rt.vsockSocket, rt.pidFile]) expect(existsSync(f), f).toBe(false)
-}
-
-function lines(socket: NodeJS.ReadableStream, count: number): Promise<string[]> {
-  return new Promise((resolve) => {
-    let buf = ''
-    const onData = (d: Buffer) => {
-      buf += d.toString()
-      const got = buf.split('\n').filter((l) => l !== '')
-      if (got.length >= count) {
-        socket.off('data', onData)
-        resolve(got.slice(0, count))
-      }
-    }
-    socket.on('data', onData)
-  })
-}
+const fc = restDriverSuite('firecracker', (opts) => new FirecrackerDriver(opts))
 
 describe('FirecrackerDriver against the fake Firecracker', { timeout: 60_000 }, () => {
   it('boots with exactly the planned calls, each valid, then pause/resume, resize, vsock and a graceful stop', async () => {
-    const { driver, record } = await driverWith()
-    const s = withoutNics(spec())
+    const { driver, record } = await fc.driverWith()
+    const s = fc.spec()
     let spawned: PersistedVm | undefined
-    const vm = track(await driver.start(s, { onSpawn: (p) => void (spawned = p) }))
+    const vm = fc.track(await driver.start(s, { onSpawn: (p) => void (spawned = p) }))
     expect(vm.phase).toBe('running')
     expect(vm.driver).toBe('firecracker')
     expect(spawned).toEqual(vm.persisted)
@@ -168,33 +78,33 @@ describe('FirecrackerDriver against the fake Firecracker', { timeout: 60_000 }, 
       { method: 'PUT', path: '/actions', body: { action_type: 'SendCtrlAltDel' } },
     ])
     expect(driver.isAlive(vm.persisted)).toBe(false)
-    await expectNothingLeft(s)
+    await fc.expectNothingLeft(s)
     await expect(vm.state()).resolves.toBe('exited')
     await expect(vm.pause()).rejects.toMatchObject({ code: 'vmm_not_running' })
   })
 
   it('stands by into a directory and restores from it with snapshot/load alone', async () => {
-    const { driver, record } = await driverWith()
-    const s = withoutNics(spec())
-    const vm = track(await driver.start(s))
+    const { driver, record } = await fc.driverWith()
+    const s = fc.spec()
+    const vm = fc.track(await driver.start(s))
     await vm.resizeMemory(512 * MiB)
-    const snapDir = join(dir, 'snap-fc')
+    const snapDir = join(fc.dir, 'snap-fc')
     const snap = await vm.standby(snapDir)
     expect(snap.exit).toMatchObject({ reason: 'standby' })
     // Firecracker has no quit call: after the snapshot the process is killed.
     expect(snap.exit.signal).toBe('SIGKILL')
     expect(snap.bytes).toBeGreaterThanOrEqual(512 * MiB)
     const meta = JSON.parse(await readFile(join(snapDir, 'snapshot.json'), 'utf8'))
-    expect(meta).toMatchObject({ driver: 'firecracker', format: 'hypeman-ts/rest-snapshot/1', pinnedPaths: { 'disks[0].path': files.disks[0] } })
+    expect(meta).toMatchObject({ driver: 'firecracker', format: 'hypeman-ts/rest-snapshot/1', pinnedPaths: { 'disks[0].path': fc.files.disks[0] } })
     expect(Object.keys(meta.files).sort()).toEqual(['memory', 'vmstate'])
     expect(mutations(await recorded(record)).slice(-2)).toEqual([
       { method: 'PATCH', path: '/vm', body: { state: 'Paused' } },
       { method: 'PUT', path: '/snapshot/create', body: { snapshot_type: 'Full', snapshot_path: `${snapDir}/vmstate`, mem_file_path: `${snapDir}/memory` } },
     ])
-    await expectNothingLeft(s)
+    await fc.expectNothingLeft(s)
 
-    const again = await driverWith()
-    const restored = track(await again.driver.start({ ...s, restoreFrom: snapDir }))
+    const again = await fc.driverWith()
+    const restored = fc.track(await again.driver.start({ ...s, restoreFrom: snapDir }))
     expect(restored.timings.restoreMs).toBeGreaterThan(0)
     expect(await restored.state()).toBe('running')
     const reqs = await recorded(again.record)
@@ -220,33 +130,33 @@ describe('FirecrackerDriver against the fake Firecracker', { timeout: 60_000 }, 
   })
 
   it('refuses a restore whose disks moved or whose snapshot is damaged, before spawning anything', async () => {
-    const { driver } = await driverWith()
-    const s = withoutNics(spec())
-    const snapDir = join(dir, 'snap-fc-2')
-    await track(await driver.start(s)).standby(snapDir)
+    const { driver } = await fc.driverWith()
+    const s = fc.spec()
+    const snapDir = join(fc.dir, 'snap-fc-2')
+    await fc.track(await driver.start(s)).standby(snapDir)
     const moved = { ...s, restoreFrom: snapDir, disks: [s.disks?.[1], s.disks?.[0]].map((d, i) => ({ ...d, serial: i ? 'hm-rootfs' : 'hm-overlay' })) as VmSpec['disks'] }
     await expect(driver.start(moved)).rejects.toMatchObject({ code: 'invalid_input', field: 'restoreFrom' })
     await expect(driver.start({ ...s, restoreFrom: snapDir, vcpus: 1 })).rejects.toMatchObject({ code: 'invalid_input', field: 'restoreFrom' })
     await truncate(join(snapDir, 'vmstate'), 3)
     await expect(driver.start({ ...s, restoreFrom: snapDir })).rejects.toMatchObject({ code: 'restore_failed', field: 'restoreFrom' })
-    await expect(driver.start({ ...s, restoreFrom: join(dir, 'files') })).rejects.toMatchObject({ code: 'invalid_input', field: 'restoreFrom' })
-    await expectNothingLeft(s)
+    await expect(driver.start({ ...s, restoreFrom: join(fc.dir, 'files') })).rejects.toMatchObject({ code: 'invalid_input', field: 'restoreFrom' })
+    await fc.expectNothingLeft(s)
   })
 
   it('attaches from a fresh driver in either state, and sees a SIGKILL from outside as killed', async () => {
-    const { driver, record } = await driverWith()
-    const s = withoutNics(spec())
+    const { driver, record } = await fc.driverWith()
+    const s = fc.spec()
     const first = await driver.start(s)
     const persisted = first.persisted
     await first.detach()
     await expect(first.state()).rejects.toMatchObject({ code: 'invalid_state' })
 
-    const other = new FirecrackerDriver({ kvmDevice: files.kvm })
+    const other = fc.fresh()
     const vm = await other.attach(persisted)
     expect(vm.phase).toBe('running')
     const paused = await (vm as Extract<LiveVm, { phase: 'running' }>).pause()
     await paused.detach()
-    const back = track(await other.attach(persisted))
+    const back = fc.track(await other.attach(persisted))
     expect(back.phase).toBe('paused')
 
     process.kill(persisted.pid, 'SIGKILL')
@@ -258,70 +168,70 @@ describe('FirecrackerDriver against the fake Firecracker', { timeout: 60_000 }, 
     await expect(other.attach({ ...persisted, driver: 'qemu' })).rejects.toMatchObject({ code: 'invalid_input', field: 'driver' })
     await other.destroy(persisted)
     await other.destroy(persisted)
-    await expectNothingLeft(s)
+    await fc.expectNothingLeft(s)
     expect((await recorded(record)).filter((r) => r.errors.length > 0)).toEqual([])
   })
 
   it('destroys by runtime dir a VMM that was never recorded', async () => {
-    const { driver } = await driverWith()
-    const s = withoutNics(spec())
+    const { driver } = await fc.driverWith()
+    const s = fc.spec()
     const vm = await driver.start(s)
     const pid = vm.pid
     await vm.detach()
-    await new FirecrackerDriver().destroy({ runtimeDir: s.runtimeDir })
+    await fc.fresh().destroy({ runtimeDir: s.runtimeDir })
     // Gone, or at most a zombie our test process has not reaped yet: never still running.
     const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')
     expect(stat === '' || stat.includes(') Z')).toBe(true)
-    await expectNothingLeft(s)
+    await fc.expectNothingLeft(s)
   })
 
   it('forces a guest that ignores Ctrl+Alt+Del, and reports a guest that reset by itself as reboot', async () => {
-    const stubborn = await driverWith({ ignoreStop: true })
-    const s = withoutNics(spec())
-    const vm = track(await stubborn.driver.start(s))
+    const stubborn = await fc.driverWith({ ignoreStop: true })
+    const s = fc.spec()
+    const vm = fc.track(await stubborn.driver.start(s))
     const exit = await vm.shutdown({ timeoutMs: 500 })
     expect(exit).toMatchObject({ reason: 'killed', forced: true, signal: 'SIGKILL' })
-    await expectNothingLeft(s)
+    await fc.expectNothingLeft(s)
 
-    const resets = await driverWith({ guestExitMs: 300 })
-    const s2 = withoutNics(spec())
-    const vm2 = track(await resets.driver.start(s2))
+    const resets = await fc.driverWith({ guestExitMs: 300 })
+    const s2 = fc.spec()
+    const vm2 = fc.track(await resets.driver.start(s2))
     expect(await vm2.waitForExit({ timeoutMs: 10_000 })).toMatchObject({ reason: 'reboot', vmmReason: 'guest-reset', code: 0 })
-    await expectNothingLeft(s2)
+    await fc.expectNothingLeft(s2)
   })
 })
 
 describe('failed starts leave nothing behind', { timeout: 60_000 }, () => {
   it('a VMM that dies at once: vmm_start_failed with its last words', async () => {
-    const { driver } = await driverWith({ mode: 'exit-at-start' })
-    const s = withoutNics(spec())
+    const { driver } = await fc.driverWith({ mode: 'exit-at-start' })
+    const s = fc.spec()
     const err = await driver.start(s).catch((e: unknown) => e)
     expect(err).toMatchObject({ code: 'vmm_start_failed' })
     expect((err as Error).message).toMatch(/exited with code 3/)
     expect((err as { details: { output: string } }).details.output).toMatch(/this fake was told to fail at start/)
-    await expectNothingLeft(s)
+    await fc.expectNothingLeft(s)
   })
 
   it('a VMM that never serves its API: killed at the readiness deadline', async () => {
-    const { driver } = await driverWith({ mode: 'never-listen' }, { readyTimeoutMs: 2500 })
-    const s = withoutNics(spec())
+    const { driver } = await fc.driverWith({ mode: 'never-listen' }, { readyTimeoutMs: 2500 })
+    const s = fc.spec()
     const err = await driver.start(s).catch((e: unknown) => e)
     expect(err).toMatchObject({ code: 'vmm_start_failed', step: 'api.ready' })
     expect((err as Error).message).toMatch(/not ready within 2500 ms.*the socket does not exist yet/s)
-    await expectNothingLeft(s)
+    await fc.expectNothingLeft(s)
   })
 
   it('an API that is slow to appear is waited for', async () => {
-    const { driver } = await driverWith({ listenDelayMs: 700 })
-    const s = withoutNics(spec())
-    const vm = track(await driver.start(s))
+    const { driver } = await fc.driverWith({ listenDelayMs: 700 })
+    const s = fc.spec()
+    const vm = fc.track(await driver.start(s))
     expect(vm.timings.readyMs).toBeGreaterThanOrEqual(700)
     await vm.kill()
   })
 
   it('a boot call the VMM refuses: VmmApiError with its fault_message, the process killed', async () => {
-    const { driver, record } = await driverWith({ fail: 'PUT /machine-config=400:Invalid Memory Configuration: MemorySizeTooLarge' })
-    const s = withoutNics(spec())
+    const { driver, record } = await fc.driverWith({ fail: 'PUT /machine-config=400:Invalid Memory Configuration: MemorySizeTooLarge' })
+    const s = fc.spec()
     const err = await driver.start(s).catch((e: unknown) => e)
     expect(err).toBeInstanceOf(VmmApiError)
     expect(err).toMatchObject({
@@ -332,12 +242,12 @@ describe('failed starts leave nothing behind', { timeout: 60_000 }, () => {
     })
     // Nothing was sent after the refused call.
     expect(mutations(await recorded(record)).at(-1)).toMatchObject({ path: '/machine-config' })
-    await expectNothingLeft(s)
+    await fc.expectNothingLeft(s)
   })
 
   it('onSpawn throwing, or an abort while waiting, kills the process', async () => {
-    const { driver } = await driverWith({ listenDelayMs: 3000 })
-    const s = withoutNics(spec())
+    const { driver } = await fc.driverWith({ listenDelayMs: 3000 })
+    const s = fc.spec()
     await expect(
       driver.start(s, {
         onSpawn: () => {
@@ -345,27 +255,27 @@ describe('failed starts leave nothing behind', { timeout: 60_000 }, () => {
         },
       }),
     ).rejects.toThrow('could not persist')
-    await expectNothingLeft(s)
+    await fc.expectNothingLeft(s)
     const ac = new AbortController()
     setTimeout(() => ac.abort(new Error('user gave up')), 300)
     await expect(driver.start(s, { signal: ac.signal })).rejects.toMatchObject({ code: 'aborted' })
-    await expectNothingLeft(s)
+    await fc.expectNothingLeft(s)
   })
 
   it('a second VMM on a runtime dir in use is a conflict', async () => {
-    const { driver } = await driverWith()
-    const s = withoutNics(spec())
-    const vm = track(await driver.start(s))
+    const { driver } = await fc.driverWith()
+    const s = fc.spec()
+    const vm = fc.track(await driver.start(s))
     await expect(driver.start(s)).rejects.toMatchObject({ code: 'conflict', field: 'runtimeDir' })
     expect(await vm.state()).toBe('running')
   })
 
   it('bad specs and accelerators are refused before anything is spawned', async () => {
-    const { driver, record } = await driverWith()
-    const s = withoutNics(spec())
-    await expect(driver.start({ ...s, kernel: join(dir, 'missing') })).rejects.toMatchObject({ code: 'invalid_input', field: 'kernel' })
+    const { driver, record } = await fc.driverWith()
+    const s = fc.spec()
+    await expect(driver.start({ ...s, kernel: join(fc.dir, 'missing') })).rejects.toMatchObject({ code: 'invalid_input', field: 'kernel' })
     await expect(driver.start({ ...s, accel: 'tcg' })).rejects.toMatchObject({ code: 'accel_unavailable', field: 'accel' })
-    await expect(new FirecrackerDriver({ kvmDevice: join(dir, 'no-kvm') }).start(s)).rejects.toMatchObject({ code: 'accel_unavailable' })
+    await expect(fc.fresh({ kvmDevice: join(fc.dir, 'no-kvm') }).start(s)).rejects.toMatchObject({ code: 'accel_unavailable' })
     await expect(driver.start({ ...s, channels: [{ name: 'a', backend: { kind: 'file', path: '/tmp/a' } }] })).rejects.toMatchObject({
       code: 'not_supported',
       field: 'channels[0].backend.kind',
@@ -373,6 +283,6 @@ describe('failed starts leave nothing behind', { timeout: 60_000 }, () => {
     await expect(driver.start({ ...s, nics: [{ tap: 'hm-nonexist0', mac: '02:00:00:00:00:01' }] })).rejects.toMatchObject({ field: 'nics[0].tap' })
     await expect(driver.start({ ...s, vcpus: 40 })).rejects.toMatchObject({ field: 'vcpus' })
     expect(await recorded(record)).toEqual([])
-    await expectNothingLeft(s)
+    await fc.expectNothingLeft(s)
   })
 })

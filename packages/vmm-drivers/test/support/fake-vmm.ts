@@ -249,6 +249,13 @@ function firecrackerRoutes(): Record<string, Handler> {
 function cloudHypervisorRoutes(): Record<string, Handler> {
   let state: 'Created' | 'Running' | 'Paused' | 'Shutdown' | undefined
   let config: any
+  /**
+   * ACPI memory hotplug as Cloud Hypervisor's MemoryManager keeps it: the RAM really plugged
+   * (`config.memory.size` only says what was last asked for), the end of the hotplug area fixed
+   * at create (size + hotplug_size), and the DIMM slots used, of HOTPLUG_COUNT = 8.
+   */
+  let memory = { plugged: 0, limit: 0, slots: 0 }
+  const memoryFrom = (cfg: any) => ({ plugged: cfg.memory.size, limit: cfg.memory.size + (cfg.memory.hotplug_size ?? 0), slots: 0 })
   const need = (...allowed: NonNullable<typeof state>[]) => {
     if (state === undefined) throw new ApiError(404, 'Error from API: The VM instance is not created yet')
     if (!allowed.includes(state)) throw new ApiError(405, `Error from API: The VM is ${state}`)
@@ -264,6 +271,7 @@ function cloudHypervisorRoutes(): Record<string, Handler> {
       await mustExist(b.payload.kernel, 'Error from API: The VM could not be created: kernel', 500)
       for (const d of b.disks ?? []) await mustExist(d.path, 'Error from API: The VM could not be created: disk', 500)
       config = b
+      memory = memoryFrom(b)
       state = 'Created'
       return ok()
     },
@@ -293,9 +301,9 @@ function cloudHypervisorRoutes(): Record<string, Handler> {
       const dir = vmFromFile(b.destination_url)
       if (!existsSync(dir)) throw new ApiError(500, `Error from API: The VM could not be snapshotted: ${dir} does not exist`)
       writeFileSync(join(dir, 'config.json'), JSON.stringify(config))
-      writeFileSync(join(dir, 'state.json'), JSON.stringify({ fake: 'cloud-hypervisor-state' }))
+      writeFileSync(join(dir, 'state.json'), JSON.stringify({ fake: 'cloud-hypervisor-state', memory }))
       writeFileSync(join(dir, 'memory-ranges'), '')
-      truncateSync(join(dir, 'memory-ranges'), config.memory.size)
+      truncateSync(join(dir, 'memory-ranges'), memory.plugged)
       return ok()
     },
     'PUT /vm.restore': async (b) => {
@@ -303,6 +311,8 @@ function cloudHypervisorRoutes(): Record<string, Handler> {
       const dir = vmFromFile(b.source_url)
       await mustExist(join(dir, 'config.json'), 'Error from API: The VM could not be restored:', 500)
       config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'))
+      // The grown size is in the saved config, but what was plugged, and where the area ends, is state.
+      memory = JSON.parse(readFileSync(join(dir, 'state.json'), 'utf8')).memory
       if (config.vsock) startVsock(config.vsock.socket)
       state = 'Paused'
       return ok()
@@ -323,12 +333,20 @@ function cloudHypervisorRoutes(): Record<string, Handler> {
     },
     'PUT /vm.resize': (b) => {
       need('Running', 'Paused')
-      const mem = config.memory
-      if (!mem.hotplug_size) throw new ApiError(500, 'Error from API: The VM could not be resized: no hotplug region')
-      if (b.desired_ram < mem.size) throw new ApiError(500, 'Error from API: The VM could not be resized: ACPI memory cannot shrink')
-      if (b.desired_ram > mem.size + mem.hotplug_size) throw new ApiError(500, 'Error from API: The VM could not be resized: beyond the hotplug region')
-      mem.hotplug_size -= b.desired_ram - mem.size
-      mem.size = b.desired_ram
+      if (b.desired_ram === undefined) return ok()
+      const resizeError = (why: string) => new ApiError(500, `Error from API: The VM could not be resized: ${why}`)
+      if (!config.memory.hotplug_size) throw resizeError('memory hotplug is not enabled')
+      // Only growth plugs a DIMM; a smaller size unplugs nothing, yet (below) still lands in the config.
+      if (b.desired_ram > memory.plugged) {
+        const size = b.desired_ram - memory.plugged
+        if (memory.slots >= 8) throw resizeError('NoSlotAvailable')
+        if (size % (128 * MiB) !== 0) throw resizeError('InvalidSize')
+        if (b.desired_ram > memory.limit) throw resizeError('InsufficientHotplugRam')
+        memory.plugged = b.desired_ram
+        memory.slots++
+      }
+      // Vm::resize records the asked size whatever the memory manager did (for a reboot).
+      config.memory.size = b.desired_ram
       return ok()
     },
   }
