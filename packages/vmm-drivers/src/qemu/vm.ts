@@ -19,7 +19,6 @@ import type {
   SnapshotInfo,
   ShutdownOptions,
   VmEvent,
-  VmHandleBase,
   VmState,
   VmTimings,
   WaitOptions,
@@ -36,6 +35,7 @@ import {
 } from './snapshot.js'
 import { removeRuntimeFiles } from './runtime.js'
 import { DEFAULT_HOTPLUG_SLOTS } from './argv.js'
+import { VmView } from '../view.js'
 
 const MiB = 1024 * 1024
 
@@ -451,60 +451,11 @@ function versionString(qmp: QmpClient): string {
 }
 
 /** What every handle view offers; all of it is delegated to the machine. */
-abstract class QemuVmView implements VmHandleBase {
+abstract class QemuVmView extends VmView<QemuMachine> {
   readonly driver = 'qemu' as const
-  constructor(protected readonly m: QemuMachine) {}
-  get pid(): number {
-    return this.m.pid
-  }
-  get accel() {
-    return this.m.persisted.accel
-  }
-  get spec() {
-    return this.m.persisted.spec
-  }
-  get persisted(): PersistedVm {
-    return this.m.persisted
-  }
-  get timings(): VmTimings {
-    return this.m.timings
-  }
-  get exited(): Promise<ExitInfo> {
-    return this.m.exited
-  }
-  state(): Promise<VmState> {
-    return this.m.state()
-  }
-  shutdown(opts?: ShutdownOptions): Promise<ExitInfo> {
-    return this.m.shutdown(opts)
-  }
-  kill(): Promise<ExitInfo> {
-    return this.m.kill()
-  }
-  waitForExit(opts?: WaitOptions): Promise<ExitInfo> {
-    return this.m.waitForExit(opts)
-  }
-  onEvent(listener: (event: VmEvent) => void): () => void {
-    return this.m.onEvent(listener)
-  }
-  connectChannel(name: string, opts?: WaitOptions): Promise<Socket> {
-    return this.m.connectChannel(name, opts)
-  }
-  resizeMemory(totalBytes: number): Promise<{ memoryBytes: number }> {
-    return this.m.resizeMemory(totalBytes)
-  }
-  detach(): Promise<void> {
-    return this.m.detach()
-  }
-  standby(dir: string): Promise<SnapshotInfo & { exit: ExitInfo }> {
-    return this.m.standby(dir)
-  }
   /** QEMU only: a raw QMP command (e.g. `query-block`, `qom-get`), over the handle's own connection. */
   execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
     return this.m.execute<T>(command, args)
-  }
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.m.dispose()
   }
 }
 

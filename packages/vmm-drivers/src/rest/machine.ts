@@ -24,11 +24,11 @@ import type {
   ShutdownOptions,
   SnapshotInfo,
   VmEvent,
-  VmHandleBase,
   VmState,
   VmTimings,
   WaitOptions,
 } from '../types.js'
+import { VmView } from '../view.js'
 import { connectVsock } from '../vsock/connect.js'
 import { isControlClosed, type ApiCall, type CallOptions, type RestClient } from './client.js'
 import type { RestDialect, RestRuntime } from './dialect.js'
@@ -362,62 +362,13 @@ async function removeVmmFiles(dir: string): Promise<void> {
   await Promise.all(Object.keys(files).map((f) => rm(join(dir, f), { force: true })))
 }
 
-abstract class RestVmView implements VmHandleBase {
-  constructor(protected readonly m: RestMachine) {}
+abstract class RestVmView extends VmView<RestMachine> {
   get driver(): DriverName {
     return this.m.dialect.name
-  }
-  get pid(): number {
-    return this.m.pid
-  }
-  get accel() {
-    return this.m.persisted.accel
-  }
-  get spec() {
-    return this.m.persisted.spec
-  }
-  get persisted(): PersistedVm {
-    return this.m.persisted
-  }
-  get timings(): VmTimings {
-    return this.m.timings
-  }
-  get exited(): Promise<ExitInfo> {
-    return this.m.exited
-  }
-  state(): Promise<VmState> {
-    return this.m.state()
-  }
-  shutdown(opts?: ShutdownOptions): Promise<ExitInfo> {
-    return this.m.shutdown(opts)
-  }
-  kill(): Promise<ExitInfo> {
-    return this.m.kill()
-  }
-  waitForExit(opts?: WaitOptions): Promise<ExitInfo> {
-    return this.m.waitForExit(opts)
-  }
-  onEvent(listener: (event: VmEvent) => void): () => void {
-    return this.m.onEvent(listener)
-  }
-  connectChannel(name: string, opts?: WaitOptions): Promise<Socket> {
-    return this.m.connectChannel(name, opts)
-  }
-  resizeMemory(totalBytes: number): Promise<{ memoryBytes: number }> {
-    return this.m.resizeMemory(totalBytes)
-  }
-  detach(): Promise<void> {
-    return this.m.detach()
-  }
-  standby(dir: string): Promise<SnapshotInfo & { exit: ExitInfo }> {
-    return this.m.standby(dir)
   }
   /** A raw API call over the handle's client (e.g. `GET /vm.counters`), for what the interface does not cover. */
   request<T = unknown>(call: ApiCall, opts?: CallOptions): Promise<T> {
     return this.m.request<T>(call, opts)
-  }
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.m.dispose()
   }
 }
 
