@@ -4,25 +4,11 @@
  * `resume()` a `RunningVm` over the same machine without copying anything.
  */
 import type { Socket } from 'node:net'
-import type { DriverName, ExitInfo, PersistedVm, ShutdownOptions, SnapshotInfo, VmEvent, VmHandleBase, VmState, VmTimings, WaitOptions } from './types.js'
+import type { DriverName, ExitInfo, PersistedVm, RunningVm, ShutdownOptions, SnapshotInfo, VmEvent, VmHandleBase, VmState, VmTimings, WaitOptions } from './types.js'
 
-/** What a driver's machine object offers its views. */
-export interface VmMachine {
-  readonly pid: number
-  readonly persisted: PersistedVm
-  readonly timings: VmTimings
-  readonly exited: Promise<ExitInfo>
-  state(): Promise<VmState>
-  shutdown(opts?: ShutdownOptions): Promise<ExitInfo>
-  kill(): Promise<ExitInfo>
-  waitForExit(opts?: WaitOptions): Promise<ExitInfo>
-  onEvent(listener: (event: VmEvent) => void): () => void
-  connectChannel(name: string, opts?: WaitOptions): Promise<Socket>
-  resizeMemory(totalBytes: number): Promise<{ memoryBytes: number }>
-  detach(): Promise<void>
-  standby(dir: string): Promise<SnapshotInfo & { exit: ExitInfo }>
-  dispose(): Promise<void>
-}
+/** What a driver's machine object offers its views: the handle's members that are not derived from `persisted`. */
+export type VmMachine = Omit<VmHandleBase, 'driver' | 'accel' | 'spec' | typeof Symbol.asyncDispose> &
+  Pick<RunningVm, 'standby'> & { dispose(): Promise<void> }
 
 export abstract class VmView<M extends VmMachine> implements VmHandleBase {
   abstract readonly driver: DriverName

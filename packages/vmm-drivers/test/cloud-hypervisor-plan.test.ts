@@ -3,57 +3,36 @@
  * (specs/cloud-hypervisor-openapi.yaml): every call of every lifecycle operation validates (with
  * unknown fields refused), in the documented order. No Cloud Hypervisor runs here.
  */
-import { beforeAll, describe, expect, it } from 'vitest'
-import {
-  cloudHypervisorDialect as ch,
-  CLOUD_HYPERVISOR_MACHINE_CMDLINE,
-  restRuntime,
-  validateVmSpec,
-  type ApiCall,
-  type VmSpec,
-} from '../src/index.js'
-import { Contract } from './support/contract.js'
+import { describe, expect, it } from 'vitest'
+import { cloudHypervisorDialect as ch, CLOUD_HYPERVISOR_MACHINE_CMDLINE, type ApiCall, type VmSpec } from '../src/index.js'
+import { dialectPlanTest } from './support/dialect-plan.js'
 import { fullSpec, minimalSpec, MiB, specTable } from './support/specs.js'
 
-let contract: Contract
-beforeAll(async () => {
-  contract = await Contract.load('cloud-hypervisor')
-})
-
-const rt = (spec: VmSpec) => restRuntime(spec.runtimeDir, ch.apiSocketName)
+const plan = dialectPlanTest(ch)
+const { rt, expectValid } = plan
 /** Cloud Hypervisor has no slot count; the shared table's slotted spec is checked apart. */
 const table = specTable.filter(([, s]) => s.hotplugMemory?.slots === undefined)
-
-function expectValid(calls: ApiCall[]): void {
-  for (const call of calls) {
-    const r = contract.checkRequest(call)
-    expect(r.errors, `${call.method} ${call.path}`).toEqual([])
-  }
-}
 
 const templates = (calls: ApiCall[]) => calls.map((c) => `${c.method} ${c.path}`)
 
 describe('the contract checker itself', () => {
   it('knows the API base path and refuses misspelt fields, wrong types and unknown paths', () => {
-    expect(contract.basePath).toBe('/api/v1')
+    expect(plan.contract.basePath).toBe('/api/v1')
     const ok: ApiCall = { op: 'x', method: 'PUT', path: '/vm.resize', body: { desired_ram: 1024 } }
-    expect(contract.checkRequest(ok).ok).toBe(true)
-    expect(contract.checkRequest({ ...ok, body: { desired_memory: 1024 } }).errors.join()).toMatch(/desired_memory/)
-    expect(contract.checkRequest({ ...ok, body: { desired_ram: '1G' } }).ok).toBe(false)
-    expect(contract.checkRequest({ ...ok, path: '/vm.grow' }).ok).toBe(false)
-    expect(contract.checkRequest({ method: 'PUT', path: '/vm.create', body: { cpus: { boot_vcpus: 1, max_vcpus: 1 } } }).errors.join()).toMatch(/payload/)
-    expect(contract.checkRequest({ method: 'PUT', path: '/vm.boot', body: {} }).errors.join()).toMatch(/takes no request body/)
+    expect(plan.contract.checkRequest(ok).ok).toBe(true)
+    expect(plan.contract.checkRequest({ ...ok, body: { desired_memory: 1024 } }).errors.join()).toMatch(/desired_memory/)
+    expect(plan.contract.checkRequest({ ...ok, body: { desired_ram: '1G' } }).ok).toBe(false)
+    expect(plan.contract.checkRequest({ ...ok, path: '/vm.grow' }).ok).toBe(false)
+    expect(plan.contract.checkRequest({ method: 'PUT', path: '/vm.create', body: { cpus: { boot_vcpus: 1, max_vcpus: 1 } } }).errors.join()).toMatch(/payload/)
+    expect(plan.contract.checkRequest({ method: 'PUT', path: '/vm.boot', body: {} }).errors.join()).toMatch(/takes no request body/)
     const badDisk = { payload: { kernel: '/k' }, disks: [{ path: '/a', image_type: 'raw' }] }
-    expect(contract.checkRequest({ method: 'PUT', path: '/vm.create', body: badDisk }).ok).toBe(false)
+    expect(plan.contract.checkRequest({ method: 'PUT', path: '/vm.create', body: badDisk }).ok).toBe(false)
   })
 })
 
 describe('boot plan', () => {
   it.each(table)('%s: vm.create with the whole config, then vm.boot, both valid', (_name, spec) => {
-    validateVmSpec(spec, [], { vsock: true, channelBackends: [] })
-    ch.checkSpec(spec, rt(spec))
-    const calls = ch.planBoot(spec, rt(spec))
-    expectValid(calls)
+    const calls = plan.validBoot(spec)
     expect(templates(calls)).toEqual(['PUT /vm.create', 'PUT /vm.boot'])
     const config = calls[0]?.body as Record<string, unknown[]>
     expect(config.disks?.length ?? 0).toBe(spec.disks?.length ?? 0)
@@ -153,7 +132,7 @@ describe('lifecycle plans', () => {
       ['Shutdown', 'shutdown'],
     ] as const) {
       const info = { config, state }
-      expect(contract.checkResponse('GET', '/vm.info', 200, info).errors).toEqual([])
+      expect(plan.contract.checkResponse('GET', '/vm.info', 200, info).errors).toEqual([])
       expect(ch.parseState(info)).toBe(ours)
     }
     expect(() => ch.parseState({ state: 'Gone' })).toThrow(/unknown state/)

@@ -3,32 +3,13 @@
  * every call of every lifecycle operation validates (with unknown fields refused), and the boot
  * sequence is the one Firecracker documents. No Firecracker runs here.
  */
-import { beforeAll, describe, expect, it } from 'vitest'
-import {
-  firecrackerDialect as fc,
-  FIRECRACKER_MACHINE_CMDLINE,
-  restRuntime,
-  validateVmSpec,
-  type ApiCall,
-  type VmSpec,
-} from '../src/index.js'
-import { Contract } from './support/contract.js'
+import { describe, expect, it } from 'vitest'
+import { firecrackerDialect as fc, FIRECRACKER_MACHINE_CMDLINE, validateVmSpec, type ApiCall, type VmSpec } from '../src/index.js'
+import { dialectPlanTest } from './support/dialect-plan.js'
 import { fullSpec, minimalSpec, MiB, specTable } from './support/specs.js'
 
-let contract: Contract
-beforeAll(async () => {
-  contract = await Contract.load('firecracker')
-})
-
-const rt = (spec: VmSpec) => restRuntime(spec.runtimeDir, fc.apiSocketName)
-
-function expectValid(calls: ApiCall[]): void {
-  for (const call of calls) {
-    const r = contract.checkRequest(call)
-    expect(r.errors, `${call.method} ${call.path}`).toEqual([])
-    expect(r.ok).toBe(true)
-  }
-}
+const plan = dialectPlanTest(fc)
+const { rt, expectValid } = plan
 
 /** Firecracker's documented pre-boot order; the hotplug region and serial sit after vsock, before the start. */
 const BOOT_ORDER = ['/boot-source', '/drives/{drive_id}', '/machine-config', '/network-interfaces/{iface_id}', '/vsock', '/hotplug/memory', '/serial', '/actions']
@@ -36,34 +17,31 @@ const BOOT_ORDER = ['/boot-source', '/drives/{drive_id}', '/machine-config', '/n
 describe('the contract checker itself', () => {
   it('refuses misspelt fields, wrong types, unknown paths and wrong methods', () => {
     const ok: ApiCall = { op: 'x', method: 'PUT', path: '/drives/disk0', body: { drive_id: 'disk0', is_root_device: false, path_on_host: '/a', is_read_only: true } }
-    expect(contract.checkRequest(ok).ok).toBe(true)
-    expect(contract.checkRequest({ ...ok, body: { drive_id: 'disk0', is_root_device: false, is_readonly: true } }).errors.join()).toMatch(/is_readonly/)
-    expect(contract.checkRequest({ ...ok, body: { drive_id: 'disk0', is_root_device: 'no' } }).ok).toBe(false)
-    expect(contract.checkRequest({ ...ok, body: { is_root_device: false } }).ok).toBe(false)
-    expect(contract.checkRequest({ ...ok, body: undefined }).errors).toEqual(['a request body is required'])
-    expect(contract.checkRequest({ ...ok, path: '/drive/disk0' }).ok).toBe(false)
-    expect(contract.checkRequest({ ...ok, method: 'GET' }).errors.join()).toMatch(/only PUT, PATCH/)
-    expect(contract.checkRequest({ method: 'PUT', path: '/machine-config', body: { vcpu_count: 33, mem_size_mib: 128 } }).ok).toBe(false)
-    expect(contract.checkRequest({ method: 'PUT', path: '/actions', body: { action_type: 'Reboot' } }).ok).toBe(false)
+    expect(plan.contract.checkRequest(ok).ok).toBe(true)
+    expect(plan.contract.checkRequest({ ...ok, body: { drive_id: 'disk0', is_root_device: false, is_readonly: true } }).errors.join()).toMatch(/is_readonly/)
+    expect(plan.contract.checkRequest({ ...ok, body: { drive_id: 'disk0', is_root_device: 'no' } }).ok).toBe(false)
+    expect(plan.contract.checkRequest({ ...ok, body: { is_root_device: false } }).ok).toBe(false)
+    expect(plan.contract.checkRequest({ ...ok, body: undefined }).errors).toEqual(['a request body is required'])
+    expect(plan.contract.checkRequest({ ...ok, path: '/drive/disk0' }).ok).toBe(false)
+    expect(plan.contract.checkRequest({ ...ok, method: 'GET' }).errors.join()).toMatch(/only PUT, PATCH/)
+    expect(plan.contract.checkRequest({ method: 'PUT', path: '/machine-config', body: { vcpu_count: 33, mem_size_mib: 128 } }).ok).toBe(false)
+    expect(plan.contract.checkRequest({ method: 'PUT', path: '/actions', body: { action_type: 'Reboot' } }).ok).toBe(false)
     // Integer formats are ranges: int64 refuses what JSON cannot carry exactly.
-    expect(contract.checkRequest({ method: 'PUT', path: '/vsock', body: { guest_cid: 3.5, uds_path: '/v' } }).ok).toBe(false)
+    expect(plan.contract.checkRequest({ method: 'PUT', path: '/vsock', body: { guest_cid: 3.5, uds_path: '/v' } }).ok).toBe(false)
   })
 
   it('checks responses against their documented schema', () => {
-    expect(contract.checkResponse('GET', '/', 200, { app_name: 'Firecracker', id: 'x', state: 'Running', vmm_version: '1.0' }).ok).toBe(true)
-    expect(contract.checkResponse('GET', '/', 200, { id: 'x', state: 'Running' }).ok).toBe(false)
-    expect(contract.checkResponse('PUT', '/actions', 204, undefined).ok).toBe(true)
-    expect(contract.checkResponse('PUT', '/actions', 400, { fault_message: 'bad' }).ok).toBe(true)
+    expect(plan.contract.checkResponse('GET', '/', 200, { app_name: 'Firecracker', id: 'x', state: 'Running', vmm_version: '1.0' }).ok).toBe(true)
+    expect(plan.contract.checkResponse('GET', '/', 200, { id: 'x', state: 'Running' }).ok).toBe(false)
+    expect(plan.contract.checkResponse('PUT', '/actions', 204, undefined).ok).toBe(true)
+    expect(plan.contract.checkResponse('PUT', '/actions', 400, { fault_message: 'bad' }).ok).toBe(true)
   })
 })
 
 describe('boot plan', () => {
   it.each(specTable)('%s: every call validates, in the documented order, ending with InstanceStart', (_name, spec) => {
-    validateVmSpec(spec, [], { vsock: true, channelBackends: [] })
-    fc.checkSpec(spec, rt(spec))
-    const calls = fc.planBoot(spec, rt(spec))
-    expectValid(calls)
-    const templates = calls.map((c) => contract.find(c.method, c.path)?.op.template as string)
+    const calls = plan.validBoot(spec)
+    const templates = calls.map((c) => plan.contract.find(c.method, c.path)?.op.template as string)
     const ranks = templates.map((t) => BOOT_ORDER.indexOf(t))
     expect(ranks.every((r) => r >= 0)).toBe(true)
     expect(ranks).toEqual([...ranks].sort((a, b) => a - b))
@@ -179,12 +157,12 @@ describe('lifecycle plans', () => {
       ['Paused', 'paused'],
       ['Not started', 'paused'],
     ] as const) {
-      expect(contract.checkResponse('GET', '/', 200, info(state)).ok).toBe(true)
+      expect(plan.contract.checkResponse('GET', '/', 200, info(state)).ok).toBe(true)
       expect(fc.parseState(info(state))).toBe(ours)
     }
     expect(() => fc.parseState({ state: 'Exploded' })).toThrow(/unknown state/)
     const mem = { total_size_mib: 512, slot_size_mib: 128, block_size_mib: 2, plugged_size_mib: 256, requested_size_mib: 256 }
-    expect(contract.checkResponse('GET', '/hotplug/memory', 200, mem).ok).toBe(true)
+    expect(plan.contract.checkResponse('GET', '/hotplug/memory', 200, mem).ok).toBe(true)
     expect(fc.parseMemory(mem, fullSpec)).toBe(768 * MiB)
   })
 

@@ -12,7 +12,7 @@ import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, expect } from 'vitest'
 import type { LiveVm, RestDriverOptions, RestVmmDriver, VmSpec } from '../../src/index.js'
 import { Contract, type SpecName } from './contract.js'
-import { fakeVmm, fixtureFiles, processesMentioning, type FakeVmmKnobs } from './fake-vmm-harness.js'
+import { fakeVmm, fixtureFiles, mutations, processesMentioning, recorded, type FakeVmmKnobs } from './fake-vmm-harness.js'
 
 const MiB = 1024 * 1024
 
@@ -30,6 +30,11 @@ export interface RestDriverSuite<D extends RestVmmDriver> {
   driverWith(knobs?: FakeVmmKnobs, opts?: RestDriverOptions): Promise<{ driver: D; record: string }>
   /** A driver on no fake (for attach and destroy, which never spawn). */
   fresh(opts?: RestDriverOptions): D
+  /**
+   * A running VM on a fresh fake, and the changing calls it was sent after its boot, every request
+   * checked valid first: for tests of one operation, where the boot's calls are only noise.
+   */
+  startRunning(extra?: Partial<VmSpec>): Promise<{ vm: Awaited<ReturnType<D['start']>>; sentSinceBoot(): Promise<ReturnType<typeof mutations>> }>
   /** Kills the VM after the test, whatever the test did. */
   track<T extends LiveVm>(vm: T): T
   /** No process carries the runtime dir's mark, and its sockets and pidfile are gone. */
@@ -109,6 +114,20 @@ export function restDriverSuite<D extends RestVmmDriver>(flavor: SpecName, make:
 
     fresh(opts = {}) {
       return make({ kvmDevice: suite.files.kvm, ...opts })
+    },
+
+    async startRunning(extra) {
+      const { driver, record } = await suite.driverWith()
+      const vm = suite.track((await driver.start(suite.spec(extra))) as Awaited<ReturnType<D['start']>>)
+      const booted = (await recorded(record)).length
+      return {
+        vm,
+        async sentSinceBoot() {
+          const reqs = await recorded(record)
+          expect(reqs.filter((r) => r.errors.length > 0 || r.responseErrors.length > 0)).toEqual([])
+          return mutations(reqs.slice(booted))
+        },
+      }
     },
 
     track(vm) {
