@@ -7,22 +7,19 @@
 import { appendFile, mkdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import {
-  AbortedError,
   ConflictError,
-  HypemanError,
   stderrLogger,
   throwIfAborted,
-  TimeoutError,
   ValidationError,
-  errorMessage,
   type Logger,
 } from '@hypeman-ts/common'
 import { VmmError } from '../errors.js'
 import { vmmCommand } from '../netns.js'
 import { findProcessesByArg, isSameProcessAlive, killAndWait, processHasArg, ProcessWatch, readStartTime, spawnDetached } from '../process.js'
-import { pollUntil, withDeadline } from '../readiness.js'
+import { pollUntil } from '../readiness.js'
 import { checkSpecFiles, validateVmSpec } from '../spec.js'
-import { fileSize, readTail } from '../vmm-log.js'
+import { failStart } from '../start-failure.js'
+import { fileSize } from '../vmm-log.js'
 import type {
   Accel,
   AttachOptions,
@@ -183,35 +180,21 @@ export class QemuDriver implements VmmDriver {
       return new QemuRunningVm(machine)
     } catch (err) {
       qmp?.destroy()
-      // A closed QMP socket usually means QEMU is ending right now: let it say so before we decide.
-      let exit = exitedAc.signal.aborted || (err instanceof VmmError && err.code === 'control_closed')
-        ? await withDeadline(watch.exited, 1000, 'QEMU to exit', step).catch(() => undefined)
-        : undefined
-      const diedByItself = exit !== undefined
-      if (!diedByItself) {
-        await killAndWait(spawned.pid, spawned.startTime).catch((e) =>
-          this.#logger.error(`could not kill QEMU ${spawned.pid} after a failed start: ${errorMessage(e)}`),
-        )
-        exit = await withDeadline(watch.exited, 10_000, 'QEMU to be reaped', 'start.cleanup').catch(() => undefined)
-      }
-      watch.stop()
-      await removeRuntimeFiles(spec).catch(() => {})
-      const tail = await readTail(vmmLog, logOffset)
-      const details = { vmmLog, output: tail }
-      if (opts.signal?.aborted) throw new AbortedError('start aborted', { step, cause: opts.signal.reason })
-      if (diedByItself) {
-        const how = exit?.signal ? `was killed by ${exit.signal}` : exit?.code != null ? `exited with code ${exit.code}` : 'exited'
-        throw new VmmError('vmm_start_failed', `QEMU ${how} during start${tail ? `: ${tail}` : ''}`, { step, details, cause: err })
-      }
-      if (err instanceof TimeoutError) {
-        throw new VmmError('vmm_start_failed', `QEMU was not ready within ${readyTimeoutMs} ms (${err.message})${tail ? `: ${tail}` : ''}`, {
-          step,
-          details,
-          cause: err,
-        })
-      }
-      if (err instanceof HypemanError) throw err
-      throw new VmmError('vmm_start_failed', `start failed at ${step}: ${errorMessage(err)}`, { step, details, cause: err })
+      return failStart({
+        label: 'QEMU',
+        err,
+        step,
+        spawned,
+        watch,
+        exited: exitedAc.signal,
+        removeRuntimeFiles: () => removeRuntimeFiles(spec),
+        vmmLog,
+        logOffset,
+        readyTimeoutMs,
+        isReadyTimeout: () => true,
+        ...(opts.signal ? { signal: opts.signal } : {}),
+        logger: this.#logger,
+      })
     }
   }
 

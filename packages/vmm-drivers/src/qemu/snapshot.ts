@@ -7,14 +7,14 @@
  * QEMU 7.2 has no `file:` migration URI, so the stream goes through `exec:cat` (run by /bin/sh:
  * paths are single-quoted).
  */
-import { createHash } from 'node:crypto'
 import { stat } from 'node:fs/promises'
 import { join } from 'node:path'
-import { readJsonIfExists, ValidationError } from '@hypeman-ts/common'
+import { ValidationError } from '@hypeman-ts/common'
 import { VmmError } from '../errors.js'
+import { machineShapeFingerprint, readSnapshotMeta, SNAPSHOT_META_FILE } from '../snapshot-meta.js'
 import type { ResolvedAccel, VmSpec } from '../types.js'
 
-export const SNAPSHOT_META_FILE = 'snapshot.json'
+export { SNAPSHOT_META_FILE }
 export const SNAPSHOT_STATE_FILE = 'vmstate'
 export const SNAPSHOT_FORMAT = 'hypeman-ts/qemu-migration/1'
 
@@ -32,15 +32,8 @@ export interface QemuSnapshotMeta {
 
 /** The parts of a spec that the migration stream depends on (not paths: those may move). */
 export function machineFingerprint(spec: VmSpec): string {
-  const shape = {
-    vcpus: spec.vcpus,
-    memoryBytes: spec.memoryBytes,
-    hotplugMemory: spec.hotplugMemory ? { maxBytes: spec.hotplugMemory.maxBytes, slots: spec.hotplugMemory.slots ?? null } : null,
-    disks: (spec.disks ?? []).map((d) => ({ serial: d.serial, readonly: d.readonly === true, format: d.format ?? 'raw', throttled: !!d.throttle })),
-    nics: (spec.nics ?? []).map((n) => n.mac.toLowerCase()),
-    channels: (spec.channels ?? []).map((c) => [c.name, c.backend.kind]),
-  }
-  return createHash('sha256').update(JSON.stringify(shape)).digest('hex').slice(0, 32)
+  const disks = (spec.disks ?? []).map((d) => ({ serial: d.serial, readonly: d.readonly === true, format: d.format ?? 'raw', throttled: !!d.throttle }))
+  return machineShapeFingerprint(spec, disks, { channels: (spec.channels ?? []).map((c) => [c.name, c.backend.kind]) })
 }
 
 /** Single-quotes a path for /bin/sh. */
@@ -59,13 +52,7 @@ export function migrateFromFileUri(path: string): string {
 /** Reads and checks a snapshot directory for restoring `spec`; returns the path of the stream. */
 export async function loadSnapshotForRestore(spec: VmSpec): Promise<{ meta: QemuSnapshotMeta; statePath: string }> {
   const dir = spec.restoreFrom as string
-  let meta: QemuSnapshotMeta | undefined
-  try {
-    meta = await readJsonIfExists<QemuSnapshotMeta>(join(dir, SNAPSHOT_META_FILE))
-  } catch (err) {
-    throw new VmmError('restore_failed', `snapshot ${dir} has an unreadable ${SNAPSHOT_META_FILE}`, { field: 'restoreFrom', cause: err })
-  }
-  if (!meta) throw new ValidationError('restoreFrom', `${dir} is not a snapshot directory (no ${SNAPSHOT_META_FILE})`)
+  const meta = await readSnapshotMeta<QemuSnapshotMeta>(dir)
   if (meta.format !== SNAPSHOT_FORMAT || meta.driver !== 'qemu') {
     throw new ValidationError('restoreFrom', `${dir} holds a ${meta.format ?? 'unknown'} snapshot, not one this QEMU driver wrote`)
   }

@@ -11,23 +11,20 @@
 import { access, appendFile, constants, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import {
-  AbortedError,
   ConflictError,
   errorMessage,
-  HypemanError,
   stderrLogger,
   throwIfAborted,
-  TimeoutError,
   ValidationError,
   type Logger,
 } from '@hypeman-ts/common'
 import { VmmError } from '../errors.js'
 import { vmmCommand } from '../netns.js'
 import { findProcessesByArg, isSameProcessAlive, killAndWait, processHasArg, ProcessWatch, readStartTime, spawnDetached } from '../process.js'
-import { withDeadline } from '../readiness.js'
 import { checkSpecFiles, validateVmSpec } from '../spec.js'
 import type { Accel, AttachOptions, DestroyTarget, DriverCapabilities, PersistedVm, ResolvedAccel, StartOptions, VmmDriver, VmSpec } from '../types.js'
-import { fileSize, readTail } from '../vmm-log.js'
+import { failStart } from '../start-failure.js'
+import { fileSize } from '../vmm-log.js'
 import { RestClient, type ApiCall } from './client.js'
 import { REST_RUNTIME_FILES, restRuntime, type RestDialect, type RestRuntime } from './dialect.js'
 import { removeRestRuntimeFiles, RestMachine, RestPausedVm, RestRunningVm } from './machine.js'
@@ -164,36 +161,22 @@ export abstract class RestVmmDriver implements VmmDriver {
       return new RestRunningVm(machine)
     } catch (err) {
       client.destroy()
-      // An API that stopped answering usually means the VMM is ending right now: let it say so.
-      let exit =
-        exitedAc.signal.aborted || (err instanceof VmmError && err.code === 'control_closed')
-          ? await withDeadline(watch.exited, 1000, `${d.label} to exit`, step).catch(() => undefined)
-          : undefined
-      const diedByItself = exit !== undefined
-      if (!diedByItself) {
-        await killAndWait(spawned.pid, spawned.startTime).catch((e) =>
-          this.logger.error(`could not kill ${d.label} ${spawned.pid} after a failed start: ${errorMessage(e)}`),
-        )
-        exit = await withDeadline(watch.exited, 10_000, `${d.label} to be reaped`, 'start.cleanup').catch(() => undefined)
-      }
-      watch.stop()
-      await removeRestRuntimeFiles(rt).catch(() => {})
-      const tail = await readTail(vmmLog, logOffset)
-      const details = { vmmLog, output: tail }
-      if (opts.signal?.aborted) throw new AbortedError('start aborted', { step, cause: opts.signal.reason })
-      if (diedByItself) {
-        const how = exit?.signal ? `was killed by ${exit.signal}` : exit?.code != null ? `exited with code ${exit.code}` : 'exited'
-        throw new VmmError('vmm_start_failed', `${d.label} ${how} during start${tail ? `: ${tail}` : ''}`, { step, details, cause: err })
-      }
-      if (err instanceof TimeoutError && step === 'api.ready') {
-        throw new VmmError('vmm_start_failed', `${d.label} was not ready within ${readyTimeoutMs} ms (${err.message})${tail ? `: ${tail}` : ''}`, {
-          step,
-          details,
-          cause: err,
-        })
-      }
-      if (err instanceof HypemanError) throw err
-      throw new VmmError('vmm_start_failed', `start failed at ${step}: ${errorMessage(err)}`, { step, details, cause: err })
+      return failStart({
+        label: d.label,
+        err,
+        step,
+        spawned,
+        watch,
+        exited: exitedAc.signal,
+        removeRuntimeFiles: () => removeRestRuntimeFiles(rt),
+        vmmLog,
+        logOffset,
+        readyTimeoutMs,
+        // Other deadlines (a boot call that hangs) are not about the API never appearing.
+        isReadyTimeout: () => step === 'api.ready',
+        ...(opts.signal ? { signal: opts.signal } : {}),
+        logger: this.logger,
+      })
     }
   }
 

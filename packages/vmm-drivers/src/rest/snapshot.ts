@@ -7,14 +7,14 @@
  * failing inside the VMM. It also records every file the VMM wrote and its size, so a truncated
  * or partly deleted snapshot is a `restore_failed` before anything is spawned.
  */
-import { createHash } from 'node:crypto'
 import { readdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
-import { readJsonIfExists, ValidationError } from '@hypeman-ts/common'
+import { ValidationError } from '@hypeman-ts/common'
 import { VmmError } from '../errors.js'
+import { machineShapeFingerprint, readSnapshotMeta, SNAPSHOT_META_FILE } from '../snapshot-meta.js'
 import type { DriverName, ResolvedAccel, VmSpec } from '../types.js'
 
-export const REST_SNAPSHOT_META_FILE = 'snapshot.json'
+export const REST_SNAPSHOT_META_FILE = SNAPSHOT_META_FILE
 export const REST_SNAPSHOT_FORMAT = 'hypeman-ts/rest-snapshot/1'
 
 export interface RestSnapshotMeta {
@@ -32,15 +32,8 @@ export interface RestSnapshotMeta {
 
 /** The parts of a spec the saved device model depends on (not paths: those are checked apart). */
 export function restMachineFingerprint(spec: VmSpec): string {
-  const shape = {
-    vcpus: spec.vcpus,
-    memoryBytes: spec.memoryBytes,
-    hotplugMemory: spec.hotplugMemory ? { maxBytes: spec.hotplugMemory.maxBytes, slots: spec.hotplugMemory.slots ?? null } : null,
-    disks: (spec.disks ?? []).map((d) => ({ serial: d.serial, readonly: d.readonly === true, format: d.format ?? 'raw', throttle: d.throttle ?? null })),
-    nics: (spec.nics ?? []).map((n) => n.mac.toLowerCase()),
-    vsock: spec.vsock ? { cid: spec.vsock.cid ?? null } : null,
-  }
-  return createHash('sha256').update(JSON.stringify(shape)).digest('hex').slice(0, 32)
+  const disks = (spec.disks ?? []).map((d) => ({ serial: d.serial, readonly: d.readonly === true, format: d.format ?? 'raw', throttle: d.throttle ?? null }))
+  return machineShapeFingerprint(spec, disks, { vsock: spec.vsock ? { cid: spec.vsock.cid ?? null } : null })
 }
 
 /** Lists the files in a snapshot directory (ours excluded) with their sizes. */
@@ -60,13 +53,7 @@ export async function loadRestSnapshot(
   pinnedPaths: Record<string, string>,
 ): Promise<RestSnapshotMeta> {
   const dir = spec.restoreFrom as string
-  let meta: RestSnapshotMeta | undefined
-  try {
-    meta = await readJsonIfExists<RestSnapshotMeta>(join(dir, REST_SNAPSHOT_META_FILE))
-  } catch (err) {
-    throw new VmmError('restore_failed', `snapshot ${dir} has an unreadable ${REST_SNAPSHOT_META_FILE}`, { field: 'restoreFrom', cause: err })
-  }
-  if (!meta) throw new ValidationError('restoreFrom', `${dir} is not a snapshot directory (no ${REST_SNAPSHOT_META_FILE})`)
+  const meta = await readSnapshotMeta<RestSnapshotMeta>(dir)
   if (meta.format !== REST_SNAPSHOT_FORMAT || meta.driver !== driver) {
     throw new ValidationError('restoreFrom', `${dir} holds a ${meta.driver ?? 'unknown'} snapshot (${meta.format ?? 'unknown format'}), not a ${driver} one`)
   }
