@@ -115,16 +115,9 @@ export class UpstreamPool {
    * recently used), else a new one, else (at the per-origin limit) the next one released.
    */
   acquire(host: string, port: number, tls: boolean, cb: PoolWaiter): void {
-    if (this.closed) {
-      cb.acquired(new EgressError('proxy_closed', 'the proxy is shutting down'), null)
-      return
-    }
-    const key = `${tls ? 's' : 'p'}|${host}|${port}`
-    let origin = this.origins.get(key)
-    if (!origin) {
-      origin = { idle: [], open: 0, waiting: [] }
-      this.origins.set(key, origin)
-    }
+    const found = this.origin(host, port, tls, cb)
+    if (!found) return
+    const { key, origin } = found
     const now = performance.now()
     while (origin.idle.length > 0) {
       const conn = origin.idle.pop()!
@@ -144,13 +137,23 @@ export class UpstreamPool {
 
   /** A fresh connection, never an idle one (a request that cannot be retried on a stale socket). */
   acquireFresh(host: string, port: number, tls: boolean, cb: PoolWaiter): void {
+    const found = this.origin(host, port, tls, cb)
+    if (found) this.dial(found.key, found.origin, host, port, tls, cb)
+  }
+
+  /** The origin's entry, made on first use; none (and `cb` told) once the pool is closed. */
+  private origin(host: string, port: number, tls: boolean, cb: PoolWaiter): { key: string; origin: Origin } | undefined {
+    if (this.closed) {
+      cb.acquired(new EgressError('proxy_closed', 'the proxy is shutting down'), null)
+      return undefined
+    }
     const key = `${tls ? 's' : 'p'}|${host}|${port}`
     let origin = this.origins.get(key)
     if (!origin) {
       origin = { idle: [], open: 0, waiting: [] }
       this.origins.set(key, origin)
     }
-    this.dial(key, origin, host, port, tls, cb)
+    return { key, origin }
   }
 
   /** Takes a connection back after a complete exchange; `keepAliveMs` is the upstream's own limit. */
