@@ -103,7 +103,8 @@ describe('a long-running instance', () => {
       hm.instances.create({ image: BUSYBOX, name: 'long-b', cmd, tags: { group: 'long' }, skipGuestAgent: true }),
     ])
     expect([a.state, b.state]).toEqual(['Running', 'Running'])
-    expect((await hm.instances.list({ tags: { group: 'long' } })).map((i) => i.name)).toEqual(['long-a', 'long-b'])
+    // Created concurrently, so their creation order (list's order) is either way round.
+    expect((await hm.instances.list({ tags: { group: 'long' } })).map((i) => i.name).sort()).toEqual(['long-a', 'long-b'])
     await waitForLog(a.id, 'long-a booted')
     await waitForLog(b.id, 'long-b booted')
     const r = await hm.instances.exec(a.id, { argv: ['cat', '/etc/platform', '/count'] })
