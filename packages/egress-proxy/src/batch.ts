@@ -18,7 +18,7 @@ function flush(): void {
 }
 
 /** Writes `data` to `socket` at the end of this event-loop turn; returns `socket.write`'s answer. */
-export function batchedWrite(socket: Socket, data: Buffer): boolean {
+export function batchedWrite(socket: Socket, data: Buffer, cb?: (err?: Error | null) => void): boolean {
   if (!corked.has(socket)) {
     socket.cork()
     corked.add(socket)
@@ -27,5 +27,5 @@ export function batchedWrite(socket: Socket, data: Buffer): boolean {
       setImmediate(flush)
     }
   }
-  return socket.write(data)
+  return socket.write(data, cb)
 }

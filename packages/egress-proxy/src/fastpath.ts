@@ -6,7 +6,7 @@
  * upstream sent, with only its head rewritten: the body is followed by its framing
  * (Content-Length, chunked, or close) to know where it ends, never decoded or re-encoded.
  * Backpressure pauses the side that sends faster; a connection holds at most a fixed budget
- * (1 MiB of response towards the guest, 64 KiB of request bytes) plus one read.
+ * (256 KiB of response towards the guest, 64 KiB of request bytes) plus one read.
  *
  * Anything the parser calls unusual (Expect, upgrades, chunked requests, HTTP/1.0, a head
  * that did not arrive whole, ...) hands the connection, with the bytes already read, to the
@@ -14,6 +14,7 @@
  */
 import type { Socket } from 'node:net'
 import { batchedWrite } from './batch.js'
+import { GuestWriter } from './guest-writer.js'
 import { type Conn, type ProxyContext } from './context.js'
 import { EgressError } from './errors.js'
 import { type BodyFraming, ChunkedScanner, guestResponse, parseRequestHead, parseResponseHead, plainResponse, type RequestHead, type ResponseHead, responseFraming, upstreamRequestHead } from './http1.js'
@@ -33,8 +34,12 @@ export interface FastPathHooks {
 const GUEST_PENDING_MAX = 64 * 1024
 /** Requests that may be sent again when a reused upstream connection turns out to be closed. */
 const REPLAYABLE = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE'])
-/** Response bytes queued towards a guest before the upstream side pauses. */
-const GUEST_WRITE_BUDGET = 1024 * 1024
+/**
+ * Response bytes queued towards a guest before the upstream side pauses. Enough to keep a TLS
+ * write in flight while the next reads stage; more only keeps bytes (and the objects around
+ * them) alive long enough to reach V8's old generation.
+ */
+const GUEST_WRITE_BUDGET = 256 * 1024
 const PAUSE_PENDING = 1
 const PAUSE_UPSTREAM = 2
 
@@ -51,13 +56,14 @@ export class FastH1 implements Watched {
   private paused = 0
   /** No more requests: the connection ends (or ended) after the current exchange. */
   private finished = false
+  readonly writer: GuestWriter
   private readonly onData = (chunk: Buffer) => this.guestData(chunk)
-  private readonly onDrain = () => this.ex?.guestDrained()
   private readonly onEnd = () => {
     if (!this.ex) this.endGuest()
   }
   private readonly onClose = () => {
     this.finished = true
+    this.writer.drop()
     this.ctx.watchdog.delete(this)
     this.ex?.guestGone()
   }
@@ -68,8 +74,10 @@ export class FastH1 implements Watched {
     readonly socket: Socket,
     private readonly hooks: FastPathHooks,
   ) {
+    this.writer = new GuestWriter(socket, () => {
+      if (this.ex !== null && this.writable) this.ex.guestDrained()
+    })
     socket.on('data', this.onData)
-    socket.on('drain', this.onDrain)
     socket.on('end', this.onEnd)
     socket.on('close', this.onClose)
     this.deadline = performance.now() + ctx.limits.idleTimeoutMs
@@ -82,16 +90,27 @@ export class FastH1 implements Watched {
   }
 
   /**
-   * Writes to the guest. Returns false when the guest is behind by more than the write budget.
-   * Writes made while an earlier one is still in flight leave together as one TLS write (Node's
-   * Writable buffers them), which is what keeps large bodies at a few writes per MiB; pausing at
-   * the socket's own 64 KiB mark instead costs a pause/resume (and epoll changes) every 64 KiB.
+   * The guest is behind by less than the write budget. Writes made while an earlier one is in
+   * flight leave together as one TLS write (src/guest-writer.ts), which is what keeps large bodies
+   * at a few writes per MiB; pausing at the socket's own 64 KiB mark instead costs a pause/resume
+   * (and epoll changes) every 64 KiB.
    */
+  get writable(): boolean {
+    return this.writer.pending < GUEST_WRITE_BUDGET
+  }
+
+  /** Writes a buffer of the proxy's own to the guest; `batch` holds it to the end of the turn. */
   write(data: Buffer, batch = true): boolean {
     this.deadline = performance.now() + this.ctx.limits.idleTimeoutMs
-    if (batch) batchedWrite(this.socket, data)
-    else this.socket.write(data)
-    return this.socket.writableLength < GUEST_WRITE_BUDGET
+    this.writer.write(data, batch)
+    return this.writable
+  }
+
+  /** Writes response bytes that are only valid during this call (a view into a read buffer). */
+  writeTransient(data: Buffer): boolean {
+    this.deadline = performance.now() + this.ctx.limits.idleTimeoutMs
+    this.writer.writeTransient(data)
+    return this.writable
   }
 
   pause(reason: number): void {
@@ -156,6 +175,7 @@ export class FastH1 implements Watched {
   private endGuest(): void {
     this.finished = true
     this.buf = null
+    this.writer.release()
     this.socket.end()
   }
 
@@ -163,7 +183,7 @@ export class FastH1 implements Watched {
     const { socket } = this
     socket.pause()
     socket.removeListener('data', this.onData)
-    socket.removeListener('drain', this.onDrain)
+    this.writer.release()
     socket.removeListener('end', this.onEnd)
     socket.removeListener('close', this.onClose)
     this.ctx.watchdog.delete(this)
@@ -196,6 +216,7 @@ class Exchange implements UpstreamUser, PoolWaiter {
   private pendingBytes = 0
   /** Response head bytes so far, when a head spans reads. */
   private headBuf: Buffer | null = null
+  /** Its `source` is a view into the pool's read buffer: only its parsed fields are used after startResponse. */
   private response: ResponseHead | undefined
   private framing: BodyFraming = { kind: 'none' }
   private left = 0
@@ -314,7 +335,8 @@ class Exchange implements UpstreamUser, PoolWaiter {
     for (;;) {
       const parsed = parseResponseHead(buf, this.ctx.upstreams.timeouts.maxResponseHeaderSize, at)
       if (parsed.kind === 'incomplete') {
-        this.headBuf = at === 0 ? buf : buf.subarray(at)
+        // Copied: `chunk` is only valid during this call.
+        this.headBuf = Buffer.from(at === 0 ? buf : buf.subarray(at))
         return
       }
       if (parsed.kind === 'invalid') {
@@ -395,12 +417,12 @@ class Exchange implements UpstreamUser, PoolWaiter {
       default:
         break
     }
-    let out: Buffer | undefined
-    if (withHead) out = guestResponse(this.response!, this.guestClose, buf, at, end)
-    else if (end > at) out = at === 0 && end === buf.length ? buf : buf.subarray(at, end)
-    // Streaming body pieces go straight out: Node's Writable already joins the pieces that arrive
-    // while a write is in flight, and holding them to the end of the turn only delays the guest.
-    if (out && !this.fast.write(out, withHead) && !done) {
+    // Streaming body pieces go straight out (the writer joins those that arrive while a write is in
+    // flight); holding them to the end of the turn only delays the guest.
+    let writable = true
+    if (withHead) writable = this.fast.write(guestResponse(this.response!, this.guestClose, buf, at, end))
+    else if (end > at) writable = this.fast.writeTransient(at === 0 && end === buf.length ? buf : buf.subarray(at, end))
+    if (!writable && !done) {
       // The guest is behind: the upstream pauses, and its body timeout with it.
       this.waitingGuestDrain = true
       this.up!.deadline = Number.POSITIVE_INFINITY

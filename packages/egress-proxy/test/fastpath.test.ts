@@ -4,6 +4,7 @@
  * bodiless, interim responses), each failure (malformed, truncated, stalled, a kept-alive
  * connection that died) and each hand-off to the general path is checked on the wire.
  */
+import { createHash, randomBytes } from 'node:crypto'
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import type { EgressProxy } from '../src/index.js'
 import { curl } from './support/clients.js'
@@ -137,6 +138,21 @@ describe('fast path exchanges', () => {
     expect(g.unread).toBe('')
   })
 
+  it('a response head that arrives in several reads is put together intact', async () => {
+    const pieces = ['HTTP/1.1 200 OK\r\nX-First: one', '\r\nX-Second: two\r\nContent-Le', 'ngth: 5\r\n\r\nsplit']
+    up.respond = (_req, socket) => {
+      // Apart in time, so each piece is its own TLS record and its own read at the proxy.
+      pieces.forEach((p, i) => setTimeout(() => socket.write(p), i * 30))
+    }
+    const g = await guest()
+    g.send('GET /split HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    const r = await g.response()
+    expect(r.status).toBe(200)
+    expect(r.headers['x-first']).toBe('one')
+    expect(r.headers['x-second']).toBe('two')
+    expect(r.body).toBe('split')
+  })
+
   it('hop-by-hop response headers stay on the upstream hop', async () => {
     up.respond = (_req, socket) => socket.write('HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=30\r\nX-Hop: secret-ish\r\nX-End: 1\r\nContent-Length: 2\r\n\r\nok')
     const g = await guest()
@@ -202,6 +218,72 @@ describe('fast path exchanges', () => {
     const seen = plainUp.requests.at(-1)!
     expect(seen.headers['x-key']).toBe(ph)
     expect(seen.headers.authorization).toBeUndefined()
+  })
+})
+
+describe('fast path large bodies', () => {
+  /** Reads in short bursts until `done` settles, so the proxy's write budget fills again and again. */
+  async function readSlowly<T>(g: RawGuest, done: Promise<T>): Promise<T> {
+    let reading = true
+    g.socket.pause()
+    const ticker = setInterval(() => {
+      g.socket.resume()
+      setTimeout(() => reading && g.socket.pause(), 2)
+    }, 10)
+    try {
+      return await done
+    } finally {
+      reading = false
+      clearInterval(ticker)
+      g.socket.resume()
+    }
+  }
+  const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
+
+  it.each([
+    ['TLS', false],
+    ['plain', true],
+  ])('a large body reaches a slow %s guest byte for byte, and the upstream connection carries the next request', async (_kind, plain) => {
+    const body = randomBytes(6 * 1024 * 1024 + 7)
+    const upstream = plain ? plainUp : up
+    upstream.respond = (req, socket) => {
+      if (req.target !== '/big') return void socket.write(ok('after'))
+      socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n`)
+      socket.write(body)
+    }
+    try {
+      const g = plain ? await guestPlain() : await guest()
+      g.send('GET /big HTTP/1.1\r\nHost: api.test\r\n\r\n')
+      const r = await readSlowly(g, g.response({ ms: 60_000 }))
+      expect(r.status).toBe(200)
+      expect(r.body.length).toBe(body.length)
+      expect(sha(Buffer.from(r.body, 'latin1'))).toBe(sha(body))
+      const bigOn = upstream.requests.at(-1)!.connection
+      g.send('GET /after HTTP/1.1\r\nHost: api.test\r\n\r\n')
+      expect((await g.response()).body).toBe('after')
+      expect(upstream.requests.at(-1)!.connection).toBe(bigOn)
+    } finally {
+      upstream.respond = (_req, socket) => socket.write(ok())
+    }
+  })
+
+  it('a large chunked body reaches a slow guest with its framing byte for byte', async () => {
+    const sizes = [1, 16383, 16384, 16385, 65536, 300_000, 1_000_003, 7, 2_000_000]
+    const pieces = sizes.map((n) => randomBytes(n))
+    const wire = Buffer.concat([...pieces.flatMap((p) => [Buffer.from(`${p.length.toString(16)}\r\n`), p, Buffer.from('\r\n')]), Buffer.from('0\r\n\r\n')])
+    up.respond = (req, socket) => {
+      if (req.target !== '/chunked') return void socket.write(ok('after'))
+      socket.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n')
+      // Written in odd slices, so chunk boundaries fall anywhere within the proxy's reads.
+      for (let at = 0; at < wire.length; at += 77_777) socket.write(wire.subarray(at, at + 77_777))
+    }
+    const g = await guest()
+    g.send('GET /chunked HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    const r = await readSlowly(g, g.response({ ms: 60_000 }))
+    expect(r.headers['transfer-encoding']).toBe('chunked')
+    expect(sha(Buffer.from(r.body, 'latin1'))).toBe(sha(wire))
+    g.send('GET /after HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    expect((await g.response()).body).toBe('after')
   })
 })
 

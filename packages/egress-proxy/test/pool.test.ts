@@ -92,6 +92,31 @@ describe('UpstreamPool', () => {
     p.destroy()
   })
 
+  it('a connection released while paused reads again for its next user', async () => {
+    const p = pool()
+    const a = await acquire(p, 'api.test', goodPort)
+    a.socket.pause()
+    p.release(a)
+    const b = await acquire(p, 'api.test', goodPort)
+    expect(b).toBe(a)
+    const got = new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('nothing read after release')), 3000)
+      b.user = {
+        onUpstreamData: (chunk) => {
+          clearTimeout(timer)
+          resolve(chunk.toString())
+        },
+        onUpstreamEnd: () => {},
+        onUpstreamClose: () => {},
+        onUpstreamDrain: () => {},
+        onUpstreamTimeout: () => {},
+      }
+    })
+    b.socket.write('poke')
+    expect(await got).toBe('unsolicited')
+    p.destroy()
+  })
+
   it('keeps origins apart by name even when they share an address', async () => {
     const p = pool()
     const a = await acquire(p, 'api.test', goodPort)

@@ -101,6 +101,8 @@ export class RawGuest {
           const eol = rest.indexOf('\r\n', i)
           if (eol < 0) return false
           const size = Number.parseInt(rest.slice(i, eol).split(';')[0]!, 16)
+          // A corrupted stream must fail the test, not spin here forever.
+          if (Number.isNaN(size)) throw new Error(`malformed chunk size line ${JSON.stringify(rest.slice(i, Math.min(eol, i + 40)))}`)
           if (size === 0) {
             const trailersEnd = rest.indexOf('\r\n\r\n', eol)
             if (rest.slice(eol, eol + 4) === '\r\n\r\n') {
