@@ -16,7 +16,7 @@ import { batchedWrite } from './batch.js'
 
 /** One stage per busy guest connection; larger bursts hand the full stage to the socket. */
 const STAGE_BYTES = 512 * 1024
-/** Stages kept for reuse once their connection is idle again. */
+/** Stages kept for reuse once their connection is idle again (at most 8 MiB for the process). */
 const SPARE_STAGES_MAX = 16
 const spares: Buffer[] = []
 

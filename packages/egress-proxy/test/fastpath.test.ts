@@ -267,6 +267,19 @@ describe('fast path large bodies', () => {
     }
   })
 
+  it('a large close-delimited body reaches a slow guest whole before its connection ends', async () => {
+    const body = randomBytes(5 * 1024 * 1024 + 3)
+    up.respond = (_req, socket) => {
+      socket.write('HTTP/1.1 200 OK\r\n\r\n')
+      socket.end(body)
+    }
+    const g = await guest()
+    g.send('GET /close-big HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    const r = await readSlowly(g, g.response({ ms: 60_000 }))
+    expect(g.closed).toBe(true)
+    expect(sha(Buffer.from(r.body, 'latin1'))).toBe(sha(body))
+  })
+
   it('a large chunked body reaches a slow guest with its framing byte for byte', async () => {
     const sizes = [1, 16383, 16384, 16385, 65536, 300_000, 1_000_003, 7, 2_000_000]
     const pieces = sizes.map((n) => randomBytes(n))
