@@ -250,7 +250,7 @@ export class UpstreamPool {
             ...(isIP(host) === 0 ? { servername: host } : {}),
             ALPNProtocols: ['http/1.1'],
             ...(session ? { session } : {}),
-            // tls.connect takes `onread` (documented since Node 14.17); @types/node omits it.
+            // tls.connect takes `onread` (documented in its options); @types/node omits it.
             onread,
           } as ConnectionOptions)
         : netConnect({ host: address, port, onread })
