@@ -15,7 +15,8 @@
  *
  * For A/B work while developing (a reported run uses neither): `--targets direct,ours` and
  * `--workloads keepalive,large` run a subset, `--general-path` turns our HTTP/1.1 fast path off,
- * `--cpu-prof-dir DIR` writes V8 CPU profiles of our proxy.
+ * `--cpu-prof-dir DIR` writes V8 CPU profiles of our proxy, `--concurrency large=16,keepalive=128`
+ * changes how many connections a workload keeps busy (for every target alike).
  */
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
@@ -57,6 +58,11 @@ const WORKLOADS: Record<Workload, { mode: LoadSpec['mode']; path: string; concur
   keepalive: { mode: 'keepalive', path: '/small', concurrency: 64 },
   newconn: { mode: 'newconn', path: '/small', concurrency: 16 },
   large: { mode: 'keepalive', path: '/1m', concurrency: 4 },
+}
+for (const spec of list('concurrency') ?? []) {
+  const [w, n] = spec.split('=')
+  if (!(w! in WORKLOADS) || !(Number(n) > 0)) throw new Error(`--concurrency wants workload=N, got ${spec}`)
+  WORKLOADS[w as Workload].concurrency = Number(n)
 }
 
 /** Subsets for A/B work while developing (`--workloads keepalive,large --targets direct,ours`); a
