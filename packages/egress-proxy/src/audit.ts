@@ -18,6 +18,7 @@ export type AuditEvent =
       type: 'placeholder_unmatched'
       host: string
       scheme: 'http' | 'https'
+      method: string
       credential: string
       action: 'forwarded' | 'blocked'
     })

@@ -77,6 +77,13 @@ interface Prepared {
   rewrite: RequestRewrite
 }
 
+/**
+ * Methods whose response echoes the request back (RFC 9110 §9.3.8 TRACE, and TRACK, its IIS
+ * twin): a real secret put in one would reach the guest in the response body, so they get none,
+ * exactly as plain HTTP does. Compared case-insensitively, as some servers treat methods.
+ */
+const ECHOING_METHODS = new Set(['TRACE', 'TRACK'])
+
 /** Policy, destination and headers for one request; an error to answer with instead, if any. */
 export function prepare(ctx: ProxyContext, conn: Conn, method: string, url: string, hostHeader: string | undefined, raw: readonly string[], upgrade = false): Prepared | EgressError {
   const entry = entryOf(ctx, conn)
@@ -89,14 +96,14 @@ export function prepare(ctx: ProxyContext, conn: Conn, method: string, url: stri
   const dest = destinationOf(ctx, conn, url, hostHeader)
   if (dest instanceof EgressError) return dest
   const policy: CompiledPolicy = entry.policy
-  const plan = dest.scheme === 'https' ? policy.planFor(dest.host) : undefined
+  const plan = dest.scheme === 'https' && !ECHOING_METHODS.has(method.toUpperCase()) ? policy.planFor(dest.host) : undefined
   const rewrite = rewriteRequestHeaders(raw, { authority: dest.authority, policy, plan, upgrade })
   if (rewrite.unmatched.length > 0) {
     const block = policy.unmatchedPlaceholder === 'block'
     const action = block ? 'blocked' : 'forwarded'
     for (const cred of rewrite.unmatched) {
       ctx.metrics.unmatchedPlaceholders.inc([action])
-      ctx.audit.emit({ type: 'placeholder_unmatched', source: conn.source, host: dest.host, scheme: dest.scheme, credential: cred.name, action })
+      ctx.audit.emit({ type: 'placeholder_unmatched', source: conn.source, host: dest.host, scheme: dest.scheme, method, credential: cred.name, action })
     }
     if (block) {
       const names = rewrite.unmatched.map((c) => c.name).join(', ')

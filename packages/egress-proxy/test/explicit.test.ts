@@ -71,6 +71,17 @@ describe('explicit proxy with curl', () => {
     expect(h.audit.slice(before)).toContainEqual(expect.objectContaining({ type: 'placeholder_unmatched', host: 'other.test', credential: 'OPENAI_API_KEY', action: 'forwarded', source: '127.0.0.1' }))
   })
 
+  it.each([['--http1.1'], ['--http2']])('TRACE gets no real secret, as its response echoes the request (%s)', async (version) => {
+    const before = h.audit.length
+    const r = await curl([version, '--cacert', caFile, '-x', h.proxy.url!, '-X', 'TRACE', upstreamUrl('api.test'), '-H', `Authorization: Bearer ${ph}`])
+    expect(r.status).toBe(200)
+    expect(seenBody(r.body).headers.authorization).toBe(`Bearer ${ph}`)
+    expect(r.body).not.toContain(SECRET)
+    const events = h.audit.slice(before)
+    expect(events).toContainEqual(expect.objectContaining({ type: 'placeholder_unmatched', host: 'api.test', scheme: 'https', method: 'TRACE', action: 'forwarded' }))
+    expect(events.filter((e) => e.type === 'injected')).toEqual([])
+  })
+
   it('plain HTTP never carries a real secret', async () => {
     const r = await curl(['-x', h.proxy.url!, `http://api.test:${h.http.port}/echo`, '-H', `Authorization: Bearer ${ph}`])
     expect(r.status).toBe(200)

@@ -203,6 +203,18 @@ describe('fast path exchanges', () => {
     }
   })
 
+  it.each(['TRACE', 'TRACK', 'trace'])('%s gets no injected header: the response would echo it to the guest', async (method) => {
+    const before = up.requests.length
+    const a = await guest()
+    a.send(`${method} /echo HTTP/1.1\r\nHost: api.test\r\nX-Key: ${ph}\r\n\r\n`)
+    expect((await a.response()).status).toBe(200)
+    const seen = up.requests.slice(before)
+    expect(seen.map((r) => r.method)).toEqual([method])
+    expect(seen[0]!.headers['x-key']).toBe(ph)
+    expect(seen[0]!.headers.authorization).toBeUndefined()
+    expect(JSON.stringify(seen)).not.toContain(SECRET)
+  })
+
   it('Connection: close from the guest closes after the response', async () => {
     const g = await guest()
     g.send('GET /bye HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n')
