@@ -9,6 +9,7 @@ export type EgressErrorCode =
   | 'unregistered_source'
   | 'destination_blocked'
   | 'placeholder_blocked'
+  | 'misdirected_request'
   | 'bad_request'
   | 'header_too_large'
   | 'dns_failed'
@@ -24,6 +25,7 @@ const STATUS: Record<EgressErrorCode, number> = {
   unregistered_source: 403,
   destination_blocked: 403,
   placeholder_blocked: 403,
+  misdirected_request: 421,
   bad_request: 400,
   header_too_large: 431,
   dns_failed: 502,

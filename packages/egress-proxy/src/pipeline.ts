@@ -97,6 +97,17 @@ export function prepare(ctx: ProxyContext, conn: Conn, method: string, url: stri
   if (dest instanceof EgressError) return dest
   const policy: CompiledPolicy = entry.policy
   const plan = dest.scheme === 'https' && !ECHOING_METHODS.has(method.toUpperCase()) ? policy.planFor(dest.host) : undefined
+  if (plan && plan.credentials.length > 0 && normalizeHost(dest.authority) !== dest.host) {
+    // Domain fronting: behind a shared front end (a CDN) the Host header, not the TLS name,
+    // picks the site, so a secret for the connection's host would reach the site the guest named.
+    const err = new EgressError(
+      'misdirected_request',
+      `the request names ${JSON.stringify(dest.authority)} but its connection goes to ${dest.host}; a request that gets ${plan.credentials.join(', ')} must name the host it goes to`,
+    )
+    ctx.metrics.denied.inc([err.code])
+    ctx.audit.emit({ type: 'denied', source: conn.source, host: dest.host, reason: err.code, message: err.message })
+    return err
+  }
   const rewrite = rewriteRequestHeaders(raw, { authority: dest.authority, policy, plan, upgrade })
   if (rewrite.unmatched.length > 0) {
     const block = policy.unmatchedPlaceholder === 'block'

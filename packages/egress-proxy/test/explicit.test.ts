@@ -82,6 +82,16 @@ describe('explicit proxy with curl', () => {
     expect(events.filter((e) => e.type === 'injected')).toEqual([])
   })
 
+  it.each([['--http1.1'], ['--http2']])('a Host header naming another site than the tunnel gets no secret: 421 (%s)', async (version) => {
+    const before = h.https.seen.length
+    const r = await curl([version, '--cacert', caFile, '-x', h.proxy.url!, upstreamUrl('api.test'), '-H', 'Host: attacker.example', '-D', '-'])
+    expect(r.status).toBe(421)
+    expect(r.body).toMatch(/x-hypeman-egress-error: misdirected_request/i)
+    expect(r.body).toContain('OPENAI_API_KEY')
+    expect(r.body).not.toContain(SECRET)
+    expect(h.https.seen.slice(before)).toEqual([])
+  })
+
   it('plain HTTP never carries a real secret', async () => {
     const r = await curl(['-x', h.proxy.url!, `http://api.test:${h.http.port}/echo`, '-H', `Authorization: Bearer ${ph}`])
     expect(r.status).toBe(200)

@@ -215,6 +215,29 @@ describe('fast path exchanges', () => {
     expect(JSON.stringify(seen)).not.toContain(SECRET)
   })
 
+  it('a Host naming another site than the connection is a 421 when a credential is at stake; the connection carries on', async () => {
+    const before = { requests: up.requests.length, audit: h.audit.length }
+    const g = await guest()
+    g.send(`GET /fronted HTTP/1.1\r\nHost: attacker.example\r\nX-Key: ${ph}\r\n\r\n`)
+    const r = await g.response()
+    expect(r.status).toBe(421)
+    expect(r.headers['x-hypeman-egress-error']).toBe('misdirected_request')
+    expect(h.audit.slice(before.audit)).toContainEqual(expect.objectContaining({ type: 'denied', reason: 'misdirected_request', host: 'api.test' }))
+    g.send(`GET /named HTTP/1.1\r\nHost: API.test.:${up.port}\r\n\r\n`)
+    expect((await g.response()).status).toBe(200)
+    const seen = up.requests.slice(before.requests)
+    expect(seen.map((x) => x.target)).toEqual(['/named'])
+    expect(seen[0]!.headers.authorization).toBe(`Bearer ${SECRET}`)
+  })
+
+  it('a Host naming another site is passed on untouched where no credential is at stake', async () => {
+    const before = up.requests.length
+    const g = await guest(h.proxy, `other.test:${up.port}`)
+    g.send('GET /fronted HTTP/1.1\r\nHost: elsewhere.example\r\n\r\n')
+    expect((await g.response()).status).toBe(200)
+    expect(up.requests.slice(before).map((x) => [x.target, x.headers.host])).toEqual([['/fronted', 'elsewhere.example']])
+  })
+
   it('Connection: close from the guest closes after the response', async () => {
     const g = await guest()
     g.send('GET /bye HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n')

@@ -40,6 +40,13 @@ describe('transparent TLS (destination from SNI)', () => {
     expect(s.httpVersion).toBe(version === '--http2' ? '2.0' : '1.1')
   })
 
+  it.each([['--http1.1'], ['--http2']])('curl %s: a Host naming another site than the SNI gets no secret (421)', async (version) => {
+    const r = await curl([version, '--cacert', h.proxy.caPath, '--connect-to', `api.test:443:127.0.0.1:${tp}`, 'https://api.test/echo', '-H', 'Host: attacker.example', '-H', `X-Key: ${ph}`])
+    expect(r.status).toBe(421)
+    expect(r.body).not.toContain(SECRET)
+    expect(h.audit).toContainEqual(expect.objectContaining({ type: 'denied', reason: 'misdirected_request', host: 'api.test' }))
+  })
+
   it("Node's fetch (which ignores proxy variables) through a redirected connection", async () => {
     const dispatcher = new Agent({ connect: { ca: h.proxy.caPem, lookup: toProxy } })
     try {
