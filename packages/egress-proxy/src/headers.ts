@@ -5,6 +5,7 @@
  * their credential names. Runs once per request, so it only looks things up.
  */
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http'
+import { connectionOptions } from './http1.js'
 import { PLACEHOLDER_PREFIX, scanPlaceholders } from './placeholders.js'
 import type { CompiledCredential, CompiledPolicy, HostPlan } from './policy.js'
 
@@ -38,10 +39,7 @@ function connectionTokens(raw: readonly string[]): Set<string> | undefined {
   let tokens: Set<string> | undefined
   for (let i = 0; i < raw.length; i += 2) {
     if (raw[i]!.length === 10 && raw[i]!.toLowerCase() === 'connection') {
-      for (const t of raw[i + 1]!.split(',')) {
-        const token = t.trim().toLowerCase()
-        if (token && token !== 'close' && token !== 'keep-alive' && token !== 'upgrade') (tokens ??= new Set()).add(token)
-      }
+      for (const token of connectionOptions(raw[i + 1]!) ?? []) (tokens ??= new Set()).add(token)
     }
   }
   return tokens

@@ -61,6 +61,25 @@ function trimOws(s: string): string {
   return a === 0 && b === s.length ? s : s.slice(a, b)
 }
 
+/**
+ * The fields a Connection header names as hop-by-hop (RFC 9110 §7.6.1), lower-case, to be
+ * dropped on forwarding; undefined when it names none. `close`, `keep-alive` and `upgrade` are
+ * connection options, not fields. The framing fields and Host are never dropped, whatever the
+ * header says: removing Content-Length from a request whose body the proxy then forwards would
+ * let the guest smuggle a second request (one that gets another request's credential) into the
+ * upstream connection, and removing it from a response would let the two sides disagree about
+ * where the response ends.
+ */
+export function connectionOptions(value: string): string[] | undefined {
+  let named: string[] | undefined
+  for (const t of value.split(',')) {
+    const token = trimOws(t).toLowerCase()
+    if (token && !NOT_DROPPABLE.has(token)) (named ??= []).push(token)
+  }
+  return named
+}
+const NOT_DROPPABLE = new Set(['close', 'keep-alive', 'upgrade', 'content-length', 'transfer-encoding', 'host'])
+
 function hasToken(list: string, token: string): boolean {
   for (const t of list.split(',')) if (trimOws(t).toLowerCase() === token) return true
   return false
@@ -346,12 +365,8 @@ function fieldNameLength(buf: Buffer, at: number): number {
 
 /** Drops the kept lines whose field the Connection header names (RFC 9110 §7.6.1). */
 function dropNamed(buf: Buffer, keep: number[], connection: string): void {
-  const named: string[] = []
-  for (const t of connection.split(',')) {
-    const token = trimOws(t).toLowerCase()
-    if (token && token !== 'close' && token !== 'keep-alive') named.push(token)
-  }
-  if (named.length === 0) return
+  const named = connectionOptions(connection)
+  if (named === undefined) return
   for (let k = 0; k < keep.length; k += 2) {
     const at = keep[k]!
     const name = buf.toString('latin1', at, at + fieldNameLength(buf, at)).toLowerCase()

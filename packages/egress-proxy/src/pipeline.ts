@@ -78,6 +78,15 @@ interface Prepared {
 }
 
 /**
+ * Whether the Host header (or :authority) sent upstream names the destination's host. Ports are
+ * not compared: a transparent connection's real port is not known (it is `transparentPorts`),
+ * and front ends pick a site by name.
+ */
+function namesDestination(dest: Destination): boolean {
+  return normalizeHost(dest.authority) === dest.host
+}
+
+/**
  * Methods whose response echoes the request back (RFC 9110 §9.3.8 TRACE, and TRACK, its IIS
  * twin): a real secret put in one would reach the guest in the response body, so they get none,
  * exactly as plain HTTP does. Compared case-insensitively, as some servers treat methods.
@@ -97,12 +106,12 @@ export function prepare(ctx: ProxyContext, conn: Conn, method: string, url: stri
   if (dest instanceof EgressError) return dest
   const policy: CompiledPolicy = entry.policy
   const plan = dest.scheme === 'https' && !ECHOING_METHODS.has(method.toUpperCase()) ? policy.planFor(dest.host) : undefined
-  if (plan && plan.credentials.length > 0 && normalizeHost(dest.authority) !== dest.host) {
+  if (plan && plan.credentials.length > 0 && !namesDestination(dest)) {
     // Domain fronting: behind a shared front end (a CDN) the Host header, not the TLS name,
     // picks the site, so a secret for the connection's host would reach the site the guest named.
     const err = new EgressError(
       'misdirected_request',
-      `the request names ${JSON.stringify(dest.authority)} but its connection goes to ${dest.host}; a request that gets ${plan.credentials.join(', ')} must name the host it goes to`,
+      `the request names ${JSON.stringify(dest.authority)} but its connection goes to ${authorityOf(dest.host, dest.port, dest.scheme)}; a request that gets ${plan.credentials.join(', ')} must name the host it goes to`,
     )
     ctx.metrics.denied.inc([err.code])
     ctx.audit.emit({ type: 'denied', source: conn.source, host: dest.host, reason: err.code, message: err.message })

@@ -238,6 +238,32 @@ describe('fast path exchanges', () => {
     expect(up.requests.slice(before).map((x) => [x.target, x.headers.host])).toEqual([['/fronted', 'elsewhere.example']])
   })
 
+  it('Connection cannot strip Content-Length from a request, so its body cannot turn into a request of its own upstream', async () => {
+    const before = up.requests.length
+    const smuggled = 'POST /echo HTTP/1.1\r\nHost: api.test\r\nContent-Length: 300\r\n\r\n'
+    const g = await guest()
+    g.send(`POST /first HTTP/1.1\r\nHost: api.test\r\nConnection: content-length, x-drop\r\nX-Drop: 1\r\nContent-Length: ${smuggled.length}\r\n\r\n${smuggled}`)
+    expect((await g.response()).status).toBe(200)
+    g.send('GET /second HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    expect((await g.response()).status).toBe(200)
+    const seen = up.requests.slice(before)
+    expect(seen.map((x) => x.target)).toEqual(['/first', '/second'])
+    expect(seen[0]!.headers['content-length']).toBe(String(smuggled.length))
+    expect(seen[0]!.body.toString('latin1')).toBe(smuggled)
+    expect(seen[0]!.headers['x-drop']).toBeUndefined()
+  })
+
+  it('Connection cannot strip Content-Length from a response either: the guest frames it as the proxy does', async () => {
+    up.respond = (req, socket) => socket.write(req.target === '/named' ? 'HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello' : ok('next'))
+    const g = await guest()
+    g.send('GET /named HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    const r = await g.response()
+    expect(r.headers['content-length']).toBe('5')
+    expect(r.body).toBe('hello')
+    g.send('GET /after HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    expect((await g.response()).body).toBe('next')
+  })
+
   it('Connection: close from the guest closes after the response', async () => {
     const g = await guest()
     g.send('GET /bye HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n')

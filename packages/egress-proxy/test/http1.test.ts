@@ -6,6 +6,7 @@
 import { describe, expect, it } from 'vitest'
 import {
   ChunkedScanner,
+  connectionOptions,
   guestResponse,
   keptHeaders,
   parseRequestHead,
@@ -134,6 +135,15 @@ describe('parseResponseHead', () => {
     expect(parseResponseHead(buf, MAX, (first as ResponseHead).headLength)).toMatchObject({ kind: 'response', status: 200 })
     expect(parseResponseHead(b('HTTP/1.1 200 OK\r\nX: 1'), MAX)).toEqual({ kind: 'incomplete' })
     expect(parseResponseHead(b(`HTTP/1.1 200 OK\r\nX: ${'a'.repeat(200)}`), 100).kind).toBe('invalid')
+  })
+})
+
+describe('connectionOptions', () => {
+  it('names the fields to drop, never the framing fields or Host', () => {
+    expect(connectionOptions('keep-alive')).toBeUndefined()
+    expect(connectionOptions(' X-Trace ,close, Upgrade')).toEqual(['x-trace'])
+    expect(connectionOptions('Content-Length, transfer-encoding, HOST, te')).toEqual(['te'])
+    expect(connectionOptions(',,')).toBeUndefined()
   })
 })
 
