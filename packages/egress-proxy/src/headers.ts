@@ -45,6 +45,24 @@ function connectionTokens(raw: readonly string[]): Set<string> | undefined {
   return tokens
 }
 
+/**
+ * Request headers that never carry a credential and that servers routinely send back: CORS
+ * copies Origin into Access-Control-Allow-Origin and the requested headers into
+ * Access-Control-Allow-Headers, tracing echoes request ids, error pages quote Referer, User-Agent
+ * or Content-Type. A secret swapped into one would reach the guest in the response, so a
+ * placeholder there stays as it is and counts as unmatched.
+ */
+const ECHOED_BACK = new Set([
+  'origin', 'referer', 'user-agent', 'via', 'forwarded', 'x-forwarded-for', 'x-forwarded-host',
+  'x-forwarded-proto', 'x-real-ip', 'x-request-id', 'x-correlation-id', 'traceparent', 'tracestate',
+  'baggage', 'accept', 'accept-language', 'accept-encoding', 'content-type', 'content-language',
+  'content-encoding', 'cache-control', 'pragma', 'range', 'if-match', 'if-none-match',
+  'if-modified-since', 'if-unmodified-since', 'if-range', 'dnt',
+])
+function echoedBack(lower: string): boolean {
+  return ECHOED_BACK.has(lower) || lower.startsWith('sec-') || lower.startsWith('access-control-')
+}
+
 /** Swaps this policy's placeholders in one header value; records credentials that do not apply. */
 function swapPlaceholders(value: string, policy: CompiledPolicy, plan: HostPlan | undefined, out: RequestRewrite, injected: Set<string>): string {
   let result = ''
@@ -88,7 +106,7 @@ export function rewriteRequestHeaders(raw: readonly string[], opts: RewriteOptio
     if (extraHop?.has(lower)) continue
     if (lower === 'content-length' && value !== '0') out.hasBody = true
     if (plan?.setLower.has(lower)) continue
-    if (policy && value.includes(PLACEHOLDER_PREFIX)) value = swapPlaceholders(value, policy, plan, out, injected)
+    if (policy && value.includes(PLACEHOLDER_PREFIX)) value = swapPlaceholders(value, policy, echoedBack(lower) ? undefined : plan, out, injected)
     if (lower === 'cookie') {
       cookies = cookies === undefined ? value : `${cookies}; ${value}`
       continue

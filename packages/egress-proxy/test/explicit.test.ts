@@ -92,6 +92,16 @@ describe('explicit proxy with curl', () => {
     expect(h.https.seen.slice(before)).toEqual([])
   })
 
+  it('a placeholder in Origin is not swapped: CORS would echo the secret back in Access-Control-Allow-Origin', async () => {
+    const before = h.audit.length
+    const r = await curl(['--cacert', caFile, '-x', h.proxy.url!, upstreamUrl('api.test'), '-H', `Origin: ${ph}`])
+    expect(r.status).toBe(200)
+    const seen = seenBody(r.body)
+    expect(seen.headers.origin).toBe(ph)
+    expect(seen.headers.authorization).toBe(`Bearer ${SECRET}`)
+    expect(h.audit.slice(before)).toContainEqual(expect.objectContaining({ type: 'placeholder_unmatched', host: 'api.test', credential: 'OPENAI_API_KEY', action: 'forwarded' }))
+  })
+
   it('plain HTTP never carries a real secret', async () => {
     const r = await curl(['-x', h.proxy.url!, `http://api.test:${h.http.port}/echo`, '-H', `Authorization: Bearer ${ph}`])
     expect(r.status).toBe(200)

@@ -49,6 +49,16 @@ describe('rewriteRequestHeaders', () => {
     expect(r.unmatched.map((c) => c.name)).toEqual(['B_KEY'])
   })
 
+  it('never swaps into headers servers echo back (Origin, Referer, User-Agent, request ids, CORS and fetch metadata)', () => {
+    const echoed = ['Origin', 'referer', 'User-Agent', 'X-Request-Id', 'Traceparent', 'Content-Type', 'Access-Control-Request-Headers', 'Sec-Fetch-Site']
+    const raw = [...echoed.flatMap((name) => [name, `x ${ph('A_KEY')}`]), 'X-Api-Key', ph('A_KEY')]
+    const r = rewriteRequestHeaders(raw, { authority: 'a.example', policy, plan: policy.planFor('a.example') })
+    for (const name of echoed) expect(pairs(r.headers)).toContainEqual([name, `x ${ph('A_KEY')}`])
+    expect(pairs(r.headers)).toContainEqual(['X-Api-Key', 'real-a'])
+    expect(r.unmatched.map((c) => c.name)).toEqual(['A_KEY'])
+    expect(JSON.stringify(r.headers.filter((_, i) => i % 2 === 1 && r.headers[i - 1] !== 'X-Api-Key' && r.headers[i - 1] !== 'Authorization'))).not.toContain('real-a')
+  })
+
   it('injects nothing over plain HTTP, and reports every placeholder', () => {
     const raw = ['Authorization', `Bearer ${ph('A_KEY')}`, 'Content-Length', '0']
     const r = rewriteRequestHeaders(raw, { authority: 'a.example', policy, plan: undefined })
