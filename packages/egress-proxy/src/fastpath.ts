@@ -280,8 +280,9 @@ class Exchange implements UpstreamUser, PoolWaiter {
   private connect(fresh: boolean): void {
     const dest = this.dest!
     const pool = this.ctx.upstreams.pool
-    if (fresh) pool.acquireFresh(dest.host, dest.port, dest.scheme === 'https', this)
-    else pool.acquire(dest.host, dest.port, dest.scheme === 'https', this)
+    const source = this.fast.conn.source
+    if (fresh) pool.acquireFresh(source, dest.host, dest.port, dest.scheme === 'https', this)
+    else pool.acquire(source, dest.host, dest.port, dest.scheme === 'https', this)
   }
 
   acquired(err: Error | null, up: PooledConnection | null): void {
@@ -522,7 +523,8 @@ class Exchange implements UpstreamUser, PoolWaiter {
   private complete(): void {
     this.phase = Phase.Done
     this.count(statusClass(this.response!.status), true)
-    this.detach(!this.upstreamSpoiled && this.bodyLeft === 0)
+    // After a HEAD the connection is not reused (as undici does): servers that wrongly send the body anyway would have it read as the next response.
+    this.detach(!this.upstreamSpoiled && this.bodyLeft === 0 && this.req.method !== 'HEAD')
     if (this.bodyLeft === 0) this.fast.exchangeDone(this, this.guestClose)
     else this.fast.resume(PAUSE_UPSTREAM)
   }

@@ -356,7 +356,7 @@ export class Forward implements Dispatcher.DispatchHandler {
 export function forward(ctx: ProxyContext, conn: Conn, guest: Guest, method: string, prepared: Prepared, body: Readable | null, h2Upstream: boolean, startedAt: number): Forward {
   const { dest, rewrite } = prepared
   const handler = new Forward(ctx, conn, guest, dest, startedAt)
-  const agent = h2Upstream ? ctx.upstreams.h2 : ctx.upstreams.h1
+  const agent = ctx.upstreams.agentFor(conn.source, h2Upstream)
   try {
     agent.dispatch(
       {

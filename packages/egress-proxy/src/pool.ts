@@ -100,13 +100,15 @@ export interface PoolWaiter {
 interface Origin {
   idle: PooledConnection[]
   open: number
-  waiting: Array<{ host: string; port: number; tls: boolean; cb: PoolWaiter }>
+  waiting: Array<{ partition: string; host: string; port: number; tls: boolean; cb: PoolWaiter }>
 }
 
 const SESSION_CACHE_MAX = 1000
 
 /** Larger than a TLS record (16 KiB) and than what one TCP read usually brings. */
 const READ_BUFFER_BYTES = 64 * 1024
+
+const sessionKey = (host: string, port: number, tls: boolean): string => `${tls ? 's' : 'p'}|${host}|${port}`
 
 export class UpstreamPool {
   private readonly origins = new Map<string, Origin>()
@@ -126,9 +128,12 @@ export class UpstreamPool {
   /**
    * Lends a connection to `host:port` (TLS or not): an idle one when there is one (the most
    * recently used), else a new one, else (at the per-origin limit) the next one released.
+   * Connections are never shared between partitions (the proxy's sources): an upstream that
+   * sends bytes after a complete response (a body after a HEAD, say) would otherwise have one
+   * guest read the response to another's request, credential and all.
    */
-  acquire(host: string, port: number, tls: boolean, cb: PoolWaiter): void {
-    const found = this.origin(host, port, tls, cb)
+  acquire(partition: string, host: string, port: number, tls: boolean, cb: PoolWaiter): void {
+    const found = this.origin(partition, host, port, tls, cb)
     if (!found) return
     const { key, origin } = found
     const now = performance.now()
@@ -142,25 +147,25 @@ export class UpstreamPool {
       conn.socket.destroy()
     }
     if (origin.open >= this.opts.connectionsPerOrigin) {
-      origin.waiting.push({ host, port, tls, cb })
+      origin.waiting.push({ partition, host, port, tls, cb })
       return
     }
     this.dial(key, origin, host, port, tls, cb)
   }
 
   /** A fresh connection, never an idle one (a request that cannot be retried on a stale socket). */
-  acquireFresh(host: string, port: number, tls: boolean, cb: PoolWaiter): void {
-    const found = this.origin(host, port, tls, cb)
+  acquireFresh(partition: string, host: string, port: number, tls: boolean, cb: PoolWaiter): void {
+    const found = this.origin(partition, host, port, tls, cb)
     if (found) this.dial(found.key, found.origin, host, port, tls, cb)
   }
 
   /** The origin's entry, made on first use; none (and `cb` told) once the pool is closed. */
-  private origin(host: string, port: number, tls: boolean, cb: PoolWaiter): { key: string; origin: Origin } | undefined {
+  private origin(partition: string, host: string, port: number, tls: boolean, cb: PoolWaiter): { key: string; origin: Origin } | undefined {
     if (this.closed) {
       cb.acquired(new EgressError('proxy_closed', 'the proxy is shutting down'), null)
       return undefined
     }
-    const key = `${tls ? 's' : 'p'}|${host}|${port}`
+    const key = `${sessionKey(host, port, tls)}|${partition}`
     let origin = this.origins.get(key)
     if (!origin) {
       origin = { idle: [], open: 0, waiting: [] }
@@ -223,14 +228,15 @@ export class UpstreamPool {
       cb.acquired(err, null)
       // A waiter behind a failed dial gets its own attempt (and most likely the same answer).
       const next = origin.waiting.shift()
-      if (next) this.acquire(next.host, next.port, next.tls, next.cb)
+      if (next) this.acquire(next.partition, next.host, next.port, next.tls, next.cb)
     }
     this.opts.guard.resolve(host).then(({ address }) => {
       if (this.closed) return fail(new EgressError('proxy_closed', 'the proxy is shutting down'))
       if (this.opts.isSelf(address, port)) {
         return fail(new EgressError('destination_blocked', `${host}:${port} is this proxy; refusing to connect to itself`, { details: { host } }))
       }
-      const session = tls ? this.sessions.get(key) : undefined
+      // TLS sessions carry nothing of a guest's, so every partition resumes the origin's.
+      const session = tls ? this.sessions.get(sessionKey(host, port, tls)) : undefined
       let conn: PooledConnection | undefined
       const onread: OnReadOpts = {
         buffer: this.readBuffer,
@@ -267,7 +273,7 @@ export class UpstreamPool {
       if (tls) {
         socket.on('session', (s: Buffer) => {
           if (this.sessions.size >= SESSION_CACHE_MAX) this.sessions.clear()
-          this.sessions.set(key, s)
+          this.sessions.set(sessionKey(host, port, tls), s)
         })
       }
       socket.once(tls ? 'secureConnect' : 'connect', () => {

@@ -196,6 +196,8 @@ export async function createProxy(options: ProxyOptions): Promise<EgressProxy> {
     delete(source) {
       const key = canonicalSource(source, 'source').key
       const had = sources.delete(key)
+      // Its upstream connections go too (those of a range's sources age out instead).
+      upstreams.forget(key)
       if (had) audit.emit({ type: 'policy_deleted', source: key })
       return had
     },

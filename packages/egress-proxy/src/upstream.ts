@@ -75,11 +75,16 @@ function bare(hostname: string): string {
   return hostname.startsWith('[') ? hostname.slice(1, -1) : hostname
 }
 
+/** Sources whose undici agents are kept; beyond this the least recently used one is closed (gracefully). */
+const AGENT_PARTITIONS_MAX = 256
+
 export class Upstreams {
-  /** HTTP/1.1 only: what an HTTP/1.1 guest request goes through. */
-  readonly h1: Agent
-  /** Offers h2 (and HTTP/1.1): what an HTTP/2 guest request goes through, so gRPC keeps h2 end to end. */
-  readonly h2: Agent
+  /**
+   * undici agents per source (the pool below is partitioned the same way): a connection never
+   * carries two sources' requests, so a response can never reach the wrong guest. `h1` is
+   * HTTP/1.1 only, for HTTP/1.1 guest requests; `h2` offers h2 too, so gRPC keeps h2 end to end.
+   */
+  private readonly agents = new Map<string, { h1?: Agent; h2?: Agent }>()
   /** Raw kept-alive connections for the HTTP/1.1 fast path. */
   readonly pool: UpstreamPool
   readonly timeouts: Pick<UpstreamOptions, 'headersTimeoutMs' | 'bodyTimeoutMs' | 'maxResponseHeaderSize'>
@@ -97,29 +102,52 @@ export class Upstreams {
       isSelf: opts.isSelf,
       watchdog: opts.watchdog,
     })
-    const agent = (allowH2: boolean) =>
-      new Agent({
-        connect: this.guarded(
-          buildConnector({
-            secureContext: this.trust,
-            timeout: opts.connectTimeoutMs,
-            allowH2,
-            maxCachedSessions: 1000,
-            // undici reads TLS with a 16 KiB buffer; a larger one hands the parser (and the
-            // guest's socket) bigger pieces, so large bodies cost fewer reads, pauses and writes.
-            highWaterMark: UPSTREAM_READ_BUFFER,
-          } as buildConnector.BuildOptions),
-        ),
-        allowH2,
-        connections: opts.connectionsPerOrigin,
-        pipelining: 1,
-        headersTimeout: opts.headersTimeoutMs,
-        bodyTimeout: opts.bodyTimeoutMs,
-        keepAliveTimeout: opts.keepAliveTimeoutMs,
-        maxHeaderSize: opts.maxResponseHeaderSize,
-      })
-    this.h1 = agent(false)
-    this.h2 = agent(true)
+  }
+
+  /** The agent for one source's requests, made on first use. */
+  agentFor(source: string, h2: boolean): Agent {
+    let entry = this.agents.get(source)
+    if (entry) {
+      // Most recently used last, so eviction takes the longest unused.
+      this.agents.delete(source)
+      this.agents.set(source, entry)
+    } else {
+      this.agents.set(source, (entry = {}))
+      if (this.agents.size > AGENT_PARTITIONS_MAX) this.forget(this.agents.keys().next().value!)
+    }
+    return h2 ? (entry.h2 ??= this.agent(true)) : (entry.h1 ??= this.agent(false))
+  }
+
+  /** Closes a source's agents once their requests in flight are done (its policy is gone, or it was evicted). */
+  forget(source: string): void {
+    const entry = this.agents.get(source)
+    if (!entry) return
+    this.agents.delete(source)
+    for (const a of [entry.h1, entry.h2]) void a?.close().catch(() => {})
+  }
+
+  private agent(allowH2: boolean): Agent {
+    const opts = this.opts
+    return new Agent({
+      connect: this.guarded(
+        buildConnector({
+          secureContext: this.trust,
+          timeout: opts.connectTimeoutMs,
+          allowH2,
+          maxCachedSessions: 1000,
+          // undici reads TLS with a 16 KiB buffer; a larger one hands the parser (and the
+          // guest's socket) bigger pieces, so large bodies cost fewer reads, pauses and writes.
+          highWaterMark: UPSTREAM_READ_BUFFER,
+        } as buildConnector.BuildOptions),
+      ),
+      allowH2,
+      connections: opts.connectionsPerOrigin,
+      pipelining: 1,
+      headersTimeout: opts.headersTimeoutMs,
+      bodyTimeout: opts.bodyTimeoutMs,
+      keepAliveTimeout: opts.keepAliveTimeoutMs,
+      maxHeaderSize: opts.maxResponseHeaderSize,
+    })
   }
 
   private guarded(base: buildConnector.connector): buildConnector.connector {
@@ -171,11 +199,17 @@ export class Upstreams {
 
   async close(): Promise<void> {
     this.pool.close()
-    await Promise.all([this.h1.close(), this.h2.close()])
+    await Promise.all(this.takeAgents().map((a) => a.close()))
   }
 
   async destroy(): Promise<void> {
     this.pool.destroy()
-    await Promise.all([this.h1.destroy(), this.h2.destroy()])
+    await Promise.all(this.takeAgents().map((a) => a.destroy()))
+  }
+
+  private takeAgents(): Agent[] {
+    const all = [...this.agents.values()].flatMap((e) => [e.h1, e.h2]).filter((a): a is Agent => a !== undefined)
+    this.agents.clear()
+    return all
   }
 }

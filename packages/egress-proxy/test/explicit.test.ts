@@ -147,6 +147,22 @@ describe('explicit proxy with curl', () => {
     h.proxy.policies.delete('127.0.0.2')
   })
 
+  it('two sources never share an upstream connection, even HTTP/2 which multiplexes (one source does)', async () => {
+    h.proxy.policies.set('127.0.0.2', bearerPolicy(['api.test'], 'sk-second-source'))
+    const portOf = async (from: string) => {
+      const before = h.https.seen.length
+      const r = await curl(['--http2', '--interface', from, '--cacert', caFile, '-x', h.proxy.url!, upstreamUrl('api.test')])
+      expect(r.status).toBe(200)
+      const seen = h.https.seen.slice(before)
+      expect(seen.map((x) => x.httpVersion)).toEqual(['2.0'])
+      return seen[0]!.remotePort
+    }
+    const first = await portOf('127.0.0.1')
+    expect(await portOf('127.0.0.1')).toBe(first)
+    expect(await portOf('127.0.0.2')).not.toBe(first)
+    h.proxy.policies.delete('127.0.0.2')
+  })
+
   it('CONNECT to a malformed target is a 400', async () => {
     const r = await curl(['-x', h.proxy.url!, '--request-target', 'nonsense', '-X', 'CONNECT', 'http://x/', '-D', '-'])
     expect([400, 0]).toContain(r.status)

@@ -264,6 +264,29 @@ describe('fast path exchanges', () => {
     expect((await g.response()).body).toBe('next')
   })
 
+  it('bytes an upstream sends after a HEAD response never answer a later request, of this source or another', async () => {
+    const stray = 'HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nJUNK'
+    up.respond = (req, socket) => {
+      if (req.method === 'HEAD') {
+        // A server bug seen in the wild: the body of a HEAD response, sent anyway, later.
+        socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${stray.length}\r\n\r\n`)
+        setTimeout(() => socket.write(stray), 100)
+      } else setTimeout(() => socket.write(ok(`for ${req.target}`)), 200)
+    }
+    const before = up.requests.length
+    const a = await guest()
+    a.send('HEAD /a HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    expect((await a.response({ bodiless: true })).status).toBe(200)
+    const b = await guest(h.proxy, `api.test:${up.port}`, '127.0.0.2')
+    b.send('GET /b HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    a.send('GET /a2 HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    expect((await b.response()).body).toBe('for /b')
+    expect((await a.response()).body).toBe('for /a2')
+    // Three connections: none reused after the HEAD, and none shared between the two sources.
+    const on = Object.fromEntries(up.requests.slice(before).map((r) => [r.target, r.connection]))
+    expect(new Set([on['/a'], on['/b'], on['/a2']]).size).toBe(3)
+  })
+
   it('Connection: close from the guest closes after the response', async () => {
     const g = await guest()
     g.send('GET /bye HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n')

@@ -67,11 +67,11 @@ function pool(opts: { allow?: string[]; limit?: number; idleMs?: number; self?: 
   })
 }
 
-function acquire(p: UpstreamPool, host: string, port: number, fresh = false): Promise<PooledConnection> {
+function acquire(p: UpstreamPool, host: string, port: number, fresh = false, partition = '10.0.0.1'): Promise<PooledConnection> {
   return new Promise((resolve, reject) => {
     const waiter = { acquired: (err: Error | null, conn: PooledConnection | null) => (err ? reject(err) : resolve(conn!)) }
-    if (fresh) p.acquireFresh(host, port, true, waiter)
-    else p.acquire(host, port, true, waiter)
+    if (fresh) p.acquireFresh(partition, host, port, true, waiter)
+    else p.acquire(partition, host, port, true, waiter)
   })
 }
 
@@ -134,6 +134,23 @@ describe('UpstreamPool', () => {
     const b = await acquire(p, 'api.test', goodPort, true)
     expect((a.socket as TLSSocket).isSessionReused()).toBe(false)
     expect((b.socket as TLSSocket).isSessionReused()).toBe(true)
+    p.destroy()
+  })
+
+  it('never lends one partition (source) a connection another released, nor makes it wait for one, but shares TLS sessions', async () => {
+    const p = pool({ limit: 1 })
+    const a = await acquire(p, 'api.test', goodPort, false, '10.0.0.1')
+    await new Promise((r) => setTimeout(r, 50))
+    // Partition B is not held back by A's connection at the limit: it gets its own.
+    const b = await acquire(p, 'api.test', goodPort, false, '10.0.0.2')
+    expect(b).not.toBe(a)
+    expect((b.socket as TLSSocket).isSessionReused()).toBe(true)
+    p.release(a)
+    p.release(b)
+    expect(await acquire(p, 'api.test', goodPort, false, '10.0.0.2')).toBe(b)
+    const c = await acquire(p, 'api.test', goodPort, false, '10.0.0.3')
+    expect([a, b]).not.toContain(c)
+    expect(await acquire(p, 'api.test', goodPort, false, '10.0.0.1')).toBe(a)
     p.destroy()
   })
 

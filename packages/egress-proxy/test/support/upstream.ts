@@ -23,6 +23,8 @@ export interface Seen {
   headers: Record<string, string | string[] | undefined>
   bodyBytes: number
   alpn?: string | false
+  /** The proxy's end of the connection the request came on: requests with the same port shared it. */
+  remotePort?: number
 }
 
 export interface Upstream {
@@ -50,6 +52,7 @@ function handler(seen: Seen[]) {
         headers: { ...req.headers },
         bodyBytes,
         alpn: (req.socket as { alpnProtocol?: string | false }).alpnProtocol,
+        remotePort: req.socket.remotePort,
       }
       seen.push(record)
       const r = res as ServerResponse
