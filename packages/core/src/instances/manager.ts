@@ -133,6 +133,8 @@ function runtimeConfig(img: ImageRecord): Parameters<typeof resolveProgram>[0] {
 
 export class InstanceManager {
   private readonly live = new Map<string, LiveVm>()
+  /** Creates in flight in this process: a delete cancels one and waits for its undo, so it never frees an address the create still uses. */
+  private readonly creating = new Map<string, { cancel: AbortController; done: Promise<void> }>()
   /** The exit handler of each watched VM, so a read right after an exit can wait for its record. */
   private readonly exitHandlers = new Map<string, Promise<void>>()
   private readonly logger: Logger
@@ -207,29 +209,46 @@ export class InstanceManager {
       snapshot: false,
       network: null,
     }
-    await this.files.withNamesLock(async () => {
-      if ((await this.records()).some((r) => r.name === spec.name && r.phase !== 'deleting')) {
-        throw new ConflictError(`an instance named "${spec.name}" already exists`, { field: 'name' })
-      }
-      await mkdir(paths.dir, { recursive: true, mode: 0o700 })
-      record.steps.push('instance_dir')
-      await this.files.write(record)
-    })
+    const cancel = new AbortController()
+    const signal = opts.signal ? AbortSignal.any([opts.signal, cancel.signal]) : cancel.signal
+    let settled!: () => void
+    const done = new Promise<void>((resolve) => (settled = resolve))
+    await this.files
+      .withNamesLock(async () => {
+        if ((await this.records()).some((r) => r.name === spec.name && r.phase !== 'deleting')) {
+          throw new ConflictError(`an instance named "${spec.name}" already exists`, { field: 'name' })
+        }
+        await mkdir(paths.dir, { recursive: true, mode: 0o700 })
+        record.steps.push('instance_dir')
+        await this.files.write(record)
+        // Before the lock is let go, so no delete can see the record and miss the create.
+        this.creating.set(id, { cancel, done })
+      })
+      .catch((err: unknown) => {
+        this.creating.delete(id)
+        settled()
+        throw err
+      })
 
     let step: CreateStep = 'image'
     // The in-directory steps are only remembered; the record is written (durably) when the VMM
     // is spawned, which is the first step whose undo is more than removing the directory.
     const stepped = <T>(s: CreateStep, work: () => Promise<T>): Promise<T> =>
-      work().then(
-        (v) => {
-          record.steps.push(s)
-          return v
-        },
-        (err) => {
-          step = s
-          throw err
-        },
-      )
+      Promise.resolve()
+        .then(() => {
+          signal.throwIfAborted()
+          return work()
+        })
+        .then(
+          (v) => {
+            record.steps.push(s)
+            return v
+          },
+          (err) => {
+            step = s
+            throw err
+          },
+        )
     try {
       // The overlay disk needs nothing from the image: make it while the image is resolved.
       const [{ record: img, diskPath }] = await Promise.all([
@@ -239,10 +258,10 @@ export class InstanceManager {
           const usable = cached?.status === 'ready' && (!spec.platform || cached.platform === spec.platform)
           const image = usable
             ? cached
-            : await this.opts.images.pull({ name: spec.image, ...(spec.platform ? { platform: spec.platform } : {}) }, opts.signal ? { signal: opts.signal } : {})
+            : await this.opts.images.pull({ name: spec.image, ...(spec.platform ? { platform: spec.platform } : {}) }, { signal })
           return this.opts.images.resolveReady(image.name)
         }),
-        stepped('overlay_disk', () => createOverlayDisk(paths.overlay, spec.overlayBytes, opts.signal ? { signal: opts.signal } : {})),
+        stepped('overlay_disk', () => createOverlayDisk(paths.overlay, spec.overlayBytes, { signal })),
       ])
       record.imageDigest = img.digest
 
@@ -252,7 +271,8 @@ export class InstanceManager {
         // Recorded before it runs: a crash mid-attach must still be detached by reconcile.
         record.steps.push('network')
         await this.files.write(record)
-        attachment = await this.attachNetwork(record, opts.signal)
+        signal.throwIfAborted()
+        attachment = await this.attachNetwork(record, signal)
       }
 
       step = 'egress'
@@ -278,15 +298,18 @@ export class InstanceManager {
 
       step = 'vmm'
       await this.files.log(id, `create: image ${spec.image} (${img.digest}), ${spec.vcpus} vCPU, ${spec.size} memory`)
-      await stepped('vmm', () => this.boot(record, diskPath, opts.signal))
+      await stepped('vmm', () => this.boot(record, diskPath, signal))
 
       step = 'guest_ready'
-      if (opts.waitForRunning !== false) await this.waitForGuest(record, opts.signal)
+      if (opts.waitForRunning !== false) await this.waitForGuest(record, signal)
+      signal.throwIfAborted()
       record.phase = 'ready'
       record.steps.push('guest_ready')
       await this.files.write(record)
-    } catch (err) {
+    } catch (caught) {
       await this.undoCreate(record)
+      // Cancelled by a delete: that is what happened, whichever way the step noticed.
+      const err: unknown = cancel.signal.aborted ? cancel.signal.reason : caught
       if (err instanceof ValidationError) throw err
       const code = err instanceof HypemanError ? err.code : 'create_failed'
       throw new HypemanError(code, `create ${spec.name}: step ${step} failed: ${errorMessage(err)}`, {
@@ -294,6 +317,9 @@ export class InstanceManager {
         cause: err,
         ...(err instanceof HypemanError && err.field ? { field: err.field } : {}),
       })
+    } finally {
+      this.creating.delete(id)
+      settled()
     }
     return this.get(id)
   }
@@ -339,6 +365,17 @@ export class InstanceManager {
     await this.files.write(record)
     await this.files.log(record.id, `network: ${att.ip}/${att.prefixLength} via ${att.gateway} on ${att.tap}`)
     return att
+  }
+
+  /**
+   * Network and egress policy again for a start or restore: the address is the instance's own
+   * (so are the placeholders derived from it), but the proxy keeps policies in memory only, and
+   * this process may not be the one that created the instance.
+   */
+  private async reattachNetwork(record: InstanceRecord, signal?: AbortSignal): Promise<void> {
+    if (!record.network) return
+    await this.attachNetwork(record, signal)
+    if (record.spec.network.egress.enabled) await this.registerEgress(record)
   }
 
   /** The instance's policy in the proxy, keyed by its address: the real values never reach the guest. */
@@ -603,7 +640,7 @@ export class InstanceManager {
         await this.finishBoot(record, 'killed')
       }
       const { diskPath } = await this.rootfsOf(record)
-      if (record.network) await this.attachNetwork(record, opts.signal)
+      await this.reattachNetwork(record, opts.signal)
       await this.boot(record, diskPath, opts.signal)
     })
     const record = (await this.files.read(found.id))!
@@ -692,6 +729,14 @@ export class InstanceManager {
   /** Removes the instance and everything it made: VMM, sockets, disks, logs. */
   async delete(idOrName: string): Promise<void> {
     const found = await this.find(idOrName)
+    const inFlight = this.creating.get(found.id)
+    if (inFlight) {
+      // The create undoes its own steps (policy, address, VMM, files) before the address can go to anyone else.
+      inFlight.cancel.abort(new ConflictError(`instance ${found.name} was deleted while it was being created`, { field: 'id' }))
+      await inFlight.done
+      // Undone and removed by the create itself, unless it finished first.
+      if (!(await this.files.read(found.id))) return
+    }
     await this.files.withNamesLock(() =>
       this.files.withLock(found.id, async () => {
         const record = await this.files.read(found.id)
@@ -735,7 +780,7 @@ export class InstanceManager {
       if (!record.snapshot) throw new ConflictError(`instance ${record.name} has no snapshot to restore`, { field: 'id' })
       if (record.vmm) throw new ConflictError(`instance ${record.name} is running`, { field: 'id' })
       const { diskPath } = await this.rootfsOf(record)
-      if (record.network) await this.attachNetwork(record, opts.signal)
+      await this.reattachNetwork(record, opts.signal)
       await this.boot(record, diskPath, opts.signal, true)
       // A snapshot is good for one restore: the disks move on from here.
       record.snapshot = false

@@ -120,6 +120,15 @@ describe('mediated egress with a brokered credential', () => {
     expect(results.partialHttps).toMatchObject({ url: '/p', tls: true })
   })
 
+  it('a stopped instance started by a new host process gets its policy back', () => {
+    expect(results.afterRestartMatch?.headers?.authorization).toBe(`Bearer ${SECRET}`)
+  })
+
+  it('a delete during create cancels it, and the create undoes itself before the delete returns', () => {
+    expect(results.cancelledCreate.outcome).toMatch(/deleted while it was being created/)
+    expect(results.cancelledCreate.listedAfter).toBe(false)
+  })
+
   it('delete leaves no instance, and no VMM behind', () => {
     expect(results.afterDelete).toEqual([])
     expect(qemuOf(work)).toEqual([])

@@ -11,16 +11,18 @@ const cfg = JSON.parse(process.argv[2]!) as { dataDir: string; uplink: string; u
 const SECRET = 'sk-real-secret-7f3a9c'
 const results: Record<string, unknown> = {}
 
-const hm = await Hypeman.open({
-  dataDir: cfg.dataDir,
-  network: { uplink: cfg.uplink, subnet: '10.123.0.0/24', dns: ['10.123.0.1'], capacity: { download: '1Gbps', upload: '1Gbps' } },
-  egress: {
-    upstreamCa: readFileSync(cfg.upstreamCa, 'utf8'),
-    allowDestinations: ['198.18.0.0/15'],
-    lookup: async (host) => (host === 'api.test' || host === 'other.test' ? [{ address: cfg.serverIp, family: 4 }] : []),
-  },
-  defaults: { vcpus: 1, size: '512MB', overlaySize: '512MB' },
-})
+const open = () =>
+  Hypeman.open({
+    dataDir: cfg.dataDir,
+    network: { uplink: cfg.uplink, subnet: '10.123.0.0/24', dns: ['10.123.0.1'], capacity: { download: '1Gbps', upload: '1Gbps' } },
+    egress: {
+      upstreamCa: readFileSync(cfg.upstreamCa, 'utf8'),
+      allowDestinations: ['198.18.0.0/15'],
+      lookup: async (host) => (host === 'api.test' || host === 'other.test' ? [{ address: cfg.serverIp, family: 4 }] : []),
+    },
+    defaults: { vcpus: 1, size: '512MB', overlaySize: '512MB' },
+  })
+let hm = await open()
 
 const sh = async (id: string, script: string) => {
   const r = await hm.instances.exec(id, { argv: ['sh', '-c', script], timeoutMs: 60_000 })
@@ -70,6 +72,32 @@ try {
   const tcp2222 = `timeout 5 bash -c 'cat < /dev/tcp/${cfg.serverIp}/2222' 2>&1 || echo blocked`
   results.mediatedDirectTcp = await sh(med.id, tcp2222)
   results.mediatedDirectPlainHttpPort8080 = await sh(med.id, `curl -s --max-time 5 --noproxy '*' http://${cfg.serverIp}:8080/ || echo blocked-$?`)
+
+  // 2b. The host process restarts while the instance is stopped: policies live in the proxy's
+  // memory, so the new process's start must register it again (same address, same placeholder).
+  await hm.instances.stop(med.id)
+  await hm.close()
+  hm = await open()
+  await hm.instances.start(med.id)
+  results.afterRestartMatch = json((await sh(med.id, `curl -s --max-time 20 --noproxy '*' ${resolve} -H "Authorization: Bearer $OPENAI_API_KEY" https://api.test/r`)).out)
+
+  // 2c. A delete while the create is in flight cancels it; its undo (policy, address, VMM)
+  // finishes before the delete returns, so the address never serves two instances.
+  const cancelled = hm.instances.create({
+    image: cfg.image,
+    name: 'net-cancel',
+    cmd: ['sleep', '3600'],
+    env: { OPENAI_REAL: 'sk-cancelled' },
+    credentials: { OPENAI_API_KEY: { source: { env: 'OPENAI_REAL' }, inject: [{ hosts: ['api.test'], as: { header: 'Authorization', format: 'Bearer ${value}' } }] } },
+    network: { egress: { enabled: true } },
+  })
+  const outcome = cancelled.then(
+    () => 'created',
+    (err: Error) => err.message,
+  )
+  for (let i = 0; i < 400 && !(await hm.instances.list()).some((x) => x.name === 'net-cancel'); i++) await new Promise((r) => setTimeout(r, 25))
+  await hm.instances.delete('net-cancel')
+  results.cancelledCreate = { outcome: await outcome, listedAfter: (await hm.instances.list()).some((x) => x.name === 'net-cancel') }
 
   // 3. Mediated egress, mode http_https_only: other TCP goes direct.
   const partial = await hm.instances.create({
