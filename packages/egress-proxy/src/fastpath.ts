@@ -194,18 +194,6 @@ export class FastH1 implements Watched {
   }
 }
 
-/** Whether a flat header list carries exactly `length` as its one Content-Length. */
-function carriesLength(headers: readonly string[], length: number): boolean {
-  let found = 0
-  for (let i = 0; i < headers.length; i += 2) {
-    if (headers[i]!.length === 14 && headers[i]!.toLowerCase() === 'content-length') {
-      if (headers[i + 1] !== String(length)) return false
-      found++
-    }
-  }
-  return found === 1
-}
-
 const enum Phase {
   Connecting,
   Head,
@@ -260,14 +248,6 @@ class Exchange implements UpstreamUser, PoolWaiter {
       if (bodyNow !== null) this.bodyLeft -= bodyNow.length
       this.count(statusClass(prepared.status), false)
       this.respondError(prepared)
-      return
-    }
-    if (req.contentLength > 0 && !carriesLength(prepared.rewrite.headers, req.contentLength)) {
-      // The body leaves as the guest framed it; without its Content-Length upstream it would be read as requests of its own.
-      if (bodyNow !== null) this.bodyLeft -= bodyNow.length
-      const err = new EgressError('bad_request', 'the request body would not reach the upstream with its Content-Length')
-      this.count(statusClass(err.status), false)
-      this.respondError(err)
       return
     }
     this.dest = prepared.dest

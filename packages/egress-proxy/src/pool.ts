@@ -108,7 +108,8 @@ const SESSION_CACHE_MAX = 1000
 /** Larger than a TLS record (16 KiB) and than what one TCP read usually brings. */
 const READ_BUFFER_BYTES = 64 * 1024
 
-const sessionKey = (host: string, port: number, tls: boolean): string => `${tls ? 's' : 'p'}|${host}|${port}`
+/** An origin's key; the pool's entries add the partition, its TLS sessions do not. */
+const originKey = (host: string, port: number, tls: boolean): string => `${tls ? 's' : 'p'}|${host}|${port}`
 
 export class UpstreamPool {
   private readonly origins = new Map<string, Origin>()
@@ -165,7 +166,7 @@ export class UpstreamPool {
       cb.acquired(new EgressError('proxy_closed', 'the proxy is shutting down'), null)
       return undefined
     }
-    const key = `${sessionKey(host, port, tls)}|${partition}`
+    const key = `${originKey(host, port, tls)}|${partition}`
     let origin = this.origins.get(key)
     if (!origin) {
       origin = { idle: [], open: 0, waiting: [] }
@@ -236,7 +237,7 @@ export class UpstreamPool {
         return fail(new EgressError('destination_blocked', `${host}:${port} is this proxy; refusing to connect to itself`, { details: { host } }))
       }
       // TLS sessions carry nothing of a guest's, so every partition resumes the origin's.
-      const session = tls ? this.sessions.get(sessionKey(host, port, tls)) : undefined
+      const session = tls ? this.sessions.get(originKey(host, port, tls)) : undefined
       let conn: PooledConnection | undefined
       const onread: OnReadOpts = {
         buffer: this.readBuffer,
@@ -273,7 +274,7 @@ export class UpstreamPool {
       if (tls) {
         socket.on('session', (s: Buffer) => {
           if (this.sessions.size >= SESSION_CACHE_MAX) this.sessions.clear()
-          this.sessions.set(sessionKey(host, port, tls), s)
+          this.sessions.set(originKey(host, port, tls), s)
         })
       }
       socket.once(tls ? 'secureConnect' : 'connect', () => {
