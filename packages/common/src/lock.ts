@@ -8,7 +8,29 @@ import { open, readFile, rm } from 'node:fs/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { TimeoutError } from './errors.js'
 
-const inProcess = new Map<string, Promise<unknown>>()
+/**
+ * Runs functions one at a time per key, in call order, within this process. A failure of one
+ * does not stop the next.
+ */
+export class KeyedQueue {
+  readonly #tails = new Map<string, Promise<void>>()
+
+  async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const previous = this.#tails.get(key) ?? Promise.resolve()
+    let release!: () => void
+    const tail = previous.then(() => new Promise<void>((r) => (release = r)))
+    this.#tails.set(key, tail)
+    await previous
+    try {
+      return await fn()
+    } finally {
+      release()
+      if (this.#tails.get(key) === tail) this.#tails.delete(key)
+    }
+  }
+}
+
+const inProcess = new KeyedQueue()
 
 export interface LockOptions {
   /** Give up after this long (default 60 s). */
@@ -64,21 +86,12 @@ async function acquire(lockPath: string, deadline: number): Promise<void> {
 }
 
 export async function withFileLock<T>(lockPath: string, fn: () => Promise<T>, opts: LockOptions = {}): Promise<T> {
-  const previous = inProcess.get(lockPath) ?? Promise.resolve()
-  let release!: () => void
-  const mine = new Promise<void>((r) => (release = r))
-  const chained = previous.then(() => mine)
-  inProcess.set(lockPath, chained)
-  await previous.catch(() => {})
-  try {
+  return inProcess.run(lockPath, async () => {
     await acquire(lockPath, Date.now() + (opts.timeoutMs ?? 60_000))
     try {
       return await fn()
     } finally {
       await rm(lockPath, { force: true })
     }
-  } finally {
-    release()
-    if (inProcess.get(lockPath) === chained) inProcess.delete(lockPath)
-  }
+  })
 }

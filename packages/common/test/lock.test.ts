@@ -2,8 +2,29 @@ import { mkdtemp, readFile, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { readJsonIfExists, withFileLock, writeJsonAtomic } from '../src/index.js'
+import { KeyedQueue, readJsonIfExists, withFileLock, writeJsonAtomic } from '../src/index.js'
 import { run } from '../src/run.js'
+
+describe('KeyedQueue', () => {
+  it('runs one function at a time per key, in call order, and goes on after a failure', async () => {
+    const q = new KeyedQueue()
+    const events: string[] = []
+    const step = (key: string, n: number, fail = false) =>
+      q.run(key, async () => {
+        events.push(`${key}${n}+`)
+        await new Promise((r) => setTimeout(r, 10))
+        events.push(`${key}${n}-`)
+        if (fail) throw new Error(`${key}${n} failed`)
+        return n
+      })
+    const results = await Promise.allSettled([step('a', 1, true), step('a', 2), step('b', 1), step('a', 3)])
+    expect(results.map((r) => r.status)).toEqual(['rejected', 'fulfilled', 'fulfilled', 'fulfilled'])
+    const a = events.filter((e) => e.startsWith('a'))
+    expect(a).toEqual(['a1+', 'a1-', 'a2+', 'a2-', 'a3+', 'a3-'])
+    // Another key does not wait for this one.
+    expect(events.indexOf('b1+')).toBeLessThan(events.indexOf('a1-'))
+  })
+})
 
 describe('withFileLock', () => {
   it('serialises critical sections in one process', async () => {

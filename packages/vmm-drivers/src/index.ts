@@ -24,6 +24,7 @@ export { RestRunningVm, RestPausedVm } from './rest/machine.js'
 export { RestClient, parseBody, vmmMessageOf, type ApiCall, type ApiMethod, type RestClientOptions, type CallOptions } from './rest/client.js'
 export type { RestDialect, RestRuntime, RestDriverName } from './rest/dialect.js'
 export { restRuntime, REST_RUNTIME_FILES } from './rest/dialect.js'
+export { SNAPSHOT_META_FILE } from './snapshot-meta.js'
 export { REST_SNAPSHOT_META_FILE, REST_SNAPSHOT_FORMAT, restMachineFingerprint, type RestSnapshotMeta } from './rest/snapshot.js'
 export { FirecrackerDriver, type FirecrackerDriverOptions } from './firecracker/driver.js'
 export {

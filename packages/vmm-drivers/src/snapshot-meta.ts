@@ -9,6 +9,7 @@ import { readJsonIfExists, ValidationError } from '@hypeman-ts/common'
 import { VmmError } from './errors.js'
 import type { VmSpec } from './types.js'
 
+/** Every driver writes it last, after the VMM's own files: a directory that has it holds a complete snapshot. */
 export const SNAPSHOT_META_FILE = 'snapshot.json'
 
 /** Reads `snapshot.json` of `dir`; a directory without one is not a snapshot. */

@@ -17,6 +17,7 @@ export {
 } from './config-disk.js'
 export { checkNetworkConfig, NETWORK_FEATURE, MAX_DNS_SERVERS, type GuestNetworkConfig } from './network-config.js'
 export { checkEgressConfig, checkCaBundle, EGRESS_FEATURE, PROXY_ENV_NAMES, MAX_CA_BUNDLE_BYTES, type GuestEgressConfig } from './egress-config.js'
+export { checkExecSize, MAX_ARG_STRLEN, MAX_EXEC_ARGS_BYTES } from './exec-limits.js'
 export { resolveProgram, resolveArgv, buildGuestEnv, type ImageRuntimeConfig, type ProgramOverrides, type ResolvedProgram } from './program.js'
 export { encodeTlv, decodeTlv, TlvView, type TlvEntry, type TlvRecord, type TlvValue } from './tlv.js'
 export {

@@ -4,11 +4,13 @@
  * the guest agent, logs, and the reconcile pass that makes a reopen after a crash leave nothing
  * behind.
  */
-import { mkdir, rm } from 'node:fs/promises'
+import { mkdir, rename, rm } from 'node:fs/promises'
+import { join } from 'node:path'
 import { createId } from '@paralleldrive/cuid2'
 import {
   ConflictError,
   HypemanError,
+  KeyedQueue,
   NotFoundError,
   NotSupportedError,
   TimeoutError,
@@ -19,13 +21,14 @@ import {
   silentLogger,
   type Logger,
 } from '@hypeman-ts/common'
-import type { Accel, LiveVm, RunningVm, VmmDriver, VmSpec, VmState } from '@hypeman-ts/vmm-drivers'
+import { SNAPSHOT_META_FILE, type Accel, type LiveVm, type RunningVm, type VmmDriver, type VmSpec, type VmState } from '@hypeman-ts/vmm-drivers'
 import type { EgressProxy } from '@hypeman-ts/egress-proxy'
 import { egressProxyEnv, type HostNetwork, type NetworkAttachment } from '@hypeman-ts/netsetup'
 import { formatRate } from '@hypeman-ts/common'
 import type { GuestAssets } from '../assets/index.js'
 import {
   type GuestConfig,
+  checkExecSize,
   createOverlayDisk,
   followLog,
   GuestAgentClient,
@@ -51,7 +54,9 @@ import { matchesTags } from '../validate.js'
 import { INSTANCE_STATES, type Instance, type InstanceState } from './model.js'
 import { validateCreateParams, type CreateInstanceParams, type Hypervisor, type InstanceSpec, type SpecDefaults } from './params.js'
 import { InstanceFiles, type CreateStep, type InstanceNetworkRecord, type InstanceRecord } from './record.js'
+import { LiveVms } from './live.js'
 import { deriveState, exitFromGuest } from './state.js'
+import { assertCanRun, type Operation } from './transitions.js'
 
 export interface InstanceManagerOptions {
   files: InstanceFiles
@@ -132,11 +137,11 @@ function runtimeConfig(img: ImageRecord): Parameters<typeof resolveProgram>[0] {
 }
 
 export class InstanceManager {
-  private readonly live = new Map<string, LiveVm>()
+  private readonly live = new LiveVms()
+  /** Lifecycle operations run one at a time per instance. */
+  private readonly ops = new KeyedQueue()
   /** Creates in flight in this process: a delete cancels one and waits for its undo, so it never frees an address the create still uses. */
   private readonly creating = new Map<string, { cancel: AbortController; done: Promise<void> }>()
-  /** The exit handler of each watched VM, so a read right after an exit can wait for its record. */
-  private readonly exitHandlers = new Map<string, Promise<void>>()
   private readonly logger: Logger
   private readonly bootTimeoutMs: number
 
@@ -327,7 +332,7 @@ export class InstanceManager {
   /** Undoes whatever a create finished, newest first; also what reconcile runs for a crashed create. */
   private async undoCreate(record: InstanceRecord): Promise<void> {
     const paths = this.files.paths(record.id)
-    this.live.delete(record.id)
+    this.live.forget(record.id)
     if (record.vmm) await this.driver(record.vmm.driver).destroy(record.vmm).catch(() => {})
     await this.destroyRuntime(record.id)
     await this.releaseNetwork(record)
@@ -487,24 +492,18 @@ export class InstanceManager {
   }
 
   private watch(id: string, vm: LiveVm): void {
-    this.live.set(id, vm)
-    const handled = vm.exited
-      .then((exit) => this.onVmExit(id, vm, exit.reason))
-      .catch((err) => this.logger.warn('recording a VM exit failed', { id, error: errorMessage(err) }))
-    this.exitHandlers.set(id, handled)
-    void handled.finally(() => {
-      if (this.exitHandlers.get(id) === handled) this.exitHandlers.delete(id)
-    })
+    this.live.watch(id, vm, (exit) =>
+      this.onVmExit(id, vm.pid, exit.reason).catch((err) => this.logger.warn('recording a VM exit failed', { id, error: errorMessage(err) })),
+    )
   }
 
   /** Records a boot's end: the guest's exit report if it made one, else why the VMM ended. */
-  private async onVmExit(id: string, vm: LiveVm, reason: string): Promise<void> {
-    if (this.live.get(id) === vm) this.live.delete(id)
+  private async onVmExit(id: string, pid: number, reason: string): Promise<void> {
     if (!(await pathExists(this.files.paths(id).dir))) return // deleted: nothing to record
     try {
       await this.files.withLock(id, async () => {
         const record = await this.files.read(id)
-        if (!record || record.vmm?.pid !== vm.pid) return // deleted, or a newer boot
+        if (!record || record.vmm?.pid !== pid) return // deleted, or a newer boot
         await this.finishBoot(record, reason)
       })
     } catch (err) {
@@ -513,16 +512,37 @@ export class InstanceManager {
     }
   }
 
-  /** Marks the current boot as ended in the record (call under the instance lock). */
+  /**
+   * Marks the current boot as ended in the record (call under the instance lock). A complete
+   * snapshot in the staging dir becomes the instance's snapshot here, in the same record write
+   * that says the VMM is gone, so no reader (nor a crash) sees one without the other.
+   */
   private async finishBoot(record: InstanceRecord, reason: string): Promise<void> {
     const guest = await this.guestStatus(record)
     record.vmm = null
-    if (reason !== 'standby') {
+    if (await this.promoteStagedSnapshot(record.id)) record.snapshot = true
+    if (!record.snapshot) {
       record.stoppedAt = nowIso()
       record.exit = exitFromGuest(guest) ?? { code: null, message: `the VM ended (${reason}) before the program reported an exit` }
     }
     await this.files.write(record)
-    await this.files.log(record.id, reason === 'standby' ? 'standby: VMM ended after the snapshot' : `stopped: ${record.exit?.message ?? reason} (exit code ${record.exit?.code ?? 'none'})`)
+    await this.files.log(record.id, record.snapshot ? `standby: VMM ended after the snapshot (${reason})` : `stopped: ${record.exit?.message ?? reason} (exit code ${record.exit?.code ?? 'none'})`)
+  }
+
+  /**
+   * Moves a standby's staging dir into place when its snapshot is complete (the driver writes
+   * snapshot.json last, after the guest's state), and removes an incomplete one.
+   */
+  private async promoteStagedSnapshot(id: string): Promise<boolean> {
+    const paths = this.files.paths(id)
+    if (!(await pathExists(paths.snapshotStaging))) return false
+    if (!(await pathExists(join(paths.snapshotStaging, SNAPSHOT_META_FILE)))) {
+      await rm(paths.snapshotStaging, { recursive: true, force: true })
+      return false
+    }
+    await rm(paths.snapshot, { recursive: true, force: true })
+    await rename(paths.snapshotStaging, paths.snapshot)
+    return true
   }
 
   private async guestStatus(record: InstanceRecord): Promise<GuestStatusSummary> {
@@ -550,7 +570,7 @@ export class InstanceManager {
     let vmm = await this.vmmState(record)
     if (vmm === 'exited' && record.vmm) {
       // The VM just ended: let its exit handler record how before describing the instance.
-      await this.exitHandlers.get(record.id)
+      await this.live.recorded(record.id)
       record = (await this.files.read(record.id)) ?? record
       vmm = await this.vmmState(record)
     }
@@ -628,24 +648,43 @@ export class InstanceManager {
   }
 
   // ---------------------------------------------------------------------------------- lifecycle
+  //
+  // Each operation runs alone per instance (`ops`), and checks the instance's state against
+  // transitions.ts before it touches anything, so a retry or a call in the wrong state is a
+  // `conflict` that leaves the instance as it was.
+
+  /**
+   * The instance's record, once `op` is known to be allowed in its current state. Call inside
+   * `ops.run`: the state cannot change under the caller except by the VM ending on its own.
+   */
+  private async current(id: string, op: Operation): Promise<InstanceRecord> {
+    const record = await this.find(id)
+    // Until create returns, the instance is the create's: it is Created whatever its VMM does.
+    assertCanRun(op, record.phase === 'creating' ? { name: record.name, state: 'Created' } : await this.toInstance(record))
+    return (await this.files.read(id)) ?? record
+  }
 
   /** Boots a stopped instance again (its overlay keeps what it wrote); a standby one is restored. */
   async start(idOrName: string, opts: { signal?: AbortSignal } = {}): Promise<Instance> {
-    const found = await this.find(idOrName)
-    if (found.snapshot) return this.restore(found.id)
-    await this.files.withLock(found.id, async () => {
-      const record = (await this.files.read(found.id))!
-      if (record.vmm) {
-        if (this.driver(record.vmm.driver).isAlive(record.vmm)) throw new ConflictError(`instance ${record.name} is already running`, { field: 'id' })
-        await this.finishBoot(record, 'killed')
+    const { id } = await this.find(idOrName)
+    const booted = await this.ops.run(id, async () => {
+      const record = await this.current(id, 'start')
+      if (record.snapshot) {
+        await this.restoreNow(id, opts.signal)
+        return false
       }
-      const { diskPath } = await this.rootfsOf(record)
-      await this.reattachNetwork(record, opts.signal)
-      await this.boot(record, diskPath, opts.signal)
+      await this.files.withLock(id, async () => {
+        const r = (await this.files.read(id))!
+        // The last VMM is gone but its end was never recorded (this manager was not attached).
+        if (r.vmm) await this.finishBoot(r, 'killed')
+        const { diskPath } = await this.rootfsOf(r)
+        await this.reattachNetwork(r, opts.signal)
+        await this.boot(r, diskPath, opts.signal)
+      })
+      return true
     })
-    const record = (await this.files.read(found.id))!
-    await this.waitForGuest(record, opts.signal)
-    return this.get(found.id)
+    if (booted) await this.waitForGuest((await this.files.read(id))!, opts.signal)
+    return this.get(id)
   }
 
   private async rootfsOf(record: InstanceRecord): Promise<{ diskPath: string }> {
@@ -656,74 +695,79 @@ export class InstanceManager {
 
   /**
    * Graceful stop: init sends SIGTERM to the program, SIGKILL after the grace, then powers off;
-   * if the guest does not answer, ACPI power-off, then the VMM is killed. Idempotent.
+   * if the guest does not answer, ACPI power-off, then the VMM is killed.
    */
   async stop(idOrName: string, opts: StopOptions = {}): Promise<Instance> {
-    const record = await this.find(idOrName)
+    const { id } = await this.find(idOrName)
     const graceMs = opts.timeoutMs ?? 10_000
-    let vm = this.live.get(record.id)
-    if (!vm) return this.get(record.id)
-    if (vm.phase === 'paused') {
-      // A paused guest cannot act on SIGTERM: let it run to stop properly, as docker does.
-      vm = await vm.resume()
-      this.live.set(record.id, vm)
-    }
-    await this.files.log(record.id, `stop requested (grace ${graceMs} ms)`)
-    const paths = this.files.paths(record.id)
-    try {
-      await requestGuestStop(paths.controlSocket, graceMs, { timeoutMs: 5_000 })
-      await vm.waitForExit({ timeoutMs: graceMs + 15_000 })
-    } catch (err) {
-      this.logger.warn('graceful stop did not finish; powering off', { id: record.id, error: errorMessage(err) })
-      await vm.shutdown({ timeoutMs: 5_000 }).catch(() => vm!.kill())
-    }
-    await vm.exited
-    await this.settled(record.id)
-    return this.get(record.id)
+    await this.ops.run(id, async () => {
+      await this.current(id, 'stop')
+      let vm = this.live.get(id)
+      if (!vm) return // it ended on its own since the state was read
+      if (vm.phase === 'paused') {
+        // A paused guest cannot act on SIGTERM: let it run to stop properly, as docker does.
+        vm = await vm.resume()
+        this.live.update(id, vm)
+      }
+      await this.files.log(id, `stop requested (grace ${graceMs} ms)`)
+      try {
+        await requestGuestStop(this.files.paths(id).controlSocket, graceMs, { timeoutMs: 5_000 })
+        await vm.waitForExit({ timeoutMs: graceMs + 15_000 })
+      } catch (err) {
+        this.logger.warn('graceful stop did not finish; powering off', { id, error: errorMessage(err) })
+        await vm.shutdown({ timeoutMs: 5_000 }).catch(() => vm!.kill())
+      }
+      await vm.exited
+      await this.live.recorded(id)
+    })
+    return this.get(id)
   }
 
   /** Freezes the VM's vCPUs (the guest's clock and processes stop until resume). */
   async pause(idOrName: string): Promise<Instance> {
-    const record = await this.find(idOrName)
-    const vm = this.live.get(record.id)
-    if (!vm) throw new ConflictError(`instance ${record.name} is not running`, { field: 'id' })
-    if (vm.phase === 'running') {
-      this.live.set(record.id, await vm.pause())
-      await this.files.log(record.id, 'paused')
-    }
-    return this.get(record.id)
+    const { id } = await this.find(idOrName)
+    await this.ops.run(id, async () => {
+      await this.current(id, 'pause')
+      const vm = this.live.get(id)
+      if (vm?.phase !== 'running') throw new ConflictError(`instance ${idOrName} is not running`, { field: 'state' })
+      this.live.update(id, await vm.pause())
+      await this.files.log(id, 'paused')
+    })
+    return this.get(id)
   }
 
   async resume(idOrName: string): Promise<Instance> {
-    const record = await this.find(idOrName)
-    const vm = this.live.get(record.id)
-    if (!vm) throw new ConflictError(`instance ${record.name} is not running`, { field: 'id' })
-    if (vm.phase === 'paused') {
-      this.live.set(record.id, await vm.resume())
-      await this.files.log(record.id, 'resumed')
-    }
-    return this.get(record.id)
+    const { id } = await this.find(idOrName)
+    await this.ops.run(id, async () => {
+      await this.current(id, 'resume')
+      const vm = this.live.get(id)
+      if (vm?.phase !== 'paused') throw new ConflictError(`instance ${idOrName} is not paused`, { field: 'state' })
+      this.live.update(id, await vm.resume())
+      await this.files.log(id, 'resumed')
+    })
+    return this.get(id)
   }
 
-  /** Ends the VM at once (SIGKILL to the VMM). */
+  /** Ends the VM at once (SIGKILL to the VMM), also one whose guest can no longer run. */
   async kill(idOrName: string): Promise<Instance> {
-    const record = await this.find(idOrName)
-    const vm = this.live.get(record.id)
-    if (vm) {
-      await vm.kill()
-      await vm.exited
-      await this.settled(record.id)
-    }
-    return this.get(record.id)
-  }
-
-  /** Waits until the exit handler has recorded the end of the boot. */
-  private async settled(id: string): Promise<void> {
-    for (let i = 0; i < 100; i++) {
-      const r = await this.files.read(id)
-      if (!r || !r.vmm) return
-      await new Promise((res) => setTimeout(res, 20))
-    }
+    const { id } = await this.find(idOrName)
+    await this.ops.run(id, async () => {
+      const record = await this.current(id, 'kill')
+      const vm = this.live.get(id)
+      if (vm) {
+        await vm.kill()
+        await vm.exited
+        await this.live.recorded(id)
+      } else if (record.vmm) {
+        // A VMM this manager is not attached to (state Unknown).
+        await this.driver(record.vmm.driver).destroy(record.vmm)
+        await this.files.withLock(id, async () => {
+          const r = (await this.files.read(id))!
+          if (r.vmm) await this.finishBoot(r, 'killed')
+        })
+      }
+    })
+    return this.get(id)
   }
 
   /** Removes the instance and everything it made: VMM, sockets, disks, logs. */
@@ -737,64 +781,85 @@ export class InstanceManager {
       // Undone and removed by the create itself, unless it finished first.
       if (!(await this.files.read(found.id))) return
     }
-    await this.files.withNamesLock(() =>
-      this.files.withLock(found.id, async () => {
-        const record = await this.files.read(found.id)
-        if (!record) return
-        record.phase = 'deleting'
-        await this.files.write(record)
-        const vm = this.live.get(record.id)
-        this.live.delete(record.id)
-        if (vm) await vm.kill().catch(() => {})
-        if (record.vmm) await this.driver(record.vmm.driver).destroy(record.vmm).catch(() => {})
-        await this.destroyRuntime(record.id)
-        await this.releaseNetwork(record)
-        await rm(this.files.paths(record.id).dir, { recursive: true, force: true })
-      }),
+    await this.ops.run(found.id, () =>
+      this.files.withNamesLock(() =>
+        this.files.withLock(found.id, async () => {
+          const record = await this.files.read(found.id)
+          if (!record) return
+          record.phase = 'deleting'
+          await this.files.write(record)
+          const vm = this.live.forget(record.id)
+          if (vm) await vm.kill().catch(() => {})
+          if (record.vmm) await this.driver(record.vmm.driver).destroy(record.vmm).catch(() => {})
+          await this.destroyRuntime(record.id)
+          await this.releaseNetwork(record)
+          await rm(this.files.paths(record.id).dir, { recursive: true, force: true })
+        }),
+      ),
     )
   }
 
-  /** Snapshots the VM to disk and ends the VMM; `restore` (or `start`) resumes it where it was. */
+  /**
+   * Snapshots the VM to disk and ends the VMM; `restore` (or `start`) resumes it where it was.
+   * The snapshot is written to a staging directory and only becomes the instance's snapshot once
+   * it is complete (see `finishBoot`), so a failed standby never costs an existing one.
+   */
   async standby(idOrName: string): Promise<Instance> {
-    const record = await this.find(idOrName)
-    const vm = this.live.get(record.id)
-    if (!vm) throw new ConflictError(`instance ${record.name} is not running`, { field: 'id' })
-    if (!this.driver(record.spec.hypervisor).capabilities.snapshot) throw new NotSupportedError(`${record.spec.hypervisor} cannot snapshot`)
-    await this.files.withLock(record.id, async () => {
-      await rm(this.files.paths(record.id).snapshot, { recursive: true, force: true })
-      const snap = await vm.standby(this.files.paths(record.id).snapshot)
-      const r = (await this.files.read(record.id))!
-      r.snapshot = true
-      await this.files.write(r)
-      await this.files.log(record.id, `standby: ${snap.bytes} bytes in ${Math.round(snap.durationMs)} ms`)
+    const { id } = await this.find(idOrName)
+    await this.ops.run(id, async () => {
+      const record = await this.current(id, 'standby')
+      if (!this.driver(record.spec.hypervisor).capabilities.snapshot) {
+        throw new NotSupportedError(`${record.spec.hypervisor} cannot snapshot`, { field: 'hypervisor' })
+      }
+      const vm = this.live.get(id)
+      if (!vm) throw new ConflictError(`instance ${record.name} ended before its standby`, { field: 'state' })
+      const staging = this.files.paths(id).snapshotStaging
+      await rm(staging, { recursive: true, force: true })
+      const snap = await vm.standby(staging).catch(async (err: unknown) => {
+        await rm(staging, { recursive: true, force: true })
+        throw err
+      })
+      await this.live.recorded(id)
+      const r = (await this.files.read(id))!
+      if (!r.snapshot) throw new HypemanError('snapshot_failed', `standby of ${r.name}: the VMM ended but no snapshot was kept`, { step: 'standby' })
+      await this.files.log(id, `standby: ${snap.bytes} bytes in ${Math.round(snap.durationMs)} ms`)
     })
-    await vm.exited
-    await this.settled(record.id)
-    return this.get(record.id)
+    return this.get(id)
   }
 
   async restore(idOrName: string, opts: { signal?: AbortSignal } = {}): Promise<Instance> {
-    const found = await this.find(idOrName)
-    await this.files.withLock(found.id, async () => {
-      const record = (await this.files.read(found.id))!
-      if (!record.snapshot) throw new ConflictError(`instance ${record.name} has no snapshot to restore`, { field: 'id' })
-      if (record.vmm) throw new ConflictError(`instance ${record.name} is running`, { field: 'id' })
-      const { diskPath } = await this.rootfsOf(record)
-      await this.reattachNetwork(record, opts.signal)
-      await this.boot(record, diskPath, opts.signal, true)
-      // A snapshot is good for one restore: the disks move on from here.
-      record.snapshot = false
-      await this.files.write(record)
-      await rm(this.files.paths(record.id).snapshot, { recursive: true, force: true })
+    const { id } = await this.find(idOrName)
+    await this.ops.run(id, async () => {
+      await this.current(id, 'restore')
+      await this.restoreNow(id, opts.signal)
     })
-    return this.get(found.id)
+    return this.get(id)
+  }
+
+  /** Boots the VMM from the instance's snapshot (the caller checked it is Standby). */
+  private async restoreNow(id: string, signal?: AbortSignal): Promise<void> {
+    await this.files.withLock(id, async () => {
+      const record = (await this.files.read(id))!
+      const { diskPath } = await this.rootfsOf(record)
+      await this.reattachNetwork(record, signal)
+      await this.boot(record, diskPath, signal, true)
+      await this.consumeSnapshot(id)
+    })
+  }
+
+  /** A snapshot is good for one restore: the disks move on from here (call under the instance lock). */
+  private async consumeSnapshot(id: string): Promise<void> {
+    const record = (await this.files.read(id))!
+    record.snapshot = false
+    await this.files.write(record)
+    await rm(this.files.paths(id).snapshot, { recursive: true, force: true })
   }
 
   // ---------------------------------------------------------------------------------- guest access
 
-  private async agent(idOrName: string, connectTimeoutMs?: number): Promise<GuestAgentClient> {
-    const record = await this.find(idOrName)
-    if (!this.live.has(record.id)) throw new ConflictError(`instance ${record.name} is not running`, { field: 'id' })
+  private async agent(idOrName: string, op: 'exec' | 'stat', connectTimeoutMs?: number): Promise<GuestAgentClient> {
+    const { id } = await this.find(idOrName)
+    const record = await this.current(id, op)
     return GuestAgentClient.connect({
       socketPath: this.files.paths(record.id).agentSocket,
       skipGuestAgent: record.spec.skipGuestAgent,
@@ -806,7 +871,8 @@ export class InstanceManager {
   /** Runs a program in the guest and collects its output and exit code. */
   async exec(idOrName: string, params: ExecParams): Promise<ExecResult> {
     const { stdin, connectTimeoutMs, ...req } = params
-    const client = await this.agent(idOrName, connectTimeoutMs)
+    checkExecSize([{ field: 'argv', values: Array.isArray(req.argv) ? req.argv : [] }], req.env ?? {})
+    const client = await this.agent(idOrName, 'exec', connectTimeoutMs)
     try {
       const proc = client.exec({ ...req, stdin: stdin !== undefined })
       if (proc.stdin) proc.stdin.end(stdin)
@@ -824,7 +890,8 @@ export class InstanceManager {
   /** Runs a program in the guest with live streams; the connection closes when it exits. */
   async execStream(idOrName: string, params: ExecOptions & { connectTimeoutMs?: number }): Promise<ExecProcess> {
     const { connectTimeoutMs, ...req } = params
-    const client = await this.agent(idOrName, connectTimeoutMs)
+    checkExecSize([{ field: 'argv', values: Array.isArray(req.argv) ? req.argv : [] }], req.env ?? {})
+    const client = await this.agent(idOrName, 'exec', connectTimeoutMs)
     const proc = client.exec(req)
     void proc.exit.finally(() => client.close()).catch(() => {})
     return proc
@@ -832,7 +899,7 @@ export class InstanceManager {
 
   async stat(idOrName: string, path: string, opts: { followLinks?: boolean } = {}): Promise<PathInfo> {
     if (typeof path !== 'string' || !path.startsWith('/')) throw new ValidationError('path', 'must be an absolute path')
-    const client = await this.agent(idOrName)
+    const client = await this.agent(idOrName, 'stat')
     try {
       return await client.stat(path, opts)
     } finally {
@@ -880,12 +947,15 @@ export class InstanceManager {
         continue
       }
       known.add(id)
-      if (!record.vmm || this.live.has(id)) continue
+      if (!record.vmm || this.live.get(id)) continue
       const driver = this.driver(record.vmm.driver)
       if (driver.isAlive(record.vmm)) {
         try {
           const vm = await driver.attach(record.vmm)
           this.watch(id, vm)
+          // A VMM runs only after a standby ended it, so one running with a snapshot recorded is
+          // the restore from it, cut short before it consumed the snapshot: the disks moved on.
+          if (record.snapshot) await this.files.withLock(id, () => this.consumeSnapshot(id))
           stats.reattached++
           continue
         } catch (err) {
@@ -912,10 +982,17 @@ export class InstanceManager {
     return stats
   }
 
-  /** Forgets the VMs without stopping them: they keep running and a later open reattaches. */
+  /**
+   * Forgets the VMs without stopping them: they keep running and a later open reattaches. The
+   * runtime dirs (sockets) of instances with no VMM go, and the run base with them once empty.
+   */
   async detachAll(): Promise<void> {
-    for (const vm of this.live.values()) await vm.detach().catch(() => {})
-    this.live.clear()
+    for (const vm of this.live.forgetAll()) await vm.detach().catch(() => {})
+    for (const id of await this.files.runtimeIds()) {
+      const record = await this.files.read(id).catch(() => undefined)
+      if (!record?.vmm) await this.destroyRuntime(id)
+    }
+    await this.files.removeRunBaseIfEmpty()
   }
 }
 

@@ -5,6 +5,7 @@
  */
 import { NotSupportedError, parseRate, parseSize, ValidationError } from '@hypeman-ts/common'
 import { compilePolicy } from '@hypeman-ts/egress-proxy'
+import { checkExecSize } from '../guest/exec-limits.js'
 import { parsePlatform } from '../images/manifest.js'
 import { parseReference, formatReference } from '../images/reference.js'
 import { validateTags } from '../validate.js'
@@ -174,6 +175,8 @@ export function validateCreateParams(input: unknown, defaults: SpecDefaults): In
       env[k] = v
     }
   }
+
+  checkExecSize([{ field: 'entrypoint', values: entrypoint ?? [] }, { field: 'cmd', values: cmd ?? [] }], env)
 
   const size = p.size ?? defaults.size
   const memoryBytes = parseSize(size, 'size', { min: 64 * MIB, max: 1024 ** 4 })

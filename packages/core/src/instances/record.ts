@@ -4,8 +4,8 @@
  * is kept short because unix socket paths are limited to 107 bytes.
  */
 import { createHash } from 'node:crypto'
-import { appendFile, mkdir, readdir } from 'node:fs/promises'
-import { join } from 'node:path'
+import { appendFile, mkdir, readdir, rmdir } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
 import { readJsonIfExists, withFileLock, writeJsonAtomic } from '@hypeman-ts/common'
 import type { PersistedVm } from '@hypeman-ts/vmm-drivers'
 import type { InstanceSpec } from './params.js'
@@ -61,11 +61,19 @@ export interface InstancePaths {
   consoleLog: string
   hypemanLog: string
   snapshot: string
+  /** Where standby writes; it becomes `snapshot` once complete. */
+  snapshotStaging: string
   runtimeDir: string
   agentSocket: string
   controlSocket: string
   vmmLog: string
 }
+
+/**
+ * Sockets and pidfiles live under `/run/hypeman-ts/<first 10 hex of sha256(dataDir)>/<instance id>`:
+ * on tmpfs (gone at reboot, like the VMMs), and short enough for unix socket paths.
+ */
+export const RUN_ROOT = '/run/hypeman-ts'
 
 export class InstanceFiles {
   readonly root: string
@@ -74,7 +82,7 @@ export class InstanceFiles {
   constructor(dataDir: string, runBase?: string) {
     this.root = join(dataDir, 'instances')
     // One run dir per data dir: two managers on different data dirs never share sockets.
-    this.runBase = runBase ?? join('/run/hypeman-ts', createHash('sha256').update(dataDir).digest('hex').slice(0, 10))
+    this.runBase = runBase ?? join(RUN_ROOT, createHash('sha256').update(dataDir).digest('hex').slice(0, 10))
   }
 
   async init(): Promise<void> {
@@ -96,6 +104,7 @@ export class InstanceFiles {
       consoleLog: join(dir, 'console.log'),
       hypemanLog: join(dir, 'hypeman.log'),
       snapshot: join(dir, 'snapshot'),
+      snapshotStaging: join(dir, 'snapshot.new'),
       runtimeDir: run,
       agentSocket: join(run, 'agent.sock'),
       controlSocket: join(run, 'control.sock'),
@@ -124,6 +133,12 @@ export class InstanceFiles {
   async ids(): Promise<string[]> {
     const names = await readdir(this.root).catch(() => [] as string[])
     return names.filter((n) => !n.startsWith('.'))
+  }
+
+  /** Removes the run base, and `/run/hypeman-ts` above it, when nothing is left in them. */
+  async removeRunBaseIfEmpty(): Promise<void> {
+    await rmdir(this.runBase).catch(() => {})
+    if (dirname(this.runBase) === RUN_ROOT) await rmdir(RUN_ROOT).catch(() => {})
   }
 
   async runtimeIds(): Promise<string[]> {

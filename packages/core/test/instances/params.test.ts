@@ -33,6 +33,18 @@ describe('validateCreateParams', () => {
     })
   })
 
+  it('refuses a command line or environment larger than the guest can exec, naming the field', () => {
+    const mb = 'x'.repeat(1_000_000)
+    expect(fails({ env: { BIG: mb } })).toMatchObject({ code: 'invalid_input', field: 'env.BIG' })
+    expect(fails({ cmd: ['echo', mb] })).toMatchObject({ code: 'invalid_input', field: 'cmd[1]' })
+    expect(fails({ entrypoint: [mb] })).toMatchObject({ code: 'invalid_input', field: 'entrypoint[0]' })
+    const many = Object.fromEntries(Array.from({ length: 10 }, (_, i) => [`V${i}`, 'y'.repeat(120_000)]))
+    expect(fails({ env: many })).toMatchObject({ code: 'invalid_input', field: 'env' })
+    // Just under the per-string limit (NAME=value plus its NUL is 128 KiB) passes.
+    expect(validateCreateParams({ ...base, env: { AB: 'z'.repeat(128 * 1024 - 4) } }, defaults).env.AB).toHaveLength(128 * 1024 - 4)
+    expect(fails({ env: { AB: 'z'.repeat(128 * 1024 - 3) } })).toMatchObject({ field: 'env.AB' })
+  })
+
   it('parses sizes and rates', () => {
     const s = validateCreateParams({ ...base, size: '512MB', hotplugSize: '1GB', overlaySize: '2G', diskIoBps: '100MB/s', vcpus: 4 }, defaults)
     expect([s.memoryBytes, s.hotplugBytes, s.overlayBytes, s.diskIoBytesPerSec, s.vcpus]).toEqual([512 * 1024 ** 2, 1024 ** 3, 2 * 1024 ** 3, 100e6, 4])
