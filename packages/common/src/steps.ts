@@ -44,12 +44,21 @@ export interface RunStepsOptions {
   onUndoError?: (failure: StepFailure) => void
 }
 
+/** The list without the named steps (a variant edits the list by name rather than flag steps). */
+export function withoutSteps<C>(steps: StepList<C>, names: Iterable<string>): StepList<C> {
+  const drop = new Set(names)
+  return steps
+    .map((s) => (Array.isArray(s) ? (s as readonly Step<C>[]).filter((x) => !drop.has(x.name)) : s))
+    .filter((s) => (Array.isArray(s) ? s.length > 0 : !drop.has((s as Step<C>).name)))
+}
+
 function flatten<C>(steps: StepList<C>): Step<C>[] {
   return steps.flatMap((s) => (Array.isArray(s) ? [...(s as readonly Step<C>[])] : [s as Step<C>]))
 }
 
 /**
- * Runs the steps in order. On a failure (or an abort of `signal`) it undoes every recorded step,
+ * Runs the steps in order, but those already in the record (a caller that did the first step
+ * itself, under a lock of its own, records it before the run). On a failure (or an abort of `signal`) it undoes every recorded step,
  * newest first, and throws `{ step, cause }` as a StepFailure-carrying error: callers wrap it in
  * their own typed error naming the step.
  */
@@ -57,6 +66,7 @@ export async function runSteps<C>(steps: StepList<C>, ctx: C, record: StepRecord
   const signal = opts.signal ?? new AbortController().signal
   let current = ''
   const runOne = async (step: Step<C>): Promise<void> => {
+    if (record.done.includes(step.name)) return
     if (step.recordFirst) {
       record.done.push(step.name)
       await record.persist()

@@ -72,6 +72,17 @@ describe('runSteps', () => {
   })
 })
 
+describe('a run that starts with steps already recorded', () => {
+  it('skips them, and undoes them with the rest on a failure', async () => {
+    const log: Log = []
+    const rec = recorder()
+    rec.done.push('reserved')
+    const err = await runSteps([step('reserved'), step('b'), step('c', { fail: true })], log, rec).catch((e) => e)
+    expect(err.step).toBe('c')
+    expect(log).toEqual(['run b', 'run c', 'undo b', 'undo reserved'])
+  })
+})
+
 describe('undoSteps', () => {
   it('resumes from a persisted record, goes on past a failed undo, and reports it', async () => {
     const log: Log = []

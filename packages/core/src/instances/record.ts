@@ -10,7 +10,7 @@ import { readJsonIfExists, withFileLock, writeJsonAtomic } from '@hypeman-ts/com
 import type { PersistedVm } from '@hypeman-ts/vmm-drivers'
 import type { InstanceSpec } from './params.js'
 
-/** The create steps, in order; each one that finished is recorded so a crash can be undone. */
+/** The create steps, in order (create.ts runs them); each one that finished is recorded so a crash can be undone. */
 export const CREATE_STEPS = ['instance_dir', 'image', 'overlay_disk', 'network', 'egress', 'config_disk', 'vmm', 'guest_ready'] as const
 export type CreateStep = (typeof CREATE_STEPS)[number]
 

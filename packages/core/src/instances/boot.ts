@@ -1,0 +1,169 @@
+/**
+ * One boot of an instance's VMM: start it (cold, or from the standby snapshot), wait for the
+ * guest's program, watch it, and record its end (the guest's exit report, or why the VMM ended,
+ * or the standby snapshot it left).
+ */
+import { rename, rm } from 'node:fs/promises'
+import { join } from 'node:path'
+import { errorMessage, HypemanError, NotFoundError, pathExists, TimeoutError } from '@hypeman-ts/common'
+import { SNAPSHOT_META_FILE, type LiveVm, type RunningVm, type VmSpec } from '@hypeman-ts/vmm-drivers'
+import {
+  guestChannels,
+  guestDisks,
+  readStatusEvents,
+  statusMark,
+  summarizeStatus,
+  tailLines,
+  waitForStatusEvent,
+  type GuestStatusSummary,
+} from '../guest/index.js'
+import { nowIso, type InstanceContext } from './context.js'
+import type { InstanceRecord } from './record.js'
+import { exitFromGuest } from './state.js'
+
+/** Removes the instance's runtime dir and whatever a VMM left in it. */
+export async function destroyRuntime(cx: InstanceContext, id: string): Promise<void> {
+  const runtimeDir = cx.files.paths(id).runtimeDir
+  for (const d of Object.values(cx.opts.drivers)) await d?.destroy({ runtimeDir }).catch(() => {})
+  await rm(runtimeDir, { recursive: true, force: true })
+}
+
+export async function rootfsOf(cx: InstanceContext, record: InstanceRecord): Promise<{ diskPath: string }> {
+  const img = record.imageDigest ? await cx.opts.images.store.getRecord(record.imageDigest) : undefined
+  if (!img) throw new NotFoundError(`the image disk of instance ${record.name} (${record.imageDigest}) is no longer in the cache`, { field: 'image' })
+  return { diskPath: cx.opts.images.store.diskPath(img) }
+}
+
+/** Starts the VMM for the record's current disks (a cold boot, or a restore from its snapshot). */
+export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: string, signal?: AbortSignal, restore = false): Promise<RunningVm> {
+  const spec = record.spec
+  const paths = cx.files.paths(record.id)
+  const assets = await cx.opts.assets()
+  const driver = cx.driver(spec.hypervisor)
+  if (!restore) {
+    record.statusMark = await statusMark(paths.statusLog)
+    record.exit = null
+    record.startedAt = nowIso()
+    record.stoppedAt = null
+  }
+  const throttle = spec.diskIoBytesPerSec ? { throttle: { bytesPerSec: spec.diskIoBytesPerSec } } : {}
+  const vmSpec: VmSpec = {
+    name: spec.name,
+    kernel: assets.kernelPath,
+    initrd: assets.initrdPath,
+    cmdline: [assets.cmdline, spec.hotplugBytes ? 'memhp_default_state=online' : ''].filter(Boolean).join(' '),
+    vcpus: spec.vcpus,
+    memoryBytes: spec.memoryBytes,
+    ...(spec.hotplugBytes ? { hotplugMemory: { maxBytes: spec.memoryBytes + spec.hotplugBytes } } : {}),
+    disks: guestDisks({ rootfs, overlay: paths.overlay, config: paths.config }).map((d) => (d.readonly && d.serial !== 'hm-rootfs' ? d : { ...d, ...throttle })),
+    channels: guestChannels(
+      { agentSocket: paths.agentSocket, controlSocket: paths.controlSocket, appLog: paths.appLog, statusLog: paths.statusLog },
+      { skipGuestAgent: spec.skipGuestAgent },
+    ),
+    ...(record.network ? { nics: [{ tap: record.network.tap, mac: record.network.mac }] } : {}),
+    ...(record.network?.netns ? { netns: record.network.netns } : {}),
+    consoleLog: paths.consoleLog,
+    vmmLog: paths.vmmLog,
+    runtimeDir: paths.runtimeDir,
+    accel: cx.opts.accel,
+    ...(restore ? { restoreFrom: paths.snapshot } : {}),
+  }
+  const vm = await driver.start(vmSpec, {
+    ...(signal ? { signal } : {}),
+    onSpawn: async (persisted) => {
+      record.vmm = persisted
+      await cx.files.write(record)
+    },
+  })
+  record.vmm = vm.persisted
+  await cx.files.write(record)
+  watch(cx, record.id, vm)
+  await cx.files.log(record.id, `${restore ? 'restored' : 'booted'}: VMM pid ${vm.pid} (${vm.accel})`)
+  return vm
+}
+
+/** Waits until the program started, or the boot ended (program exit or boot error). */
+export async function waitForGuest(cx: InstanceContext, record: InstanceRecord, signal?: AbortSignal): Promise<void> {
+  const paths = cx.files.paths(record.id)
+  const vm = cx.live.get(record.id)
+  const ended = new AbortController()
+  const onAbort = (): void => ended.abort(signal?.reason)
+  signal?.addEventListener('abort', onAbort, { once: true })
+  void vm?.exited.then(() => setTimeout(() => ended.abort(new Error('vmm exited')), 500))
+  try {
+    await waitForStatusEvent(paths.statusLog, ['started', 'exited', 'error'], {
+      since: record.statusMark,
+      timeoutMs: cx.bootTimeoutMs,
+      signal: ended.signal,
+    })
+  } catch (err) {
+    if (signal?.aborted) throw err
+    // The VMM ended before the guest said anything: the boot itself failed (see the console log).
+    if (ended.signal.aborted) {
+      const tail = (await tailLines(paths.consoleLog, 20)).join('\n')
+      throw new HypemanError('boot_failed', `the VM ended before the guest program started${tail ? `; console:\n${tail}` : ''}`, { step: 'guest_ready' })
+    }
+    throw new TimeoutError(`the guest did not start its program within ${cx.bootTimeoutMs} ms`, { step: 'guest_ready', cause: err })
+  } finally {
+    signal?.removeEventListener('abort', onAbort)
+  }
+}
+
+export function watch(cx: InstanceContext, id: string, vm: LiveVm): void {
+  cx.live.watch(id, vm, (exit) =>
+    onVmExit(cx, id, vm.pid, exit.reason).catch((err) => cx.logger.warn('recording a VM exit failed', { id, error: errorMessage(err) })),
+  )
+}
+
+/** Records a boot's end: the guest's exit report if it made one, else why the VMM ended. */
+export async function onVmExit(cx: InstanceContext, id: string, pid: number, reason: string): Promise<void> {
+  if (!(await pathExists(cx.files.paths(id).dir))) return // deleted: nothing to record
+  try {
+    await cx.files.withLock(id, async () => {
+      const record = await cx.files.read(id)
+      if (!record || record.vmm?.pid !== pid) return // deleted, or a newer boot
+      await finishBoot(cx, record, reason)
+    })
+  } catch (err) {
+    // The instance directory went away under us: a delete won the race.
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+  }
+}
+
+/**
+ * Marks the current boot as ended in the record (call under the instance lock). A complete
+ * snapshot in the staging dir becomes the instance's snapshot here, in the same record write
+ * that says the VMM is gone, so no reader (nor a crash) sees one without the other.
+ */
+export async function finishBoot(cx: InstanceContext, record: InstanceRecord, reason: string): Promise<void> {
+  const guest = await guestStatus(cx, record)
+  record.vmm = null
+  if (await promoteStagedSnapshot(cx, record.id)) record.snapshot = true
+  if (!record.snapshot) {
+    record.stoppedAt = nowIso()
+    record.exit = exitFromGuest(guest) ?? { code: null, message: `the VM ended (${reason}) before the program reported an exit` }
+  }
+  await cx.files.write(record)
+  await cx.files.log(record.id, record.snapshot ? `standby: VMM ended after the snapshot (${reason})` : `stopped: ${record.exit?.message ?? reason} (exit code ${record.exit?.code ?? 'none'})`)
+}
+
+/**
+ * Moves a standby's staging dir into place when its snapshot is complete (the driver writes
+ * snapshot.json last, after the guest's state), and removes an incomplete one.
+ */
+export async function promoteStagedSnapshot(cx: InstanceContext, id: string): Promise<boolean> {
+  const paths = cx.files.paths(id)
+  if (!(await pathExists(paths.snapshotStaging))) return false
+  if (!(await pathExists(join(paths.snapshotStaging, SNAPSHOT_META_FILE)))) {
+    await rm(paths.snapshotStaging, { recursive: true, force: true })
+    return false
+  }
+  await rm(paths.snapshot, { recursive: true, force: true })
+  await rename(paths.snapshotStaging, paths.snapshot)
+  return true
+}
+
+export async function guestStatus(cx: InstanceContext, record: InstanceRecord): Promise<GuestStatusSummary> {
+  return summarizeStatus(await readStatusEvents(cx.files.paths(record.id).statusLog, record.statusMark).catch(() => []))
+}
+

@@ -1,0 +1,200 @@
+/**
+ * The lifecycle of an instance after its create: start, stop, kill, pause, resume, standby,
+ * restore, delete. Each runs alone per instance (`cx.ops`) and checks the instance's state
+ * against transitions.ts before it touches anything, so a retry or a call in the wrong state is a
+ * `conflict` that leaves the instance as it was.
+ */
+import { rm } from 'node:fs/promises'
+import { ConflictError, errorMessage, HypemanError, NotSupportedError } from '@hypeman-ts/common'
+import { requestGuestStop } from '../guest/index.js'
+import { boot, finishBoot, rootfsOf, waitForGuest } from './boot.js'
+import type { InstanceContext } from './context.js'
+import { undoCreateSteps } from './create.js'
+import type { Instance } from './model.js'
+import { reattachNetwork } from './network.js'
+import { instanceView, recordFor } from './view.js'
+
+export interface StopOptions {
+  /** Grace the program gets between SIGTERM and SIGKILL. Default 10 s. */
+  timeoutMs?: number
+}
+
+/** Boots a stopped instance again (its overlay keeps what it wrote); a standby one is restored. */
+export async function start(cx: InstanceContext, idOrName: string, opts: { signal?: AbortSignal } = {}): Promise<Instance> {
+  const { id } = await cx.find(idOrName)
+  const booted = await cx.ops.run(id, async () => {
+    const record = await recordFor(cx, id, 'start')
+    if (record.snapshot) {
+      await restoreNow(cx, id, opts.signal)
+      return false
+    }
+    await cx.files.withLock(id, async () => {
+      const r = (await cx.files.read(id))!
+      // The last VMM is gone but its end was never recorded (this manager was not attached).
+      if (r.vmm) await finishBoot(cx, r, 'killed')
+      const { diskPath } = await rootfsOf(cx, r)
+      await reattachNetwork(cx, r, opts.signal)
+      await boot(cx, r, diskPath, opts.signal)
+    })
+    return true
+  })
+  if (booted) await waitForGuest(cx, (await cx.files.read(id))!, opts.signal)
+  return instanceView(cx, id)
+}
+
+/**
+ * Graceful stop: init sends SIGTERM to the program, SIGKILL after the grace, then powers off;
+ * if the guest does not answer, ACPI power-off, then the VMM is killed.
+ */
+export async function stop(cx: InstanceContext, idOrName: string, opts: StopOptions = {}): Promise<Instance> {
+  const { id } = await cx.find(idOrName)
+  const graceMs = opts.timeoutMs ?? 10_000
+  await cx.ops.run(id, async () => {
+    await recordFor(cx, id, 'stop')
+    let vm = cx.live.get(id)
+    if (!vm) return // it ended on its own since the state was read
+    if (vm.phase === 'paused') {
+      // A paused guest cannot act on SIGTERM: let it run to stop properly, as docker does.
+      vm = await vm.resume()
+      cx.live.update(id, vm)
+    }
+    await cx.files.log(id, `stop requested (grace ${graceMs} ms)`)
+    try {
+      await requestGuestStop(cx.files.paths(id).controlSocket, graceMs, { timeoutMs: 5_000 })
+      await vm.waitForExit({ timeoutMs: graceMs + 15_000 })
+    } catch (err) {
+      cx.logger.warn('graceful stop did not finish; powering off', { id, error: errorMessage(err) })
+      await vm.shutdown({ timeoutMs: 5_000 }).catch(() => vm!.kill())
+    }
+    await vm.exited
+    await cx.live.recorded(id)
+  })
+  return instanceView(cx, id)
+}
+
+/** Freezes the VM's vCPUs (the guest's clock and processes stop until resume). */
+export async function pause(cx: InstanceContext, idOrName: string): Promise<Instance> {
+  const { id } = await cx.find(idOrName)
+  await cx.ops.run(id, async () => {
+    await recordFor(cx, id, 'pause')
+    const vm = cx.live.get(id)
+    if (vm?.phase !== 'running') throw new ConflictError(`instance ${idOrName} is not running`, { field: 'state' })
+    cx.live.update(id, await vm.pause())
+    await cx.files.log(id, 'paused')
+  })
+  return instanceView(cx, id)
+}
+
+export async function resume(cx: InstanceContext, idOrName: string): Promise<Instance> {
+  const { id } = await cx.find(idOrName)
+  await cx.ops.run(id, async () => {
+    await recordFor(cx, id, 'resume')
+    const vm = cx.live.get(id)
+    if (vm?.phase !== 'paused') throw new ConflictError(`instance ${idOrName} is not paused`, { field: 'state' })
+    cx.live.update(id, await vm.resume())
+    await cx.files.log(id, 'resumed')
+  })
+  return instanceView(cx, id)
+}
+
+/** Ends the VM at once (SIGKILL to the VMM), also one whose guest can no longer run. */
+export async function kill(cx: InstanceContext, idOrName: string): Promise<Instance> {
+  const { id } = await cx.find(idOrName)
+  await cx.ops.run(id, async () => {
+    const record = await recordFor(cx, id, 'kill')
+    const vm = cx.live.get(id)
+    if (vm) {
+      await vm.kill()
+      await vm.exited
+      await cx.live.recorded(id)
+    } else if (record.vmm) {
+      // A VMM this manager is not attached to (state Unknown).
+      await cx.driver(record.vmm.driver).destroy(record.vmm)
+      await cx.files.withLock(id, async () => {
+        const r = (await cx.files.read(id))!
+        if (r.vmm) await finishBoot(cx, r, 'killed')
+      })
+    }
+  })
+  return instanceView(cx, id)
+}
+
+/** Removes the instance and everything it made: VMM, sockets, disks, logs. */
+export async function deleteInstance(cx: InstanceContext, idOrName: string): Promise<void> {
+  const found = await cx.find(idOrName)
+  const inFlight = cx.creating.get(found.id)
+  if (inFlight) {
+    // The create undoes its own steps (policy, address, VMM, files) before the address can go to anyone else.
+    inFlight.cancel.abort(new ConflictError(`instance ${found.name} was deleted while it was being created`, { field: 'id' }))
+    await inFlight.done
+    // Undone and removed by the create itself, unless it finished first.
+    if (!(await cx.files.read(found.id))) return
+  }
+  await cx.ops.run(found.id, () =>
+    cx.files.withNamesLock(() =>
+      cx.files.withLock(found.id, async () => {
+        const record = await cx.files.read(found.id)
+        if (!record) return
+        record.phase = 'deleting'
+        await cx.files.write(record)
+        await undoCreateSteps(cx, record)
+      }),
+    ),
+  )
+}
+
+/**
+ * Snapshots the VM to disk and ends the VMM; `restore` (or `start`) resumes it where it was.
+ * The snapshot is written to a staging directory and only becomes the instance's snapshot once
+ * it is complete (see `finishBoot`), so a failed standby never costs an existing one.
+ */
+export async function standby(cx: InstanceContext, idOrName: string): Promise<Instance> {
+  const { id } = await cx.find(idOrName)
+  await cx.ops.run(id, async () => {
+    const record = await recordFor(cx, id, 'standby')
+    if (!cx.driver(record.spec.hypervisor).capabilities.snapshot) {
+      throw new NotSupportedError(`${record.spec.hypervisor} cannot snapshot`, { field: 'hypervisor' })
+    }
+    const vm = cx.live.get(id)
+    if (!vm) throw new ConflictError(`instance ${record.name} ended before its standby`, { field: 'state' })
+    const staging = cx.files.paths(id).snapshotStaging
+    await rm(staging, { recursive: true, force: true })
+    const snap = await vm.standby(staging).catch(async (err: unknown) => {
+      await rm(staging, { recursive: true, force: true })
+      throw err
+    })
+    await cx.live.recorded(id)
+    const r = (await cx.files.read(id))!
+    if (!r.snapshot) throw new HypemanError('snapshot_failed', `standby of ${r.name}: the VMM ended but no snapshot was kept`, { step: 'standby' })
+    await cx.files.log(id, `standby: ${snap.bytes} bytes in ${Math.round(snap.durationMs)} ms`)
+  })
+  return instanceView(cx, id)
+}
+
+export async function restore(cx: InstanceContext, idOrName: string, opts: { signal?: AbortSignal } = {}): Promise<Instance> {
+  const { id } = await cx.find(idOrName)
+  await cx.ops.run(id, async () => {
+    await recordFor(cx, id, 'restore')
+    await restoreNow(cx, id, opts.signal)
+  })
+  return instanceView(cx, id)
+}
+
+/** Boots the VMM from the instance's snapshot (the caller checked it is Standby). */
+async function restoreNow(cx: InstanceContext, id: string, signal?: AbortSignal): Promise<void> {
+  await cx.files.withLock(id, async () => {
+    const record = (await cx.files.read(id))!
+    const { diskPath } = await rootfsOf(cx, record)
+    await reattachNetwork(cx, record, signal)
+    await boot(cx, record, diskPath, signal, true)
+    await consumeSnapshot(cx, id)
+  })
+}
+
+/** A snapshot is good for one restore: the disks move on from here (call under the instance lock). */
+export async function consumeSnapshot(cx: InstanceContext, id: string): Promise<void> {
+  const record = (await cx.files.read(id))!
+  record.snapshot = false
+  await cx.files.write(record)
+  await rm(cx.files.paths(id).snapshot, { recursive: true, force: true })
+}
