@@ -1,7 +1,6 @@
 /**
  * Every command netsetup runs goes through here, so that "inside a named network namespace" is
- * one decision: with a netns the command is run through `nsenter --net=/run/netns/<name>`
- * (setns, then exec: no mount namespace games), otherwise as is. The commands themselves are
+ * one decision: with a netns the command is run through common's `netnsArgv` (nsenter). The commands themselves are
  * common's `run`/`runJson`; batches go on stdin (`ip -batch -`, `tc -batch -`) or, for nft, in a
  * private temp file (`nft -f -` opens /dev/stdin, which fails when stdin is a socket as Node's
  * pipes are, and a document as an argument is capped at 128 KiB), so one attach is a handful of
@@ -10,27 +9,9 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { run, runJson, ValidationError, type RunResult } from '@hypeman-ts/common'
+import { netnsArgv, run, runJson, type RunResult } from '@hypeman-ts/common'
 
-export const NETNS_DIR = '/run/netns'
-const NETNS_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/
-
-export function checkNetnsName(value: unknown, field = 'netns'): string {
-  if (typeof value !== 'string' || !NETNS_RE.test(value)) {
-    throw new ValidationError(field, 'expected the name of a network namespace under /run/netns (letters, digits, ".", "_", "-")')
-  }
-  return value
-}
-
-export function netnsPath(netns: string): string {
-  return `${NETNS_DIR}/${netns}`
-}
-
-/** The argv that runs `cmd args` inside `netns` (pure; table-tested). */
-export function netnsArgv(netns: string | undefined, cmd: string, args: readonly string[]): [string, string[]] {
-  if (netns === undefined) return [cmd, [...args]]
-  return ['nsenter', [`--net=${netnsPath(netns)}`, '--', cmd, ...args]]
-}
+export { NETNS_DIR, checkNetnsName, netnsPath, netnsArgv } from '@hypeman-ts/common'
 
 export type NftDocument = { nftables: Record<string, unknown>[] }
 

@@ -5,8 +5,7 @@
  */
 import { access, constants } from 'node:fs/promises'
 import { isAbsolute } from 'node:path'
-import { NotSupportedError, run, ValidationError } from '@hypeman-ts/common'
-import { NETNS_RE, netnsPath } from './netns.js'
+import { checkNetnsName, netnsPath, NotSupportedError, run, ValidationError } from '@hypeman-ts/common'
 import type { VmSpec } from './types.js'
 
 const MiB = 1024 * 1024
@@ -169,9 +168,7 @@ export function validateVmSpec(spec: VmSpec, controlFiles: readonly string[] = [
     throw new ValidationError('accel', 'expected "kvm", "tcg" or "auto"')
   }
   if (spec.restoreFrom !== undefined) path('restoreFrom', spec.restoreFrom)
-  if (spec.netns !== undefined && (typeof spec.netns !== 'string' || !NETNS_RE.test(spec.netns))) {
-    throw new ValidationError('netns', 'expected the name of a network namespace under /run/netns (letters, digits, ".", "_", "-")')
-  }
+  if (spec.netns !== undefined) checkNetnsName(spec.netns)
 }
 
 /** Whether a network interface exists, in the host's namespace or in `netns`. */
