@@ -15,9 +15,12 @@ import {
   ValidationError,
   errorMessage,
   isHypemanError,
+  runSteps,
   silentLogger,
   throwIfAborted,
   type Logger,
+  type Step,
+  type StepsFailedError,
 } from '@hypeman-ts/common'
 import { macForAddress, nextFreeAddress } from './addresses.js'
 import { defaultRate } from './bandwidth.js'
@@ -207,29 +210,30 @@ export class HostNetwork implements AsyncDisposable {
       }
       state.allocations[instanceId] = alloc
       await this.#store.write(state)
-      let step: AttachStep = 'allocated'
-      const done = async (s: AttachStep): Promise<void> => {
+      const after = async (s: AttachStep): Promise<void> => {
         await opts.onStep?.(s)
         throwIfAborted(opts.signal, s)
       }
+      // The allocation's undo puts the whole attachment back in the network's order (allocation,
+      // rules, links, shaping), so enforcement is in place before a restored port carries a frame;
+      // the later steps need no undo of their own.
+      const steps: Step<void>[] = [
+        // Recorded first: the allocation is already written when the list starts.
+        { name: 'allocated', recordFirst: true, run: () => after('allocated'), undo: () => this.#undoAttach(instanceId, previous) },
+        { name: 'rules', run: async () => (await this.#applyRules(state), await after('rules')) },
+        { name: 'links', run: async () => (await this.#ensureLinks(alloc, state), await after('links')) },
+        { name: 'shaping', run: async () => (await this.#ensureShaping(alloc), await after('shaping')) },
+      ]
       try {
-        await done('allocated')
-        step = 'rules'
-        await this.#applyRules(state)
-        await done('rules')
-        step = 'links'
-        await this.#ensureLinks(alloc, state)
-        await done('links')
-        step = 'shaping'
-        await this.#ensureShaping(alloc)
-        await done('shaping')
-      } catch (err) {
-        await this.#undoAttach(instanceId, previous).catch((e) =>
-          this.#log.warn('netsetup: undoing a failed attach failed; reconcile will finish it', { instanceId, error: errorMessage(e) }),
-        )
+        await runSteps(steps, undefined, { done: [], persist: async () => {} }, {
+          onUndoError: ({ cause }) =>
+            this.#log.warn('netsetup: undoing a failed attach failed; reconcile will finish it', { instanceId, error: errorMessage(cause) }),
+        })
+      } catch (failed) {
+        const { step, cause } = failed as StepsFailedError
         // Our own errors (a failed step, an abort) say what happened; anything else is wrapped with the step.
-        if (isHypemanError(err) && err.code !== 'command_failed') throw err
-        throw new NetworkError('network_setup_failed', `attach ${instanceId}: ${step}: ${errorMessage(err)}`, { step, cause: err })
+        if (isHypemanError(cause) && cause.code !== 'command_failed') throw cause
+        throw new NetworkError('network_setup_failed', `attach ${instanceId}: ${step}: ${errorMessage(cause)}`, { step, cause })
       }
       this.#log.debug('netsetup: attached', { instanceId, ip, tap: names.tap })
       return this.#toAttachment(alloc, state)
