@@ -7,6 +7,9 @@
  * carry a frame), then make links and tc match it. A crash at any point leaves either an
  * allocation whose kernel objects are incomplete, or kernel objects (by name ours) that no
  * allocation names; `reconcile` removes both for instances that are not known any more.
+ *
+ * (Over 500 lines on purpose: every operation here shares that lock-and-order discipline, and
+ * keeping them side by side is what lets a reader check it.)
  */
 import { access } from 'node:fs/promises'
 import {
