@@ -1,6 +1,6 @@
 /** File helpers for state that must survive a crash: a reader sees the old file or the new one, never half. */
 import { randomBytes } from 'node:crypto'
-import { open, readFile, rename, rm, stat } from 'node:fs/promises'
+import { open, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 
 export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
@@ -23,6 +23,16 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
 
 export async function writeJsonAtomic(path: string, value: unknown, mode = 0o644): Promise<void> {
   await writeFileAtomic(path, `${JSON.stringify(value, null, 2)}\n`, mode)
+}
+
+/** Opens the file for reading, or gives undefined when it does not exist (yet). */
+export async function openIfExists(path: string): Promise<FileHandle | undefined> {
+  try {
+    return await open(path, 'r')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+    throw err
+  }
 }
 
 /** Reads a JSON file; `undefined` when it does not exist. */

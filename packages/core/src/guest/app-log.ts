@@ -3,6 +3,7 @@
  * port into a file. `tailLines` for the last N lines, `followLog` to stream new lines as they come.
  */
 import { open, stat } from 'node:fs/promises'
+import { openIfExists } from '@hypeman-ts/common'
 import { watchFile } from './file-watch.js'
 
 const CHUNK = 64 * 1024
@@ -10,13 +11,8 @@ const CHUNK = 64 * 1024
 /** The last `n` lines (without their newlines); a final line without newline counts as a line. */
 export async function tailLines(path: string, n: number): Promise<string[]> {
   if (n <= 0) return []
-  let fh
-  try {
-    fh = await open(path, 'r')
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return []
-    throw err
-  }
+  const fh = await openIfExists(path)
+  if (!fh) return []
   try {
     const size = (await fh.stat()).size
     let pos = size

@@ -4,8 +4,8 @@
  * of a program can be learned after a restart of either. The driver appends across boots: mark
  * the file's size before a boot (statusMark) and read from there.
  */
-import { open, stat } from 'node:fs/promises'
-import { AbortedError } from '@hypeman-ts/common'
+import { stat } from 'node:fs/promises'
+import { AbortedError, openIfExists } from '@hypeman-ts/common'
 import { GuestError } from './errors.js'
 import { watchFile } from './file-watch.js'
 
@@ -78,13 +78,8 @@ export async function statusMark(path: string): Promise<number> {
 
 /** Events in the file from byte offset `since` (default 0). */
 export async function readStatusEvents(path: string, since = 0): Promise<GuestStatusEvent[]> {
-  let fh
-  try {
-    fh = await open(path, 'r')
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return []
-    throw err
-  }
+  const fh = await openIfExists(path)
+  if (!fh) return []
   try {
     const size = (await fh.stat()).size
     if (size <= since) return []
