@@ -15,8 +15,8 @@ import { errorMessage, TimeoutError, type Logger } from '@hypeman-ts/common'
 import { isControlClosed, VmmError } from './errors.js'
 import { killAndWait, type ProcessExit, type ProcessWatch } from './process.js'
 import { withDeadline } from './readiness.js'
-import type { DriverName, ExitInfo, ExitReason, PersistedVm, ShutdownOptions, SnapshotInfo, VmEvent, VmState, VmTimings, WaitOptions } from './types.js'
-import type { VmMachine } from './view.js'
+import type { DriverName, ExitInfo, ExitReason, PausedVm, PersistedVm, RunningVm, ShutdownOptions, SnapshotInfo, VmEvent, VmState, VmTimings, WaitOptions } from './types.js'
+import type { PhasedMachine } from './view.js'
 
 /** How long a VMM gets to end after its own quit before it is killed. */
 const QUIT_GRACE_MS = 3000
@@ -37,7 +37,7 @@ export interface GuestStop {
   repeatMs?: number
 }
 
-export abstract class ProcessMachine implements VmMachine {
+export abstract class ProcessMachine implements PhasedMachine<RunningVm, PausedVm> {
   abstract readonly driver: DriverName
   readonly exited: Promise<ExitInfo>
   #exit: ExitInfo | undefined
@@ -79,6 +79,9 @@ export abstract class ProcessMachine implements VmMachine {
   protected abstract removeRuntimeFiles(): Promise<void>
   abstract resizeMemory(totalBytes: number): Promise<{ memoryBytes: number }>
   abstract connectChannel(name: string, opts?: WaitOptions): Promise<Socket>
+  /** The driver's handles over this machine. */
+  abstract runningView(): RunningVm
+  abstract pausedView(): PausedVm
 
   get pid(): number {
     return this.persisted.pid

@@ -26,7 +26,7 @@ import {
 } from './snapshot.js'
 import { removeRuntimeFiles as removeQemuRuntimeFiles } from './runtime.js'
 import { DEFAULT_HOTPLUG_SLOTS } from './argv.js'
-import { VmView } from '../view.js'
+import { PausedView, RunningView } from '../view.js'
 
 const MiB = 1024 * 1024
 
@@ -280,6 +280,14 @@ export class QemuMachine extends ProcessMachine {
     )
   }
 
+  runningView(): QemuRunningVm {
+    return new QemuRunningVm(this)
+  }
+
+  pausedView(): QemuPausedVm {
+    return new QemuPausedVm(this)
+  }
+
   /** Raw QMP, for what the generic interface does not cover. The caller owns the consequences. */
   async execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
     this.assertUsable(command)
@@ -292,27 +300,16 @@ function versionString(qmp: QmpClient): string {
   return v ? `${v.major}.${v.minor}.${v.micro}` : 'unknown'
 }
 
-/** What every handle view offers; all of it is delegated to the machine. */
-abstract class QemuVmView extends VmView<QemuMachine> {
-  readonly driver = 'qemu' as const
+export class QemuRunningVm extends RunningView<QemuMachine, QemuPausedVm> {
   /** QEMU only: a raw QMP command (e.g. `query-block`, `qom-get`), over the handle's own connection. */
   execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
     return this.m.execute<T>(command, args)
   }
 }
 
-export class QemuRunningVm extends QemuVmView implements RunningVm {
-  readonly phase = 'running' as const
-  async pause(): Promise<QemuPausedVm> {
-    await this.m.pause()
-    return new QemuPausedVm(this.m)
-  }
-}
-
-export class QemuPausedVm extends QemuVmView implements PausedVm {
-  readonly phase = 'paused' as const
-  async resume(): Promise<QemuRunningVm> {
-    await this.m.resume()
-    return new QemuRunningVm(this.m)
+export class QemuPausedVm extends PausedView<QemuMachine, QemuRunningVm> {
+  /** QEMU only: a raw QMP command, as on the running handle. */
+  execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
+    return this.m.execute<T>(command, args)
   }
 }

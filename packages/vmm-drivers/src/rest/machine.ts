@@ -15,7 +15,7 @@ import { VmmError } from '../errors.js'
 import { ProcessMachine, type EndRequest, type GuestStop } from '../machine.js'
 import type { ProcessExit, ProcessWatch } from '../process.js'
 import type { DriverName, ExitReason, PausedVm, PersistedVm, RunningVm, SnapshotInfo, VmState, VmTimings, WaitOptions } from '../types.js'
-import { VmView } from '../view.js'
+import { PausedView, RunningView } from '../view.js'
 import { connectVsock } from '../vsock/connect.js'
 import type { ApiCall, CallOptions, RestClient } from './client.js'
 import type { RestDialect, RestRuntime } from './dialect.js'
@@ -183,6 +183,14 @@ export class RestMachine extends ProcessMachine {
     })
   }
 
+  runningView(): RestRunningVm {
+    return new RestRunningVm(this)
+  }
+
+  pausedView(): RestPausedVm {
+    return new RestPausedVm(this)
+  }
+
   /** A raw API call, for what the interface does not cover. The caller owns the consequences. */
   async request<T = unknown>(call: ApiCall, opts: CallOptions = {}): Promise<T> {
     this.assertUsable(call.op)
@@ -196,28 +204,16 @@ async function removeVmmFiles(dir: string): Promise<void> {
   await Promise.all(Object.keys(files).map((f) => rm(join(dir, f), { force: true })))
 }
 
-abstract class RestVmView extends VmView<RestMachine> {
-  get driver(): DriverName {
-    return this.m.dialect.name
-  }
+export class RestRunningVm extends RunningView<RestMachine, RestPausedVm> {
   /** A raw API call over the handle's client (e.g. `GET /vm.counters`), for what the interface does not cover. */
   request<T = unknown>(call: ApiCall, opts?: CallOptions): Promise<T> {
     return this.m.request<T>(call, opts)
   }
 }
 
-export class RestRunningVm extends RestVmView implements RunningVm {
-  readonly phase = 'running' as const
-  async pause(): Promise<RestPausedVm> {
-    await this.m.pause()
-    return new RestPausedVm(this.m)
-  }
-}
-
-export class RestPausedVm extends RestVmView implements PausedVm {
-  readonly phase = 'paused' as const
-  async resume(): Promise<RestRunningVm> {
-    await this.m.resume()
-    return new RestRunningVm(this.m)
+export class RestPausedVm extends PausedView<RestMachine, RestRunningVm> {
+  /** A raw API call, as on the running handle. */
+  request<T = unknown>(call: ApiCall, opts?: CallOptions): Promise<T> {
+    return this.m.request<T>(call, opts)
   }
 }
