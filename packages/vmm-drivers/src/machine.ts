@@ -60,7 +60,10 @@ export abstract class ProcessMachine implements PhasedMachine<RunningVm, PausedV
   protected abstract queryState(): Promise<VmState>
   protected abstract sendPause(): Promise<void>
   protected abstract sendResume(): Promise<void>
-  /** A VMM that pushes its state changes (QMP events) reports them itself; for one that does not, the machine reports the changes it makes. */
+  /**
+   * A VMM that pushes its state changes (QMP events) reports them itself; for one that does not,
+   * the machine reports the changes it makes.
+   */
   protected abstract readonly pushesEvents: boolean
   /** Undefined when the VMM has no way to ask the guest. */
   protected abstract guestStop(): GuestStop | undefined
@@ -176,7 +179,9 @@ export abstract class ProcessMachine implements PhasedMachine<RunningVm, PausedV
   async #setRunState(target: 'running' | 'paused', step: string): Promise<void> {
     this.assertUsable(step)
     const now = await this.expectState(['running', 'paused'], step)
-    // Without the VMM's events, a state event says "this handle changed it": none for a change not made.
+    // QEMU reports every change itself and takes stop/cont in any state, so it is sent as asked.
+    // The REST VMMs do neither: they refuse a change to the state the VM is in, and the event
+    // that the machine emits instead must mean "this handle changed it".
     if (!this.pushesEvents && now === target) return
     await (target === 'paused' ? this.sendPause() : this.sendResume())
     if (!this.pushesEvents) this.emit({ type: 'state', state: target, at: new Date().toISOString() })
@@ -251,6 +256,8 @@ export abstract class ProcessMachine implements PhasedMachine<RunningVm, PausedV
   async #end(step: string, what: string, as: { quit: EndRequest; kill: EndRequest }): Promise<ExitInfo> {
     if (this.canQuit) {
       this.#request = as.quit
+      // Refused, or unanswered by a VMM already on its way out: either way it gets the grace, so
+      // that a VMM that quits is never SIGKILLed in the middle of it.
       await this.sendQuit(QUIT_GRACE_MS).catch(() => {})
       try {
         return await withDeadline(this.exited, QUIT_GRACE_MS, what, `${step}.quit`)

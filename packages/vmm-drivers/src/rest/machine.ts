@@ -48,7 +48,7 @@ export class RestMachine extends ProcessMachine {
     return this.dialect.name
   }
 
-  /** Nobody asked: the dialect reads the exit status. */
+  /** These VMMs never say why they end: what this handle asked for decides, else the dialect reads the exit status. */
   protected exitReason(exit: ProcessExit, request: EndRequest | undefined): { reason: ExitReason; vmmReason?: string } {
     switch (request) {
       case 'standby':
