@@ -29,6 +29,11 @@ export class VmmError extends HypemanError {
   }
 }
 
+/** The control connection is gone, whichever channel it was (QMP, REST): usually the VMM is ending. */
+export function isControlClosed(err: unknown): boolean {
+  return err instanceof HypemanError && err.code === 'control_closed'
+}
+
 /** QEMU answered a QMP command with an error; `qmpClass` is QEMU's class (e.g. `GenericError`, `DeviceNotFound`). */
 export class QmpCommandError extends HypemanError {
   declare readonly code: 'qmp_error'

@@ -6,9 +6,9 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { open, readdir, readFile } from 'node:fs/promises'
-import { setTimeout as sleep } from 'node:timers/promises'
-import { processAlive } from '@hypeman-ts/common'
+import { processAlive, TimeoutError } from '@hypeman-ts/common'
 import { VmmError } from './errors.js'
+import { pollUntil } from './readiness.js'
 
 export interface ProcessExit {
   /** Null when killed by a signal, or when we are not the parent and cannot know. */
@@ -116,7 +116,6 @@ export class ProcessWatch {
   }
 }
 
-/** Pids of processes one of whose arguments contains `needle` (our mark: a path in our runtime dir). */
 /** Whether process `pid` is alive and has an argument containing `needle` (one /proc read). */
 export async function processHasArg(pid: number, needle: string): Promise<boolean> {
   if (!Number.isInteger(pid) || pid <= 0) return false
@@ -127,6 +126,7 @@ export async function processHasArg(pid: number, needle: string): Promise<boolea
   }
 }
 
+/** Pids of processes one of whose arguments contains `needle` (our mark: a path in our runtime dir). */
 export async function findProcessesByArg(needle: string): Promise<number[]> {
   const pids: number[] = []
   for (const entry of await readdir('/proc')) {
@@ -154,11 +154,16 @@ export async function killAndWait(pid: number, startTime: number | undefined, ti
     if ((err as NodeJS.ErrnoException).code === 'ESRCH') return
     throw err
   }
-  const deadline = Date.now() + timeoutMs
-  for (let delay = 5; same(); delay = Math.min(delay * 2, 100)) {
-    if (Date.now() > deadline) {
-      throw new VmmError('vmm_not_running', `process ${pid} did not end within ${timeoutMs} ms of SIGKILL`, { step: 'kill' })
-    }
-    await sleep(delay)
+  try {
+    await pollUntil(() => (same() ? undefined : true), {
+      deadline: Date.now() + timeoutMs,
+      intervalMs: 5,
+      maxIntervalMs: 100,
+      what: `process ${pid} to end after SIGKILL`,
+      step: 'kill',
+    })
+  } catch (err) {
+    if (!(err instanceof TimeoutError)) throw err
+    throw new VmmError('vmm_not_running', `process ${pid} did not end within ${timeoutMs} ms of SIGKILL`, { step: 'kill', cause: err })
   }
 }

@@ -1,18 +1,32 @@
 /**
- * The part of a VM handle every driver shares: a view over the driver's machine object, which
- * holds the state. Handles are cheap views so that `pause()` can return a `PausedVm` and
- * `resume()` a `RunningVm` over the same machine without copying anything.
+ * The handles every driver returns are views over the driver's machine, which holds the state.
+ * Handles are cheap views so that `pause()` can return a `PausedVm` and `resume()` a `RunningVm`
+ * over the same machine without copying anything. The machine hands out its driver's handles,
+ * so a driver's handle classes add only what its VMM alone offers (QEMU's raw QMP, the REST
+ * VMMs' raw API calls).
  */
 import type { Socket } from 'node:net'
-import type { DriverName, ExitInfo, PersistedVm, RunningVm, ShutdownOptions, SnapshotInfo, VmEvent, VmHandleBase, VmState, VmTimings, WaitOptions } from './types.js'
+import type { ExitInfo, PausedVm, PersistedVm, RunningVm, ShutdownOptions, SnapshotInfo, VmEvent, VmHandleBase, VmState, VmTimings, WaitOptions } from './types.js'
 
 /** What a driver's machine object offers its views: the handle's members that are not derived from `persisted`. */
-export type VmMachine = Omit<VmHandleBase, 'driver' | 'accel' | 'spec' | typeof Symbol.asyncDispose> &
-  Pick<RunningVm, 'standby'> & { dispose(): Promise<void> }
+export type VmMachine = Omit<VmHandleBase, 'accel' | 'spec' | typeof Symbol.asyncDispose> &
+  Pick<RunningVm, 'standby'> & {
+    pause(): Promise<void>
+    resume(): Promise<void>
+    dispose(): Promise<void>
+  }
+
+/** A machine with its driver's handles: `R` while running, `P` while paused. */
+export type PhasedMachine<R extends RunningVm, P extends PausedVm> = VmMachine & {
+  runningView(): R
+  pausedView(): P
+}
 
 export abstract class VmView<M extends VmMachine> implements VmHandleBase {
-  abstract readonly driver: DriverName
   constructor(protected readonly m: M) {}
+  get driver(): M['driver'] {
+    return this.m.driver
+  }
   get pid(): number {
     return this.m.pid
   }
@@ -60,5 +74,23 @@ export abstract class VmView<M extends VmMachine> implements VmHandleBase {
   }
   [Symbol.asyncDispose](): Promise<void> {
     return this.m.dispose()
+  }
+}
+
+/** A handle returned while the VM ran; `P` is its driver's paused handle. */
+export abstract class RunningView<M extends PhasedMachine<RunningVm, P>, P extends PausedVm> extends VmView<M> implements RunningVm {
+  readonly phase = 'running' as const
+  async pause(): Promise<P> {
+    await this.m.pause()
+    return this.m.pausedView()
+  }
+}
+
+/** A handle returned while the VM was paused; `R` is its driver's running handle. */
+export abstract class PausedView<M extends PhasedMachine<R, PausedVm>, R extends RunningVm> extends VmView<M> implements PausedVm {
+  readonly phase = 'paused' as const
+  async resume(): Promise<R> {
+    await this.m.resume()
+    return this.m.runningView()
   }
 }

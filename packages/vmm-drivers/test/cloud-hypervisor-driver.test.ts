@@ -90,6 +90,18 @@ describe('CloudHypervisorDriver against the fake Cloud Hypervisor: what only it 
     expect(await sentSinceBoot()).toEqual([resize(512 * MiB), resize(768 * MiB)])
   })
 
+  it('a vmm.shutdown refused after the snapshot: still a standby, the VMM killed after the quit grace, the snapshot usable', async () => {
+    const { driver } = await ch.driverWith({ fail: 'PUT /vmm.shutdown=500:Error from API: shutting down the VMM failed' })
+    const s = ch.spec()
+    const snapDir = join(ch.dir, 'snap-quit-refused')
+    const snap = await ch.track(await driver.start(s)).standby(snapDir)
+    expect(snap.exit).toMatchObject({ reason: 'standby', code: null, signal: 'SIGKILL' })
+    expect(snap.exit.forced).toBeUndefined()
+    await ch.expectNothingLeft(s)
+    const restored = ch.track(await (await ch.driverWith()).driver.start({ ...s, restoreFrom: snapDir }))
+    expect(await restored.state()).toBe('running')
+  })
+
   it('surfaces a grow Cloud Hypervisor refuses as VmmApiError, the VM still running', async () => {
     // Eight ACPI DIMM slots: a ninth grow is refused by the VMM, not by the driver.
     const { vm } = await ch.startRunning({ memoryBytes: 128 * MiB, hotplugMemory: { maxBytes: 128 * MiB * 10 } })

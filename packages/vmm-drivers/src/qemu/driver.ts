@@ -177,7 +177,7 @@ export class QemuDriver implements VmmDriver {
         throw new VmmError('vmm_start_failed', `QEMU is ${status.status} right after start`, { step })
       }
       const machine = new QemuMachine(persisted, qmp, watch, { readyMs, ...(restoreMs !== undefined ? { restoreMs } : {}) }, this.#logger)
-      return new QemuRunningVm(machine)
+      return machine.runningView()
     } catch (err) {
       qmp?.destroy()
       return failStart({
@@ -216,7 +216,7 @@ export class QemuDriver implements VmmDriver {
       })
       const status = await qmp.execute<{ status: string }>('query-status')
       const machine = new QemuMachine(persisted, qmp, watch, { readyMs: Date.now() - t0 }, this.#logger)
-      return mapQemuStatus(status.status) === 'running' ? new QemuRunningVm(machine) : new QemuPausedVm(machine)
+      return mapQemuStatus(status.status) === 'running' ? machine.runningView() : machine.pausedView()
     } catch (err) {
       qmp?.destroy()
       watch.stop()

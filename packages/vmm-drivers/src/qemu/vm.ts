@@ -1,28 +1,19 @@
 /**
- * A live QEMU VM. `QemuMachine` holds the process watch and the QMP connection and does the
- * work; the handles callers get (`QemuRunningVm`, `QemuPausedVm`) are thin views over it whose
- * type says what state the VM was in when the handle was returned.
+ * A live QEMU VM: the QMP side of a process machine (machine.ts). QEMU pushes events, so its
+ * state changes and the reason it ends come from QMP; snapshots are migration streams, memory
+ * grows by DIMMs, and guest channels are virtio-serial sockets. The handles callers get
+ * (`QemuRunningVm`, `QemuPausedVm`) are thin views over the machine whose type says what state
+ * the VM was in when the handle was returned.
  */
 import { mkdir, rm, stat } from 'node:fs/promises'
 import { createConnection, type Socket } from 'node:net'
 import { join } from 'node:path'
 import { TimeoutError, ValidationError, writeJsonAtomic, type Logger, NotSupportedError, errorMessage } from '@hypeman-ts/common'
 import { QmpCommandError, VmmError } from '../errors.js'
-import { killAndWait, type ProcessExit, type ProcessWatch } from '../process.js'
-import { pollUntil, withDeadline } from '../readiness.js'
-import type {
-  ExitInfo,
-  ExitReason,
-  PausedVm,
-  PersistedVm,
-  RunningVm,
-  SnapshotInfo,
-  ShutdownOptions,
-  VmEvent,
-  VmState,
-  VmTimings,
-  WaitOptions,
-} from '../types.js'
+import { ProcessMachine, type EndRequest, type GuestStop } from '../machine.js'
+import type { ProcessExit, ProcessWatch } from '../process.js'
+import { pollUntil } from '../readiness.js'
+import type { ExitReason, PausedVm, PersistedVm, RunningVm, SnapshotInfo, VmState, VmTimings, WaitOptions } from '../types.js'
 import type { QmpClient } from './qmp-client.js'
 import type { QmpEvent } from './qmp-codec.js'
 import {
@@ -33,9 +24,9 @@ import {
   SNAPSHOT_STATE_FILE,
   type QemuSnapshotMeta,
 } from './snapshot.js'
-import { removeRuntimeFiles } from './runtime.js'
+import { removeRuntimeFiles as removeQemuRuntimeFiles } from './runtime.js'
 import { DEFAULT_HOTPLUG_SLOTS } from './argv.js'
-import { VmView } from '../view.js'
+import { PausedView, RunningView } from '../view.js'
 
 const MiB = 1024 * 1024
 
@@ -74,8 +65,6 @@ export function mapShutdownReason(reason: string | undefined): ExitReason {
   }
 }
 
-/** Deadline for the process to end after `quit` before it is killed. */
-const QUIT_GRACE_MS = 3000
 /** Snapshots of big guests can take a while; this bounds a stuck one. */
 const MIGRATE_DEADLINE_MS = 10 * 60_000
 /**
@@ -84,218 +73,99 @@ const MIGRATE_DEADLINE_MS = 10 * 60_000
  */
 const MIGRATE_MAX_BANDWIDTH = 1024 ** 4
 
-export class QemuMachine {
-  readonly exited: Promise<ExitInfo>
-  #exit: ExitInfo | undefined
-  #listeners = new Set<(event: VmEvent) => void>()
+export class QemuMachine extends ProcessMachine {
+  readonly driver = 'qemu' as const
+  protected readonly pushesEvents = true
+  protected readonly canQuit = true
   #lastShutdown: { guest: boolean; reason?: string } | undefined
   #panicked = false
-  /** The end was our standby, whatever QEMU's SHUTDOWN says (host-qmp-quit). */
-  #standby = false
-  #forced = false
-  #detached = false
   #unsubscribe: () => void
 
-  constructor(
-    readonly persisted: PersistedVm,
-    readonly qmp: QmpClient,
-    readonly watch: ProcessWatch,
-    readonly timings: VmTimings,
-    readonly logger: Logger,
-  ) {
+  constructor(persisted: PersistedVm, readonly qmp: QmpClient, watch: ProcessWatch, timings: VmTimings, logger: Logger) {
+    super('QEMU', persisted, watch, timings, logger)
     this.#unsubscribe = qmp.onEvent((e) => this.#onQmpEvent(e))
     // When QMP closes the process is usually ending; look now rather than at the next poll.
     void qmp.closed.then(() => watch.poke())
-    this.exited = watch.exited.then((exit) => this.#onExit(exit))
-  }
-
-  get pid(): number {
-    return this.persisted.pid
-  }
-
-  get done(): boolean {
-    return this.#exit !== undefined
-  }
-
-  onEvent(listener: (event: VmEvent) => void): () => void {
-    this.#listeners.add(listener)
-    return () => this.#listeners.delete(listener)
-  }
-
-  #emit(event: VmEvent): void {
-    for (const l of this.#listeners) {
-      try {
-        l(event)
-      } catch (err) {
-        this.logger.warn(`VM event listener threw: ${errorMessage(err)}`, { pid: this.pid })
-      }
-    }
   }
 
   #onQmpEvent(e: QmpEvent): void {
     const at = new Date(e.timestampMs || Date.now()).toISOString()
-    this.#emit({ type: 'vmm', name: e.name, data: e.data, at })
+    this.emit({ type: 'vmm', name: e.name, data: e.data, at })
     switch (e.name) {
       case 'STOP':
-        this.#emit({ type: 'state', state: 'paused', at })
+        this.emit({ type: 'state', state: 'paused', at })
         break
       case 'RESUME':
-        this.#emit({ type: 'state', state: 'running', at })
+        this.emit({ type: 'state', state: 'running', at })
         break
       case 'GUEST_PANICKED':
         this.#panicked = true
-        this.#emit({ type: 'state', state: 'crashed', at })
+        this.emit({ type: 'state', state: 'crashed', at })
         break
       case 'SHUTDOWN':
         this.#lastShutdown = {
           guest: e.data.guest === true,
           ...(typeof e.data.reason === 'string' ? { reason: e.data.reason } : {}),
         }
-        this.#emit({ type: 'state', state: 'shutdown', at })
+        this.emit({ type: 'state', state: 'shutdown', at })
         break
     }
   }
 
-  async #onExit(exit: ProcessExit): Promise<ExitInfo> {
+  /** Our standby decides over QEMU's SHUTDOWN (which says host-qmp-quit); otherwise QEMU's events say why. */
+  protected exitReason(_exit: ProcessExit, request: EndRequest | undefined): { reason: ExitReason; vmmReason?: string } {
+    const vmmReason = this.#lastShutdown?.reason
+    let reason: ExitReason
+    if (request === 'standby') reason = 'standby'
+    else if (this.#panicked) reason = 'panic'
+    else if (this.#lastShutdown) reason = mapShutdownReason(vmmReason)
+    else reason = 'killed'
+    return { reason, ...(vmmReason ? { vmmReason } : {}) }
+  }
+
+  protected dropControl(): void {
     this.#unsubscribe()
     this.qmp.destroy()
-    let reason: ExitReason
-    if (this.#standby) reason = 'standby'
-    else if (this.#panicked) reason = 'panic'
-    else if (this.#lastShutdown) reason = mapShutdownReason(this.#lastShutdown.reason)
-    else reason = 'killed'
-    const info: ExitInfo = {
-      reason,
-      code: exit.code,
-      signal: exit.signal,
-      ...(this.#lastShutdown?.reason ? { vmmReason: this.#lastShutdown.reason } : {}),
-      ...(this.#forced ? { forced: true } : {}),
-      at: new Date().toISOString(),
-    }
-    this.#exit = info
-    await removeRuntimeFiles(this.persisted.spec).catch((err) =>
-      this.logger.warn(`could not remove VM runtime files: ${errorMessage(err)}`, { runtimeDir: this.persisted.spec.runtimeDir }),
-    )
-    this.#emit({ type: 'exit', exit: info })
-    return info
   }
 
-  #assertUsable(step: string): void {
-    if (this.#detached) throw new VmmError('invalid_state', `${step}: this handle was detached`, { step })
-    if (this.#exit) throw new VmmError('vmm_not_running', `${step}: the VM has exited (${this.#exit.reason})`, { step })
+  protected async closeControl(): Promise<void> {
+    this.#unsubscribe()
+    await this.qmp.close()
   }
 
-  /** A QMP command; when the process is gone meanwhile, the error says so rather than "connection closed". */
-  async #qmp<T>(command: string, args?: Record<string, unknown>, timeoutMs?: number): Promise<T> {
-    try {
-      return await this.qmp.execute<T>(command, args, timeoutMs === undefined ? {} : { timeoutMs })
-    } catch (err) {
-      if (err instanceof VmmError && err.code === 'control_closed') {
-        this.watch.poke()
-        if (this.watch.done || this.#exit) {
-          throw new VmmError('vmm_not_running', `${command}: the VM has exited`, { step: `qmp.${command}`, cause: err })
-        }
-      }
-      throw err
-    }
+  protected removeRuntimeFiles(): Promise<void> {
+    return removeQemuRuntimeFiles(this.persisted.spec)
   }
 
-  async state(): Promise<VmState> {
-    if (this.#exit) return 'exited'
-    if (this.#detached) throw new VmmError('invalid_state', 'state: this handle was detached', { step: 'state' })
-    try {
-      const status = await this.#qmp<{ status: string }>('query-status')
-      return mapQemuStatus(status.status)
-    } catch (err) {
-      if (err instanceof VmmError && err.code === 'vmm_not_running') return 'exited'
-      // A closing socket races the process exit; give the exit a moment to be observed.
-      if (err instanceof VmmError && err.code === 'control_closed') {
-        const ended = await withDeadline(this.exited, 2000, 'the VMM to exit', 'state').then(
-          () => true,
-          () => false,
-        )
-        if (ended) return 'exited'
-      }
-      throw err
-    }
+  #qmp<T>(command: string, args?: Record<string, unknown>, timeoutMs?: number): Promise<T> {
+    return this.control(command, `qmp.${command}`, () => this.qmp.execute<T>(command, args, timeoutMs === undefined ? {} : { timeoutMs }))
   }
 
-  async pause(): Promise<void> {
-    this.#assertUsable('pause')
-    await this.#expectState(['running', 'paused'], 'pause')
+  protected async queryState(): Promise<VmState> {
+    return mapQemuStatus((await this.#qmp<{ status: string }>('query-status')).status)
+  }
+
+  protected async sendPause(): Promise<void> {
     await this.#qmp('stop')
   }
 
-  async resume(): Promise<void> {
-    this.#assertUsable('resume')
-    await this.#expectState(['running', 'paused'], 'resume')
+  protected async sendResume(): Promise<void> {
     await this.#qmp('cont')
   }
 
-  async #expectState(allowed: VmState[], step: string): Promise<VmState> {
-    const state = await this.state()
-    if (state === 'exited') throw new VmmError('vmm_not_running', `${step}: the VM has exited`, { step })
-    if (!allowed.includes(state)) throw new VmmError('invalid_state', `${step}: the VM is ${state}`, { step })
-    return state
-  }
-
-  async waitForExit(opts: WaitOptions = {}): Promise<ExitInfo> {
-    if (this.#exit) return this.#exit
-    if (opts.timeoutMs === undefined && !opts.signal) return this.exited
-    return withDeadline(this.exited, opts.timeoutMs ?? 2 ** 31 - 1, 'the VM to exit', 'wait', opts.signal)
-  }
-
-  async kill(): Promise<ExitInfo> {
-    if (this.#exit) return this.#exit
-    this.#assertUsable('kill')
-    await killAndWait(this.pid, this.persisted.pidStartTime)
-    this.watch.poke()
-    return withDeadline(this.exited, 10_000, 'the VM to be reaped', 'kill')
-  }
-
-  async shutdown(opts: ShutdownOptions = {}): Promise<ExitInfo> {
-    if (this.#exit) return this.#exit
-    this.#assertUsable('shutdown')
-    const timeoutMs = opts.timeoutMs ?? 10_000
-    try {
-      // A paused guest cannot see the power button.
-      if ((await this.state()) === 'paused') await this.#qmp('cont')
-      await this.#qmp('system_powerdown')
-    } catch (err) {
-      if (this.#exit) return this.#exit
-      this.logger.warn(`could not ask the guest to power off: ${errorMessage(err)}; forcing`, { pid: this.pid })
-    }
+  protected guestStop(): GuestStop {
     // Under TCG a press in the first seconds of a boot can be lost before the guest's ACPI
     // handler is ready (QEMU emits POWERDOWN, the guest never sees it): press again each second.
-    const repress = setInterval(() => {
-      if (!this.#exit) this.#qmp('system_powerdown').catch(() => {})
-    }, 1_000)
-    try {
-      return await withDeadline(this.exited, timeoutMs, 'the guest to power off', 'shutdown')
-    } catch (err) {
-      if (!(err instanceof TimeoutError)) throw err
-    } finally {
-      clearInterval(repress)
-    }
-    return this.#force()
+    return { what: 'power off', ask: () => this.#qmp<void>('system_powerdown'), repeatMs: 1_000 }
   }
 
-  /** quit over QMP (QEMU flushes and ends), and SIGKILL if even that does not end it. */
-  async #force(): Promise<ExitInfo> {
-    this.#forced = true
-    await this.#qmp('quit', undefined, QUIT_GRACE_MS).catch(() => {})
-    try {
-      return await withDeadline(this.exited, QUIT_GRACE_MS, 'QEMU to quit', 'shutdown.quit')
-    } catch {
-      await killAndWait(this.pid, this.persisted.pidStartTime)
-      this.watch.poke()
-      return withDeadline(this.exited, 10_000, 'the VM to be reaped', 'shutdown.kill')
-    }
+  /** QEMU flushes and ends. */
+  protected async sendQuit(timeoutMs: number): Promise<void> {
+    await this.#qmp('quit', undefined, timeoutMs)
   }
 
-  async standby(dir: string): Promise<SnapshotInfo & { exit: ExitInfo }> {
-    this.#assertUsable('standby')
-    const before = await this.#expectState(['running', 'paused'], 'standby')
+  /** A migration stream into `dir`, written while the guest is stopped. */
+  protected async writeSnapshot(dir: string, before: VmState): Promise<SnapshotInfo> {
     if (this.persisted.spec.hotplugMemory && (await this.#memoryDevices()).length > 0) {
       // A restore would have to re-create the DIMMs before loading the stream; not done yet.
       throw new NotSupportedError('standby of a VM with hotplugged memory is not supported yet', { field: 'hotplugMemory' })
@@ -325,10 +195,7 @@ export class QemuMachine {
       }
     } catch (err) {
       await rm(statePath, { force: true })
-      // A failed standby leaves the VM as it found it: the guest's memory was never touched.
-      if (before === 'running') {
-        await this.#qmp('cont').catch((e) => this.logger.warn(`could not resume after a failed standby: ${errorMessage(e)}`, { pid: this.pid }))
-      }
+      await this.resumeAfterFailedSnapshot(before)
       if (err instanceof VmmError || err instanceof QmpCommandError || err instanceof TimeoutError) throw err
       throw new VmmError('snapshot_failed', `snapshot failed: ${errorMessage(err)}`, { step: 'standby', cause: err })
     }
@@ -345,18 +212,7 @@ export class QemuMachine {
       createdAt,
     }
     await writeJsonAtomic(metaPath, meta)
-    const durationMs = Date.now() - started
-    this.#standby = true
-    await this.#qmp('quit', undefined, QUIT_GRACE_MS).catch(() => {})
-    let exit: ExitInfo
-    try {
-      exit = await withDeadline(this.exited, QUIT_GRACE_MS, 'QEMU to quit after the snapshot', 'standby.quit')
-    } catch {
-      await killAndWait(this.pid, this.persisted.pidStartTime)
-      this.watch.poke()
-      exit = await withDeadline(this.exited, 10_000, 'the VM to be reaped', 'standby.kill')
-    }
-    return { dir, bytes, durationMs, createdAt, exit }
+    return { dir, bytes, durationMs: Date.now() - started, createdAt }
   }
 
   /** Boot memory plus the DIMMs hotplugged so far. */
@@ -366,7 +222,7 @@ export class QemuMachine {
   }
 
   async resizeMemory(totalBytes: number): Promise<{ memoryBytes: number }> {
-    this.#assertUsable('resizeMemory')
+    this.assertUsable('resizeMemory')
     const { spec } = this.persisted
     const hp = spec.hotplugMemory
     if (!hp) throw new NotSupportedError('this VM was started without hotplugMemory', { field: 'hotplugMemory' })
@@ -396,7 +252,7 @@ export class QemuMachine {
   }
 
   async connectChannel(name: string, opts: WaitOptions = {}): Promise<Socket> {
-    this.#assertUsable('connectChannel')
+    this.assertUsable('connectChannel')
     const ch = (this.persisted.spec.channels ?? []).find((c) => c.name === name)
     if (!ch) throw new ValidationError('name', `no channel named "${name}"`)
     if (ch.backend.kind !== 'socket') throw new NotSupportedError(`channel "${name}" is file-backed; read ${ch.backend.path}`, { field: 'name' })
@@ -424,24 +280,18 @@ export class QemuMachine {
     )
   }
 
+  runningView(): QemuRunningVm {
+    return new QemuRunningVm(this)
+  }
+
+  pausedView(): QemuPausedVm {
+    return new QemuPausedVm(this)
+  }
+
   /** Raw QMP, for what the generic interface does not cover. The caller owns the consequences. */
   async execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
-    this.#assertUsable(command)
+    this.assertUsable(command)
     return this.#qmp<T>(command, args)
-  }
-
-  async detach(): Promise<void> {
-    if (this.#detached || this.#exit) return
-    this.#detached = true
-    this.watch.stop()
-    this.#unsubscribe()
-    await this.qmp.close()
-  }
-
-  /** `await using`: the VM does not outlive the scope. */
-  async dispose(): Promise<void> {
-    if (this.#detached || this.#exit) return
-    await this.kill().catch((err) => this.logger.warn(`dispose: ${errorMessage(err)}`, { pid: this.pid }))
   }
 }
 
@@ -450,27 +300,16 @@ function versionString(qmp: QmpClient): string {
   return v ? `${v.major}.${v.minor}.${v.micro}` : 'unknown'
 }
 
-/** What every handle view offers; all of it is delegated to the machine. */
-abstract class QemuVmView extends VmView<QemuMachine> {
-  readonly driver = 'qemu' as const
+export class QemuRunningVm extends RunningView<QemuMachine, QemuPausedVm> {
   /** QEMU only: a raw QMP command (e.g. `query-block`, `qom-get`), over the handle's own connection. */
   execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
     return this.m.execute<T>(command, args)
   }
 }
 
-export class QemuRunningVm extends QemuVmView implements RunningVm {
-  readonly phase = 'running' as const
-  async pause(): Promise<QemuPausedVm> {
-    await this.m.pause()
-    return new QemuPausedVm(this.m)
-  }
-}
-
-export class QemuPausedVm extends QemuVmView implements PausedVm {
-  readonly phase = 'paused' as const
-  async resume(): Promise<QemuRunningVm> {
-    await this.m.resume()
-    return new QemuRunningVm(this.m)
+export class QemuPausedVm extends PausedView<QemuMachine, QemuRunningVm> {
+  /** QEMU only: a raw QMP command, as on the running handle. */
+  execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
+    return this.m.execute<T>(command, args)
   }
 }

@@ -6,7 +6,7 @@
  * is `control_closed`, an abort is an `AbortedError`. Each call has a deadline.
  */
 import { stat } from 'node:fs/promises'
-import { AbortedError, errorMessage, HypemanError, TimeoutError } from '@hypeman-ts/common'
+import { AbortedError, errorMessage, TimeoutError } from '@hypeman-ts/common'
 import { Client } from 'undici'
 import { VmmApiError, VmmError } from '../errors.js'
 import { pollUntil } from '../readiness.js'
@@ -185,8 +185,4 @@ export class RestClient {
     this.#closed = true
     this.#client.destroy().catch(() => {})
   }
-}
-
-export function isControlClosed(err: unknown): boolean {
-  return err instanceof HypemanError && err.code === 'control_closed'
 }

@@ -158,7 +158,7 @@ export abstract class RestVmmDriver implements VmmDriver {
       const state = d.parseState(await client.call(d.stateCall, { signal }))
       if (state !== 'running') throw new VmmError('vmm_start_failed', `${d.label} reports the VM ${state} right after start`, { step })
       const machine = new RestMachine(d, persisted, rt, client, watch, { readyMs, ...(restoreMs !== undefined ? { restoreMs } : {}) }, this.logger)
-      return new RestRunningVm(machine)
+      return machine.runningView()
     } catch (err) {
       client.destroy()
       return failStart({
@@ -201,7 +201,7 @@ export abstract class RestVmmDriver implements VmmDriver {
       })
       const state = d.parseState(await client.call(d.stateCall, { signal }))
       const machine = new RestMachine(d, persisted, rt, client, watch, { readyMs: Date.now() - t0 }, this.logger)
-      return state === 'running' ? new RestRunningVm(machine) : new RestPausedVm(machine)
+      return state === 'running' ? machine.runningView() : machine.pausedView()
     } catch (err) {
       client.destroy()
       watch.stop()
