@@ -177,7 +177,7 @@ async function main(): Promise<void> {
 
     const upstream = tsNode('proxy/upstream.ts', [join(dir, 'up.key'), join(dir, 'up.pem'), SECRET])
     const { port: upPort } = await firstJson<{ port: number }>(upstream, 'upstream')
-    const ours = tsNode('proxy/our-proxy.ts', [join(dir, 'ours'), join(dir, 'up-ca.pem'), SECRET, ...(args.includes('--general-path') ? ['--general-path'] : [])], PROFILE_DIR ? ['--cpu-prof', '--cpu-prof-dir', PROFILE_DIR] : [])
+    const ours = tsNode('proxy/our-proxy.ts', [join(dir, 'ours'), join(dir, 'up-ca.pem'), SECRET, `127.0.0.1:${upPort}`, ...(args.includes('--general-path') ? ['--general-path'] : [])], PROFILE_DIR ? ['--cpu-prof', '--cpu-prof-dir', PROFILE_DIR] : [])
     const oursInfo = await firstJson<{ port: number; ca: string }>(ours, 'our proxy')
     const mitmPort = await freePort()
     const withMitm = chosenTargets.includes('mitmproxy')

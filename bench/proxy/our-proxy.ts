@@ -7,13 +7,13 @@ import { readFileSync } from 'node:fs'
 import { silentLogger } from '@hypeman-ts/common'
 import { createProxy } from '@hypeman-ts/egress-proxy'
 
-const [stateDir, upstreamCaPath, secret, mode] = process.argv.slice(2) as [string, string, string, string | undefined]
+const [stateDir, upstreamCaPath, secret, upstream, mode] = process.argv.slice(2) as [string, string, string, string, string | undefined]
 const proxy = await createProxy({
   stateDir,
   listen: '127.0.0.1:0',
   upstreamCa: readFileSync(upstreamCaPath, 'utf8'),
-  // The upstream is on loopback, which the SSRF guard refuses unless told otherwise.
-  allowDestinations: ['127.0.0.0/8'],
+  // The upstream is on this host's loopback ("127.0.0.1:port"), which the proxy refuses unless named.
+  allowHostServices: [upstream],
   logger: silentLogger,
   // --general-path: Node's HTTP server and undici for every request, to compare with the fast path.
   http1FastPath: mode !== '--general-path',

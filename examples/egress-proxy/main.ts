@@ -6,7 +6,7 @@
  *   3. a "guest" request through the proxy that only knows the placeholder.
  *
  * Run it with `npx tsx examples/egress-proxy/main.ts` (after `bash scripts/setup`). Against a
- * real API you would drop step 1, `upstreamCa`, `allowDestinations` and `lookup`.
+ * real API you would drop step 1, `upstreamCa`, `allowHostServices` and `lookup`.
  */
 import { execFileSync } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -35,7 +35,9 @@ const proxy = await createProxy({
   stateDir: join(dir, 'proxy-state'),
   listen: '127.0.0.1:0',
   upstreamCa: readFileSync(join(dir, 'api-ca.pem'), 'utf8'),
-  allowDestinations: ['127.0.0.0/8'], // the stand-in API is on loopback, which the SSRF guard refuses otherwise
+  // The stand-in API is on this host's loopback: the proxy never connects to its own host unless
+  // told the exact address and port (nor to ports other than 80 and 443).
+  allowHostServices: [`127.0.0.1:${apiPort}`],
   lookup: async () => [{ address: '127.0.0.1', family: 4 }], // api.example.test → the stand-in
 })
 const { placeholders } = proxy.policies.set('127.0.0.1', {

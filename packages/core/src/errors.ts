@@ -22,3 +22,13 @@ export class ImageError extends HypemanError {
     super(code, message, opts)
   }
 }
+
+export type EgressEventsErrorCode =
+  | 'events_overflow' // a reader of hm.egress.events() fell further behind than maxBuffered
+
+export class EgressEventsError extends HypemanError {
+  declare readonly code: EgressEventsErrorCode
+  constructor(code: EgressEventsErrorCode, message: string, opts: HypemanErrorOptions = {}) {
+    super(code, message, opts)
+  }
+}

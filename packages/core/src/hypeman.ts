@@ -9,12 +9,13 @@
 import { mkdir, rm } from 'node:fs/promises'
 import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
-import { ConflictError, stderrLogger, tryLockFile, type Logger } from '@hypeman-ts/common'
+import { ConflictError, stderrLogger, tryLockFile, type Logger, ValidationError } from '@hypeman-ts/common'
 import { QemuDriver, type Accel, type VmmDriver } from '@hypeman-ts/vmm-drivers'
 import { HostNetwork, type HostNetworkOptions } from '@hypeman-ts/netsetup'
-import { createProxy, type EgressProxy, type LookupFunction } from '@hypeman-ts/egress-proxy'
+import { type AuditEvent, createProxy, type EgressProxy, type LookupFunction, parseHostServices, parsePorts } from '@hypeman-ts/egress-proxy'
 import { pathExists, parseRate } from '@hypeman-ts/common'
 import { defaultCacheDir, ensureGuestAssets, type GuestAssets, type GuestAssetsOptions } from './assets/index.js'
+import { EgressEvents, type HypemanEgress } from './egress.js'
 import { ImageManager, type ImageManagerOptions } from './images/manager.js'
 import { InstanceManager } from './instances/manager.js'
 import type { Instance } from './instances/model.js'
@@ -59,8 +60,20 @@ export interface EgressOptions {
   ports?: { transparent?: number; explicit?: number }
   /** Extra PEM roots to verify upstreams with. */
   upstreamCa?: string
-  /** CIDRs exempt from the proxy's SSRF guard (private and special ranges are refused otherwise). */
+  /**
+   * CIDRs exempt from the proxy's SSRF guard (private and special ranges are refused otherwise).
+   * Never this host: the proxy refuses the host's own addresses whatever this says.
+   */
   allowDestinations?: string[]
+  /** Ports guests may reach through the proxy (default [80, 443]); the whole list. */
+  allowPorts?: number[]
+  /** Services on this host guests may reach through the proxy, each an exact "address:port". */
+  allowHostServices?: string[]
+  /**
+   * Called with each audit event of the proxy (injections, refusals with their rule, upstream
+   * errors, policy changes); see also `hm.egress.events()`. It must not throw (a throw is logged).
+   */
+  onAudit?: (event: AuditEvent) => void
   /** How the proxy resolves destination names (default: the system resolver). */
   lookup?: LookupFunction
 }
@@ -70,17 +83,26 @@ export class Hypeman {
     readonly dataDir: string,
     readonly images: ImageManager,
     readonly instances: InstanceManager,
+    /** The embedded egress proxy: its audit events. */
+    readonly egress: HypemanEgress,
     private readonly lockPath: string,
     private readonly closers: (() => Promise<void>)[],
   ) {}
 
   static async open(opts: HypemanOptions = {}): Promise<Hypeman> {
+    // The proxy starts on first use; its options are checked now, so bad input fails the open
+    // before anything is touched.
+    if (opts.egress?.allowPorts !== undefined) parsePorts(opts.egress.allowPorts, 'egress.allowPorts')
+    if (opts.egress?.allowHostServices !== undefined) parseHostServices(opts.egress.allowHostServices, 'egress.allowHostServices')
+    if (opts.egress?.onAudit !== undefined && typeof opts.egress.onAudit !== 'function') throw new ValidationError('egress.onAudit', 'must be a function')
     const dataDir = opts.dataDir ?? process.env.HYPEMAN_TS_DATA_DIR ?? '/var/lib/hypeman-ts'
     const logger = opts.logger ?? stderrLogger
     await mkdir(dataDir, { recursive: true, mode: 0o700 })
     const lockPath = join(dataDir, 'manager.lock')
     await takeDataDir(lockPath)
     const closers: (() => Promise<void>)[] = []
+    const egressEvents = new EgressEvents(logger)
+    if (opts.egress?.onAudit) egressEvents.subscribe(opts.egress.onAudit)
     try {
       const files = new InstanceFiles(dataDir)
       await files.init()
@@ -108,8 +130,13 @@ export class Hypeman {
               transparentListen: `${gateway}:${egressPorts.transparent}`,
               ...(opts.egress?.upstreamCa ? { upstreamCa: opts.egress.upstreamCa } : {}),
               ...(opts.egress?.allowDestinations ? { allowDestinations: opts.egress.allowDestinations } : {}),
+              ...(opts.egress?.allowPorts ? { allowPorts: opts.egress.allowPorts } : {}),
+              ...(opts.egress?.allowHostServices ? { allowHostServices: opts.egress.allowHostServices } : {}),
               ...(opts.egress?.lookup ? { lookup: opts.egress.lookup } : {}),
               logger,
+            }).then((started) => {
+              egressEvents.attach(started)
+              return started
             })
           })().catch((err) => {
             proxy = undefined
@@ -118,6 +145,7 @@ export class Hypeman {
       }
       closers.push(async () => {
         if (proxy) await (await proxy.catch(() => undefined))?.close({ grace: '2s' })
+        egressEvents.close()
       })
       let assets: Promise<GuestAssets> | undefined
       const cacheDir = opts.cacheDir ?? defaultCacheDir()
@@ -148,7 +176,7 @@ export class Hypeman {
         logger,
       })
       await instances.reconcile()
-      return new Hypeman(dataDir, images, instances, lockPath, closers)
+      return new Hypeman(dataDir, images, instances, egressEvents, lockPath, closers)
     } catch (err) {
       for (const close of closers) await close().catch(() => {})
       await rm(lockPath, { force: true })

@@ -22,7 +22,7 @@ export type AuditEvent =
       credential: string
       action: 'forwarded' | 'blocked'
     })
-  | (Base & { type: 'denied'; host?: string; reason: string; message: string })
+  | (Base & { type: 'denied'; host?: string; port?: number; reason: string; message: string })
   | (Base & { type: 'upstream_error'; host: string; code: string; message: string })
   | (Base & { type: 'policy_set' | 'policy_deleted' })
 

@@ -8,6 +8,7 @@ import { readFile } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import { ValidationError } from '@hypeman-ts/common'
 import { parse as parseYaml } from 'yaml'
+import { parseHostServices, parsePorts } from './guard.js'
 import { compilePolicy, type SourcePolicy } from './policy.js'
 import { type ListenAddress, parseListen, type ProxyLimits, type ProxyOptions } from './proxy.js'
 import { canonicalSource } from './sources.js'
@@ -29,6 +30,8 @@ const FILE_KEYS: Record<string, string> = {
   stateDir: 'ca_dir',
   upstreamCa: 'upstream_ca',
   allowDestinations: 'allow_destinations',
+  allowPorts: 'allow_ports',
+  allowHostServices: 'allow_host_services',
   dnsCacheTtl: 'dns_cache_ttl',
   leafValidity: 'leaf_validity',
   leafRenewBefore: 'leaf_renew_before',
@@ -97,6 +100,8 @@ export async function parseConfig(text: string, baseDir: string, readCa: (path: 
     if (!Array.isArray(doc.allow_destinations)) throw new ValidationError('allow_destinations', 'must be a list of CIDRs')
     options.allowDestinations = doc.allow_destinations.map((c, i) => canonicalSource(c, `allow_destinations[${i}]`).key)
   }
+  if (doc.allow_ports !== undefined) options.allowPorts = parsePorts(doc.allow_ports, 'allow_ports')
+  if (doc.allow_host_services !== undefined) options.allowHostServices = parseHostServices(doc.allow_host_services, 'allow_host_services')
   if (doc.dns_cache_ttl !== undefined) options.dnsCacheTtl = durationOrSize(doc.dns_cache_ttl, 'dns_cache_ttl')
   if (doc.leaf_validity !== undefined) options.leafValidity = durationOrSize(doc.leaf_validity, 'leaf_validity')
   if (doc.leaf_renew_before !== undefined) options.leafRenewBefore = durationOrSize(doc.leaf_renew_before, 'leaf_renew_before')

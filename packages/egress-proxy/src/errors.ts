@@ -8,6 +8,8 @@ import { HypemanError, type HypemanErrorOptions } from '@hypeman-ts/common'
 export type EgressErrorCode =
   | 'unregistered_source'
   | 'destination_blocked'
+  | 'host_address_blocked'
+  | 'port_blocked'
   | 'placeholder_blocked'
   | 'misdirected_request'
   | 'bad_request'
@@ -24,6 +26,8 @@ export type EgressErrorCode =
 const STATUS: Record<EgressErrorCode, number> = {
   unregistered_source: 403,
   destination_blocked: 403,
+  host_address_blocked: 403,
+  port_blocked: 403,
   placeholder_blocked: 403,
   misdirected_request: 421,
   bad_request: 400,

@@ -192,8 +192,8 @@ export class Frontend {
       return
     }
     // Refuse a forbidden destination before the tunnel exists; the dial checks again on the
-    // address it actually connects to.
-    ctx.guard.resolve(host).then(
+    // address it actually connects to, with the host's addresses read afresh.
+    ctx.guard.resolve(host, split.port, { hostsMaxAgeMs: 1000 }).then(
       () => {
         if (raw.destroyed) return
         conn.target = { host, port: split.port, tls: true }
@@ -204,7 +204,7 @@ export class Frontend {
       (error: unknown) => {
         const err = error instanceof EgressError ? error : new EgressError('dns_failed', `cannot resolve ${host}`)
         ctx.metrics.denied.inc([err.code])
-        ctx.audit.emit({ type: 'denied', source: conn.source, host, reason: err.code, message: err.message })
+        ctx.audit.emit({ type: 'denied', source: conn.source, host, port: split.port, reason: err.code, message: err.message })
         rawResponse(raw, err.status, err.status === 403 ? 'Forbidden' : 'Bad Gateway', err)
       },
     )

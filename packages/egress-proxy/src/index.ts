@@ -4,6 +4,7 @@ export type { SourcePolicy, CredentialPolicy, InjectRule, InjectAs, UnmatchedPla
 export { compilePolicy } from './policy.js'
 export type { AuditEvent, AuditEmitter } from './audit.js'
 export type { LookupFunction, ResolvedAddress } from './guard.js'
+export { parseHostServices, parsePorts } from './guard.js'
 export { EgressError, isEgressError, type EgressErrorCode } from './errors.js'
 export { PLACEHOLDER_PREFIX, isPlaceholder } from './placeholders.js'
 export { loadConfig, parseConfig, type ProxyConfig } from './config.js'

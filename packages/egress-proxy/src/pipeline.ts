@@ -14,6 +14,7 @@ import { rewriteRequestHeaders, rewriteResponseHeaders, type RequestRewrite } fr
 import { hostForUrl, normalizeHost, splitHostPort } from './hosts.js'
 import { statusClass } from './metrics.js'
 import type { CompiledPolicy } from './policy.js'
+import { GUARD_REFUSALS } from './guard.js'
 import { upstreamError } from './upstream.js'
 
 export interface Destination {
@@ -255,9 +256,14 @@ export function sendError(guest: Guest, err: EgressError): void {
 /** Counts, audits and logs a failed upstream exchange; returns what the guest is answered with. */
 export function upstreamFailure(ctx: ProxyContext, conn: Conn, dest: { host: string; port: number }, error: unknown): EgressError {
   const err = upstreamError(error, dest.host, dest.port)
-  ctx.metrics.upstreamFailures.inc([err.code])
-  ctx.audit.emit({ type: 'upstream_error', source: conn.source, host: dest.host, code: err.code, message: err.message })
-  if (err.code === 'destination_blocked') ctx.metrics.denied.inc([err.code])
+  if (GUARD_REFUSALS.has(err.code)) {
+    // The guard refused the address the dial resolved to: nothing reached the upstream.
+    ctx.metrics.denied.inc([err.code])
+    ctx.audit.emit({ type: 'denied', source: conn.source, host: dest.host, port: dest.port, reason: err.code, message: err.message })
+  } else {
+    ctx.metrics.upstreamFailures.inc([err.code])
+    ctx.audit.emit({ type: 'upstream_error', source: conn.source, host: dest.host, code: err.code, message: err.message })
+  }
   ctx.logger.debug('upstream request failed', { source: conn.source, host: dest.host, port: dest.port, code: err.code, message: err.message })
   return err
 }

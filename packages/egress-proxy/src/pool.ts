@@ -37,7 +37,6 @@ export interface PoolOptions {
   /** How long an idle connection is kept (shortened by the upstream's own Keep-Alive timeout). */
   idleTimeoutMs: number
   connectionsPerOrigin: number
-  isSelf: (address: string, port: number) => boolean
   /** Checks idle expiry and the deadlines exchanges set. */
   watchdog: Watchdog
 }
@@ -231,11 +230,8 @@ export class UpstreamPool {
       const next = origin.waiting.shift()
       if (next) this.acquire(next.partition, next.host, next.port, next.tls, next.cb)
     }
-    this.opts.guard.resolve(host).then(({ address }) => {
+    this.opts.guard.resolve(host, port).then(({ address }) => {
       if (this.closed) return fail(new EgressError('proxy_closed', 'the proxy is shutting down'))
-      if (this.opts.isSelf(address, port)) {
-        return fail(new EgressError('destination_blocked', `${host}:${port} is this proxy; refusing to connect to itself`, { details: { host } }))
-      }
       // TLS sessions carry nothing of a guest's, so every partition resumes the origin's.
       const session = tls ? this.sessions.get(originKey(host, port, tls)) : undefined
       let conn: PooledConnection | undefined

@@ -55,8 +55,21 @@ export interface ProxyOptions {
   transparentPorts?: { https?: number; http?: number }
   /** Extra PEM roots for upstream TLS, added to the bundled and system roots. */
   upstreamCa?: string
-  /** CIDRs exempt from the SSRF guard. */
+  /**
+   * CIDRs exempt from the SSRF guard's special-purpose ranges. Never the proxy's own host: its
+   * addresses are refused whatever this says (see allowHostServices).
+   */
   allowDestinations?: string[]
+  /**
+   * Ports CONNECT targets, absolute URIs and transparent connections may go to (default
+   * [80, 443], as `http_https_only` holds direct traffic to); list them all, e.g. [80, 443, 8443].
+   */
+  allowPorts?: number[]
+  /**
+   * Services on the proxy's own host it may connect to, each one exact "address:port"
+   * ("198.18.0.1:7777", "[::1]:7777"). The proxy refuses every address of its host otherwise.
+   */
+  allowHostServices?: string[]
   /** Resolver for destination names (default: the system resolver). */
   lookup?: LookupFunction
   /** How long a DNS answer is reused (default "30s"). */
@@ -169,6 +182,8 @@ export async function createProxy(options: ProxyOptions): Promise<EgressProxy> {
   if (leafRenewMs >= leafValidityMs) throw new ValidationError('leafRenewBefore', 'must be shorter than leafValidity')
   const guard = new DestinationGuard({
     allowDestinations: options.allowDestinations ?? [],
+    ...(options.allowPorts !== undefined ? { allowPorts: options.allowPorts } : {}),
+    ...(options.allowHostServices !== undefined ? { allowHostServices: options.allowHostServices } : {}),
     ...(options.lookup ? { lookup: options.lookup } : {}),
     cacheTtlMs: options.dnsCacheTtl === undefined ? 30_000 : parseDuration(options.dnsCacheTtl, 'dnsCacheTtl'),
   })
@@ -213,7 +228,6 @@ export async function createProxy(options: ProxyOptions): Promise<EgressProxy> {
     }
   }
 
-  const listening: ListenAddress[] = []
   const watchdog = new Watchdog(watchdogPeriod(Math.min(limits.idleTimeoutMs, upstreamTimeouts.headersTimeoutMs, upstreamTimeouts.bodyTimeoutMs, upstreamTimeouts.keepAliveTimeoutMs)))
   const upstreams = new Upstreams({
     watchdog,
@@ -221,8 +235,6 @@ export async function createProxy(options: ProxyOptions): Promise<EgressProxy> {
     ...(options.upstreamCa ? { extraCa: options.upstreamCa } : {}),
     ...upstreamTimeouts,
     maxResponseHeaderSize: 64 * 1024,
-    isSelf: (address, p) =>
-      listening.some((a) => a.port === p && (a.host === address || ((a.host === '0.0.0.0' || a.host === '::') && /^(127\.|::1$|::ffff:127\.)/.test(address)))),
   })
   const metrics = new ProxyMetrics()
   const leaves = new LeafIssuer(ca, { validityMs: leafValidityMs, renewBeforeMs: leafRenewMs })
@@ -236,9 +248,9 @@ export async function createProxy(options: ProxyOptions): Promise<EgressProxy> {
   let transparentAddress: ListenAddress | undefined
   let starting: 'listen' | 'transparentListen' = 'listen'
   try {
-    if (explicitAt) listening.push((address = await frontend.listenExplicit(explicitAt)))
+    if (explicitAt) guard.addListener((address = await frontend.listenExplicit(explicitAt)))
     starting = 'transparentListen'
-    if (transparentAt) listening.push((transparentAddress = await frontend.listenTransparent(transparentAt)))
+    if (transparentAt) guard.addListener((transparentAddress = await frontend.listenTransparent(transparentAt)))
   } catch (err) {
     frontend.destroy()
     await upstreams.destroy()

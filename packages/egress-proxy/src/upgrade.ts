@@ -12,8 +12,7 @@ import type { TLSSocket } from 'node:tls'
 import { type Conn, type ProxyContext } from './context.js'
 import { EgressError } from './errors.js'
 import { statusClass } from './metrics.js'
-import { findHost, forward, H1Guest, type IdleHook, prepare, reject } from './pipeline.js'
-import { upstreamError } from './upstream.js'
+import { findHost, forward, H1Guest, type IdleHook, prepare, reject, upstreamFailure } from './pipeline.js'
 
 function head(status: number, message: string, raw: readonly string[]): string {
   let out = `HTTP/1.1 ${status} ${message}\r\n`
@@ -81,10 +80,8 @@ export function handleUpgrade(ctx: ProxyContext, conn: Conn, req: IncomingMessag
   }
   socket.once('close', release)
   const fail = (error: unknown) => {
-    const err = upstreamError(error, dest.host, dest.port)
-    ctx.metrics.upstreamFailures.inc([err.code])
+    const err = upstreamFailure(ctx, conn, dest, error)
     ctx.metrics.requests.inc([conn.listener, dest.scheme, statusClass(err.status)])
-    ctx.audit.emit({ type: 'upstream_error', source: conn.source, host: dest.host, code: err.code, message: err.message })
     if (socket.writable) plainError(socket, err)
     else socket.destroy()
   }

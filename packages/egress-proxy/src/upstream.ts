@@ -28,8 +28,6 @@ export interface UpstreamOptions {
   keepAliveTimeoutMs: number
   connectionsPerOrigin: number
   maxResponseHeaderSize: number
-  /** "address:port" pairs the proxy listens on; dialling them would loop. */
-  isSelf: (address: string, port: number) => boolean
   /** Deadlines of the fast path's pooled connections. */
   watchdog: Watchdog
 }
@@ -99,7 +97,6 @@ export class Upstreams {
       connectTimeoutMs: opts.connectTimeoutMs,
       idleTimeoutMs: opts.keepAliveTimeoutMs,
       connectionsPerOrigin: opts.connectionsPerOrigin,
-      isSelf: opts.isSelf,
       watchdog: opts.watchdog,
     })
   }
@@ -154,14 +151,8 @@ export class Upstreams {
     return (options, callback) => {
       const host = bare(options.hostname)
       const port = Number(options.port) || (options.protocol === 'https:' ? 443 : 80)
-      this.opts.guard.resolve(host).then(
-        ({ address }) => {
-          if (this.opts.isSelf(address, port)) {
-            callback(new EgressError('destination_blocked', `${host}:${port} is this proxy; refusing to connect to itself`, { details: { host } }), null)
-            return
-          }
-          base({ ...options, hostname: address }, callback)
-        },
+      this.opts.guard.resolve(host, port).then(
+        ({ address }) => base({ ...options, hostname: address }, callback),
         (err: unknown) => callback(err as Error, null),
       )
     }
@@ -172,8 +163,7 @@ export class Upstreams {
    * verified, offering only HTTP/1.1.
    */
   async connect(host: string, port: number, tls: boolean): Promise<Socket | TLSSocket> {
-    const { address } = await this.opts.guard.resolve(host)
-    if (this.opts.isSelf(address, port)) throw new EgressError('destination_blocked', `${host}:${port} is this proxy; refusing to connect to itself`)
+    const { address } = await this.opts.guard.resolve(host, port)
     return new Promise((resolve, reject) => {
       const socket = tls
         ? tlsConnect({

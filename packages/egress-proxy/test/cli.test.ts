@@ -27,6 +27,9 @@ metrics_listen: "127.0.0.1:0"
 ca_dir: "./cli-state"
 upstream_ca: "./ca.pem"
 allow_destinations: ["127.0.0.0/8"]
+allow_ports: [80, 443]
+# The upstream, and a port nothing listens on (a refused connection): loopback is the proxy's own host.
+allow_host_services: ["127.0.0.1:${h.https.port}", "127.0.0.1:1"]
 sources:
   - match: "127.0.0.1"
     env: { OPENAI_REAL: "${secret}" }

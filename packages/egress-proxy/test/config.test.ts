@@ -46,6 +46,13 @@ describe('policy file', () => {
     ])
   })
 
+  it('reads the ports and the host services the proxy may connect to', async () => {
+    const c = await parseConfig(`${ISSUE_EXAMPLE}allow_ports: [80, 443, 8443]\nallow_host_services: ["198.18.0.1:7777", "[0:0::1]:9000"]\n`, dir)
+    expect(c.options).toMatchObject({ allowPorts: [80, 443, 8443], allowHostServices: ['198.18.0.1:7777', '[::1]:9000'] })
+    const d = await parseConfig(ISSUE_EXAMPLE, dir)
+    expect(restartOnlyChanges(d, c)).toEqual(['allow_ports', 'allow_host_services'])
+  })
+
   it('reads JSON, limits, the transparent listener and the block option', async () => {
     const c = await parseConfig(
       JSON.stringify({
@@ -74,6 +81,11 @@ describe('policy file', () => {
     [`${ISSUE_EXAMPLE}limits: { max_heap: 1 }\n`, 'limits.max_heap', 'unknown limit'],
     [ISSUE_EXAMPLE.replace('    env: {', '    unmatched_placeholder: drop\n    env: {'), 'sources[0].unmatched_placeholder', '"forward" or "block"'],
     ['listen: [unclosed', 'config', 'not valid JSON or YAML'],
+    [`${ISSUE_EXAMPLE}allow_ports: 443\n`, 'allow_ports', 'list of ports'],
+    [`${ISSUE_EXAMPLE}allow_ports: [443, 70000]\n`, 'allow_ports[1]', 'not a port'],
+    [`${ISSUE_EXAMPLE}allow_host_services: ["198.18.0.1"]\n`, 'allow_host_services[0]', 'exact address and port'],
+    [`${ISSUE_EXAMPLE}allow_host_services: ["localhost:7777"]\n`, 'allow_host_services[0]', 'exact address and port'],
+    [`${ISSUE_EXAMPLE}allow_host_services: ["198.18.0.0/15:7777"]\n`, 'allow_host_services[0]', 'exact address and port'],
   ])('rejects a bad file naming the field (%#)', async (text, field, words) => {
     await expect(parseConfig(text, dir)).rejects.toMatchObject({ code: 'invalid_input', field, message: expect.stringContaining(words) })
   })

@@ -10,22 +10,19 @@ import { curl, nodeHttpsViaConnect, pythonGet } from './support/clients.js'
 import { bearerPolicy, type Harness, SECRET, startHarness } from './support/harness.js'
 import { startHttpsUpstream, type Upstream } from './support/upstream.js'
 
-let h: Harness
+let h: Harness<{ badSelfSigned: Upstream; badName: Upstream }>
 let ph: string
 let caFile: string
 let badSelfSigned: Upstream
 let badName: Upstream
 
 beforeAll(async () => {
-  h = await startHarness()
+  h = await startHarness({}, async (pki) => ({ badSelfSigned: await startHttpsUpstream(pki.selfSigned), badName: await startHttpsUpstream(pki.wrongName) }))
+  ;({ badSelfSigned, badName } = h.extra)
   caFile = h.proxy.caPath
   ph = h.proxy.policies.set('127.0.0.1', bearerPolicy(['api.test', '*.example.test'])).placeholders.OPENAI_API_KEY!
-  badSelfSigned = await startHttpsUpstream(h.pki.selfSigned)
-  badName = await startHttpsUpstream(h.pki.wrongName)
 })
 afterAll(async () => {
-  await badSelfSigned?.close()
-  await badName?.close()
   await h?.close()
 })
 

@@ -11,8 +11,9 @@ import { curl } from './support/clients.js'
 import { RawGuest } from './support/guest.js'
 import { bearerPolicy, type Harness, SECRET, startHarness } from './support/harness.js'
 import { ok, type RawUpstream, startRawUpstream } from './support/raw-upstream.js'
+import { startHttpsUpstream, type Upstream } from './support/upstream.js'
 
-let h: Harness
+let h: Harness<{ up: RawUpstream; plainUp: RawUpstream; echo: Upstream }>
 let up: RawUpstream
 let plainUp: RawUpstream
 let timeouts: EgressProxy
@@ -20,9 +21,8 @@ let ph: string
 const guests: RawGuest[] = []
 
 beforeAll(async () => {
-  h = await startHarness()
-  up = await startRawUpstream(h.pki.good)
-  plainUp = await startRawUpstream(null)
+  h = await startHarness({}, async (pki) => ({ up: await startRawUpstream(pki.good), plainUp: await startRawUpstream(null), echo: await startHttpsUpstream(pki.good) }))
+  ;({ up, plainUp } = h.extra)
   ph = h.proxy.policies.set('127.0.0.1', bearerPolicy(['api.test'])).placeholders.OPENAI_API_KEY!
   h.proxy.policies.set('127.0.0.2', { ...bearerPolicy(['api.test']), unmatchedPlaceholder: 'block' })
   timeouts = await h.another({ limits: { upstreamHeadersTimeout: '300ms', upstreamBodyTimeout: '300ms' } })
@@ -30,8 +30,6 @@ beforeAll(async () => {
 })
 afterAll(async () => {
   for (const g of guests) g.destroy()
-  await up?.close()
-  await plainUp?.close()
   await h?.close()
 })
 beforeEach(() => {
@@ -504,7 +502,10 @@ describe('fast path failures', () => {
   })
 
   it('an unreachable upstream is a 502 naming the failure', async () => {
-    const g = await guest(h.proxy, 'api.test:1')
+    // Named, so the guard lets it through: nothing listens there.
+    const p = await h.another({ allowHostServices: ['127.0.0.1:1'] })
+    p.policies.set('127.0.0.1', bearerPolicy(['api.test']))
+    const g = await guest(p, 'api.test:1')
     g.send('GET / HTTP/1.1\r\nHost: api.test\r\n\r\n')
     const r = await g.response()
     expect(r.status).toBe(502)
@@ -531,18 +532,12 @@ describe('hand-off to the general path', () => {
     ['a chunked upload', ['--http1.1', '-H', 'Transfer-Encoding: chunked', '--data-binary', 'payload'], 'transfer_encoding'],
   ])('%s is served by the general path', async (_what, args, reason) => {
     const before = handoffs()[reason] ?? 0
-    const { startHttpsUpstream } = await import('./support/upstream.js')
-    const echo = await startHttpsUpstream(h.pki.good)
-    try {
-      const r = await curl([...args, '--cacert', h.proxy.caPath, '-x', h.proxy.url!, `https://api.test:${echo.port}/echo`])
-      expect(r.status).toBe(200)
-      const seen = JSON.parse(r.body) as { bodyBytes: number; headers: Record<string, string> }
-      expect(seen.bodyBytes).toBe('payload'.length)
-      expect(seen.headers.authorization).toBe(`Bearer ${SECRET}`)
-      expect(handoffs()[reason]).toBe(before + 1)
-    } finally {
-      await echo.close()
-    }
+    const r = await curl([...args, '--cacert', h.proxy.caPath, '-x', h.proxy.url!, `https://api.test:${h.extra.echo.port}/echo`])
+    expect(r.status).toBe(200)
+    const seen = JSON.parse(r.body) as { bodyBytes: number; headers: Record<string, string> }
+    expect(seen.bodyBytes).toBe('payload'.length)
+    expect(seen.headers.authorization).toBe(`Bearer ${SECRET}`)
+    expect(handoffs()[reason]).toBe(before + 1)
   })
 
   it('an HTTP/1.0 request is served by the general path', async () => {

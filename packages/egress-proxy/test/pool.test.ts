@@ -55,14 +55,21 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true })
 })
 
-function pool(opts: { allow?: string[]; limit?: number; idleMs?: number; self?: boolean } = {}): UpstreamPool {
+function pool(opts: { services?: string[]; ports?: number[]; limit?: number; idleMs?: number; self?: boolean } = {}): UpstreamPool {
+  // The servers are on loopback, the proxy's own host: only named host services are dialled.
+  const guard = new DestinationGuard({
+    allowHostServices: opts.services ?? [`127.0.0.1:${goodPort}`, `127.0.0.1:${badPort}`],
+    ...(opts.ports ? { allowPorts: opts.ports } : {}),
+    allowDestinations: ['127.0.0.0/8'],
+    lookup: testLookup,
+  })
+  if (opts.self) guard.addListener({ host: '127.0.0.1', port: goodPort })
   return new UpstreamPool({
-    guard: new DestinationGuard({ allowDestinations: opts.allow ?? ['127.0.0.0/8'], lookup: testLookup }),
+    guard,
     trust: upstreamTrust(pki.caPem),
     connectTimeoutMs: 5000,
     idleTimeoutMs: opts.idleMs ?? 30_000,
     connectionsPerOrigin: opts.limit ?? 8,
-    isSelf: () => opts.self === true,
     watchdog,
   })
 }
@@ -191,12 +198,16 @@ describe('UpstreamPool', () => {
     p.destroy()
   })
 
-  it('checks the address it dials against the SSRF guard, and never dials the proxy itself', async () => {
-    const strict = pool({ allow: [] })
-    await expect(acquire(strict, 'api.test', goodPort)).rejects.toMatchObject({ code: 'destination_blocked' })
+  it('checks the address and port it dials against the guard, and never dials the proxy itself', async () => {
+    const strict = pool({ services: [`127.0.0.1:${badPort}`] })
+    await expect(acquire(strict, 'api.test', goodPort)).rejects.toMatchObject({ code: 'port_blocked' })
     strict.destroy()
+    const unnamed = pool({ services: [], ports: [goodPort] })
+    await expect(acquire(unnamed, 'api.test', goodPort)).rejects.toMatchObject({ code: 'host_address_blocked' })
+    unnamed.destroy()
+    // Named as a host service, and still refused: it is the proxy's own listener.
     const self = pool({ self: true })
-    await expect(acquire(self, 'api.test', goodPort)).rejects.toMatchObject({ code: 'destination_blocked', message: expect.stringContaining('itself') })
+    await expect(acquire(self, 'api.test', goodPort)).rejects.toMatchObject({ code: 'host_address_blocked', message: expect.stringContaining('itself') })
     self.destroy()
   })
 

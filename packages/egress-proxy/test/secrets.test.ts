@@ -9,19 +9,18 @@ import { curl } from './support/clients.js'
 import { bearerPolicy, type Harness, SECRET, startHarness } from './support/harness.js'
 import { startHttpsUpstream, type Upstream } from './support/upstream.js'
 
-let h: Harness
+let h: Harness<{ bad: Upstream }>
 let bad: Upstream
 let ph: string
 const answers: string[] = []
 
 beforeAll(async () => {
-  h = await startHarness()
-  bad = await startHttpsUpstream(h.pki.selfSigned)
+  h = await startHarness({}, async (pki) => ({ bad: await startHttpsUpstream(pki.selfSigned) }))
+  bad = h.extra.bad
   ph = h.proxy.policies.set('127.0.0.1', bearerPolicy(['api.test'])).placeholders.OPENAI_API_KEY!
   h.proxy.policies.set('127.0.0.2', { ...bearerPolicy(['api.test']), unmatchedPlaceholder: 'block' })
 })
 afterAll(async () => {
-  await bad?.close()
   await h?.close()
 })
 

@@ -49,7 +49,16 @@ beforeAll(async () => {
   const certs = await makeCerts(work)
   const upstream = lab.spawn(lab.serverNs, process.execPath, [join(__dirname, '../support/upstream-server.mjs'), certs.cert, certs.key])
   await upstream.waitFor(/upstream ready/)
-  const cfg = { dataDir: join(work, 'data'), uplink: lab.uplink, upstreamCa: certs.ca, serverIp: lab.serverIp, image: `oci:${FIXTURES}/debian:bookworm` }
+  const cfg = {
+    dataDir: join(work, 'data'),
+    uplink: lab.uplink,
+    upstreamCa: certs.ca,
+    serverIp: lab.serverIp,
+    hostIp: lab.hostUplinkIp,
+    cert: certs.cert,
+    key: certs.key,
+    image: `oci:${FIXTURES}/debian:bookworm`,
+  }
   const child = lab.spawn(lab.hostNs, process.execPath, ['--import', 'tsx', join(__dirname, '../support/network-child.ts'), JSON.stringify(cfg)])
   const m = await child.waitFor(/RESULT (.*)\n/, 600_000)
   childOutput = child.output()
@@ -118,6 +127,55 @@ describe('mediated egress with a brokered credential', () => {
     expect(results.mediatedDirectPlainHttpPort8080.out).toContain('blocked')
     expect(results.partialDirectTcp.out).toContain('tcp-2222-hello')
     expect(results.partialHttps).toMatchObject({ url: '/p', tls: true })
+  })
+
+  it('refuses, through the proxy, every way to this host (uplink, gateway, loopback) and other ports of an allowed server, and audits each refusal', () => {
+    const { probes, connections, denied, onAuditDenied, err } = results.hostProbes
+    const host = 'host_address_blocked'
+    const port = 'port_blocked'
+    const expected: Record<string, string> = {
+      'explicit-http-uplink': host,
+      'explicit-http-uplink-7777': port,
+      'explicit-http-gateway': host,
+      'explicit-http-loopback': host,
+      'explicit-http-loopback-name': host,
+      'explicit-http-mapped-loopback': host,
+      'explicit-tunnel-http-uplink': host,
+      'explicit-https-uplink': host,
+      'explicit-https-uplink-name': host,
+      'explicit-https-gateway': host,
+      'explicit-https-loopback': host,
+      'transparent-http-uplink': host,
+      'transparent-http-gateway': host,
+      'transparent-http-loopback': host,
+      'transparent-https-uplink': host,
+      'transparent-https-gateway': host,
+      'transparent-https-loopback': host,
+      'explicit-http-port-8080': port,
+      'explicit-tunnel-http-port-8080': port,
+      'explicit-https-port-8443': port,
+      'transparent-http-port-8080': port,
+    }
+    for (const [name, code] of Object.entries(expected)) {
+      const p = probes[name]
+      // A refused CONNECT is a 403 to the CONNECT (curl: http_connect); otherwise to the request.
+      expect([p?.http, p?.connect], `${name}: ${JSON.stringify(p)} ${err}`).toContain('403')
+      expect(p?.error, name).toBe(code)
+    }
+    // The probe set works: the same proxy still serves the allowed server on 443.
+    expect(probes['explicit-https-allowed']).toMatchObject({ http: '200', error: 'none' })
+    // Nothing reached the services this host runs on every address, port 80, 443 and 7777.
+    expect(connections).toEqual([])
+    // One denied event per refused probe, naming the rule, through hm.egress.events() and onAudit alike.
+    const ip = results.mediatedInstanceIp
+    const reasons = (events: any[]) => events.filter((e) => e.source === ip).map((e) => e.reason).sort()
+    const want = Object.values(expected).sort()
+    expect(reasons(denied)).toEqual(want)
+    expect(reasons(onAuditDenied)).toEqual(want)
+    expect(denied).toContainEqual(expect.objectContaining({ type: 'denied', reason: host, host: '198.18.0.1', port: 80 }))
+    expect(denied).toContainEqual(expect.objectContaining({ type: 'denied', reason: host, host: 'gateway.test', port: 443 }))
+    expect(denied).toContainEqual(expect.objectContaining({ type: 'denied', reason: port, host: 'api.test', port: 8443 }))
+    expect(denied).toContainEqual(expect.objectContaining({ type: 'denied', reason: port, host: '198.18.0.1', port: 7777 }))
   })
 
   it('a stopped instance started by a new host process gets its policy back', () => {

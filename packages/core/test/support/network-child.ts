@@ -4,12 +4,18 @@
  * host's namespace). Prints one line `RESULT <json>` with what each check saw.
  */
 import { readdirSync, readFileSync, statSync } from 'node:fs'
+import { createServer as createHttp, type Server } from 'node:http'
+import { createServer as createHttps } from 'node:https'
 import { join } from 'node:path'
-import { Hypeman } from '../../src/index.js'
+import { type AuditEvent, Hypeman } from '../../src/index.js'
 
-const cfg = JSON.parse(process.argv[2]!) as { dataDir: string; uplink: string; upstreamCa: string; serverIp: string; image: string }
+const cfg = JSON.parse(process.argv[2]!) as { dataDir: string; uplink: string; upstreamCa: string; serverIp: string; hostIp: string; cert: string; key: string; image: string }
 const SECRET = 'sk-real-secret-7f3a9c'
+const GATEWAY = '10.123.0.1'
 const results: Record<string, unknown> = {}
+// Names the proxy resolves: the "internet" server, and names for this host's own addresses.
+const NAMES: Record<string, string> = { 'api.test': cfg.serverIp, 'other.test': cfg.serverIp, 'uplink.test': cfg.hostIp, 'gateway.test': GATEWAY, 'loopback.test': '127.0.0.1' }
+const audited: AuditEvent[] = []
 
 const open = () =>
   Hypeman.open({
@@ -17,8 +23,11 @@ const open = () =>
     network: { uplink: cfg.uplink, subnet: '10.123.0.0/24', dns: ['10.123.0.1'], capacity: { download: '1Gbps', upload: '1Gbps' } },
     egress: {
       upstreamCa: readFileSync(cfg.upstreamCa, 'utf8'),
-      allowDestinations: ['198.18.0.0/15'],
-      lookup: async (host) => (host === 'api.test' || host === 'other.test' ? [{ address: cfg.serverIp, family: 4 }] : []),
+      // Ranges that hold this host's addresses too (the uplink, the bridge gateway, loopback):
+      // the proxy must refuse those whatever this says.
+      allowDestinations: ['198.18.0.0/15', '10.123.0.0/24', '127.0.0.0/8'],
+      lookup: async (host) => (NAMES[host] ? [{ address: NAMES[host], family: 4 }] : []),
+      onAudit: (e) => audited.push(e),
     },
     defaults: { vcpus: 1, size: '512MB', overlaySize: '512MB' },
   })
@@ -36,6 +45,78 @@ const json = (s: string): Record<string, any> | null => {
   }
 }
 const resolve = `--resolve api.test:443:${cfg.serverIp} --resolve other.test:443:${cfg.serverIp} --resolve api.test:80:${cfg.serverIp}`
+
+/**
+ * Runs the probes in one exec (the guest is slow under TCG): one line per probe with the status
+ * (or the CONNECT status), and the proxy's error code header. Returns them with what the host's
+ * services and the audit saw meanwhile.
+ */
+async function probeHostServices(id: string) {
+  const connections: string[] = []
+  const servers: Server[] = []
+  const serve = async (server: Server, port: number) => {
+    server.on('connection', (s) => connections.push(`${s.localAddress}:${port}`))
+    await new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, '0.0.0.0', () => resolve()))
+    servers.push(server)
+  }
+  const answer = (_req: unknown, res: { end(s: string): void }) => res.end('a service on the host\n')
+  await serve(createHttp(answer), 80)
+  await serve(createHttp(answer), 7777)
+  await serve(createHttps({ cert: readFileSync(cfg.cert), key: readFileSync(cfg.key) }, answer), 443)
+  const stream: AuditEvent[] = []
+  const events = hm.egress.events()
+  const reading = (async () => {
+    for await (const e of events) stream.push(e)
+  })()
+  const auditedBefore = audited.length
+  // Explicit probes name the proxy themselves: NO_PROXY in the guest lists loopback.
+  const x = `--noproxy '' -x "$HTTP_PROXY"`
+  // Transparent probes connect to the server (the firewall redirects 80/443 to the proxy) and
+  // name the destination in the Host header or SNI.
+  const t = `--noproxy '*' --connect-to ::${cfg.serverIp}:`
+  const probes: Array<[string, string]> = [
+    ['explicit-http-uplink', `${x} http://${cfg.hostIp}/p`],
+    ['explicit-http-uplink-7777', `${x} http://${cfg.hostIp}:7777/p`],
+    ['explicit-http-gateway', `${x} http://${GATEWAY}/p`],
+    ['explicit-http-loopback', `${x} http://127.0.0.1/p`],
+    ['explicit-http-loopback-name', `${x} http://loopback.test/p`],
+    ['explicit-http-mapped-loopback', `${x} http://[::ffff:127.0.0.1]/p`],
+    ['explicit-tunnel-http-uplink', `${x} -p http://${cfg.hostIp}/p`],
+    ['explicit-https-uplink', `${x} https://${cfg.hostIp}/p`],
+    ['explicit-https-uplink-name', `${x} https://uplink.test/p`],
+    ['explicit-https-gateway', `${x} https://gateway.test/p`],
+    ['explicit-https-loopback', `${x} https://127.0.0.1/p`],
+    ['transparent-http-uplink', `${t} http://${cfg.hostIp}/p`],
+    ['transparent-http-gateway', `${t} http://${GATEWAY}/p`],
+    ['transparent-http-loopback', `${t} http://loopback.test/p`],
+    ['transparent-https-uplink', `${t} https://uplink.test/p`],
+    ['transparent-https-gateway', `${t} https://gateway.test/p`],
+    ['transparent-https-loopback', `${t} https://loopback.test/p`],
+    ['explicit-http-port-8080', `${x} http://api.test:8080/p`],
+    ['explicit-tunnel-http-port-8080', `${x} -p http://api.test:8080/p`],
+    ['explicit-https-port-8443', `${x} https://api.test:8443/p`],
+    ['transparent-http-port-8080', `${t} http://api.test/p -H 'Host: api.test:8080'`],
+    ['explicit-https-allowed', `${x} https://api.test/p`],
+  ]
+  const script = [
+    `probe() { n=$1; shift; r=$(eval "curl -g -s -o /dev/null -D /tmp/h --max-time 15 -w '%{http_code} %{http_connect}' $*"); e=$(tr -d '\\r' < /tmp/h | awk 'tolower($1) == "x-hypeman-egress-error:" { c = $2 } END { print c == "" ? "none" : c }'); echo "$n $r $e"; rm -f /tmp/h; }`,
+    ...probes.map(([name, args]) => `probe ${name} ${JSON.stringify(args)}`),
+  ].join('\n')
+  const out = await sh(id, script)
+  // The last events of a refusal are emitted as the answer goes out; give them a moment.
+  await new Promise((r) => setTimeout(r, 200))
+  await events.return!()
+  await reading
+  for (const s of servers) s.close()
+  const lines = out.out.split('\n').map((l) => l.trim().split(/\s+/))
+  return {
+    probes: Object.fromEntries(lines.map(([name, http, connect, error]) => [name, { http, connect, error }])),
+    err: out.err,
+    connections,
+    denied: stream.filter((e) => e.type === 'denied'),
+    onAuditDenied: audited.slice(auditedBefore).filter((e) => e.type === 'denied'),
+  }
+}
 
 try {
   // 1. Plain network: NAT out of the uplink, shaping, the Instance's network block.
@@ -62,6 +143,7 @@ try {
     network: { egress: { enabled: true, enforcement: { mode: 'all' } } },
   })
   results.mediatedInstanceEnv = med.env
+  results.mediatedInstanceIp = med.network?.ip
   results.guestEnv = (await sh(med.id, 'env | sort')).out
   // Transparent: curl told to ignore the proxy variables, like runtimes that never read them.
   results.transparentMatch = json((await sh(med.id, `curl -s --max-time 20 --noproxy '*' ${resolve} -H "Authorization: Bearer $OPENAI_API_KEY" https://api.test/t`)).out)
@@ -69,6 +151,10 @@ try {
   results.transparentPlainHttp = json((await sh(med.id, `curl -s --max-time 20 --noproxy '*' ${resolve} -H "Authorization: Bearer $OPENAI_API_KEY" http://api.test/t`)).out)
   // Explicit: the HTTPS_PROXY the guest was given.
   results.explicitMatch = json((await sh(med.id, `curl -s --max-time 20 -H "Authorization: Bearer $OPENAI_API_KEY" https://api.test/e`)).out)
+
+  // 2a. Through the proxy to this host's own services, and to other ports of the allowed server:
+  // all refused, however the guest asks. Services listen on every address of this namespace.
+  results.hostProbes = await probeHostServices(med.id)
   const tcp2222 = `timeout 5 bash -c 'cat < /dev/tcp/${cfg.serverIp}/2222' 2>&1 || echo blocked`
   results.mediatedDirectTcp = await sh(med.id, tcp2222)
   results.mediatedDirectPlainHttpPort8080 = await sh(med.id, `curl -s --max-time 5 --noproxy '*' http://${cfg.serverIp}:8080/ || echo blocked-$?`)

@@ -1,6 +1,7 @@
 // A stand-in for the internet, run inside the server namespace of a network test: HTTPS on 443
-// (certificate for api.test/other.test from the test's own CA) and HTTP on 80 echo each request
-// as JSON; /bytes?n=N streams N bytes; POST /sink counts what it receives; TCP 2222 greets.
+// and 8443 (certificate for api.test/other.test from the test's own CA) and HTTP on 80 and 8080
+// echo each request as JSON; /bytes?n=N streams N bytes; POST /sink counts what it receives;
+// TCP 2222 greets.
 import { readFileSync } from 'node:fs'
 import { createServer as createHttp } from 'node:http'
 import { createServer as createHttps } from 'node:https'
@@ -33,6 +34,6 @@ function handler(req, res) {
   })
 }
 
-createHttps({ cert: readFileSync(certFile), key: readFileSync(keyFile) }, handler).listen(443, '0.0.0.0')
-createHttp(handler).listen(80, '0.0.0.0')
+for (const port of [443, 8443]) createHttps({ cert: readFileSync(certFile), key: readFileSync(keyFile) }, handler).listen(port, '0.0.0.0')
+for (const port of [80, 8080]) createHttp(handler).listen(port, '0.0.0.0')
 createTcp((s) => s.end('tcp-2222-hello\n')).listen(2222, '0.0.0.0', () => console.log('upstream ready'))

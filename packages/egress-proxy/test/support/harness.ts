@@ -1,8 +1,11 @@
 /**
  * What most proxy tests share: openssl-made upstream certificates, real upstreams on loopback,
  * and a proxy configured to trust the test CA, to resolve the test names to 127.0.0.1 and to
- * allow loopback destinations (the SSRF guard refuses them otherwise). Everything the proxy
- * logs is captured, so tests can grep it for secrets.
+ * reach those upstreams: loopback is the proxy's own host, which it refuses unless
+ * allowHostServices names the exact address and port, so every upstream a test uses is started
+ * before the proxy and named. allowDestinations covers loopback too, to show that it alone
+ * opens nothing on the host. Everything the proxy logs is captured, so tests can grep it for
+ * secrets.
  */
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -32,7 +35,16 @@ export function captureLogger(): CapturedLog {
   return { lines, logger: { debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') } }
 }
 
-export interface Harness {
+/** A server a test runs on loopback for the proxy to reach. */
+export interface Service {
+  port: number
+  close(): Promise<void>
+}
+
+/** The allowHostServices entry for a loopback test server. */
+export const hostService = (s: { port: number }): string => `127.0.0.1:${s.port}`
+
+export interface Harness<X extends Record<string, Service> = Record<string, never>> {
   dir: string
   pki: TestPki
   https: Upstream
@@ -40,19 +52,25 @@ export interface Harness {
   log: CapturedLog
   audit: AuditEvent[]
   proxy: EgressProxy
+  /** The test's own upstreams, started before the proxy so it can name them. */
+  extra: X
   /** Starts another proxy on the same state dir and upstreams (closed with the harness). */
   another(overrides?: Partial<ProxyOptions>): Promise<EgressProxy>
   close(): Promise<void>
 }
 
-export async function startHarness(overrides: Partial<ProxyOptions> = {}): Promise<Harness> {
+export async function startHarness<X extends Record<string, Service> = Record<string, never>>(
+  overrides: Partial<ProxyOptions> = {},
+  upstreams?: (pki: TestPki) => Promise<X>,
+): Promise<Harness<X>> {
   const dir = await mkdtemp(join(tmpdir(), 'hm-egress-'))
   const pki = await makePki(dir)
   const https = await startHttpsUpstream(pki.good)
   const http = await startHttpUpstream()
+  const extra = upstreams ? await upstreams(pki) : ({} as X)
   const log = captureLogger()
   const audit: AuditEvent[] = []
-  const extra: EgressProxy[] = []
+  const others: EgressProxy[] = []
   const options = (o: Partial<ProxyOptions>): ProxyOptions => ({
     stateDir: join(dir, 'state'),
     listen: '127.0.0.1:0',
@@ -60,6 +78,7 @@ export async function startHarness(overrides: Partial<ProxyOptions> = {}): Promi
     transparentPorts: { https: https.port, http: http.port },
     upstreamCa: pki.caPem,
     allowDestinations: ['127.0.0.0/8'],
+    allowHostServices: [https, http, ...Object.values(extra)].map(hostService),
     lookup: testLookup,
     logger: log.logger,
     ...o,
@@ -74,14 +93,15 @@ export async function startHarness(overrides: Partial<ProxyOptions> = {}): Promi
     log,
     audit,
     proxy,
+    extra,
     async another(o = {}) {
       const p = await createProxy(options({ ...overrides, ...o }))
-      extra.push(p)
+      others.push(p)
       return p
     },
     async close() {
-      await Promise.all([proxy, ...extra].map((p) => p.destroy()))
-      await Promise.all([https.close(), http.close()])
+      await Promise.all([proxy, ...others].map((p) => p.destroy()))
+      await Promise.all([https, http, ...Object.values(extra)].map((u) => u.close()))
       await rm(dir, { recursive: true, force: true })
     },
   }

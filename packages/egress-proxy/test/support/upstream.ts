@@ -30,6 +30,8 @@ export interface Seen {
 export interface Upstream {
   port: number
   seen: Seen[]
+  /** TCP connections accepted so far (a refusal must not even connect). */
+  connections(): number
   close(): Promise<void>
 }
 
@@ -170,10 +172,13 @@ export async function startHttpsUpstream(cert: { cert: string; key: string }): P
     sockets.add(s)
     s.on('close', () => sockets.delete(s))
   })
+  let connections = 0
+  server.on('connection', () => connections++)
   const port = await listening(server)
   return {
     port,
     seen,
+    connections: () => connections,
     close: () =>
       new Promise((resolve) => {
         for (const s of sessions) s.destroy()
@@ -189,7 +194,9 @@ export async function startHttpUpstream(): Promise<Upstream> {
   server.on('upgrade', websocket(seen))
   // Upgraded sockets leave the server's own bookkeeping; close them too.
   const sockets = new Set<Duplex>()
+  let connections = 0
   server.on('connection', (s) => {
+    connections++
     sockets.add(s)
     s.on('close', () => sockets.delete(s))
   })
@@ -197,6 +204,7 @@ export async function startHttpUpstream(): Promise<Upstream> {
   return {
     port,
     seen,
+    connections: () => connections,
     close: () =>
       new Promise((resolve) => {
         for (const s of sockets) s.destroy()
