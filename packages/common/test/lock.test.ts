@@ -2,7 +2,7 @@ import { mkdtemp, readFile, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { KeyedQueue, readJsonIfExists, withFileLock, writeJsonAtomic } from '../src/index.js'
+import { KeyedQueue, Lazy, readJsonIfExists, withFileLock, writeJsonAtomic } from '../src/index.js'
 import { run } from '../src/run.js'
 
 describe('KeyedQueue', () => {
@@ -67,5 +67,29 @@ describe('atomic JSON', () => {
     await writeJsonAtomic(join(dir, 'a.json'), { a: 1 })
     expect(await readJsonIfExists(join(dir, 'a.json'))).toEqual({ a: 1 })
     expect(await readJsonIfExists(join(dir, 'missing.json'))).toBeUndefined()
+  })
+})
+
+describe('Lazy', () => {
+  it('makes the value once for every caller, and tries again after a failure', async () => {
+    let calls = 0
+    const lazy = new Lazy(async () => {
+      calls++
+      if (calls === 1) throw new Error('not yet')
+      return calls
+    })
+    expect(lazy.started).toBeUndefined()
+    await expect(lazy.get()).rejects.toThrow('not yet')
+    expect(lazy.started).toBeUndefined()
+    expect(await Promise.all([lazy.get(), lazy.get()])).toEqual([2, 2])
+    expect(await lazy.started).toBe(2)
+    expect(calls).toBe(2)
+  })
+
+  it('a maker that throws before its first await is a rejection, not a throw', async () => {
+    const lazy = new Lazy<number>(() => {
+      throw new Error('at once')
+    })
+    await expect(lazy.get()).rejects.toThrow('at once')
   })
 })

@@ -9,12 +9,11 @@
 import { mkdir, rm } from 'node:fs/promises'
 import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
-import { ConflictError, stderrLogger, tryLockFile, type Logger, ValidationError } from '@hypeman-ts/common'
+import { ConflictError, Lazy, pathExists, parseRate, stderrLogger, tryLockFile, type Logger, ValidationError } from '@hypeman-ts/common'
 import { QemuDriver, type Accel, type VmmDriver } from '@hypeman-ts/vmm-drivers'
 import { HostNetwork, type HostNetworkOptions } from '@hypeman-ts/netsetup'
-import { type AuditEvent, createProxy, type EgressProxy, type LookupFunction, parseHostServices, parsePorts } from '@hypeman-ts/egress-proxy'
-import { pathExists, parseRate } from '@hypeman-ts/common'
-import { defaultCacheDir, ensureGuestAssets, type GuestAssets, type GuestAssetsOptions } from './assets/index.js'
+import { type AuditEvent, createProxy, type LookupFunction, parseHostServices, parsePorts } from '@hypeman-ts/egress-proxy'
+import { defaultCacheDir, ensureGuestAssets, type GuestAssetsOptions } from './assets/index.js'
 import { EgressEvents, type HypemanEgress } from './egress.js'
 import { ImageManager, type ImageManagerOptions } from './images/manager.js'
 import { InstanceManager } from './instances/manager.js'
@@ -117,49 +116,35 @@ export class Hypeman {
       const drivers: Partial<Record<Hypervisor, VmmDriver>> = opts.drivers ?? { qemu: new QemuDriver({ logger }) }
       const networkProvider = opts.network === false ? undefined : networkProviderFor(dataDir, opts.network ?? {}, logger)
       const egressPorts = { transparent: opts.egress?.ports?.transparent ?? 18443, explicit: opts.egress?.ports?.explicit ?? 18080 }
-      let proxy: Promise<EgressProxy> | undefined
-      const egressProvider = networkProvider && {
-        ports: egressPorts,
-        get: () =>
-          (proxy ??= (async () => {
-            // The proxy listens on the gateway address, which exists once the bridge does.
-            const gateway = (await networkProvider.get()).config.subnet.gateway
-            return createProxy({
-              stateDir: join(dataDir, 'egress'),
-              listen: `${gateway}:${egressPorts.explicit}`,
-              transparentListen: `${gateway}:${egressPorts.transparent}`,
-              ...(opts.egress?.upstreamCa ? { upstreamCa: opts.egress.upstreamCa } : {}),
-              ...(opts.egress?.allowDestinations ? { allowDestinations: opts.egress.allowDestinations } : {}),
-              ...(opts.egress?.allowPorts ? { allowPorts: opts.egress.allowPorts } : {}),
-              ...(opts.egress?.allowHostServices ? { allowHostServices: opts.egress.allowHostServices } : {}),
-              ...(opts.egress?.lookup ? { lookup: opts.egress.lookup } : {}),
-              logger,
-            }).then((started) => {
-              egressEvents.attach(started)
-              return started
-            })
-          })().catch((err) => {
-            proxy = undefined
-            throw err
-          })),
-      }
+      const proxy = new Lazy(async () => {
+        // The proxy listens on the gateway address, which exists once the bridge does.
+        const gateway = (await networkProvider!.get()).config.subnet.gateway
+        const started = await createProxy({
+          stateDir: join(dataDir, 'egress'),
+          listen: `${gateway}:${egressPorts.explicit}`,
+          transparentListen: `${gateway}:${egressPorts.transparent}`,
+          ...(opts.egress?.upstreamCa ? { upstreamCa: opts.egress.upstreamCa } : {}),
+          ...(opts.egress?.allowDestinations ? { allowDestinations: opts.egress.allowDestinations } : {}),
+          ...(opts.egress?.allowPorts ? { allowPorts: opts.egress.allowPorts } : {}),
+          ...(opts.egress?.allowHostServices ? { allowHostServices: opts.egress.allowHostServices } : {}),
+          ...(opts.egress?.lookup ? { lookup: opts.egress.lookup } : {}),
+          logger,
+        })
+        egressEvents.attach(started)
+        return started
+      })
+      const egressProvider = networkProvider && { ports: egressPorts, get: () => proxy.get() }
       closers.push(async () => {
-        if (proxy) await (await proxy.catch(() => undefined))?.close({ grace: '2s' })
+        await (await proxy.started?.catch(() => undefined))?.close({ grace: '2s' })
         egressEvents.close()
       })
-      let assets: Promise<GuestAssets> | undefined
       const cacheDir = opts.cacheDir ?? defaultCacheDir()
+      const assets = new Lazy(() => ensureGuestAssets({ cacheDir, logger, ...(opts.kernel ? { kernel: opts.kernel } : {}) }))
       instances = new InstanceManager({
         files,
         images,
         drivers,
-        assets: () => {
-          assets ??= ensureGuestAssets({ cacheDir, logger, ...(opts.kernel ? { kernel: opts.kernel } : {}) }).catch((err) => {
-            assets = undefined
-            throw err
-          })
-          return assets
-        },
+        assets: () => assets.get(),
         defaults: {
           size: opts.defaults?.size ?? '1GB',
           overlaySize: opts.defaults?.overlaySize ?? '10GB',
@@ -210,43 +195,34 @@ async function takeDataDir(lockPath: string): Promise<void> {
 /** The host network, opened on first use (opening it creates the bridge and our tables). */
 function networkProviderFor(dataDir: string, opts: NetworkOptions, logger: Logger) {
   const stateDir = join(dataDir, 'network')
-  let net: Promise<HostNetwork> | undefined
   const { capacity, ...rest } = opts
-  return {
-    exists: () => pathExists(join(stateDir, 'network.json')),
-    get: () =>
-      (net ??= HostNetwork.open({
-        ...rest,
-        stateDir,
-        logger,
-        ...(capacity
-          ? {
-              capacity: {
-                ...(capacity.download ? { downloadBitsPerSec: parseRate(capacity.download, 'network.capacity.download') } : {}),
-                ...(capacity.upload ? { uploadBitsPerSec: parseRate(capacity.upload, 'network.capacity.upload') } : {}),
-              },
-            }
-          : {}),
-      }).catch((err) => {
-        net = undefined
-        throw err
-      })),
-  }
+  const net = new Lazy(() =>
+    HostNetwork.open({
+      ...rest,
+      stateDir,
+      logger,
+      ...(capacity
+        ? {
+            capacity: {
+              ...(capacity.download ? { downloadBitsPerSec: parseRate(capacity.download, 'network.capacity.download') } : {}),
+              ...(capacity.upload ? { uploadBitsPerSec: parseRate(capacity.upload, 'network.capacity.upload') } : {}),
+            },
+          }
+        : {}),
+    }),
+  )
+  return { exists: () => pathExists(join(stateDir, 'network.json')), get: () => net.get() }
 }
 
-let defaultManager: Promise<Hypeman> | undefined
+let defaultManager: Lazy<Hypeman> | undefined
+
+/** The default manager behind createInstance, opened on first use with the first caller's options (a failed open is tried again). */
+export function defaultHypeman(opts: HypemanOptions = {}): Promise<Hypeman> {
+  defaultManager ??= new Lazy(() => Hypeman.open(opts))
+  return defaultManager.get()
+}
 
 /** Creates and starts an instance with the default manager (opened on first use). */
 export async function createInstance(params: CreateInstanceParams, opts: HypemanOptions = {}): Promise<Instance> {
-  defaultManager ??= Hypeman.open(opts).catch((err) => {
-    defaultManager = undefined
-    throw err
-  })
-  return (await defaultManager).instances.create(params)
-}
-
-/** The default manager behind createInstance (opened on first use). */
-export function defaultHypeman(opts: HypemanOptions = {}): Promise<Hypeman> {
-  defaultManager ??= Hypeman.open(opts)
-  return defaultManager
+  return (await defaultHypeman(opts)).instances.create(params)
 }
