@@ -80,6 +80,11 @@ describe('the packed packages in a project of their own', () => {
     expect(JSON.parse(readFileSync(join(core, 'package.json'), 'utf8')).engines.node).toBeDefined()
   })
 
+  it('put the proxy CLI on the project\'s bin path', async () => {
+    const { stdout } = await run(join(project, 'node_modules', '.bin', 'hypeman-egress-proxy'), ['--help'], { cwd: project })
+    expect(stdout).toMatch(/^usage: hypeman-egress-proxy --config/)
+  })
+
   it('boot a VM with a fresh asset cache and no C toolchain on the PATH', async () => {
     const shims = join(work, 'no-toolchain')
     await mkdir(shims)
