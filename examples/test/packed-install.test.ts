@@ -80,9 +80,12 @@ describe('the packed packages in a project of their own', () => {
     expect(JSON.parse(readFileSync(join(core, 'package.json'), 'utf8')).engines.node).toBeDefined()
   })
 
-  it('put the proxy CLI on the project\'s bin path', async () => {
+  it('put the CLIs on the project\'s bin path: the proxy, and the host preflight', async () => {
     const { stdout } = await run(join(project, 'node_modules', '.bin', 'hypeman-egress-proxy'), ['--help'], { cwd: project })
     expect(stdout).toMatch(/^usage: hypeman-egress-proxy --config/)
+    const doctor = await run(join(project, 'node_modules', '.bin', 'hypeman-ts'), ['doctor', '--data-dir', join(work, 'data'), '--cache-dir', join(work, 'asset-cache')], { cwd: project })
+    expect(doctor.stdout).toMatch(/^ok +guest init +prebuilt for x86_64 in the package$/m)
+    expect(doctor.stdout).toMatch(/this host can run hypeman-ts/)
   })
 
   it('boot a VM with a fresh asset cache and no C toolchain on the PATH', async () => {

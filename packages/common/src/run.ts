@@ -1,11 +1,13 @@
 /**
  * The one way to run a short-lived command (ip, tc, nft, mkfs.*, skopeo ...). It never goes
  * through a shell, and a failure carries the argv, exit status and stderr, so the thrown error
- * says why without anyone re-running the command by hand.
+ * says why without anyone re-running the command by hand; a program that is not installed is a
+ * `tool_missing` error naming the package to install (tools.ts).
  */
 import { spawn } from 'node:child_process'
 import { Duplex, PassThrough } from 'node:stream'
 import { HypemanError } from './errors.js'
+import { isNotInstalled, ToolMissingError } from './tools.js'
 
 const STDERR_IN_MESSAGE = 4000
 
@@ -95,6 +97,7 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
       const stderr = Buffer.concat(err).toString('utf8') || (spawnError ? String(spawnError) : '')
       const ok = (opts.okCodes ?? [0]).includes(code ?? -1) && !timedOut && !spawnError
       if (ok) resolve({ stdout, stderr, code: code ?? 0 })
+      else if (isNotInstalled(spawnError, opts.cwd)) reject(new ToolMissingError(cmd, { ...(opts.step ? { step: opts.step } : {}), cause: spawnError }))
       else reject(new CommandError(argv, { exitCode: code, signal, stderr, timedOut, cause: spawnError }, opts.step))
     })
   })
@@ -127,6 +130,7 @@ export function commandStream(cmd: string, args: readonly string[], opts: Pick<R
   child.stdin.on('error', () => {})
   child.on('close', (code, signal) => {
     if (code === 0 && !spawnError) output.end()
+    else if (isNotInstalled(spawnError)) duplex.destroy(new ToolMissingError(cmd, { ...(opts.step ? { step: opts.step } : {}), cause: spawnError }))
     else {
       const stderr = Buffer.concat(err).toString('utf8') || String(spawnError ?? '')
       duplex.destroy(new CommandError(argv, { exitCode: code, signal, stderr, cause: spawnError }, opts.step))

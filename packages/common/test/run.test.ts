@@ -1,7 +1,7 @@
 import { pipeline } from 'node:stream/promises'
 import { Readable, Writable } from 'node:stream'
 import { describe, expect, it } from 'vitest'
-import { CommandError, commandStream, run, runJson } from '../src/index.js'
+import { CommandError, commandStream, run, runJson, ToolMissingError } from '../src/index.js'
 
 describe('run', () => {
   it('returns stdout and stderr', async () => {
@@ -28,10 +28,11 @@ describe('run', () => {
     expect((await run('sh', ['-c', 'exit 2'], { okCodes: [0, 2] })).code).toBe(2)
   })
 
-  it('reports a missing binary', async () => {
+  it('reports a missing binary as tool_missing, naming it', async () => {
     const err = await run('/nonexistent/binary', []).catch((e) => e)
-    expect(err).toBeInstanceOf(CommandError)
-    expect(err.message).toMatch(/could not be started|ENOENT/)
+    expect(err).toBeInstanceOf(ToolMissingError)
+    expect(err).toMatchObject({ code: 'tool_missing', field: '/nonexistent/binary' })
+    expect(err.message).toMatch(/not installed/)
   })
 
   it('kills on timeout', async () => {
@@ -73,5 +74,24 @@ describe('commandStream', () => {
     ).catch((e) => e)
     expect(err).toBeInstanceOf(CommandError)
     expect(err.message).toContain('gzip')
+  })
+})
+
+describe('a program that is not installed', () => {
+  it('is tool_missing naming the program and the package to install, from run and commandStream', async () => {
+    const err = await run('mkfs.erofs-not-here', ['x']).catch((e) => e)
+    expect(err).toBeInstanceOf(ToolMissingError)
+    expect(err).toMatchObject({ code: 'tool_missing', field: 'mkfs.erofs-not-here' })
+    const known = await run('nft', [], { env: { PATH: '/nonexistent' } }).catch((e) => e)
+    expect(known).toMatchObject({ code: 'tool_missing', field: 'nft' })
+    expect(known.message).toContain('apt-get install nftables')
+    const stream = commandStream('zstd-not-here', ['-dc'])
+    const streamErr = await new Promise((resolve) => stream.on('error', resolve).resume().end())
+    expect(streamErr).toMatchObject({ code: 'tool_missing', field: 'zstd-not-here' })
+  })
+
+  it('a missing working directory is not a missing program', async () => {
+    const err = await run('true', [], { cwd: '/nonexistent-dir' }).catch((e) => e)
+    expect(err).toMatchObject({ code: 'command_failed' })
   })
 })

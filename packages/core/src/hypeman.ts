@@ -14,6 +14,7 @@ import { QemuDriver, type Accel, type VmmDriver } from '@hypeman-ts/vmm-drivers'
 import { HostNetwork, type HostNetworkOptions } from '@hypeman-ts/netsetup'
 import { type AuditEvent, createProxy, type LookupFunction, parseHostServices, parsePorts } from '@hypeman-ts/egress-proxy'
 import { defaultCacheDir, ensureGuestAssets, type GuestAssetsOptions } from './assets/index.js'
+import { doctor, type DoctorOptions, type DoctorReport } from './doctor.js'
 import { EgressEvents, type HypemanEgress } from './egress.js'
 import { ImageManager, type ImageManagerOptions } from './images/manager.js'
 import { InstanceManager } from './instances/manager.js'
@@ -167,6 +168,11 @@ export class Hypeman {
       await rm(lockPath, { force: true })
       throw err
     }
+  }
+
+  /** Host preflight: what this machine has and lacks, with what to install (see doctor.ts). */
+  static doctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
+    return doctor(opts)
   }
 
   /** Lets go of the data directory. VMs keep running; the next open reattaches to them. */

@@ -6,7 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { open, readdir, readFile } from 'node:fs/promises'
-import { processAlive, TimeoutError } from '@hypeman-ts/common'
+import { isNotInstalled, processAlive, TimeoutError, ToolMissingError } from '@hypeman-ts/common'
 import { VmmError } from './errors.js'
 import { pollUntil } from './readiness.js'
 
@@ -36,6 +36,7 @@ export async function spawnDetached(cmd: string, args: readonly string[], logPat
     // Before any further event-loop turn, while even a process that died at once is still unreaped.
     startTime = readStartTime(child.pid as number)
   } catch (err) {
+    if (isNotInstalled(err)) throw new ToolMissingError(cmd, { step, cause: err })
     throw new VmmError('vmm_start_failed', `could not start ${cmd}: ${(err as Error).message}`, { step, cause: err })
   } finally {
     await log.close()

@@ -336,9 +336,10 @@ describe('failed starts leave nothing behind', { timeout: 60_000 }, () => {
     const spec = await guestSpec(guest, 'nobinary')
     specs.push(spec)
     await expect(new QemuDriver({ qemuBinary: join(guest.dir, 'no-such-qemu') }).start(spec)).rejects.toMatchObject({
-      code: 'vmm_start_failed',
+      code: 'tool_missing',
+      field: join(guest.dir, 'no-such-qemu'),
       step: 'qemu.spawn',
-      message: expect.stringContaining('ENOENT'),
+      message: expect.stringContaining('not installed'),
     })
   })
 

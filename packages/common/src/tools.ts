@@ -1,0 +1,62 @@
+/**
+ * The host programs the project runs, and the package that brings each on the distributions we
+ * know. One table for two readers: a command that cannot be started because it is not installed
+ * fails with `tool_missing` naming the package (never a bare `spawn ENOENT`), and `doctor` checks
+ * the same list before anything runs.
+ */
+import { existsSync } from 'node:fs'
+import { HypemanError } from './errors.js'
+
+export interface HostTool {
+  /** What it is used for, in a few words. */
+  for: string
+  debian: string
+  fedora?: string
+  alpine?: string
+}
+
+export const HOST_TOOLS: Readonly<Record<string, HostTool>> = {
+  'qemu-system-x86_64': { for: 'running VMs', debian: 'qemu-system-x86', fedora: 'qemu-system-x86-core', alpine: 'qemu-system-x86_64' },
+  'mkfs.ext4': { for: 'image and overlay disks', debian: 'e2fsprogs', fedora: 'e2fsprogs', alpine: 'e2fsprogs' },
+  'mkfs.erofs': { for: 'erofs image disks', debian: 'erofs-utils', fedora: 'erofs-utils', alpine: 'erofs-utils' },
+  busybox: { for: 'the guest initrd (static)', debian: 'busybox-static', fedora: 'busybox', alpine: 'busybox-static' },
+  depmod: { for: 'the guest kernel modules', debian: 'kmod', fedora: 'kmod', alpine: 'kmod' },
+  lz4: { for: 'unpacking the guest kernel', debian: 'lz4', fedora: 'lz4', alpine: 'lz4' },
+  zstd: { for: 'zstd image layers', debian: 'zstd', fedora: 'zstd', alpine: 'zstd' },
+  'apt-get': { for: "fetching Debian's cloud kernel", debian: 'apt' },
+  'apt-cache': { for: "finding Debian's cloud kernel", debian: 'apt' },
+  'dpkg-deb': { for: "unpacking Debian's cloud kernel", debian: 'dpkg' },
+  ip: { for: 'host networking', debian: 'iproute2', fedora: 'iproute', alpine: 'iproute2' },
+  tc: { for: 'bandwidth shaping', debian: 'iproute2', fedora: 'iproute-tc', alpine: 'iproute2' },
+  nft: { for: 'egress enforcement', debian: 'nftables', fedora: 'nftables', alpine: 'nftables' },
+  sysctl: { for: 'IP forwarding', debian: 'procps', fedora: 'procps-ng', alpine: 'procps' },
+  nsenter: { for: 'VMs in a network namespace', debian: 'util-linux', fedora: 'util-linux', alpine: 'util-linux' },
+  make: { for: 'building the guest init from source', debian: 'make', fedora: 'make', alpine: 'make' },
+  gcc: { for: 'building the guest init from source (static)', debian: 'gcc libc6-dev', fedora: 'gcc glibc-static', alpine: 'gcc musl-dev' },
+}
+
+/** "Debian/Ubuntu: apt-get install X; Fedora: dnf install Y; Alpine: apk add Z", for a tool in the table. */
+export function installHint(tool: string): string | undefined {
+  const t = HOST_TOOLS[tool]
+  if (!t) return undefined
+  const parts = [`Debian/Ubuntu: apt-get install ${t.debian}`]
+  if (t.fedora) parts.push(`Fedora: dnf install ${t.fedora}`)
+  if (t.alpine) parts.push(`Alpine: apk add ${t.alpine}`)
+  return parts.join('; ')
+}
+
+/** A host program that is not installed (not on PATH). `field` names it. */
+export class ToolMissingError extends HypemanError {
+  constructor(tool: string, opts: { step?: string; cause?: unknown } = {}) {
+    const hint = installHint(tool)
+    super('tool_missing', `${tool} is not installed (not found on PATH)${hint ? `; ${hint}` : ''}`, { field: tool, ...opts })
+  }
+}
+
+/**
+ * Whether a spawn error means the program is not on PATH. Node says ENOENT for a missing working
+ * directory too, so that is ruled out when one was given.
+ */
+export function isNotInstalled(err: unknown, cwd?: string): boolean {
+  return (err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT' && (cwd === undefined || existsSync(cwd))
+}
