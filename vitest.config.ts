@@ -4,7 +4,10 @@ import { defineConfig } from 'vitest/config'
 const root = fileURLToPath(new URL('.', import.meta.url))
 
 // Tests run against the TypeScript sources of sibling packages, not their build output.
-const alias = [{ find: /^@hypeman-ts\/([a-z-]+)$/, replacement: `${root}packages/$1/src/index.ts` }]
+const alias = [
+  { find: /^@hypeman-ts\/([a-z-]+)$/, replacement: `${root}packages/$1/src/index.ts` },
+  { find: /^@hypeman-ts\/([a-z-]+)\/testing$/, replacement: `${root}packages/$1/src/testing.ts` },
+]
 
 const pkg = (name: string, extra: Record<string, unknown> = {}) => ({
   extends: true as const,

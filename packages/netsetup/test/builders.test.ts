@@ -9,27 +9,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { run } from '@hypeman-ts/common'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import {
-  buildRuleset,
-  buildTeardown,
-  defaultRate,
-  egressProxyEnv,
-  htbQuantum,
-  linkNames,
-  macForAddress,
-  netnsArgv,
-  nextFreeAddress,
-  orphanLinks,
-  parseLinkName,
-  parseLinks,
-  parseResolvConf,
-  parseSubnet,
-  planDeleteLinks,
-  planGuestLinks,
-  planShaping,
-  type LinkState,
-  type RulesetSpec,
-} from '../src/index.js'
+import { defaultRate, egressProxyEnv } from '../src/index.js'
+import { buildRuleset, buildTeardown, htbQuantum, linkNames, macForAddress, netnsArgv, nextFreeAddress, orphanLinks, parseLinkName, parseLinks, parseResolvConf, parseSubnet, planDeleteLinks, planGuestLinks, planShaping, type LinkState, type RulesetSpec } from '../src/testing.js'
 import { resolveAttachOptions, resolveNetworkOptions } from '../src/options.js'
 import { requireRoot } from './support/lab.js'
 

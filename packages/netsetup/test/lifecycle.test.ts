@@ -8,7 +8,8 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { CommandError, run } from '@hypeman-ts/common'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { HostNetwork, linkNames, NetLab, type AttachStep, type HostNetworkOptions } from '../src/index.js'
+import { HostNetwork, type AttachStep, type HostNetworkOptions } from '../src/index.js'
+import { linkNames, NetLab } from '../src/testing.js'
 import { leftovers, NOTHING_LEFT, requireRoot } from './support/lab.js'
 
 const repoRoot = fileURLToPath(new URL('../../..', import.meta.url))

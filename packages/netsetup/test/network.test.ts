@@ -9,7 +9,8 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { run } from '@hypeman-ts/common'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { HostNetwork, NetLab, type AttachStep, type HostNetworkOptions, type NetworkAttachment } from '../src/index.js'
+import { HostNetwork, type AttachStep, type HostNetworkOptions, type NetworkAttachment } from '../src/index.js'
+import { NetLab } from '../src/testing.js'
 import { leftovers, NOTHING_LEFT, probe, requireRoot, serve } from './support/lab.js'
 
 const repoRoot = fileURLToPath(new URL('../../..', import.meta.url))

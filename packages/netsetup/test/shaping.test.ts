@@ -7,7 +7,8 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { HostNetwork, NetLab } from '../src/index.js'
+import { HostNetwork } from '../src/index.js'
+import { NetLab } from '../src/testing.js'
 import { requireRoot } from './support/lab.js'
 
 let lab: NetLab

@@ -11,7 +11,8 @@ import { join } from 'node:path'
 import { QemuDriver, type VmSpec } from '@hypeman-ts/vmm-drivers'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { guestSpec, prepareGuest, qemuProcessesMentioning, waitForText, type TestGuest } from '../../vmm-drivers/test/support/guest.js'
-import { HostNetwork, NetLab, type NetworkAttachment } from '../src/index.js'
+import { HostNetwork, type NetworkAttachment } from '../src/index.js'
+import { NetLab } from '../src/testing.js'
 import { leftovers, NOTHING_LEFT, requireRoot, serve } from './support/lab.js'
 
 let lab: NetLab

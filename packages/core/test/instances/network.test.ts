@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { run } from '@hypeman-ts/common'
-import { NetLab } from '@hypeman-ts/netsetup'
+import { NetLab } from '@hypeman-ts/netsetup/testing'
 import { FIXTURES } from '../support/registry.js'
 
 const SECRET = 'sk-real-secret-7f3a9c'

@@ -1,6 +1,7 @@
 /** Test helpers on top of NetLab: servers and probes inside namespaces (test/support/netprobe.mjs). */
 import { fileURLToPath } from 'node:url'
-import type { HostNetwork, LabProcess, NetLab } from '../../src/index.js'
+import type { HostNetwork } from '../../src/index.js'
+import type { LabProcess, NetLab } from '../../src/testing.js'
 
 export const PROBE = fileURLToPath(new URL('./netprobe.mjs', import.meta.url))
 
