@@ -269,15 +269,8 @@ int config_load(const char *dev, struct guest_config *cfg, char *err, size_t err
 		snprintf(err, errcap, "out of memory");
 		return -1;
 	}
-	size_t got = 0;
-	while (got < total) {
-		ssize_t n = pread(fd, data + got, total - got, (off_t)got);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		got += (size_t)n;
-	}
+	/* The header was read with pread: the file position is still 0. */
+	size_t got = read_upto(fd, data, total);
 	close(fd);
 	int rc = config_parse(data, got, cfg, err, errcap);
 	free(data);

@@ -78,15 +78,7 @@ static char *read_all(const char *path, size_t *len)
 		return NULL;
 	}
 	char *p = malloc((size_t)st.st_size + 1);
-	size_t got = 0;
-	while (p && got < (size_t)st.st_size) {
-		ssize_t n = read(fd, p + got, (size_t)st.st_size - got);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		got += (size_t)n;
-	}
+	size_t got = p ? read_upto(fd, p, (size_t)st.st_size) : 0;
 	close(fd);
 	if (p)
 		p[got] = 0;

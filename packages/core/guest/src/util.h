@@ -14,6 +14,8 @@ void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Reads a small text file into buf (NUL-terminated, trailing newlines stripped); -1 on error. */
 ssize_t read_small_file(const char *path, char *buf, size_t cap);
 int write_all(int fd, const void *buf, size_t len);
+/* Reads until len bytes, end of file or an error (EINTR retried); returns how many it got. */
+size_t read_upto(int fd, void *buf, size_t len);
 int write_file(const char *path, const char *text);
 int mkdir_p(const char *path, mode_t mode);
 uint64_t uptime_ms(void);
