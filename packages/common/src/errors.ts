@@ -38,6 +38,20 @@ export class HypemanError extends Error {
   }
 }
 
+/**
+ * The base of a package's own error class, whose `code` is one of that package's literal codes:
+ * `export class NetworkError extends CodedError<NetworkErrorCode>() {}`. Callers narrow on `code`
+ * with the type checker's help; the class name still tells logs which package raised it.
+ */
+export function CodedError<Code extends string>() {
+  return class extends HypemanError {
+    declare readonly code: Code
+    constructor(code: Code, message: string, opts: HypemanErrorOptions = {}) {
+      super(code, message, opts)
+    }
+  }
+}
+
 /** Bad input. `field` is the dotted path of the offending parameter, e.g. `network.bandwidthUpload`. */
 export class ValidationError extends HypemanError {
   declare readonly field: string

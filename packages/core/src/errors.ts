@@ -2,7 +2,7 @@
  * Error codes of @hypeman-ts/core, on the shared classes of @hypeman-ts/common.
  * Callers match on `code`; the message is for humans.
  */
-import { HypemanError, type HypemanErrorOptions } from '@hypeman-ts/common'
+import { CodedError } from '@hypeman-ts/common'
 
 export type ImageErrorCode =
   | 'image_not_found' // the registry or layout has no such repository, tag, digest or platform
@@ -16,19 +16,9 @@ export type ImageErrorCode =
   | 'image_build_failed'
   | 'image_in_use'
 
-export class ImageError extends HypemanError {
-  declare readonly code: ImageErrorCode
-  constructor(code: ImageErrorCode, message: string, opts: HypemanErrorOptions = {}) {
-    super(code, message, opts)
-  }
-}
+export class ImageError extends CodedError<ImageErrorCode>() {}
 
 export type EgressEventsErrorCode =
   | 'events_overflow' // a reader of hm.egress.events() fell further behind than maxBuffered
 
-export class EgressEventsError extends HypemanError {
-  declare readonly code: EgressEventsErrorCode
-  constructor(code: EgressEventsErrorCode, message: string, opts: HypemanErrorOptions = {}) {
-    super(code, message, opts)
-  }
-}
+export class EgressEventsError extends CodedError<EgressEventsErrorCode>() {}

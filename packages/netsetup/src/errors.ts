@@ -5,7 +5,7 @@
  * addresses are handed out, or two instance ids whose short ids collide, is a ConflictError; a
  * failed `ip`/`tc`/`nft` call surfaces as common's CommandError (argv + stderr) inside `cause`.
  */
-import { HypemanError, type HypemanErrorOptions } from '@hypeman-ts/common'
+import { CodedError } from '@hypeman-ts/common'
 
 export type NetworkErrorCode =
   /** Every address of the subnet is handed out. */
@@ -15,9 +15,4 @@ export type NetworkErrorCode =
   /** The allocation file exists but is not one we can use (corrupt, or another version). */
   | 'network_state_invalid'
 
-export class NetworkError extends HypemanError {
-  declare readonly code: NetworkErrorCode
-  constructor(code: NetworkErrorCode, message: string, opts: HypemanErrorOptions = {}) {
-    super(code, message, opts)
-  }
-}
+export class NetworkError extends CodedError<NetworkErrorCode>() {}

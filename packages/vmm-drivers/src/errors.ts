@@ -4,7 +4,7 @@
  * Bad input is a plain ValidationError naming the field (e.g. `disks[1].serial`), a feature a
  * driver lacks is a NotSupportedError, a deadline is a TimeoutError: all from common.
  */
-import { HypemanError, type HypemanErrorOptions } from '@hypeman-ts/common'
+import { CodedError, HypemanError, type HypemanErrorOptions } from '@hypeman-ts/common'
 
 export type VmmErrorCode =
   /** The VMM process could not be started or died before it was ready; `details.vmmLog` has its last output. */
@@ -22,12 +22,7 @@ export type VmmErrorCode =
   | 'control_closed'
   | 'control_protocol'
 
-export class VmmError extends HypemanError {
-  declare readonly code: VmmErrorCode
-  constructor(code: VmmErrorCode, message: string, opts: HypemanErrorOptions = {}) {
-    super(code, message, opts)
-  }
-}
+export class VmmError extends CodedError<VmmErrorCode>() {}
 
 /** The control connection is gone, whichever channel it was (QMP, REST): usually the VMM is ending. */
 export function isControlClosed(err: unknown): boolean {

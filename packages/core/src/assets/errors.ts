@@ -1,5 +1,5 @@
 /** Error codes of the guest assets (kernel, modules, init, initrd), on common's classes. */
-import { HypemanError, type HypemanErrorOptions } from '@hypeman-ts/common'
+import { CodedError } from '@hypeman-ts/common'
 
 export type AssetErrorCode =
   | 'kernel_resolve_failed' // apt could not say which cloud kernel is current, and nothing is cached
@@ -9,9 +9,4 @@ export type AssetErrorCode =
   | 'guest_init_build_failed'
   | 'initrd_build_failed'
 
-export class AssetError extends HypemanError {
-  declare readonly code: AssetErrorCode
-  constructor(code: AssetErrorCode, message: string, opts: HypemanErrorOptions = {}) {
-    super(code, message, opts)
-  }
-}
+export class AssetError extends CodedError<AssetErrorCode>() {}

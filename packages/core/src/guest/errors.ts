@@ -2,7 +2,7 @@
  * Error codes of the guest side (config disk, agent, control and status channels), on the shared
  * classes of @hypeman-ts/common. Callers match on `code`; bad input uses common's ValidationError.
  */
-import { HypemanError, type HypemanErrorOptions } from '@hypeman-ts/common'
+import { CodedError } from '@hypeman-ts/common'
 
 export type GuestErrorCode =
   | 'agent_disabled' // the instance was created with skipGuestAgent: exec and stat do not exist for it
@@ -15,9 +15,4 @@ export type GuestErrorCode =
   | 'status_timeout' // the awaited status event did not arrive in time
   | 'bad_config_disk' // a config disk image that does not decode
 
-export class GuestError extends HypemanError {
-  declare readonly code: GuestErrorCode
-  constructor(code: GuestErrorCode, message: string, opts: HypemanErrorOptions = {}) {
-    super(code, message, opts)
-  }
-}
+export class GuestError extends CodedError<GuestErrorCode>() {}
