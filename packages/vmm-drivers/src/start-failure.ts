@@ -3,10 +3,9 @@
  * by itself say so, otherwise kill it, remove its runtime files, and throw one error that carries
  * the VMM's last words from its log. One place, so QEMU and the REST VMMs fail alike.
  */
-import { AbortedError, errorMessage, HypemanError, TimeoutError, type Logger } from '@hypeman-ts/common'
+import { AbortedError, errorMessage, HypemanError, TimeoutError, withDeadline, type Logger } from '@hypeman-ts/common'
 import { VmmError } from './errors.js'
 import { killAndWait, type ProcessWatch, type SpawnedProcess } from './process.js'
-import { withDeadline } from './readiness.js'
 import { readTail } from './vmm-log.js'
 
 export interface FailedStart {

@@ -8,6 +8,7 @@ import { appendFile, mkdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import {
   ConflictError,
+  pollUntil,
   stderrLogger,
   throwIfAborted,
   ValidationError,
@@ -16,7 +17,6 @@ import {
 import { VmmError } from '../errors.js'
 import { vmmCommand } from '../netns.js'
 import { findProcessesByArg, isSameProcessAlive, killAndWait, processHasArg, ProcessWatch, readStartTime, spawnDetached } from '../process.js'
-import { pollUntil } from '../readiness.js'
 import { checkSpecFiles, validateVmSpec } from '../spec.js'
 import { failStart } from '../start-failure.js'
 import { fileSize } from '../vmm-log.js'

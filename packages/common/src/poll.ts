@@ -1,10 +1,11 @@
 /**
- * Readiness as a strategy with a deadline: poll an attempt until it yields a value, the deadline
- * passes, or the signal fires (a start wires that signal to the process's exit, so a VMM that
- * dies while we wait is noticed at once rather than at the deadline).
+ * Waiting with a deadline, the one way the repo does it: poll an attempt until it yields a value,
+ * the deadline passes, or the signal fires (a VMM start wires that signal to the process's exit,
+ * so a VMM that dies while we wait is noticed at once rather than at the deadline); or race one
+ * promise against a deadline.
  */
 import { setTimeout as sleep } from 'node:timers/promises'
-import { AbortedError, TimeoutError } from '@hypeman-ts/common'
+import { AbortedError, TimeoutError } from './errors.js'
 
 export interface PollOptions {
   /** Absolute time (Date.now() scale) after which to give up. */
