@@ -14,6 +14,11 @@ export interface PollOptions {
   /** First pause between attempts; it doubles up to `maxIntervalMs`. */
   intervalMs?: number
   maxIntervalMs?: number
+  /**
+   * The pause between attempts, at most `ms`; default a timer that the signal ends. A reader of a
+   * file passes one that a change to the file ends early, so it does not wait out the interval.
+   */
+  wait?: (ms: number) => Promise<void>
   /** For the error: what we were waiting for, and the lifecycle step. */
   what: string
   step: string
@@ -30,7 +35,7 @@ export async function pollUntil<T>(attempt: () => Promise<T | undefined> | T | u
     const left = opts.deadline - Date.now()
     if (left <= 0) throw new TimeoutError(`timed out waiting for ${opts.what}`, { step: opts.step })
     try {
-      await sleep(Math.min(interval, left), undefined, opts.signal ? { signal: opts.signal } : {})
+      await (opts.wait ? opts.wait(Math.min(interval, left)) : sleep(Math.min(interval, left), undefined, opts.signal ? { signal: opts.signal } : {}))
     } catch {
       abortCheck(opts.signal, opts)
     }

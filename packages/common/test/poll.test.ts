@@ -39,6 +39,19 @@ describe('pollUntil', () => {
     expect(err).toMatchObject({ code: 'aborted', step: 'test.wait', cause: new Error('gone') })
     expect(Date.now() - t0).toBeLessThan(1000)
   })
+
+  it('pauses with `wait` when given one, never longer than the time left', async () => {
+    const asked: number[] = []
+    let n = 0
+    await pollUntil(() => (++n === 3 ? true : undefined), {
+      ...opts,
+      deadline: Date.now() + 60_000,
+      intervalMs: 100,
+      maxIntervalMs: 100,
+      wait: async (ms) => void asked.push(ms),
+    })
+    expect(asked).toEqual([100, 100])
+  })
 })
 
 describe('withDeadline', () => {
