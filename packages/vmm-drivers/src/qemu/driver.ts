@@ -6,9 +6,10 @@
  */
 import { join } from 'node:path'
 import { pollUntil, stderrLogger, throwIfAborted, ValidationError, withoutSteps, type Logger, type Step } from '@hypeman-ts/common'
+import { attachVmm } from '../attach.js'
 import { VmmError } from '../errors.js'
 import { vmmCommand } from '../netns.js'
-import { findProcessesByArg, isSameProcessAlive, killAndWait, ProcessWatch, readStartTime } from '../process.js'
+import { findProcessesByArg, isSameProcessAlive, killAndWait, readStartTime } from '../process.js'
 import { checkSpecFiles, validateVmSpec } from '../spec.js'
 import { ON_SPAWN, spawnStep, startVmm, type StartRun } from '../start.js'
 import type { Accel, AttachOptions, DestroyTarget, DriverCapabilities, PersistedVm, ResolvedAccel, StartOptions, VmmDriver, VmSpec } from '../types.js'
@@ -176,31 +177,18 @@ export class QemuDriver implements VmmDriver {
 
   async attach(persisted: PersistedVm, opts: AttachOptions = {}): Promise<QemuRunningVm | QemuPausedVm> {
     if (persisted?.driver !== 'qemu') throw new ValidationError('driver', `expected a qemu VM, got ${String(persisted?.driver)}`)
-    if (!this.isAlive(persisted)) {
-      throw new VmmError('vmm_not_running', `QEMU process ${persisted.pid} is gone`, { step: 'attach' })
-    }
-    const watch = new ProcessWatch(persisted.pid, persisted.pidStartTime)
-    const exitedAc = new AbortController()
-    void watch.exited.then(() => exitedAc.abort(new Error('QEMU exited')))
-    const signal = opts.signal ? AbortSignal.any([exitedAc.signal, opts.signal]) : exitedAc.signal
-    const t0 = Date.now()
-    let qmp: QmpClient | undefined
-    try {
-      qmp = await QmpClient.connect(persisted.controlSocket, {
-        deadline: t0 + (opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000),
-        signal,
-      })
-      const status = await qmp.execute<{ status: string }>('query-status')
-      const machine = new QemuMachine(persisted, qmp, watch, { readyMs: Date.now() - t0 }, this.#logger)
-      return mapQemuStatus(status.status) === 'running' ? machine.runningView() : machine.pausedView()
-    } catch (err) {
-      qmp?.destroy()
-      watch.stop()
-      if (exitedAc.signal.aborted) {
-        throw new VmmError('vmm_not_running', `QEMU process ${persisted.pid} exited while attaching`, { step: 'attach', cause: err })
+    const readyTimeoutMs = opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000
+    return attachVmm('QEMU', persisted, { ...opts, readyTimeoutMs }, async ({ watch, signal, t0, deadline }) => {
+      const qmp = await QmpClient.connect(persisted.controlSocket, { deadline, signal })
+      try {
+        const status = await qmp.execute<{ status: string }>('query-status')
+        const machine = new QemuMachine(persisted, qmp, watch, { readyMs: Date.now() - t0 }, this.#logger)
+        return mapQemuStatus(status.status) === 'running' ? machine.runningView() : machine.pausedView()
+      } catch (err) {
+        qmp.destroy()
+        throw err
       }
-      throw err
-    }
+    })
   }
 
   async destroy(target: DestroyTarget): Promise<void> {

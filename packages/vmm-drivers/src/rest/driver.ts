@@ -11,9 +11,10 @@
 import { access, constants, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { errorMessage, stderrLogger, throwIfAborted, ValidationError, type Logger, type Step } from '@hypeman-ts/common'
+import { attachVmm } from '../attach.js'
 import { VmmError } from '../errors.js'
 import { vmmCommand } from '../netns.js'
-import { findProcessesByArg, isSameProcessAlive, killAndWait, ProcessWatch, readStartTime } from '../process.js'
+import { findProcessesByArg, isSameProcessAlive, killAndWait, readStartTime } from '../process.js'
 import { checkSpecFiles, validateVmSpec } from '../spec.js'
 import { ON_SPAWN, spawnStep, startVmm, type StartRun } from '../start.js'
 import type { Accel, AttachOptions, DestroyTarget, DriverCapabilities, PersistedVm, ResolvedAccel, StartOptions, VmmDriver, VmSpec } from '../types.js'
@@ -159,33 +160,20 @@ export abstract class RestVmmDriver implements VmmDriver {
   async attach(persisted: PersistedVm, opts: AttachOptions = {}): Promise<RestRunningVm | RestPausedVm> {
     const d = this.dialect
     if (persisted?.driver !== d.name) throw new ValidationError('driver', `expected a ${d.name} VM, got ${String(persisted?.driver)}`)
-    if (!this.isAlive(persisted)) {
-      throw new VmmError('vmm_not_running', `${d.label} process ${persisted.pid} is gone`, { step: 'attach' })
-    }
-    const rt = this.runtime(persisted.spec.runtimeDir)
-    const watch = new ProcessWatch(persisted.pid, persisted.pidStartTime)
-    const exitedAc = new AbortController()
-    void watch.exited.then(() => exitedAc.abort(new Error(`${d.label} exited`)))
-    const signal = opts.signal ? AbortSignal.any([exitedAc.signal, opts.signal]) : exitedAc.signal
-    const t0 = Date.now()
-    const client = this.#client(rt)
-    try {
-      await client.waitReady(d.readiness, {
-        deadline: t0 + (opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000),
-        signal,
-        step: `${d.name}.attach`,
-      })
-      const state = d.parseState(await client.call(d.stateCall, { signal }))
-      const machine = new RestMachine(d, persisted, rt, client, watch, { readyMs: Date.now() - t0 }, this.logger)
-      return state === 'running' ? machine.runningView() : machine.pausedView()
-    } catch (err) {
-      client.destroy()
-      watch.stop()
-      if (exitedAc.signal.aborted) {
-        throw new VmmError('vmm_not_running', `${d.label} process ${persisted.pid} exited while attaching`, { step: 'attach', cause: err })
+    const readyTimeoutMs = opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000
+    return attachVmm(d.label, persisted, { ...opts, readyTimeoutMs }, async ({ watch, signal, t0, deadline }) => {
+      const rt = this.runtime(persisted.spec.runtimeDir)
+      const client = this.#client(rt)
+      try {
+        await client.waitReady(d.readiness, { deadline, signal, step: `${d.name}.attach` })
+        const state = d.parseState(await client.call(d.stateCall, { signal }))
+        const machine = new RestMachine(d, persisted, rt, client, watch, { readyMs: Date.now() - t0 }, this.logger)
+        return state === 'running' ? machine.runningView() : machine.pausedView()
+      } catch (err) {
+        client.destroy()
+        throw err
       }
-      throw err
-    }
+    })
   }
 
   async destroy(target: DestroyTarget): Promise<void> {
