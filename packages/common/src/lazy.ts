@@ -1,15 +1,16 @@
 /**
- * A value made on first use and shared by every later use. A failure is not kept: the next use
- * tries again, so a transient error (a bridge not up yet, a download cut off) does not stick for
- * the life of the process.
+ * A value made on first use and shared by every later use. A failure is not kept: the callers
+ * that waited for it get it, and the next use tries again, so a transient error (a bridge not up
+ * yet, a registry briefly down, a probe interrupted) does not stick for the life of the process.
  */
-export class Lazy<T> {
+export class Lazy<T, A extends unknown[] = []> {
   #pending: Promise<T> | undefined
 
-  constructor(private readonly make: () => Promise<T>) {}
+  constructor(private readonly make: (...args: A) => Promise<T>) {}
 
-  get(): Promise<T> {
-    this.#pending ??= (async () => this.make())().catch((err: unknown) => {
+  /** The value; the call that starts making it supplies the arguments (its signal, say), the others share it. */
+  get(...args: A): Promise<T> {
+    this.#pending ??= (async () => this.make(...args))().catch((err: unknown) => {
       this.#pending = undefined
       throw err
     })

@@ -63,6 +63,10 @@ function flatten<C>(steps: StepList<C>): Step<C>[] {
  * their own typed error naming the step.
  */
 export async function runSteps<C>(steps: StepList<C>, ctx: C, record: StepRecord, opts: RunStepsOptions = {}): Promise<void> {
+  // Steps are recorded by name: a second step of the same name would be taken as done.
+  const names = flatten(steps).map((s) => s.name)
+  const twice = names.find((n, i) => names.indexOf(n) !== i)
+  if (twice !== undefined) throw new Error(`internal: two steps are named ${twice}`)
   const signal = opts.signal ?? new AbortController().signal
   let current = ''
   const runOne = async (step: Step<C>): Promise<void> => {

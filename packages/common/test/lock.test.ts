@@ -86,6 +86,23 @@ describe('Lazy', () => {
     expect(calls).toBe(2)
   })
 
+  it('the call that starts the making supplies its arguments; waiting callers share its failure', async () => {
+    let calls = 0
+    let fail = true
+    const value = new Lazy(async (n: number) => {
+      calls++
+      await new Promise((r) => setTimeout(r, 10))
+      if (fail) throw new Error(`failed ${n}`)
+      return n
+    })
+    const failed = await Promise.allSettled([value.get(1), value.get(2)])
+    expect(failed.map((r) => r.status === 'rejected' && (r.reason as Error).message)).toEqual(['failed 1', 'failed 1'])
+    fail = false
+    expect(await Promise.all([value.get(3), value.get(4)])).toEqual([3, 3])
+    expect(await value.get(5)).toBe(3)
+    expect(calls).toBe(2)
+  })
+
   it('a maker that throws before its first await is a rejection, not a throw', async () => {
     const lazy = new Lazy<number>(() => {
       throw new Error('at once')

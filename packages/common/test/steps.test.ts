@@ -83,6 +83,14 @@ describe('a run that starts with steps already recorded', () => {
   })
 })
 
+describe('a list that names a step twice', () => {
+  it('is refused before anything runs', async () => {
+    const log: Log = []
+    await expect(runSteps([step('a'), [step('b'), step('a')]], log, recorder())).rejects.toThrow(/two steps are named a/)
+    expect(log).toEqual([])
+  })
+})
+
 describe('undoSteps', () => {
   it('resumes from a persisted record, goes on past a failed undo, and reports it', async () => {
     const log: Log = []

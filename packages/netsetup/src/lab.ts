@@ -15,8 +15,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { setTimeout as sleep } from 'node:timers/promises'
-import { run, type RunOptions, type RunResult } from '@hypeman-ts/common'
+import { pollUntil, run, TimeoutError, withDeadline, type RunOptions, type RunResult } from '@hypeman-ts/common'
 import { netnsArgv } from './exec.js'
 import type { NetworkAttachment } from './network.js'
 
@@ -128,16 +127,18 @@ export class NetLab implements AsyncDisposable {
     return {
       child,
       output: () => out,
-      waitFor: async (re, timeoutMs = 15_000) => {
-        const deadline = Date.now() + timeoutMs
-        for (;;) {
-          const m = out.match(re)
-          if (m) return m
-          if (child.exitCode !== null || child.signalCode !== null) throw new Error(`${cmd} exited (${child.exitCode ?? child.signalCode}) before printing ${re}: ${out.slice(-2000)}`)
-          if (Date.now() > deadline) throw new Error(`${cmd} did not print ${re} within ${timeoutMs} ms: ${out.slice(-2000)}`)
-          await sleep(20)
-        }
-      },
+      waitFor: (re, timeoutMs = 15_000) =>
+        pollUntil(
+          () => {
+            const m = out.match(re)
+            if (m) return m
+            if (child.exitCode !== null || child.signalCode !== null) throw new Error(`${cmd} exited (${child.exitCode ?? child.signalCode}) before printing ${re}: ${out.slice(-2000)}`)
+            return undefined
+          },
+          { deadline: Date.now() + timeoutMs, intervalMs: 20, maxIntervalMs: 20, what: `${cmd} to print ${re}`, step: 'lab.waitFor' },
+        ).catch((err: unknown) => {
+          throw err instanceof TimeoutError ? new Error(`${cmd} did not print ${re} within ${timeoutMs} ms: ${out.slice(-2000)}`) : err
+        }),
     }
   }
 
@@ -150,7 +151,7 @@ export class NetLab implements AsyncDisposable {
         p.kill('SIGKILL')
       }
     }
-    await Promise.race([Promise.all(waits), sleep(5_000)])
+    await withDeadline(Promise.all(waits), 5_000, 'the lab processes to exit', 'lab.destroy').catch(() => {})
     for (const ns of this.#namespaces.splice(0).reverse()) {
       await run('ip', ['netns', 'del', ns]).catch(() => {})
     }

@@ -11,10 +11,9 @@
  * handle asked for (`EndRequest`) and the channel reads that together with what its VMM said.
  */
 import type { Socket } from 'node:net'
-import { errorMessage, TimeoutError, type Logger } from '@hypeman-ts/common'
+import { errorMessage, TimeoutError, withDeadline, type Logger } from '@hypeman-ts/common'
 import { isControlClosed, VmmError } from './errors.js'
 import { killAndWait, type ProcessExit, type ProcessWatch } from './process.js'
-import { withDeadline } from './readiness.js'
 import type { DriverName, ExitInfo, ExitReason, PausedVm, PersistedVm, RunningVm, ShutdownOptions, SnapshotInfo, VmEvent, VmState, VmTimings, WaitOptions } from './types.js'
 import type { PhasedMachine } from './view.js'
 

@@ -6,9 +6,8 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { open, readdir, readFile } from 'node:fs/promises'
-import { isNotInstalled, processAlive, TimeoutError, ToolMissingError } from '@hypeman-ts/common'
+import { isNotInstalled, pollUntil, processAlive, TimeoutError, ToolMissingError } from '@hypeman-ts/common'
 import { VmmError } from './errors.js'
-import { pollUntil } from './readiness.js'
 
 export interface ProcessExit {
   /** Null when killed by a signal, or when we are not the parent and cannot know. */

@@ -6,9 +6,8 @@
 import { randomBytes } from 'node:crypto'
 import { connect as netConnect, type Socket } from 'node:net'
 import { PassThrough, Writable, type Readable } from 'node:stream'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { constants as osConstants } from 'node:os'
-import { AbortedError, silentLogger, type Logger } from '@hypeman-ts/common'
+import { AbortedError, pollUntil, silentLogger, TimeoutError, type Logger } from '@hypeman-ts/common'
 import {
   decodeError,
   decodeExit,
@@ -188,26 +187,40 @@ export class GuestAgentClient {
     const timeoutMs = opts.timeoutMs ?? 30_000
     const deadline = Date.now() + timeoutMs
     let lastError = 'no connection'
-    while (Date.now() < deadline) {
-      if (opts.signal?.aborted) throw new AbortedError('connecting to the guest agent: aborted', { cause: opts.signal.reason })
-      const socket = await openSocket(opts.socketPath).catch((err: NodeJS.ErrnoException) => {
-        lastError = `${opts.socketPath}: ${err.code ?? err.message}`
-        return undefined
-      })
-      if (!socket) {
-        await sleep(RETRY_MS, undefined, { signal: opts.signal }).catch(() => {})
-        continue
-      }
-      try {
-        const version = await handshake(socket, deadline - Date.now(), opts.signal)
-        return new GuestAgentClient(socket, version, opts.logger ?? silentLogger)
-      } catch (err) {
-        socket.destroy()
-        if (err instanceof AbortedError) throw err
-        lastError = (err as Error).message
-      }
+    try {
+      return await pollUntil(
+        async () => {
+          const socket = await openSocket(opts.socketPath).catch((err: NodeJS.ErrnoException) => {
+            lastError = `${opts.socketPath}: ${err.code ?? err.message}`
+            return undefined
+          })
+          if (!socket) return undefined
+          try {
+            const version = await handshake(socket, deadline - Date.now(), opts.signal)
+            return new GuestAgentClient(socket, version, opts.logger ?? silentLogger)
+          } catch (err) {
+            socket.destroy()
+            if (err instanceof AbortedError) throw err
+            lastError = (err as Error).message
+            return undefined
+          }
+        },
+        {
+          deadline,
+          ...(opts.signal ? { signal: opts.signal } : {}),
+          intervalMs: RETRY_MS,
+          maxIntervalMs: RETRY_MS,
+          what: `the guest agent on ${opts.socketPath}`,
+          step: 'agent.connect',
+        },
+      )
+    } catch (err) {
+      if (!(err instanceof TimeoutError)) throw err
+      throw new GuestError(
+        'agent_unreachable',
+        `no answer from the guest agent on ${opts.socketPath} within ${timeoutMs} ms (${lastError}); the guest may still be booting, have stopped, or another client holds the port`,
+      )
     }
-    throw new GuestError('agent_unreachable', `no answer from the guest agent on ${opts.socketPath} within ${timeoutMs} ms (${lastError}); the guest may still be booting, have stopped, or another client holds the port`)
   }
 
   get closed(): boolean {

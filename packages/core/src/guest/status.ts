@@ -5,7 +5,7 @@
  * the file's size before a boot (statusMark) and read from there.
  */
 import { stat } from 'node:fs/promises'
-import { AbortedError, openIfExists } from '@hypeman-ts/common'
+import { openIfExists, pollUntil, TimeoutError } from '@hypeman-ts/common'
 import { GuestError } from './errors.js'
 import { watchFile } from './file-watch.js'
 
@@ -110,18 +110,27 @@ const TERMINAL: ReadonlySet<GuestStatusType> = new Set(['exited', 'error'])
  */
 export async function waitForStatusEvent(path: string, types: GuestStatusType | readonly GuestStatusType[], opts: WaitStatusOptions): Promise<GuestStatusEvent> {
   const wanted = new Set(typeof types === 'string' ? [types] : types)
-  const deadline = Date.now() + opts.timeoutMs
   const waker = watchFile(path, opts.signal)
+  const pollMs = opts.pollMs ?? 100
   try {
-    for (;;) {
-      if (opts.signal?.aborted) throw new AbortedError('waiting for a guest status event: aborted', { cause: opts.signal.reason })
-      const events = await readStatusEvents(path, opts.since ?? 0)
-      const hit = events.find((e) => wanted.has(e.type)) ?? events.find((e) => TERMINAL.has(e.type))
-      if (hit) return hit
-      const left = deadline - Date.now()
-      if (left <= 0) throw new GuestError('status_timeout', `no ${[...wanted].join('/')} event in ${path} within ${opts.timeoutMs} ms`)
-      await waker.wait(Math.min(opts.pollMs ?? 100, left))
-    }
+    return await pollUntil(
+      async () => {
+        const events = await readStatusEvents(path, opts.since ?? 0)
+        return events.find((e) => wanted.has(e.type)) ?? events.find((e) => TERMINAL.has(e.type))
+      },
+      {
+        deadline: Date.now() + opts.timeoutMs,
+        ...(opts.signal ? { signal: opts.signal } : {}),
+        intervalMs: pollMs,
+        maxIntervalMs: pollMs,
+        wait: (ms) => waker.wait(ms),
+        what: `a guest status event in ${path}`,
+        step: 'guest.status',
+      },
+    )
+  } catch (err) {
+    if (err instanceof TimeoutError) throw new GuestError('status_timeout', `no ${[...wanted].join('/')} event in ${path} within ${opts.timeoutMs} ms`)
+    throw err
   } finally {
     waker.close()
   }

@@ -10,7 +10,7 @@ import { Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Agent, request, type Dispatcher } from 'undici'
-import { throwIfAborted, type Logger, silentLogger } from '@hypeman-ts/common'
+import { Lazy, throwIfAborted, type Logger, silentLogger } from '@hypeman-ts/common'
 import { ImageError } from '../errors.js'
 import { basicAuthorization, fetchToken, parseChallenge, type Challenge, type RegistryCredentials, type Token } from './auth.js'
 import { MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, type Descriptor } from './manifest.js'
@@ -36,7 +36,8 @@ export interface FetchedManifest {
 
 interface RegistryState {
   challenge?: Challenge | null
-  pinged?: Promise<void>
+  /** GET /v2/ once per registry, shared by concurrent pulls; a failed one is sent again next time. */
+  ping?: Lazy<void, [AbortSignal?]>
 }
 
 const DOCKER_HUB_API = 'registry-1.docker.io'
@@ -113,18 +114,15 @@ export class RegistryClient {
   /** GET /v2/: learns how the registry wants to be authenticated. */
   async ping(registry: string, signal?: AbortSignal): Promise<Challenge | null> {
     const s = this.state(registry)
-    s.pinged ??= (async () => {
-      const res = await this.send('GET', `${this.baseUrl(registry)}/v2/`, {}, signal)
+    s.ping ??= new Lazy(async (pingSignal?: AbortSignal) => {
+      const res = await this.send('GET', `${this.baseUrl(registry)}/v2/`, {}, pingSignal)
       await res.body.dump()
       if (res.statusCode === 401) s.challenge = parseChallenge(res.headers['www-authenticate'])
       else if (res.statusCode >= 200 && res.statusCode < 300) s.challenge = null
       else if (res.statusCode === 404) throw new ImageError('registry_error', `${registry} does not speak the registry v2 API (GET /v2/ → 404)`)
       else throw new ImageError('registry_error', `${registry} answered GET /v2/ with HTTP ${res.statusCode}`)
-    })().catch((err) => {
-      s.pinged = undefined
-      throw err
     })
-    await s.pinged
+    await s.ping.get(signal)
     return s.challenge ?? null
   }
 

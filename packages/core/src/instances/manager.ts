@@ -72,6 +72,7 @@ export class InstanceManager {
     if (!INSTANCE_STATES.includes(state)) throw new ValidationError('state', `must be one of ${INSTANCE_STATES.join(', ')}`)
     const timeoutMs = Math.min(parseDuration(opts.timeout ?? '60s', 'timeout'), 5 * 60_000)
     const deadline = Date.now() + timeoutMs
+    // A loop rather than common's pollUntil: running out of time is an answer here (`timedOut`), not an error.
     for (;;) {
       const inst = await this.get(idOrName)
       const terminal = (inst.state === 'Stopped' || inst.state === 'Unknown') && state !== inst.state

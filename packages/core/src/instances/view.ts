@@ -3,7 +3,7 @@
  * what the guest reported (state.ts), never stored, and the check every operation makes against
  * that state first (transitions.ts).
  */
-import { formatRate } from '@hypeman-ts/common'
+import { formatRate, withDeadline } from '@hypeman-ts/common'
 import type { VmState } from '@hypeman-ts/vmm-drivers'
 import { guestStatus } from './boot.js'
 import type { InstanceContext } from './context.js'
@@ -36,7 +36,9 @@ async function vmmState(cx: InstanceContext, record: InstanceRecord): Promise<Vm
     try {
       return await vm.state()
     } catch (err) {
-      return vm.exited && (await Promise.race([vm.exited.then(() => true), new Promise((r) => setTimeout(() => r(false), 50))])) ? 'exited' : (err as Error)
+      // A failed query is often the VMM going away: give its exit a moment to show.
+      const ended = await withDeadline(vm.exited, 50, 'the VMM to exit', 'state').then(() => true, () => false)
+      return ended ? 'exited' : (err as Error)
     }
   }
   const driver = cx.driver(record.vmm.driver)

@@ -11,7 +11,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { CommandError, readJsonIfExists, run, writeJsonAtomic, type Logger } from '@hypeman-ts/common'
+import { CommandError, Lazy, readJsonIfExists, run, writeJsonAtomic, type Logger } from '@hypeman-ts/common'
 import type { ResolvedAccel } from '../types.js'
 
 /** isa-debug-exit turns a write of V into the exit status (V << 1) | 1. */
@@ -119,18 +119,14 @@ export interface AccelResolverOptions {
 
 /** Resolves `auto`/`kvm`/`tcg` for one QEMU binary, probing KVM at most once per host boot. */
 export class AccelResolver {
-  #kvm: Promise<{ usable: boolean; reason?: string }> | undefined
+  readonly #kvm = new Lazy(() => this.#probeKvm())
   #warned = false
 
   constructor(private readonly opts: AccelResolverOptions) {}
 
-  /** Whether KVM works here, with the reason when not (cached). */
+  /** Whether KVM works here, with the reason when not (cached; a probe that failed is tried again). */
   kvmVerdict(): Promise<{ usable: boolean; reason?: string }> {
-    this.#kvm ??= this.#probeKvm().catch((err) => {
-      this.#kvm = undefined
-      throw err
-    })
-    return this.#kvm
+    return this.#kvm.get()
   }
 
   async #probeKvm(): Promise<{ usable: boolean; reason?: string }> {

@@ -1,36 +1,18 @@
 /**
- * The QEMU driver. A start is a list of steps, and whoever started the process cleans up when a
- * later step fails: validate → check files → (snapshot check) → accel → spawn → onSpawn →
- * QMP ready → (load snapshot, cont) → running. On failure the process is killed and its runtime
- * files removed before the error (with QEMU's own last words) is thrown.
+ * The QEMU driver. A start checks before it spawns anything (spec, files, snapshot, accel), then
+ * runs the step list of src/start.ts: qemu.spawn → onSpawn → qmp.connect → (restore.incoming →
+ * restore.cont) → query-status. On failure the process is killed and its runtime files removed
+ * before the error (with QEMU's own last words) is thrown.
  */
-import { appendFile, mkdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import {
-  ConflictError,
-  stderrLogger,
-  throwIfAborted,
-  ValidationError,
-  type Logger,
-} from '@hypeman-ts/common'
+import { pollUntil, stderrLogger, throwIfAborted, ValidationError, withoutSteps, type Logger, type Step } from '@hypeman-ts/common'
+import { attachVmm } from '../attach.js'
 import { VmmError } from '../errors.js'
 import { vmmCommand } from '../netns.js'
-import { findProcessesByArg, isSameProcessAlive, killAndWait, processHasArg, ProcessWatch, readStartTime, spawnDetached } from '../process.js'
-import { pollUntil } from '../readiness.js'
+import { findProcessesByArg, isSameProcessAlive, killAndWait, readStartTime } from '../process.js'
 import { checkSpecFiles, validateVmSpec } from '../spec.js'
-import { failStart } from '../start-failure.js'
-import { fileSize } from '../vmm-log.js'
-import type {
-  Accel,
-  AttachOptions,
-  DestroyTarget,
-  DriverCapabilities,
-  PersistedVm,
-  ResolvedAccel,
-  StartOptions,
-  VmmDriver,
-  VmSpec,
-} from '../types.js'
+import { ON_SPAWN, spawnStep, startVmm, type StartRun } from '../start.js'
+import type { Accel, AttachOptions, DestroyTarget, DriverCapabilities, PersistedVm, ResolvedAccel, StartOptions, VmmDriver, VmSpec } from '../types.js'
 import { AccelResolver } from './accel.js'
 import { buildQemuArgv, DEFAULT_QBOOT, QEMU_MACHINE_CMDLINE, RUNTIME_FILES } from './argv.js'
 import { QmpClient } from './qmp-client.js'
@@ -68,6 +50,9 @@ export const QEMU_CAPABILITIES: DriverCapabilities = Object.freeze({
   gracefulShutdown: 'acpi-power-button',
   memoryShrink: false,
 })
+
+/** The steps only a restore has. */
+const RESTORE_STEPS = ['restore.incoming', 'restore.cont']
 
 export class QemuDriver implements VmmDriver {
   readonly name = 'qemu' as const
@@ -112,119 +97,98 @@ export class QemuDriver implements VmmDriver {
       throw new ValidationError('restoreFrom', `snapshot was taken under ${restore.meta.accel}, this start resolved to ${accel}`)
     }
 
-    await mkdir(spec.runtimeDir, { recursive: true })
     const qmpSocket = qmpSocketPath(spec.runtimeDir)
     const pidFile = pidFilePath(spec.runtimeDir)
-    // A VMM of this runtime dir wrote its pidfile at start: one /proc read, not a scan of every process.
-    const previous = Number.parseInt(await readFile(pidFile, 'utf8').catch(() => ''), 10)
-    if (await processHasArg(previous, processMark(spec.runtimeDir))) {
-      throw new ConflictError(`a VMM is already running with runtime dir ${spec.runtimeDir}`, { field: 'runtimeDir' })
-    }
-    // Leftovers of a VMM that was killed: QEMU would refuse or confuse them.
-    await removeRuntimeFiles(spec)
-
     const argv = buildQemuArgv(spec, { accel, qmpSocket, pidFile, bios: this.#opts.bios ?? DEFAULT_QBOOT, incoming: !!restore })
-    const vmmLog = spec.vmmLog ?? join(spec.runtimeDir, RUNTIME_FILES.vmmLog)
-    const [command, commandArgs] = vmmCommand(this.qemuBinary, argv, spec.netns)
-    await appendFile(vmmLog, `--- hypeman-ts ${new Date().toISOString()} ${restore ? 'restore' : 'start'}: ${command} ${commandArgs.join(' ')}\n`)
-    const logOffset = await fileSize(vmmLog)
-
-    const t0 = Date.now()
-    const readyTimeoutMs = opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000
-    const spawned = await spawnDetached(command, commandArgs, vmmLog, 'qemu.spawn')
-    const persisted: PersistedVm = {
-      driver: 'qemu',
-      version: 1,
-      pid: spawned.pid,
-      pidStartTime: spawned.startTime,
-      controlSocket: qmpSocket,
-      accel,
-      spec,
-    }
-    const watch = new ProcessWatch(spawned.pid, spawned.startTime, spawned.child)
-    const exitedAc = new AbortController()
-    void watch.exited.then(() => exitedAc.abort(new Error('QEMU exited')))
-    const signal = opts.signal ? AbortSignal.any([exitedAc.signal, opts.signal]) : exitedAc.signal
+    const [command, args] = vmmCommand(this.qemuBinary, argv, spec.netns)
     let qmp: QmpClient | undefined
-    let step = 'onSpawn'
-    try {
-      await opts.onSpawn?.(persisted)
-      step = 'qmp.connect'
-      qmp = await QmpClient.connect(qmpSocket, { deadline: t0 + readyTimeoutMs, signal })
-      const readyMs = Date.now() - t0
-      let restoreMs: number | undefined
-      if (restore) {
-        step = 'restore.incoming'
-        await qmp.execute('migrate-incoming', { uri: migrateFromFileUri(restore.statePath) })
-        const final = await pollUntil(
-          async () => {
-            const info = await (qmp as QmpClient).execute<{ status?: string; 'error-desc'?: string }>('query-migrate')
-            return info.status === 'completed' || info.status === 'failed' || info.status === 'cancelled' ? info : undefined
-          },
-          { deadline: t0 + readyTimeoutMs, signal, intervalMs: 5, maxIntervalMs: 50, what: 'the snapshot to load', step },
-        )
-        if (final.status !== 'completed') {
-          throw new VmmError('restore_failed', `loading the snapshot ${final.status}: ${final['error-desc'] ?? 'no reason given'}`, { step })
-        }
-        step = 'restore.cont'
-        const status = await qmp.execute<{ status: string }>('query-status')
-        if (status.status !== 'running') await qmp.execute('cont')
-        restoreMs = Date.now() - t0
-      }
-      step = 'query-status'
-      const status = await qmp.execute<{ status: string }>('query-status')
-      if (mapQemuStatus(status.status) !== 'running') {
-        throw new VmmError('vmm_start_failed', `QEMU is ${status.status} right after start`, { step })
-      }
-      const machine = new QemuMachine(persisted, qmp, watch, { readyMs, ...(restoreMs !== undefined ? { restoreMs } : {}) }, this.#logger)
-      return machine.runningView()
-    } catch (err) {
-      qmp?.destroy()
-      return failStart({
+    const steps: Step<StartRun>[] = [
+      spawnStep('qemu'),
+      ON_SPAWN,
+      {
+        name: 'qmp.connect',
+        run: async (r, signal) => {
+          qmp = await QmpClient.connect(qmpSocket, { deadline: r.deadline, signal })
+          r.ready()
+        },
+        undo: async () => qmp?.destroy(),
+      },
+      {
+        name: 'restore.incoming',
+        run: async (r, signal) => {
+          const c = qmp as QmpClient
+          await c.execute('migrate-incoming', { uri: migrateFromFileUri(restore!.statePath) })
+          const final = await pollUntil(
+            async () => {
+              const info = await c.execute<{ status?: string; 'error-desc'?: string }>('query-migrate')
+              return info.status === 'completed' || info.status === 'failed' || info.status === 'cancelled' ? info : undefined
+            },
+            { deadline: r.deadline, signal, intervalMs: 5, maxIntervalMs: 50, what: 'the snapshot to load', step: 'restore.incoming' },
+          )
+          if (final.status !== 'completed') {
+            throw new VmmError('restore_failed', `loading the snapshot ${final.status}: ${final['error-desc'] ?? 'no reason given'}`, { step: 'restore.incoming' })
+          }
+        },
+      },
+      {
+        name: 'restore.cont',
+        run: async (r) => {
+          const c = qmp as QmpClient
+          const status = await c.execute<{ status: string }>('query-status')
+          if (status.status !== 'running') await c.execute('cont')
+          r.restored()
+        },
+      },
+      {
+        name: 'query-status',
+        run: async () => {
+          const status = await (qmp as QmpClient).execute<{ status: string }>('query-status')
+          if (mapQemuStatus(status.status) !== 'running') {
+            throw new VmmError('vmm_start_failed', `QEMU is ${status.status} right after start`, { step: 'query-status' })
+          }
+        },
+      },
+    ]
+    const run = await startVmm(
+      {
+        driver: 'qemu',
         label: 'QEMU',
-        err,
-        step,
-        spawned,
-        watch,
-        exited: exitedAc.signal,
+        spec,
+        accel,
+        controlSocket: qmpSocket,
+        command,
+        args,
+        vmmLog: spec.vmmLog ?? join(spec.runtimeDir, RUNTIME_FILES.vmmLog),
+        pidFile,
+        mark: processMark(spec.runtimeDir),
         removeRuntimeFiles: () => removeRuntimeFiles(spec),
-        vmmLog,
-        logOffset,
-        readyTimeoutMs,
+        restore: !!restore,
+        readyTimeoutMs: opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000,
+        // One deadline covers the connect and the snapshot load: whichever step it passes in, QEMU was not ready.
         isReadyTimeout: () => true,
-        ...(opts.signal ? { signal: opts.signal } : {}),
+        opts,
         logger: this.#logger,
-      })
-    }
+      },
+      // A restore is the boot with the snapshot's steps; QEMU was spawned waiting for it (-incoming).
+      restore ? steps : withoutSteps(steps, RESTORE_STEPS),
+    )
+    return new QemuMachine(run.vmm.persisted, qmp as QmpClient, run.vmm.watch, run.timings, this.#logger).runningView()
   }
 
   async attach(persisted: PersistedVm, opts: AttachOptions = {}): Promise<QemuRunningVm | QemuPausedVm> {
     if (persisted?.driver !== 'qemu') throw new ValidationError('driver', `expected a qemu VM, got ${String(persisted?.driver)}`)
-    if (!this.isAlive(persisted)) {
-      throw new VmmError('vmm_not_running', `QEMU process ${persisted.pid} is gone`, { step: 'attach' })
-    }
-    const watch = new ProcessWatch(persisted.pid, persisted.pidStartTime)
-    const exitedAc = new AbortController()
-    void watch.exited.then(() => exitedAc.abort(new Error('QEMU exited')))
-    const signal = opts.signal ? AbortSignal.any([exitedAc.signal, opts.signal]) : exitedAc.signal
-    const t0 = Date.now()
-    let qmp: QmpClient | undefined
-    try {
-      qmp = await QmpClient.connect(persisted.controlSocket, {
-        deadline: t0 + (opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000),
-        signal,
-      })
-      const status = await qmp.execute<{ status: string }>('query-status')
-      const machine = new QemuMachine(persisted, qmp, watch, { readyMs: Date.now() - t0 }, this.#logger)
-      return mapQemuStatus(status.status) === 'running' ? machine.runningView() : machine.pausedView()
-    } catch (err) {
-      qmp?.destroy()
-      watch.stop()
-      if (exitedAc.signal.aborted) {
-        throw new VmmError('vmm_not_running', `QEMU process ${persisted.pid} exited while attaching`, { step: 'attach', cause: err })
+    const readyTimeoutMs = opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000
+    return attachVmm('QEMU', persisted, { ...opts, readyTimeoutMs }, async ({ watch, signal, t0, deadline }) => {
+      const qmp = await QmpClient.connect(persisted.controlSocket, { deadline, signal })
+      try {
+        const status = await qmp.execute<{ status: string }>('query-status')
+        const machine = new QemuMachine(persisted, qmp, watch, { readyMs: Date.now() - t0 }, this.#logger)
+        return mapQemuStatus(status.status) === 'running' ? machine.runningView() : machine.pausedView()
+      } catch (err) {
+        qmp.destroy()
+        throw err
       }
-      throw err
-    }
+    })
   }
 
   async destroy(target: DestroyTarget): Promise<void> {

@@ -7,9 +7,8 @@
  * ever comes, so it fails at the deadline with a message saying so.
  */
 import { createConnection, type Socket } from 'node:net'
-import { TimeoutError, errorMessage } from '@hypeman-ts/common'
+import { errorMessage, pollUntil, TimeoutError, withDeadline } from '@hypeman-ts/common'
 import { QmpCommandError, VmmError } from '../errors.js'
-import { pollUntil, withDeadline } from '../readiness.js'
 import { encodeQmpCommand, QmpDecoder, type QmpEvent, type QmpGreeting, type QmpMessage } from './qmp-codec.js'
 
 export interface QmpConnectOptions {

@@ -6,10 +6,9 @@
  * is `control_closed`, an abort is an `AbortedError`. Each call has a deadline.
  */
 import { stat } from 'node:fs/promises'
-import { AbortedError, errorMessage, TimeoutError } from '@hypeman-ts/common'
+import { AbortedError, errorMessage, pollUntil, TimeoutError } from '@hypeman-ts/common'
 import { Client } from 'undici'
 import { VmmApiError, VmmError } from '../errors.js'
-import { pollUntil } from '../readiness.js'
 
 export type ApiMethod = 'GET' | 'PUT' | 'PATCH'
 

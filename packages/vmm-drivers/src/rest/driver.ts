@@ -1,30 +1,23 @@
 /**
- * The driver of a REST-controlled VMM (Cloud Hypervisor, Firecracker). A start is a list of
- * steps, and whoever started the process cleans up when a later step fails, as the QEMU driver
- * does: validate → check files → (snapshot check) → accel → spawn → pidfile → onSpawn → API
- * ready → planned boot (or restore) calls → running. On failure the process is killed and its
+ * The driver of a REST-controlled VMM (Cloud Hypervisor, Firecracker). A start checks before it
+ * spawns anything (spec, files, snapshot, accel), then runs the step list of src/start.ts, as the
+ * QEMU driver does: <vmm>.spawn → pidfile → onSpawn → api.ready → the planned boot (or restore)
+ * calls, a step each → <vmm>.<state call> → running. On failure the process is killed and its
  * runtime files removed before the error (with the VMM's last output) is thrown.
  *
  * The process is spawned detached (src/process.ts), marked by its API socket path in its argv,
  * and its pid written to `<runtimeDir>/vmm.pid` (these VMMs write no pidfile of their own).
  */
-import { access, appendFile, constants, mkdir, readFile, writeFile } from 'node:fs/promises'
+import { access, constants, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import {
-  ConflictError,
-  errorMessage,
-  stderrLogger,
-  throwIfAborted,
-  ValidationError,
-  type Logger,
-} from '@hypeman-ts/common'
+import { errorMessage, stderrLogger, throwIfAborted, ValidationError, type Logger, type Step } from '@hypeman-ts/common'
+import { attachVmm } from '../attach.js'
 import { VmmError } from '../errors.js'
 import { vmmCommand } from '../netns.js'
-import { findProcessesByArg, isSameProcessAlive, killAndWait, processHasArg, ProcessWatch, readStartTime, spawnDetached } from '../process.js'
+import { findProcessesByArg, isSameProcessAlive, killAndWait, readStartTime } from '../process.js'
 import { checkSpecFiles, validateVmSpec } from '../spec.js'
+import { ON_SPAWN, spawnStep, startVmm, type StartRun } from '../start.js'
 import type { Accel, AttachOptions, DestroyTarget, DriverCapabilities, PersistedVm, ResolvedAccel, StartOptions, VmmDriver, VmSpec } from '../types.js'
-import { failStart } from '../start-failure.js'
-import { fileSize } from '../vmm-log.js'
 import { RestClient, type ApiCall } from './client.js'
 import { REST_RUNTIME_FILES, restRuntime, type RestDialect, type RestRuntime } from './dialect.js'
 import { removeRestRuntimeFiles, RestMachine, RestPausedVm, RestRunningVm } from './machine.js'
@@ -110,106 +103,77 @@ export abstract class RestVmmDriver implements VmmDriver {
     const restore = spec.restoreFrom ? await loadRestSnapshot(spec, d.name, d.pinnedPaths(spec, rt)) : undefined
     const accel = await this.resolveAccel(spec.accel ?? 'auto')
 
-    await mkdir(spec.runtimeDir, { recursive: true })
-    const previous = Number.parseInt(await readFile(rt.pidFile, 'utf8').catch(() => ''), 10)
-    if (await processHasArg(previous, rt.apiSocket)) {
-      throw new ConflictError(`a VMM is already running with runtime dir ${spec.runtimeDir}`, { field: 'runtimeDir' })
-    }
-    // Leftovers of a VMM that was killed: a VMM refuses to bind a socket path that exists.
-    await removeRestRuntimeFiles(rt)
-
-    const [command, commandArgs] = vmmCommand(this.binary, d.argv(spec, rt), spec.netns)
-    const vmmLog = spec.vmmLog ?? join(spec.runtimeDir, REST_RUNTIME_FILES.vmmLog)
-    await appendFile(vmmLog, `--- hypeman-ts ${new Date().toISOString()} ${restore ? 'restore' : 'start'}: ${command} ${commandArgs.join(' ')}\n`)
-    const logOffset = await fileSize(vmmLog)
-
-    const t0 = Date.now()
-    const readyTimeoutMs = opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000
-    const spawned = await spawnDetached(command, commandArgs, vmmLog, `${d.name}.spawn`)
-    const persisted: PersistedVm = {
-      driver: d.name,
-      version: 1,
-      pid: spawned.pid,
-      pidStartTime: spawned.startTime,
-      controlSocket: rt.apiSocket,
-      accel,
-      spec,
-    }
-    const watch = new ProcessWatch(spawned.pid, spawned.startTime, spawned.child)
-    const exitedAc = new AbortController()
-    void watch.exited.then(() => exitedAc.abort(new Error(`${d.label} exited`)))
-    const signal = opts.signal ? AbortSignal.any([exitedAc.signal, opts.signal]) : exitedAc.signal
+    const [command, args] = vmmCommand(this.binary, d.argv(spec, rt), spec.netns)
     const client = this.#client(rt)
-    let step = 'pidfile'
-    try {
-      await writeFile(rt.pidFile, `${spawned.pid}\n`)
-      step = 'onSpawn'
-      await opts.onSpawn?.(persisted)
-      step = 'api.ready'
-      await client.waitReady(d.readiness, { deadline: t0 + readyTimeoutMs, signal, step: `${d.name}.ready` })
-      const readyMs = Date.now() - t0
-      const calls = restore ? d.planRestore(spec, rt, spec.restoreFrom as string) : d.planBoot(spec, rt)
-      for (const call of calls) {
-        step = `${d.name}.${call.op}`
-        await client.call(call, { signal })
-      }
-      const restoreMs = restore ? Date.now() - t0 : undefined
-      step = `${d.name}.${d.stateCall.op}`
-      const state = d.parseState(await client.call(d.stateCall, { signal }))
-      if (state !== 'running') throw new VmmError('vmm_start_failed', `${d.label} reports the VM ${state} right after start`, { step })
-      const machine = new RestMachine(d, persisted, rt, client, watch, { readyMs, ...(restoreMs !== undefined ? { restoreMs } : {}) }, this.logger)
-      return machine.runningView()
-    } catch (err) {
-      client.destroy()
-      return failStart({
+    const stateStep = `${d.name}.${d.stateCall.op}`
+    const steps: Step<StartRun>[] = [
+      spawnStep(d.name),
+      // These VMMs write no pidfile of their own.
+      { name: 'pidfile', run: (r) => writeFile(rt.pidFile, `${r.vmm.persisted.pid}\n`) },
+      ON_SPAWN,
+      {
+        name: 'api.ready',
+        // The client exists before the API answers: its undo closes it whatever the wait left open.
+        recordFirst: true,
+        run: async (r, signal) => {
+          await client.waitReady(d.readiness, { deadline: r.deadline, signal, step: `${d.name}.ready` })
+          r.ready()
+        },
+        undo: async () => client.destroy(),
+      },
+      ...callSteps(d.name, restore ? d.planRestore(spec, rt, spec.restoreFrom as string) : d.planBoot(spec, rt), client),
+      {
+        name: stateStep,
+        run: async (r, signal) => {
+          // The restore calls are done by now.
+          if (restore) r.restored()
+          const state = d.parseState(await client.call(d.stateCall, { signal }))
+          if (state !== 'running') throw new VmmError('vmm_start_failed', `${d.label} reports the VM ${state} right after start`, { step: stateStep })
+        },
+      },
+    ]
+    const run = await startVmm(
+      {
+        driver: d.name,
         label: d.label,
-        err,
-        step,
-        spawned,
-        watch,
-        exited: exitedAc.signal,
+        spec,
+        accel,
+        controlSocket: rt.apiSocket,
+        command,
+        args,
+        vmmLog: spec.vmmLog ?? join(spec.runtimeDir, REST_RUNTIME_FILES.vmmLog),
+        pidFile: rt.pidFile,
+        mark: rt.apiSocket,
         removeRuntimeFiles: () => removeRestRuntimeFiles(rt),
-        vmmLog,
-        logOffset,
-        readyTimeoutMs,
+        restore: !!restore,
+        readyTimeoutMs: opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000,
         // Other deadlines (a boot call that hangs) are not about the API never appearing.
-        isReadyTimeout: () => step === 'api.ready',
-        ...(opts.signal ? { signal: opts.signal } : {}),
+        isReadyTimeout: (step) => step === 'api.ready',
+        opts,
         logger: this.logger,
-      })
-    }
+      },
+      steps,
+    )
+    return new RestMachine(d, run.vmm.persisted, rt, client, run.vmm.watch, run.timings, this.logger).runningView()
   }
 
   async attach(persisted: PersistedVm, opts: AttachOptions = {}): Promise<RestRunningVm | RestPausedVm> {
     const d = this.dialect
     if (persisted?.driver !== d.name) throw new ValidationError('driver', `expected a ${d.name} VM, got ${String(persisted?.driver)}`)
-    if (!this.isAlive(persisted)) {
-      throw new VmmError('vmm_not_running', `${d.label} process ${persisted.pid} is gone`, { step: 'attach' })
-    }
-    const rt = this.runtime(persisted.spec.runtimeDir)
-    const watch = new ProcessWatch(persisted.pid, persisted.pidStartTime)
-    const exitedAc = new AbortController()
-    void watch.exited.then(() => exitedAc.abort(new Error(`${d.label} exited`)))
-    const signal = opts.signal ? AbortSignal.any([exitedAc.signal, opts.signal]) : exitedAc.signal
-    const t0 = Date.now()
-    const client = this.#client(rt)
-    try {
-      await client.waitReady(d.readiness, {
-        deadline: t0 + (opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000),
-        signal,
-        step: `${d.name}.attach`,
-      })
-      const state = d.parseState(await client.call(d.stateCall, { signal }))
-      const machine = new RestMachine(d, persisted, rt, client, watch, { readyMs: Date.now() - t0 }, this.logger)
-      return state === 'running' ? machine.runningView() : machine.pausedView()
-    } catch (err) {
-      client.destroy()
-      watch.stop()
-      if (exitedAc.signal.aborted) {
-        throw new VmmError('vmm_not_running', `${d.label} process ${persisted.pid} exited while attaching`, { step: 'attach', cause: err })
+    const readyTimeoutMs = opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000
+    return attachVmm(d.label, persisted, { ...opts, readyTimeoutMs }, async ({ watch, signal, t0, deadline }) => {
+      const rt = this.runtime(persisted.spec.runtimeDir)
+      const client = this.#client(rt)
+      try {
+        await client.waitReady(d.readiness, { deadline, signal, step: `${d.name}.attach` })
+        const state = d.parseState(await client.call(d.stateCall, { signal }))
+        const machine = new RestMachine(d, persisted, rt, client, watch, { readyMs: Date.now() - t0 }, this.logger)
+        return state === 'running' ? machine.runningView() : machine.pausedView()
+      } catch (err) {
+        client.destroy()
+        throw err
       }
-      throw err
-    }
+    })
   }
 
   async destroy(target: DestroyTarget): Promise<void> {
@@ -223,4 +187,29 @@ export abstract class RestVmmDriver implements VmmDriver {
     }
     await removeRestRuntimeFiles(rt)
   }
+}
+
+/**
+ * The planned calls as steps, named `<vmm>.<op>` as a failed start names them. Calls of the same
+ * op in a row (a drive each) are one step, because the runner wants each name once.
+ */
+function callSteps(vmm: string, calls: readonly ApiCall[], client: RestClient): Step<StartRun>[] {
+  const steps: (Step<StartRun> & { calls: ApiCall[] })[] = []
+  for (const call of calls) {
+    const name = `${vmm}.${call.op}`
+    const last = steps.at(-1)
+    if (last?.name === name) {
+      last.calls.push(call)
+      continue
+    }
+    const group = [call]
+    steps.push({
+      name,
+      calls: group,
+      run: async (_r, signal) => {
+        for (const c of group) await client.call(c, { signal })
+      },
+    })
+  }
+  return steps
 }

@@ -14,7 +14,7 @@ import { errorMessage, NotSupportedError, ValidationError, writeJsonAtomic, type
 import { VmmError } from '../errors.js'
 import { ProcessMachine, type EndRequest, type GuestStop } from '../machine.js'
 import type { ProcessExit, ProcessWatch } from '../process.js'
-import type { DriverName, ExitReason, PausedVm, PersistedVm, RunningVm, SnapshotInfo, VmState, VmTimings, WaitOptions } from '../types.js'
+import type { DriverName, ExitReason, PersistedVm, SnapshotInfo, VmState, VmTimings, WaitOptions } from '../types.js'
 import { PausedView, RunningView } from '../view.js'
 import { connectVsock } from '../vsock/connect.js'
 import type { ApiCall, CallOptions, RestClient } from './client.js'

@@ -5,9 +5,8 @@
  * agent that is still booting needs. A malformed answer is not retried: it is not a vsock muxer.
  */
 import { createConnection, type Socket } from 'node:net'
-import { AbortedError, TimeoutError } from '@hypeman-ts/common'
+import { AbortedError, pollUntil, TimeoutError } from '@hypeman-ts/common'
 import { VmmError } from '../errors.js'
-import { pollUntil } from '../readiness.js'
 import { AckDecoder, encodeConnect } from './handshake.js'
 
 export interface VsockConnectOptions {

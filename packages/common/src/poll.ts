@@ -1,10 +1,11 @@
 /**
- * Readiness as a strategy with a deadline: poll an attempt until it yields a value, the deadline
- * passes, or the signal fires (a start wires that signal to the process's exit, so a VMM that
- * dies while we wait is noticed at once rather than at the deadline).
+ * Waiting with a deadline, the one way the repo does it: poll an attempt until it yields a value,
+ * the deadline passes, or the signal fires (a VMM start wires that signal to the process's exit,
+ * so a VMM that dies while we wait is noticed at once rather than at the deadline); or race one
+ * promise against a deadline.
  */
 import { setTimeout as sleep } from 'node:timers/promises'
-import { AbortedError, TimeoutError } from '@hypeman-ts/common'
+import { AbortedError, TimeoutError } from './errors.js'
 
 export interface PollOptions {
   /** Absolute time (Date.now() scale) after which to give up. */
@@ -13,6 +14,11 @@ export interface PollOptions {
   /** First pause between attempts; it doubles up to `maxIntervalMs`. */
   intervalMs?: number
   maxIntervalMs?: number
+  /**
+   * The pause between attempts, at most `ms`; default a timer that the signal ends. A reader of a
+   * file passes one that a change to the file ends early, so it does not wait out the interval.
+   */
+  wait?: (ms: number) => Promise<void>
   /** For the error: what we were waiting for, and the lifecycle step. */
   what: string
   step: string
@@ -29,7 +35,7 @@ export async function pollUntil<T>(attempt: () => Promise<T | undefined> | T | u
     const left = opts.deadline - Date.now()
     if (left <= 0) throw new TimeoutError(`timed out waiting for ${opts.what}`, { step: opts.step })
     try {
-      await sleep(Math.min(interval, left), undefined, opts.signal ? { signal: opts.signal } : {})
+      await (opts.wait ? opts.wait(Math.min(interval, left)) : sleep(Math.min(interval, left), undefined, opts.signal ? { signal: opts.signal } : {}))
     } catch {
       abortCheck(opts.signal, opts)
     }
