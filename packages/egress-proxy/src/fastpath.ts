@@ -17,7 +17,8 @@ import { batchedWrite } from './batch.js'
 import { GuestWriter } from './guest-writer.js'
 import { type Conn, type ProxyContext } from './context.js'
 import { EgressError } from './errors.js'
-import { type BodyFraming, ChunkedScanner, guestResponse, parseRequestHead, parseResponseHead, plainResponse, type RequestHead, type ResponseHead, responseFraming, upstreamRequestHead } from './http1.js'
+import { errorAnswer, http1Answer } from './error-response.js'
+import { type BodyFraming, ChunkedScanner, guestResponse, parseRequestHead, parseResponseHead, type RequestHead, type ResponseHead, responseFraming, upstreamRequestHead } from './http1.js'
 import { statusClass } from './metrics.js'
 import { type Destination, prepare, upstreamFailure } from './pipeline.js'
 import type { PooledConnection, PoolWaiter, UpstreamUser } from './pool.js'
@@ -490,12 +491,7 @@ class Exchange implements UpstreamUser, PoolWaiter {
   private respondError(err: EgressError): void {
     this.phase = Phase.Done
     this.guestStarted = true
-    this.fast.write(
-      plainResponse(err.status, [['content-type', 'text/plain; charset=utf-8'], ['x-hypeman-egress-error', err.code]], `${err.message}\n`, {
-        close: this.guestClose || this.ctx.closing,
-        head: this.req.method === 'HEAD',
-      }),
-    )
+    this.fast.write(http1Answer(errorAnswer(err), { close: this.guestClose || this.ctx.closing, head: this.req.method === 'HEAD' }))
     this.fast.resume(PAUSE_UPSTREAM)
     if (this.bodyLeft === 0) this.fast.exchangeDone(this, this.guestClose)
   }

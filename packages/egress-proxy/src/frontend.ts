@@ -11,6 +11,7 @@ import { createServer as createNetServer, type Server as NetServer, type Socket 
 import type { Duplex } from 'node:stream'
 import { type SecureContext, TLSSocket, type TLSSocketOptions } from 'node:tls'
 import { type Conn, entryOf, kConn, type ListenerKind, type ProxyContext } from './context.js'
+import { errorAnswer, http1Answer, type ProxyAnswer, statusAnswer } from './error-response.js'
 import { EgressError } from './errors.js'
 import { normalizeHost, splitHostPort } from './hosts.js'
 import { serveFastH1 } from './fastpath.js'
@@ -25,10 +26,9 @@ function connOf(socket: unknown): Conn {
   return (socket as { [kConn]: Conn })[kConn]
 }
 
-function rawResponse(socket: Duplex, status: number, reason: string, err?: EgressError): void {
-  const body = err ? `${err.message}\n` : ''
-  const headers = err ? `Content-Type: text/plain; charset=utf-8\r\nX-Hypeman-Egress-Error: ${err.code}\r\n` : ''
-  socket.end(`HTTP/1.1 ${status} ${reason}\r\n${headers}Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+/** Answers on a connection no HTTP server owns yet, and closes it. */
+function rawAnswer(socket: Duplex, answer: ProxyAnswer): void {
+  socket.end(http1Answer(answer, { close: true }))
 }
 
 /** The first bytes a client sends, to tell TLS from plain HTTP; null if it sends nothing in time. */
@@ -181,14 +181,14 @@ export class Frontend {
     const split = splitHostPort(req.url ?? '')
     const host = split ? normalizeHost(split.host) : null
     if (!split || !host || split.port === 0) {
-      rawResponse(raw, 400, 'Bad Request', new EgressError('bad_request', 'CONNECT needs a target of the form host:port'))
+      rawAnswer(raw, errorAnswer(new EgressError('bad_request', 'CONNECT needs a target of the form host:port')))
       return
     }
     if (!entryOf(ctx, conn)) {
       const err = new EgressError('unregistered_source', `no policy is registered for source ${conn.source}`)
       ctx.metrics.denied.inc([err.code])
       ctx.audit.emit({ type: 'denied', source: conn.source, host, reason: err.code, message: err.message })
-      rawResponse(raw, 403, 'Forbidden', err)
+      rawAnswer(raw, errorAnswer(err))
       return
     }
     // Refuse a forbidden destination before the tunnel exists; the dial checks again on the
@@ -205,7 +205,7 @@ export class Frontend {
         const err = error instanceof EgressError ? error : new EgressError('dns_failed', `cannot resolve ${host}`)
         ctx.metrics.denied.inc([err.code])
         ctx.audit.emit({ type: 'denied', source: conn.source, host, port: split.port, reason: err.code, message: err.message })
-        rawResponse(raw, err.status, err.status === 403 ? 'Forbidden' : 'Bad Gateway', err)
+        rawAnswer(raw, errorAnswer(err))
       },
     )
   }
@@ -312,9 +312,9 @@ export class Frontend {
       socket.destroy()
       return
     }
-    if (err.code === 'HPE_HEADER_OVERFLOW') rawResponse(socket, 431, 'Request Header Fields Too Large')
-    else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' || err.code === 'HPE_HEADERS_TIMEOUT') rawResponse(socket, 408, 'Request Timeout')
-    else rawResponse(socket, 400, 'Bad Request')
+    if (err.code === 'HPE_HEADER_OVERFLOW') rawAnswer(socket, statusAnswer(431))
+    else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' || err.code === 'HPE_HEADERS_TIMEOUT') rawAnswer(socket, statusAnswer(408))
+    else rawAnswer(socket, statusAnswer(400))
     // Closing with the rest of the request unread would make the kernel reset the connection,
     // and the client might lose the answer: read and discard for a moment first.
     socket.on('data', () => {})

@@ -11,8 +11,6 @@
  * characters, no obs-fold, one consistent length): a response it cannot frame exactly is a
  * 502, because bytes are forwarded as they came and the guest must see the same framing we do.
  */
-import { STATUS_CODES } from 'node:http'
-
 const CRLFCRLF = Buffer.from('\r\n\r\n', 'latin1')
 const CRLF = Buffer.from('\r\n', 'latin1')
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
@@ -428,17 +426,6 @@ export function upstreamRequestHead(method: string, path: string, headers: reado
   let out = `${method} ${path} HTTP/1.1\r\n`
   for (let i = 0; i < headers.length; i += 2) out += `${headers[i]}: ${headers[i + 1]}\r\n`
   return Buffer.from(`${out}\r\n`, 'latin1')
-}
-
-/** A complete response of the proxy's own: status, extra headers, a text body (none for HEAD). */
-export function plainResponse(status: number, headers: ReadonlyArray<readonly [string, string]>, body: string, opts: { close: boolean; head: boolean }): Buffer {
-  const bytes = Buffer.from(body, 'utf8')
-  let out = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Unknown'}\r\n`
-  for (const [k, v] of headers) out += `${k}: ${v}\r\n`
-  out += `content-length: ${bytes.length}\r\n`
-  if (opts.close) out += 'connection: close\r\n'
-  const head = Buffer.from(`${out}\r\n`, 'latin1')
-  return opts.head ? head : Buffer.concat([head, bytes])
 }
 
 const enum Chunk {

@@ -9,6 +9,7 @@ import { constants as h2, type ServerHttp2Stream } from 'node:http2'
 import { PassThrough, type Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
 import { type Conn, entryOf, type ProxyContext } from './context.js'
+import { errorAnswer } from './error-response.js'
 import { EgressError } from './errors.js'
 import { rewriteRequestHeaders, rewriteResponseHeaders, type RequestRewrite } from './headers.js'
 import { hostForUrl, normalizeHost, splitHostPort } from './hosts.js'
@@ -243,13 +244,11 @@ export class H2Guest implements Guest {
 
 /** Answers with one of our errors: status, a code header scripts can read, and the message. */
 export function sendError(guest: Guest, err: EgressError): void {
-  const body = `${err.message}\n`
-  guest.respond(err.status, {
-    'content-type': 'text/plain; charset=utf-8',
-    'content-length': Buffer.byteLength(body),
-    'x-hypeman-egress-error': err.code,
-  })
-  guest.write(Buffer.from(body))
+  const answer = errorAnswer(err)
+  const headers: OutgoingHttpHeaders = Object.fromEntries(answer.fields)
+  headers['content-length'] = answer.body.length
+  guest.respond(answer.status, headers)
+  guest.write(answer.body)
   guest.end()
 }
 

@@ -10,6 +10,7 @@ import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { TLSSocket } from 'node:tls'
 import { type Conn, type ProxyContext } from './context.js'
+import { errorAnswer, http1Answer } from './error-response.js'
 import { EgressError } from './errors.js'
 import { statusClass } from './metrics.js'
 import { findHost, forward, H1Guest, type IdleHook, prepare, reject, upstreamFailure } from './pipeline.js'
@@ -21,15 +22,7 @@ function head(status: number, message: string, raw: readonly string[]): string {
 }
 
 function plainError(socket: Duplex, err: EgressError): void {
-  const body = `${err.message}\n`
-  socket.end(
-    head(err.status, err.status === 403 ? 'Forbidden' : err.status === 400 ? 'Bad Request' : 'Bad Gateway', [
-      'Content-Type', 'text/plain; charset=utf-8',
-      'Content-Length', String(Buffer.byteLength(body)),
-      'X-Hypeman-Egress-Error', err.code,
-      'Connection', 'close',
-    ]) + body,
-  )
+  socket.end(http1Answer(errorAnswer(err), { close: true }))
 }
 
 export function handleUpgrade(ctx: ProxyContext, conn: Conn, req: IncomingMessage, socket: Duplex, bodyHead: Buffer, onIdle: IdleHook): void {

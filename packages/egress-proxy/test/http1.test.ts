@@ -11,7 +11,6 @@ import {
   keptHeaders,
   parseRequestHead,
   parseResponseHead,
-  plainResponse,
   type ResponseHead,
   responseFraming,
   upstreamRequestHead,
@@ -191,12 +190,6 @@ describe('guestResponse', () => {
 describe('heads the proxy writes', () => {
   it('upstreamRequestHead', () => {
     expect(upstreamRequestHead('POST', '/a?b', ['host', 'api.test', 'Authorization', 'Bearer x']).toString()).toBe('POST /a?b HTTP/1.1\r\nhost: api.test\r\nAuthorization: Bearer x\r\n\r\n')
-  })
-
-  it('plainResponse counts the body in bytes and leaves it out for HEAD', () => {
-    const r = plainResponse(502, [['x-hypeman-egress-error', 'upstream_tls']], 'naïve\n', { close: true, head: false }).toString('utf8')
-    expect(r).toBe('HTTP/1.1 502 Bad Gateway\r\nx-hypeman-egress-error: upstream_tls\r\ncontent-length: 7\r\nconnection: close\r\n\r\nnaïve\n')
-    expect(plainResponse(403, [], 'no\n', { close: false, head: true }).toString()).toBe('HTTP/1.1 403 Forbidden\r\ncontent-length: 3\r\n\r\n')
   })
 })
 
