@@ -78,7 +78,8 @@ export function connectionOptions(value: string): string[] | undefined {
 }
 const NOT_DROPPABLE = new Set(['close', 'keep-alive', 'upgrade', 'content-length', 'transfer-encoding', 'host'])
 
-function hasToken(list: string, token: string): boolean {
+/** Whether a comma-separated list (Connection, Upgrade) holds `token`, compared in lower case. */
+export function hasToken(list: string, token: string): boolean {
   for (const t of list.split(',')) if (trimOws(t).toLowerCase() === token) return true
   return false
 }

@@ -12,6 +12,8 @@ import type { TLSSocket } from 'node:tls'
 import { type Conn, type ProxyContext } from './context.js'
 import { errorAnswer, http1Answer } from './error-response.js'
 import { EgressError } from './errors.js'
+import { rewriteRawResponseHeaders } from './headers.js'
+import { hasToken } from './http1.js'
 import { statusClass } from './metrics.js'
 import { findHost, forward, H1Guest, type IdleHook, prepare, reject, upstreamFailure } from './pipeline.js'
 
@@ -31,7 +33,7 @@ export function handleUpgrade(ctx: ProxyContext, conn: Conn, req: IncomingMessag
   const raw = req.rawHeaders
   let websocket = false
   for (let i = 0; i < raw.length; i += 2) {
-    if (raw[i]!.toLowerCase() === 'upgrade' && raw[i + 1]!.toLowerCase().split(',').some((t) => t.trim() === 'websocket')) websocket = true
+    if (raw[i]!.toLowerCase() === 'upgrade' && hasToken(raw[i + 1]!, 'websocket')) websocket = true
   }
   if (!websocket) {
     // Serve it as the ordinary request it also is; the connection closes after the response.
@@ -112,11 +114,7 @@ export function handleUpgrade(ctx: ProxyContext, conn: Conn, req: IncomingMessag
     upReq.on('response', (res) => {
       // Declined: relay the answer as an ordinary response and close.
       ctx.metrics.requests.inc([conn.listener, dest.scheme, statusClass(res.statusCode ?? 502)])
-      const rawOut: string[] = []
-      for (let i = 0; i < res.rawHeaders.length; i += 2) {
-        const n = res.rawHeaders[i]!.toLowerCase()
-        if (n !== 'connection' && n !== 'keep-alive' && n !== 'transfer-encoding') rawOut.push(res.rawHeaders[i]!, res.rawHeaders[i + 1]!)
-      }
+      const rawOut = rewriteRawResponseHeaders(res.rawHeaders)
       rawOut.push('Connection', 'close')
       socket.write(head(res.statusCode ?? 502, res.statusMessage ?? '', rawOut))
       res.pipe(socket)

@@ -581,6 +581,20 @@ describe('http1FastPath: false', () => {
     await general.close()
   })
 
+  it('keeps a Content-Length that Connection names there too, and drops the fields it names', async () => {
+    const general = await h.another({ http1FastPath: false })
+    general.policies.set('127.0.0.1', bearerPolicy(['api.test']))
+    up.respond = (_req, socket) => socket.write('HTTP/1.1 200 OK\r\nConnection: content-length, x-hop\r\nX-Hop: 1\r\nContent-Length: 5\r\n\r\nhello')
+    const g = await guest(general)
+    g.send('GET /named HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    const r = await g.response()
+    expect(r.headers['content-length']).toBe('5')
+    expect(r.headers['transfer-encoding']).toBeUndefined()
+    expect(r.headers['x-hop']).toBeUndefined()
+    expect(r.body).toBe('hello')
+    await general.close()
+  })
+
   it('rejects a non-boolean value', async () => {
     await expect(h.another({ http1FastPath: 'yes' as never })).rejects.toMatchObject({ code: 'invalid_input', field: 'http1FastPath' })
   })

@@ -88,6 +88,22 @@ describe('WebSocket', () => {
     }
   })
 
+  it('a refused upgrade loses the fields its Connection header names, never its Content-Length', async () => {
+    const g = await RawGuest.open(h.proxy, `api.test:${h.https.port}`)
+    try {
+      g.send('GET /ws-refuse-hop HTTP/1.1\r\nHost: api.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n')
+      const r = await g.response()
+      expect(r.status).toBe(403)
+      expect(r.headers['x-kept']).toBe('1')
+      expect(r.headers['x-hop']).toBeUndefined()
+      expect(r.headers['content-length']).toBe('7')
+      expect(r.headers.connection).toBe('close')
+      expect(r.body).toBe('refused')
+    } finally {
+      g.destroy()
+    }
+  })
+
   it('a refused upgrade reaches the client as the upstream answered it', async () => {
     const dispatcher = new ProxyAgent({ uri: h.proxy.url!, requestTls: { ca: h.proxy.caPem } })
     try {
