@@ -22,6 +22,7 @@ import { type BodyFraming, ChunkedScanner, guestResponse, parseRequestHead, pars
 import { statusClass } from './metrics.js'
 import { type Destination, prepare, upstreamFailure } from './pipeline.js'
 import type { PooledConnection, PoolWaiter, UpstreamUser } from './pool.js'
+import { upstreamClosed, upstreamTimeout } from './upstream-errors.js'
 import type { Watched } from './watchdog.js'
 
 export interface FastPathHooks {
@@ -272,7 +273,7 @@ class Exchange implements UpstreamUser, PoolWaiter {
       return
     }
     if (err || !up) {
-      this.failed(err ?? new Error('no upstream connection'))
+      this.failed(err ?? upstreamClosed(this.dest!.host, this.dest!.port, false))
       return
     }
     this.up = up
@@ -449,8 +450,9 @@ class Exchange implements UpstreamUser, PoolWaiter {
   }
 
   onUpstreamTimeout(): void {
-    const code = this.phase === Phase.Head ? 'UND_ERR_HEADERS_TIMEOUT' : 'UND_ERR_BODY_TIMEOUT'
-    this.lost(Object.assign(new Error('upstream timeout'), { code }))
+    // A timeout is never replayed: the upstream was slow, not gone.
+    const { host, port } = this.dest!
+    this.upstreamGone(upstreamTimeout(host, port, this.phase === Phase.Head ? 'headers' : 'body'))
   }
 
   /** The upstream connection failed or ended before the response did. */
@@ -458,17 +460,20 @@ class Exchange implements UpstreamUser, PoolWaiter {
     if (this.phase === Phase.Done) return
     // A kept-alive connection the upstream closed while it sat in the pool: send the request again
     // on a new connection when nothing came back and the request can be replayed.
-    const code = (error as NodeJS.ErrnoException | undefined)?.code
-    const timedOut = code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT'
-    if (this.phase === Phase.Head && this.reused && !timedOut && this.headBuf === null && !this.retried && this.req.contentLength === 0 && REPLAYABLE.has(this.req.method)) {
+    if (this.phase === Phase.Head && this.reused && this.headBuf === null && !this.retried && this.req.contentLength === 0 && REPLAYABLE.has(this.req.method)) {
       this.retried = true
       this.detach(false)
       this.phase = Phase.Connecting
       this.connect(true)
       return
     }
-    if (this.guestStarted) this.abort(error ?? new Error('the upstream closed the connection mid-response'))
-    else this.failed(error ?? Object.assign(new Error('the upstream closed the connection without answering'), { code: 'UND_ERR_SOCKET' }))
+    this.upstreamGone(error ?? upstreamClosed(this.dest!.host, this.dest!.port, this.guestStarted))
+  }
+
+  private upstreamGone(error: unknown): void {
+    if (this.phase === Phase.Done) return
+    if (this.guestStarted) this.abort(error)
+    else this.failed(error)
   }
 
   /** Fails before the guest saw a response: it gets an error answer and keeps its connection. */

@@ -16,7 +16,7 @@ import { hostForUrl, normalizeHost, splitHostPort } from './hosts.js'
 import { statusClass } from './metrics.js'
 import type { CompiledPolicy } from './policy.js'
 import { GUARD_REFUSALS } from './guard.js'
-import { upstreamError } from './upstream.js'
+import { upstreamError } from './upstream-errors.js'
 
 export interface Destination {
   scheme: 'http' | 'https'

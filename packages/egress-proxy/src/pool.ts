@@ -15,6 +15,7 @@ import { connect as netConnect, isIP, type OnReadOpts, type Socket } from 'node:
 import { type ConnectionOptions, connect as tlsConnect, type SecureContext } from 'node:tls'
 import { EgressError } from './errors.js'
 import type { DestinationGuard } from './guard.js'
+import { upstreamTimeout } from './upstream-errors.js'
 import type { Watchdog, Watched } from './watchdog.js'
 
 /** What an exchange holding an upstream connection is told. */
@@ -258,7 +259,7 @@ export class UpstreamPool {
           } as ConnectionOptions)
         : netConnect({ host: address, port, onread })
       const timer = setTimeout(
-        () => socket.destroy(Object.assign(new Error(`connecting to ${host}:${port} timed out`), { code: 'UND_ERR_CONNECT_TIMEOUT' })),
+        () => socket.destroy(upstreamTimeout(host, port, 'connect')),
         this.opts.connectTimeoutMs,
       )
       const onError = (err: Error) => {

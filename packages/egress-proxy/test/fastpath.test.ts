@@ -442,6 +442,7 @@ describe('fast path failures', () => {
     const r = await g.response()
     expect(r.status).toBe(502)
     expect(r.headers['x-hypeman-egress-error']).toBe('upstream_failed')
+    expect(r.body).toBe(`upstream api.test:${up.port} closed the connection without answering\n`)
   })
 
   it('a kept-alive upstream connection that turns out dead is retried on a new one for a GET, not for a POST', async () => {
@@ -487,6 +488,7 @@ describe('fast path failures', () => {
     const r = await g.response()
     expect(r.status).toBe(504)
     expect(r.headers['x-hypeman-egress-error']).toBe('upstream_timeout')
+    expect(r.body).toBe(`api.test:${up.port} sent no response headers in time\n`)
     expect(Date.now() - t0).toBeGreaterThanOrEqual(250)
     up.respond = (_req, socket) => socket.write(ok())
     g.send('GET /after-timeout HTTP/1.1\r\nHost: api.test\r\n\r\n')
