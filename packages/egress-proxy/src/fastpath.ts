@@ -15,22 +15,18 @@
 import type { Socket } from 'node:net'
 import { batchedWrite } from './batch.js'
 import { GuestWriter } from './guest-writer.js'
-import { type Conn, type ProxyContext } from './context.js'
+import type { Conn, ProxyContext } from './context.js'
+import { decide, type Destination } from './decision.js'
+import { http1Answer, type ProxyAnswer } from './error-response.js'
 import { EgressError } from './errors.js'
-import { errorAnswer, http1Answer } from './error-response.js'
 import { type BodyFraming, ChunkedScanner, guestResponse, parseRequestHead, parseResponseHead, type RequestHead, type ResponseHead, responseFraming, upstreamRequestHead } from './http1.js'
-import { statusClass } from './metrics.js'
-import { type Destination, prepare, upstreamFailure } from './pipeline.js'
+import type { Outcome, Outcomes } from './outcome.js'
 import type { PooledConnection, PoolWaiter, UpstreamUser } from './pool.js'
 import { upstreamClosed, upstreamTimeout } from './upstream-errors.js'
 import type { Watched } from './watchdog.js'
 
-export interface FastPathHooks {
-  /** Gives the connection to the general path, with the bytes read from it but not yet used. */
-  handoff(socket: Socket, unread: Buffer | null): void
-  /** The connection finished its last exchange while the proxy is closing. */
-  onIdle(conn: Conn): void
-}
+/** Gives the connection to the general path, with the bytes read from it but not yet used. */
+export type Handoff = (socket: Socket, unread: Buffer | null) => void
 
 /** Guest bytes held (a pipelined request, a body before the upstream is ready) before reading pauses. */
 const GUEST_PENDING_MAX = 64 * 1024
@@ -46,8 +42,8 @@ const PAUSE_PENDING = 1
 const PAUSE_UPSTREAM = 2
 
 /** Serves HTTP/1.1 on `socket` (TLS terminated by the proxy, or plain) until it closes or is handed off. */
-export function serveFastH1(ctx: ProxyContext, conn: Conn, socket: Socket, hooks: FastPathHooks): void {
-  new FastH1(ctx, conn, socket, hooks)
+export function serveFastH1(ctx: ProxyContext, conn: Conn, socket: Socket, outcomes: Outcomes, handoff: Handoff): void {
+  new FastH1(ctx, conn, socket, outcomes, handoff)
 }
 
 export class FastH1 implements Watched {
@@ -74,7 +70,8 @@ export class FastH1 implements Watched {
     readonly ctx: ProxyContext,
     readonly conn: Conn,
     readonly socket: Socket,
-    private readonly hooks: FastPathHooks,
+    private readonly outcomes: Outcomes,
+    private readonly handoffTo: Handoff,
   ) {
     this.writer = new GuestWriter(socket, () => {
       if (this.ex !== null && this.writable) this.ex.guestDrained()
@@ -158,8 +155,7 @@ export class FastH1 implements Watched {
     const bodyNow = rest === null ? null : rest.length <= parsed.contentLength ? rest : rest.subarray(0, parsed.contentLength)
     this.buf = rest === null || bodyNow === rest ? null : rest.subarray(parsed.contentLength)
     this.resume(PAUSE_PENDING)
-    this.conn.active++
-    this.ex = new Exchange(this, parsed)
+    this.ex = new Exchange(this, parsed, this.outcomes.begin(this.conn))
     this.ex.start(bodyNow)
   }
 
@@ -167,10 +163,10 @@ export class FastH1 implements Watched {
   exchangeDone(ex: Exchange, close: boolean): void {
     if (this.ex !== ex) return
     this.ex = null
-    this.conn.active--
     this.resume(PAUSE_UPSTREAM)
     if (close || this.ctx.closing) this.endGuest()
-    if (this.ctx.closing && this.conn.active === 0) this.hooks.onIdle(this.conn)
+    // After endGuest: the connection's end must follow what the writer still holds.
+    ex.outcome.end()
     if (!this.finished && this.buf !== null) this.next()
   }
 
@@ -192,7 +188,7 @@ export class FastH1 implements Watched {
     this.finished = true
     const unread = this.buf
     this.buf = null
-    this.hooks.handoff(socket, unread)
+    this.handoffTo(socket, unread)
   }
 }
 
@@ -208,7 +204,6 @@ class Exchange implements UpstreamUser, PoolWaiter {
   /** Request body bytes still to come from the guest. */
   bodyLeft: number
   private readonly ctx: ProxyContext
-  private readonly startedAt = performance.now()
   private phase = Phase.Connecting
   private dest: Destination | undefined
   private head: Buffer | undefined
@@ -231,12 +226,12 @@ class Exchange implements UpstreamUser, PoolWaiter {
   private retried = false
   /** The upstream connection had carried requests before this one. */
   private reused = false
-  private counted = false
   private waitingGuestDrain = false
 
   constructor(
     private readonly fast: FastH1,
     private readonly req: RequestHead,
+    readonly outcome: Outcome,
   ) {
     this.ctx = fast.ctx
     this.bodyLeft = req.contentLength
@@ -244,16 +239,16 @@ class Exchange implements UpstreamUser, PoolWaiter {
   }
 
   start(bodyNow: Buffer | null): void {
-    const { ctx, fast, req } = this
-    const prepared = prepare(ctx, fast.conn, req.method, req.target, req.host, req.headers)
-    if (prepared instanceof EgressError) {
+    const { ctx, fast, req, outcome } = this
+    const d = decide(ctx, fast.conn, req.method, req.target, req.host, req.headers)
+    outcome.decided(req.method, d)
+    if (d.kind === 'refuse') {
       if (bodyNow !== null) this.bodyLeft -= bodyNow.length
-      this.count(statusClass(prepared.status), false)
-      this.respondError(prepared)
+      this.respondError(outcome.answerWith(d.err))
       return
     }
-    this.dest = prepared.dest
-    this.head = upstreamRequestHead(req.method, prepared.dest.path, prepared.rewrite.headers)
+    this.dest = d.dest
+    this.head = upstreamRequestHead(req.method, d.dest.path, d.rewrite.headers)
     // Held until the connection is there, so head and body leave in one write.
     if (bodyNow !== null) this.requestBody(bodyNow)
     this.connect(false)
@@ -478,32 +473,31 @@ class Exchange implements UpstreamUser, PoolWaiter {
 
   /** Fails before the guest saw a response: it gets an error answer and keeps its connection. */
   private failed(error: unknown): void {
-    const err = upstreamFailure(this.ctx, this.fast.conn, this.dest!, error)
+    const err = this.outcome.upstreamFailed(error, this.dest!)
     this.detach(false)
-    this.count(statusClass(err.status), true)
-    this.respondError(err)
+    this.respondError(this.outcome.answerWith(err))
   }
 
   /** Fails after the guest saw the response head: only cutting the connection tells it. */
   private abort(error: unknown): void {
-    upstreamFailure(this.ctx, this.fast.conn, this.dest!, error)
+    this.outcome.upstreamFailed(error, this.dest!)
     this.detach(false)
-    this.count('aborted', true)
+    this.outcome.aborted()
     this.phase = Phase.Done
     this.fast.socket.destroy()
   }
 
-  private respondError(err: EgressError): void {
+  private respondError(answer: ProxyAnswer): void {
     this.phase = Phase.Done
     this.guestStarted = true
-    this.fast.write(http1Answer(errorAnswer(err), { close: this.guestClose || this.ctx.closing, head: this.req.method === 'HEAD' }))
+    this.fast.write(http1Answer(answer, { close: this.guestClose || this.ctx.closing, head: this.req.method === 'HEAD' }))
     this.fast.resume(PAUSE_UPSTREAM)
     if (this.bodyLeft === 0) this.fast.exchangeDone(this, this.guestClose)
   }
 
   private complete(): void {
     this.phase = Phase.Done
-    this.count(statusClass(this.response!.status), true)
+    this.outcome.answered(this.response!.status)
     // After a HEAD the connection is not reused (as undici does): servers that wrongly send the body anyway would have it read as the next response.
     this.detach(!this.upstreamSpoiled && this.bodyLeft === 0 && this.req.method !== 'HEAD')
     if (this.bodyLeft === 0) this.fast.exchangeDone(this, this.guestClose)
@@ -517,7 +511,7 @@ class Exchange implements UpstreamUser, PoolWaiter {
       return
     }
     this.phase = Phase.Done
-    this.count('aborted', true)
+    this.outcome.aborted()
     this.detach(false)
     this.fast.exchangeDone(this, true)
   }
@@ -530,13 +524,5 @@ class Exchange implements UpstreamUser, PoolWaiter {
     up.user = null
     if (reuse) this.ctx.upstreams.pool.release(up, this.response?.keepAliveMs)
     else up.socket.destroy()
-  }
-
-  private count(status: string, timed: boolean): void {
-    if (this.counted) return
-    this.counted = true
-    const { ctx, fast } = this
-    ctx.metrics.requests.inc([fast.conn.listener, this.dest?.scheme ?? (fast.conn.target?.tls ? 'https' : 'http'), status])
-    if (timed) ctx.metrics.duration.observe((performance.now() - this.startedAt) / 1000)
   }
 }

@@ -15,6 +15,7 @@ import { errorAnswer, http1Answer, type ProxyAnswer, statusAnswer } from './erro
 import { EgressError } from './errors.js'
 import { normalizeHost, splitHostPort } from './hosts.js'
 import { serveFastH1 } from './fastpath.js'
+import { Outcomes } from './outcome.js'
 import { handleH1, handleH2 } from './pipeline.js'
 import { sourceAddress } from './sources.js'
 import { handleUpgrade } from './upgrade.js'
@@ -79,16 +80,18 @@ export class Frontend {
   private readonly perSource = new Map<string, number>()
   private nextId = 1
   private readonly h1: HttpServer
+  private readonly outcomes: Outcomes
   private readonly h2: Http2Server
   explicit?: HttpServer
   transparent?: NetServer
 
   constructor(private readonly ctx: ProxyContext) {
     const { limits } = ctx
+    const outcomes = (this.outcomes = new Outcomes(ctx, (conn) => this.closeConn(conn)))
     this.h1 = createHttpServer(httpServerOptions(limits))
     this.h1.timeout = limits.idleTimeoutMs
-    this.h1.on('request', (req, res) => handleH1(ctx, connOf(req.socket), req, res, this.onIdle))
-    this.h1.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => handleUpgrade(ctx, connOf(socket), req, socket, head, this.onIdle))
+    this.h1.on('request', (req, res) => handleH1(ctx, connOf(req.socket), req, res, outcomes))
+    this.h1.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => handleUpgrade(ctx, connOf(socket), req, socket, head, outcomes))
     this.h1.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.clientError(err, socket))
     // The headers timeout and closeIdleConnections work on connections the server tracks,
     // and a server starts tracking when it starts listening. This one never listens.
@@ -108,7 +111,7 @@ export class Frontend {
       if (ctx.closing) session.close()
     })
     this.h2.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, _flags: number, rawHeaders: string[]) =>
-      handleH2(ctx, connOf(stream.session), stream, headers, rawHeaders, this.onIdle),
+      handleH2(ctx, connOf(stream.session), stream, headers, rawHeaders, outcomes),
     )
     this.h2.on('sessionError', () => {})
   }
@@ -119,9 +122,9 @@ export class Frontend {
     const server = createHttpServer({ ...httpServerOptions(limits), noDelay: true })
     server.timeout = limits.idleTimeoutMs
     server.on('connection', (raw: Socket) => this.accept(raw, 'explicit'))
-    server.on('request', (req, res) => handleH1(this.ctx, connOf(req.socket), req, res, this.onIdle))
+    server.on('request', (req, res) => handleH1(this.ctx, connOf(req.socket), req, res, this.outcomes))
     server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onConnect(req, socket as Socket, head))
-    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => handleUpgrade(this.ctx, connOf(socket), req, socket, head, this.onIdle))
+    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => handleUpgrade(this.ctx, connOf(socket), req, socket, head, this.outcomes))
     server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.clientError(err, socket))
     this.explicit = server
     return listen(server, at)
@@ -186,8 +189,7 @@ export class Frontend {
     }
     if (!entryOf(ctx, conn)) {
       const err = new EgressError('unregistered_source', `no policy is registered for source ${conn.source}`)
-      ctx.metrics.denied.inc([err.code])
-      ctx.audit.emit({ type: 'denied', source: conn.source, host, reason: err.code, message: err.message })
+      this.outcomes.refusal(conn, err, host)
       rawAnswer(raw, errorAnswer(err))
       return
     }
@@ -202,9 +204,9 @@ export class Frontend {
         void this.route(conn, raw, host)
       },
       (error: unknown) => {
+        // A tunnel refused for its name not resolving is a denial too: nothing was dialled.
         const err = error instanceof EgressError ? error : new EgressError('dns_failed', `cannot resolve ${host}`)
-        ctx.metrics.denied.inc([err.code])
-        ctx.audit.emit({ type: 'denied', source: conn.source, host, port: split.port, reason: err.code, message: err.message })
+        this.outcomes.refusal(conn, err, host, split.port)
         rawAnswer(raw, errorAnswer(err))
       },
     )
@@ -292,18 +294,16 @@ export class Frontend {
 
   /** HTTP/1.1 on a connection: the fast path first when enabled, which hands unusual requests to the server. */
   private serveH1(conn: Conn, socket: Socket): void {
-    if (this.ctx.http1FastPath) serveFastH1(this.ctx, conn, socket, this.fastHooks)
+    if (this.ctx.http1FastPath) serveFastH1(this.ctx, conn, socket, this.outcomes, this.handoff)
     else this.h1.emit('connection', socket)
   }
 
-  private readonly fastHooks = {
-    handoff: (socket: Socket, unread: Buffer | null) => {
-      if (unread !== null) socket.unshift(unread)
-      this.h1.emit('connection', socket)
-      // The server reads in flowing mode; the fast path left the socket paused.
-      socket.resume()
-    },
-    onIdle: (conn: Conn) => this.onIdle(conn),
+  /** Gives a connection the fast path does not handle to the general path, with the bytes it read. */
+  private readonly handoff = (socket: Socket, unread: Buffer | null): void => {
+    if (unread !== null) socket.unshift(unread)
+    this.h1.emit('connection', socket)
+    // The server reads in flowing mode; the fast path left the socket paused.
+    socket.resume()
   }
 
   private clientError(err: NodeJS.ErrnoException, socket: Duplex): void {
@@ -320,11 +320,6 @@ export class Frontend {
     socket.on('data', () => {})
     socket.resume()
     setTimeout(() => socket.destroy(), 1000).unref()
-  }
-
-  /** A connection finished its last exchange while the proxy is closing. */
-  private readonly onIdle = (conn: Conn): void => {
-    this.closeConn(conn)
   }
 
   private closeConn(conn: Conn): void {
