@@ -1,8 +1,9 @@
 /**
- * Kept-alive upstream connections for the HTTP/1.1 fast path, pooled per origin (scheme, host
- * as the guest named it, port) and shared by every source. A connection is dialled through the
- * SSRF guard (the checked address is the one dialled), TLS is verified against the host name
- * with the proxy's trust store, and TLS sessions are resumed. Each socket carries one set of
+ * Kept-alive upstream connections for the HTTP/1.1 fast path, pooled per source and origin
+ * (scheme, host as the guest named it, port): a connection never carries two sources' requests
+ * (see acquire); only TLS sessions, which carry nothing of a guest's, are resumed across sources.
+ * A connection is dialled through the SSRF guard (the checked address is the one dialled), and
+ * TLS is verified against the host name with the proxy's trust store. Each socket carries one set of
  * listeners for its whole life; they hand events to whichever exchange holds the socket, so
  * lending a socket out costs no listener churn.
  *

@@ -2,8 +2,9 @@
  * The upstream side: undici agents whose connector resolves through the SSRF guard and dials
  * the address it checked, with TLS always verified against the destination's name (Node's
  * bundled roots, the system bundle and an optional extra bundle). Connections are pooled per
- * origin and shared by every source, so a guest opening a new TLS connection per request still
- * reuses warm upstream connections.
+ * source and origin, never across sources (see Upstreams.agents), so a guest opening a new TLS
+ * connection per request still reuses its own warm upstream connections; the fast path's raw
+ * pool (src/pool.ts) is partitioned the same way.
  */
 import { existsSync, readFileSync } from 'node:fs'
 import type { Socket } from 'node:net'
