@@ -42,7 +42,7 @@ function authorityOf(host: string, port: number, scheme: 'http' | 'https'): stri
  * explicit-proxy request names it in its absolute URI; a transparent plain-HTTP request in
  * its Host header. The Host header never chooses where a secret goes on a TLS connection.
  */
-export function destinationOf(ctx: ProxyContext, conn: Conn, url: string, hostHeader: string | undefined): Destination | EgressError {
+function destinationOf(ctx: ProxyContext, conn: Conn, url: string, hostHeader: string | undefined): Destination | EgressError {
   const t = conn.target
   if (t) {
     const scheme = t.tls ? 'https' : 'http'

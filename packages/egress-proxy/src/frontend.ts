@@ -27,7 +27,7 @@ function connOf(socket: unknown): Conn {
   return (socket as { [kConn]: Conn })[kConn]
 }
 
-/** Answers on a connection no HTTP server owns yet, and closes it. */
+/** Answers on the socket itself (a refused CONNECT, a request Node's parser rejected) and closes it. */
 function rawAnswer(socket: Duplex, answer: ProxyAnswer): void {
   socket.end(http1Answer(answer, { close: true }))
 }

@@ -47,6 +47,8 @@ export function handleUpgrade(ctx: ProxyContext, conn: Conn, req: IncomingMessag
   outcome.decided(req.method!, d)
   if (d.kind === 'refuse') {
     socket.end(http1Answer(outcome.answerWith(d.err), { close: true }))
+    // Nothing is left to wait for: a graceful close need not wait for the guest to hang up.
+    outcome.end()
     return
   }
   const { dest, rewrite } = d
