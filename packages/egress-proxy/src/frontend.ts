@@ -11,9 +11,11 @@ import { createServer as createNetServer, type Server as NetServer, type Socket 
 import type { Duplex } from 'node:stream'
 import { type SecureContext, TLSSocket, type TLSSocketOptions } from 'node:tls'
 import { type Conn, entryOf, kConn, type ListenerKind, type ProxyContext } from './context.js'
+import { errorAnswer, http1Answer, type ProxyAnswer, statusAnswer } from './error-response.js'
 import { EgressError } from './errors.js'
 import { normalizeHost, splitHostPort } from './hosts.js'
 import { serveFastH1 } from './fastpath.js'
+import { Outcomes } from './outcome.js'
 import { handleH1, handleH2 } from './pipeline.js'
 import { sourceAddress } from './sources.js'
 import { handleUpgrade } from './upgrade.js'
@@ -25,10 +27,9 @@ function connOf(socket: unknown): Conn {
   return (socket as { [kConn]: Conn })[kConn]
 }
 
-function rawResponse(socket: Duplex, status: number, reason: string, err?: EgressError): void {
-  const body = err ? `${err.message}\n` : ''
-  const headers = err ? `Content-Type: text/plain; charset=utf-8\r\nX-Hypeman-Egress-Error: ${err.code}\r\n` : ''
-  socket.end(`HTTP/1.1 ${status} ${reason}\r\n${headers}Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+/** Answers on the socket itself (a refused CONNECT, a request Node's parser rejected) and closes it. */
+function rawAnswer(socket: Duplex, answer: ProxyAnswer): void {
+  socket.end(http1Answer(answer, { close: true }))
 }
 
 /** The first bytes a client sends, to tell TLS from plain HTTP; null if it sends nothing in time. */
@@ -79,16 +80,18 @@ export class Frontend {
   private readonly perSource = new Map<string, number>()
   private nextId = 1
   private readonly h1: HttpServer
+  private readonly outcomes: Outcomes
   private readonly h2: Http2Server
   explicit?: HttpServer
   transparent?: NetServer
 
   constructor(private readonly ctx: ProxyContext) {
     const { limits } = ctx
+    const outcomes = (this.outcomes = new Outcomes(ctx, (conn) => this.closeConn(conn)))
     this.h1 = createHttpServer(httpServerOptions(limits))
     this.h1.timeout = limits.idleTimeoutMs
-    this.h1.on('request', (req, res) => handleH1(ctx, connOf(req.socket), req, res, this.onIdle))
-    this.h1.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => handleUpgrade(ctx, connOf(socket), req, socket, head, this.onIdle))
+    this.h1.on('request', (req, res) => handleH1(ctx, connOf(req.socket), req, res, outcomes))
+    this.h1.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => handleUpgrade(ctx, connOf(socket), req, socket, head, outcomes))
     this.h1.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.clientError(err, socket))
     // The headers timeout and closeIdleConnections work on connections the server tracks,
     // and a server starts tracking when it starts listening. This one never listens.
@@ -108,7 +111,7 @@ export class Frontend {
       if (ctx.closing) session.close()
     })
     this.h2.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, _flags: number, rawHeaders: string[]) =>
-      handleH2(ctx, connOf(stream.session), stream, headers, rawHeaders, this.onIdle),
+      handleH2(ctx, connOf(stream.session), stream, headers, rawHeaders, outcomes),
     )
     this.h2.on('sessionError', () => {})
   }
@@ -119,9 +122,9 @@ export class Frontend {
     const server = createHttpServer({ ...httpServerOptions(limits), noDelay: true })
     server.timeout = limits.idleTimeoutMs
     server.on('connection', (raw: Socket) => this.accept(raw, 'explicit'))
-    server.on('request', (req, res) => handleH1(this.ctx, connOf(req.socket), req, res, this.onIdle))
+    server.on('request', (req, res) => handleH1(this.ctx, connOf(req.socket), req, res, this.outcomes))
     server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onConnect(req, socket as Socket, head))
-    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => handleUpgrade(this.ctx, connOf(socket), req, socket, head, this.onIdle))
+    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => handleUpgrade(this.ctx, connOf(socket), req, socket, head, this.outcomes))
     server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.clientError(err, socket))
     this.explicit = server
     return listen(server, at)
@@ -181,14 +184,13 @@ export class Frontend {
     const split = splitHostPort(req.url ?? '')
     const host = split ? normalizeHost(split.host) : null
     if (!split || !host || split.port === 0) {
-      rawResponse(raw, 400, 'Bad Request', new EgressError('bad_request', 'CONNECT needs a target of the form host:port'))
+      rawAnswer(raw, errorAnswer(new EgressError('bad_request', 'CONNECT needs a target of the form host:port')))
       return
     }
     if (!entryOf(ctx, conn)) {
       const err = new EgressError('unregistered_source', `no policy is registered for source ${conn.source}`)
-      ctx.metrics.denied.inc([err.code])
-      ctx.audit.emit({ type: 'denied', source: conn.source, host, reason: err.code, message: err.message })
-      rawResponse(raw, 403, 'Forbidden', err)
+      this.outcomes.refusal(conn, err, host)
+      rawAnswer(raw, errorAnswer(err))
       return
     }
     // Refuse a forbidden destination before the tunnel exists; the dial checks again on the
@@ -202,10 +204,10 @@ export class Frontend {
         void this.route(conn, raw, host)
       },
       (error: unknown) => {
+        // A tunnel refused for its name not resolving is a denial too: nothing was dialled.
         const err = error instanceof EgressError ? error : new EgressError('dns_failed', `cannot resolve ${host}`)
-        ctx.metrics.denied.inc([err.code])
-        ctx.audit.emit({ type: 'denied', source: conn.source, host, port: split.port, reason: err.code, message: err.message })
-        rawResponse(raw, err.status, err.status === 403 ? 'Forbidden' : 'Bad Gateway', err)
+        this.outcomes.refusal(conn, err, host, split.port)
+        rawAnswer(raw, errorAnswer(err))
       },
     )
   }
@@ -292,18 +294,16 @@ export class Frontend {
 
   /** HTTP/1.1 on a connection: the fast path first when enabled, which hands unusual requests to the server. */
   private serveH1(conn: Conn, socket: Socket): void {
-    if (this.ctx.http1FastPath) serveFastH1(this.ctx, conn, socket, this.fastHooks)
+    if (this.ctx.http1FastPath) serveFastH1(this.ctx, conn, socket, this.outcomes, this.handoff)
     else this.h1.emit('connection', socket)
   }
 
-  private readonly fastHooks = {
-    handoff: (socket: Socket, unread: Buffer | null) => {
-      if (unread !== null) socket.unshift(unread)
-      this.h1.emit('connection', socket)
-      // The server reads in flowing mode; the fast path left the socket paused.
-      socket.resume()
-    },
-    onIdle: (conn: Conn) => this.onIdle(conn),
+  /** Gives a connection the fast path does not handle to the general path, with the bytes it read. */
+  private readonly handoff = (socket: Socket, unread: Buffer | null): void => {
+    if (unread !== null) socket.unshift(unread)
+    this.h1.emit('connection', socket)
+    // The server reads in flowing mode; the fast path left the socket paused.
+    socket.resume()
   }
 
   private clientError(err: NodeJS.ErrnoException, socket: Duplex): void {
@@ -312,19 +312,14 @@ export class Frontend {
       socket.destroy()
       return
     }
-    if (err.code === 'HPE_HEADER_OVERFLOW') rawResponse(socket, 431, 'Request Header Fields Too Large')
-    else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' || err.code === 'HPE_HEADERS_TIMEOUT') rawResponse(socket, 408, 'Request Timeout')
-    else rawResponse(socket, 400, 'Bad Request')
+    if (err.code === 'HPE_HEADER_OVERFLOW') rawAnswer(socket, statusAnswer(431))
+    else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' || err.code === 'HPE_HEADERS_TIMEOUT') rawAnswer(socket, statusAnswer(408))
+    else rawAnswer(socket, statusAnswer(400))
     // Closing with the rest of the request unread would make the kernel reset the connection,
     // and the client might lose the answer: read and discard for a moment first.
     socket.on('data', () => {})
     socket.resume()
     setTimeout(() => socket.destroy(), 1000).unref()
-  }
-
-  /** A connection finished its last exchange while the proxy is closing. */
-  private readonly onIdle = (conn: Conn): void => {
-    this.closeConn(conn)
   }
 
   private closeConn(conn: Conn): void {

@@ -127,19 +127,33 @@ export function rewriteRequestHeaders(raw: readonly string[], opts: RewriteOptio
 
 const RESPONSE_DROP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'http2-settings', 'te'])
 
+/** The fields a response's Connection header names as hop-by-hop; the parser is http1.ts's, for the reason given there. */
+function namedByConnection(connection: string | string[] | undefined): string[] | undefined {
+  if (connection === undefined) return undefined
+  return connectionOptions(typeof connection === 'string' ? connection : connection.join(','))
+}
+
 /** Response headers for the guest: hop-by-hop ones removed (HTTP/2 forbids them outright). */
 export function rewriteResponseHeaders(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
-  const connection = headers.connection
   const out: OutgoingHttpHeaders = {}
   for (const key in headers) {
     if (RESPONSE_DROP.has(key)) continue
     const value = headers[key]
     if (value !== undefined) out[key] = value
   }
-  if (typeof connection === 'string' && connection.includes(',')) {
-    for (const t of connection.split(',')) delete out[t.trim().toLowerCase()]
-  } else if (typeof connection === 'string') {
-    delete out[connection.trim().toLowerCase()]
+  for (const name of namedByConnection(headers.connection) ?? []) delete out[name]
+  return out
+}
+
+/** The same for a raw name/value list, names as the upstream spelled them. */
+export function rewriteRawResponseHeaders(raw: readonly string[]): string[] {
+  let connection: string[] | undefined
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.toLowerCase() === 'connection') (connection ??= []).push(raw[i + 1]!)
+  const named = namedByConnection(connection)
+  const out: string[] = []
+  for (let i = 0; i < raw.length; i += 2) {
+    const lower = raw[i]!.toLowerCase()
+    if (!RESPONSE_DROP.has(lower) && !named?.includes(lower)) out.push(raw[i]!, raw[i + 1]!)
   }
   return out
 }

@@ -1,8 +1,9 @@
 /**
- * Kept-alive upstream connections for the HTTP/1.1 fast path, pooled per origin (scheme, host
- * as the guest named it, port) and shared by every source. A connection is dialled through the
- * SSRF guard (the checked address is the one dialled), TLS is verified against the host name
- * with the proxy's trust store, and TLS sessions are resumed. Each socket carries one set of
+ * Kept-alive upstream connections for the HTTP/1.1 fast path, pooled per source and origin
+ * (scheme, host as the guest named it, port): a connection never carries two sources' requests
+ * (see acquire); only TLS sessions, which carry nothing of a guest's, are resumed across sources.
+ * A connection is dialled through the SSRF guard (the checked address is the one dialled), and
+ * TLS is verified against the host name with the proxy's trust store. Each socket carries one set of
  * listeners for its whole life; they hand events to whichever exchange holds the socket, so
  * lending a socket out costs no listener churn.
  *
@@ -15,6 +16,7 @@ import { connect as netConnect, isIP, type OnReadOpts, type Socket } from 'node:
 import { type ConnectionOptions, connect as tlsConnect, type SecureContext } from 'node:tls'
 import { EgressError } from './errors.js'
 import type { DestinationGuard } from './guard.js'
+import { upstreamTimeout } from './upstream-errors.js'
 import type { Watchdog, Watched } from './watchdog.js'
 
 /** What an exchange holding an upstream connection is told. */
@@ -258,7 +260,7 @@ export class UpstreamPool {
           } as ConnectionOptions)
         : netConnect({ host: address, port, onread })
       const timer = setTimeout(
-        () => socket.destroy(Object.assign(new Error(`connecting to ${host}:${port} timed out`), { code: 'UND_ERR_CONNECT_TIMEOUT' })),
+        () => socket.destroy(upstreamTimeout(host, port, 'connect')),
         this.opts.connectTimeoutMs,
       )
       const onError = (err: Error) => {

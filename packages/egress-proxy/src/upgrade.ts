@@ -9,36 +9,27 @@ import { request as httpRequest, ServerResponse, type IncomingMessage } from 'no
 import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { TLSSocket } from 'node:tls'
-import { type Conn, type ProxyContext } from './context.js'
-import { EgressError } from './errors.js'
-import { statusClass } from './metrics.js'
-import { findHost, forward, H1Guest, type IdleHook, prepare, reject, upstreamFailure } from './pipeline.js'
+import type { Conn, ProxyContext } from './context.js'
+import { decide, findHost } from './decision.js'
+import { http1Answer } from './error-response.js'
+import { rewriteRawResponseHeaders } from './headers.js'
+import { hasToken } from './http1.js'
+import type { Outcomes } from './outcome.js'
+import { handleH1 } from './pipeline.js'
 
+/** A response head relayed from the upstream, with the reason phrase it sent. */
 function head(status: number, message: string, raw: readonly string[]): string {
   let out = `HTTP/1.1 ${status} ${message}\r\n`
   for (let i = 0; i < raw.length; i += 2) out += `${raw[i]}: ${raw[i + 1]}\r\n`
   return `${out}\r\n`
 }
 
-function plainError(socket: Duplex, err: EgressError): void {
-  const body = `${err.message}\n`
-  socket.end(
-    head(err.status, err.status === 403 ? 'Forbidden' : err.status === 400 ? 'Bad Request' : 'Bad Gateway', [
-      'Content-Type', 'text/plain; charset=utf-8',
-      'Content-Length', String(Buffer.byteLength(body)),
-      'X-Hypeman-Egress-Error', err.code,
-      'Connection', 'close',
-    ]) + body,
-  )
-}
-
-export function handleUpgrade(ctx: ProxyContext, conn: Conn, req: IncomingMessage, socket: Duplex, bodyHead: Buffer, onIdle: IdleHook): void {
-  const startedAt = performance.now()
+export function handleUpgrade(ctx: ProxyContext, conn: Conn, req: IncomingMessage, socket: Duplex, bodyHead: Buffer, outcomes: Outcomes): void {
   socket.on('error', () => {})
   const raw = req.rawHeaders
   let websocket = false
   for (let i = 0; i < raw.length; i += 2) {
-    if (raw[i]!.toLowerCase() === 'upgrade' && raw[i + 1]!.toLowerCase().split(',').some((t) => t.trim() === 'websocket')) websocket = true
+    if (raw[i]!.toLowerCase() === 'upgrade' && hasToken(raw[i + 1]!, 'websocket')) websocket = true
   }
   if (!websocket) {
     // Serve it as the ordinary request it also is; the connection closes after the response.
@@ -46,43 +37,24 @@ export function handleUpgrade(ctx: ProxyContext, conn: Conn, req: IncomingMessag
     res.shouldKeepAlive = false
     res.assignSocket(socket as never)
     res.once('finish', () => socket.end())
-    conn.active++
-    res.once('close', () => {
-      conn.active--
-      if (ctx.closing && conn.active === 0) onIdle(conn)
-    })
-    const prepared = prepare(ctx, conn, req.method!, req.url!, findHost(raw), raw)
-    const guest = new H1Guest(res, ctx)
-    if (prepared instanceof EgressError) {
-      reject(ctx, conn, guest, prepared, conn.target?.tls ? 'https' : 'http')
-      return
-    }
-    const handler = forward(ctx, conn, guest, req.method!, prepared, req, false, startedAt)
-    res.once('close', () => handler.guestClosed())
+    handleH1(ctx, conn, req, res, outcomes)
     return
   }
 
-  const prepared = prepare(ctx, conn, req.method!, req.url!, findHost(raw), raw, true)
-  const scheme = conn.target?.tls ? 'https' : 'http'
-  if (prepared instanceof EgressError) {
-    ctx.metrics.requests.inc([conn.listener, scheme, statusClass(prepared.status)])
-    plainError(socket, prepared)
+  const outcome = outcomes.begin(conn)
+  socket.once('close', () => outcome.end())
+  const d = decide(ctx, conn, req.method!, req.url!, findHost(raw), raw, true)
+  outcome.decided(req.method!, d)
+  if (d.kind === 'refuse') {
+    socket.end(http1Answer(outcome.answerWith(d.err), { close: true }))
+    // Nothing is left to wait for: a graceful close need not wait for the guest to hang up.
+    outcome.end()
     return
   }
-  const { dest, rewrite } = prepared
-  conn.active++
-  let released = false
-  const release = () => {
-    if (released) return
-    released = true
-    conn.active--
-    if (ctx.closing && conn.active === 0) onIdle(conn)
-  }
-  socket.once('close', release)
+  const { dest, rewrite } = d
   const fail = (error: unknown) => {
-    const err = upstreamFailure(ctx, conn, dest, error)
-    ctx.metrics.requests.inc([conn.listener, dest.scheme, statusClass(err.status)])
-    if (socket.writable) plainError(socket, err)
+    const answer = outcome.answerWith(outcome.upstreamFailed(error, dest))
+    if (socket.writable) socket.end(http1Answer(answer, { close: true }))
     else socket.destroy()
   }
   const joined = (upstream: Socket | TLSSocket) => {
@@ -99,8 +71,7 @@ export function handleUpgrade(ctx: ProxyContext, conn: Conn, req: IncomingMessag
     })
     upReq.on('error', fail)
     upReq.on('upgrade', (res, upSocket, upHead) => {
-      ctx.metrics.requests.inc([conn.listener, dest.scheme, statusClass(res.statusCode ?? 101)])
-      ctx.metrics.duration.observe((performance.now() - startedAt) / 1000)
+      outcome.answered(res.statusCode ?? 101)
       socket.write(head(res.statusCode ?? 101, res.statusMessage ?? 'Switching Protocols', res.rawHeaders))
       if (upHead.length) socket.write(upHead)
       if (bodyHead.length) upSocket.write(bodyHead)
@@ -118,12 +89,8 @@ export function handleUpgrade(ctx: ProxyContext, conn: Conn, req: IncomingMessag
     })
     upReq.on('response', (res) => {
       // Declined: relay the answer as an ordinary response and close.
-      ctx.metrics.requests.inc([conn.listener, dest.scheme, statusClass(res.statusCode ?? 502)])
-      const rawOut: string[] = []
-      for (let i = 0; i < res.rawHeaders.length; i += 2) {
-        const n = res.rawHeaders[i]!.toLowerCase()
-        if (n !== 'connection' && n !== 'keep-alive' && n !== 'transfer-encoding') rawOut.push(res.rawHeaders[i]!, res.rawHeaders[i + 1]!)
-      }
+      outcome.answered(res.statusCode ?? 502)
+      const rawOut = rewriteRawResponseHeaders(res.rawHeaders)
       rawOut.push('Connection', 'close')
       socket.write(head(res.statusCode ?? 502, res.statusMessage ?? '', rawOut))
       res.pipe(socket)

@@ -2,17 +2,18 @@
  * The upstream side: undici agents whose connector resolves through the SSRF guard and dials
  * the address it checked, with TLS always verified against the destination's name (Node's
  * bundled roots, the system bundle and an optional extra bundle). Connections are pooled per
- * origin and shared by every source, so a guest opening a new TLS connection per request still
- * reuses warm upstream connections.
+ * source and origin, never across sources (see Upstreams.agents), so a guest opening a new TLS
+ * connection per request still reuses its own warm upstream connections; the fast path's raw
+ * pool (src/pool.ts) is partitioned the same way.
  */
 import { existsSync, readFileSync } from 'node:fs'
 import type { Socket } from 'node:net'
 import { connect as tlsConnect, createSecureContext, rootCertificates, type SecureContext, type TLSSocket } from 'node:tls'
 import { connect as netConnect } from 'node:net'
 import { Agent, buildConnector } from 'undici'
-import { EgressError } from './errors.js'
 import type { DestinationGuard } from './guard.js'
 import { UpstreamPool } from './pool.js'
+import { upstreamTimeout } from './upstream-errors.js'
 import type { Watchdog } from './watchdog.js'
 
 const UPSTREAM_READ_BUFFER = 256 * 1024
@@ -39,34 +40,6 @@ export function upstreamTrust(extraCa?: string): SecureContext {
   if (system) ca.push(readFileSync(system, 'utf8'))
   if (extraCa) ca.push(extraCa)
   return createSecureContext({ ca, minVersion: 'TLSv1.2' })
-}
-
-const TLS_VERIFY_CODES = new Set([
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN',
-  'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'ERR_TLS_CERT_ALTNAME_INVALID', 'UNABLE_TO_GET_ISSUER_CERT',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'CERT_SIGNATURE_FAILURE', 'CERT_UNTRUSTED', 'CERT_REJECTED',
-  'INVALID_CA', 'PATH_LENGTH_EXCEEDED', 'INVALID_PURPOSE', 'HOSTNAME_MISMATCH', 'CERT_REVOKED',
-])
-
-/** Names what went wrong upstream, in words a guest's developer can act on. */
-export function upstreamError(err: unknown, host: string, port: number): EgressError {
-  if (err instanceof EgressError) return err
-  const e = err as NodeJS.ErrnoException & { reason?: string }
-  const code = e?.code ?? ''
-  const where = `${host}:${port}`
-  if (TLS_VERIFY_CODES.has(code)) {
-    return new EgressError('upstream_tls', `upstream ${where} presented a certificate that does not verify: ${code}: ${e.message}`, { cause: err, details: { host, tlsCode: code } })
-  }
-  if (code.startsWith('ERR_SSL') || code === 'ERR_TLS_HANDSHAKE_TIMEOUT' || /SSL|TLS/.test(e?.message ?? '') && code === '') {
-    return new EgressError('upstream_tls', `TLS with upstream ${where} failed: ${e.message}`, { cause: err, details: { host, tlsCode: code } })
-  }
-  if (code === 'UND_ERR_CONNECT_TIMEOUT') return new EgressError('upstream_timeout', `connecting to ${where} timed out`, { cause: err, details: { host } })
-  if (code === 'UND_ERR_HEADERS_TIMEOUT') return new EgressError('upstream_timeout', `${where} sent no response headers in time`, { cause: err, details: { host } })
-  if (code === 'UND_ERR_BODY_TIMEOUT') return new EgressError('upstream_timeout', `${where} stalled while sending the response body`, { cause: err, details: { host } })
-  if (['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ETIMEDOUT'].includes(code)) {
-    return new EgressError('upstream_connect', `cannot connect to ${where}: ${code}`, { cause: err, details: { host } })
-  }
-  return new EgressError('upstream_failed', `upstream ${where} failed: ${code ? `${code}: ` : ''}${e?.message ?? String(err)}`, { cause: err, details: { host } })
 }
 
 function bare(hostname: string): string {
@@ -174,7 +147,7 @@ export class Upstreams {
             ALPNProtocols: ['http/1.1'],
           })
         : netConnect({ host: address, port })
-      const timer = setTimeout(() => socket.destroy(Object.assign(new Error('connect timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })), this.opts.connectTimeoutMs)
+      const timer = setTimeout(() => socket.destroy(upstreamTimeout(host, port, 'connect')), this.opts.connectTimeoutMs)
       socket.once(tls ? 'secureConnect' : 'connect', () => {
         clearTimeout(timer)
         socket.removeListener('error', reject)

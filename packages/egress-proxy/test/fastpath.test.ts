@@ -442,6 +442,7 @@ describe('fast path failures', () => {
     const r = await g.response()
     expect(r.status).toBe(502)
     expect(r.headers['x-hypeman-egress-error']).toBe('upstream_failed')
+    expect(r.body).toBe(`upstream api.test:${up.port} closed the connection without answering\n`)
   })
 
   it('a kept-alive upstream connection that turns out dead is retried on a new one for a GET, not for a POST', async () => {
@@ -487,6 +488,7 @@ describe('fast path failures', () => {
     const r = await g.response()
     expect(r.status).toBe(504)
     expect(r.headers['x-hypeman-egress-error']).toBe('upstream_timeout')
+    expect(r.body).toBe(`api.test:${up.port} sent no response headers in time\n`)
     expect(Date.now() - t0).toBeGreaterThanOrEqual(250)
     up.respond = (_req, socket) => socket.write(ok())
     g.send('GET /after-timeout HTTP/1.1\r\nHost: api.test\r\n\r\n')
@@ -578,6 +580,20 @@ describe('http1FastPath: false', () => {
     expect(seen.target).toBe('/general')
     expect(seen.headers.authorization).toBe(`Bearer ${SECRET}`)
     expect(general.metrics()).not.toMatch(/hypeman_egress_http1_handoffs_total\{/)
+    await general.close()
+  })
+
+  it('keeps a Content-Length that Connection names there too, and drops the fields it names', async () => {
+    const general = await h.another({ http1FastPath: false })
+    general.policies.set('127.0.0.1', bearerPolicy(['api.test']))
+    up.respond = (_req, socket) => socket.write('HTTP/1.1 200 OK\r\nConnection: content-length, x-hop\r\nX-Hop: 1\r\nContent-Length: 5\r\n\r\nhello')
+    const g = await guest(general)
+    g.send('GET /named HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    const r = await g.response()
+    expect(r.headers['content-length']).toBe('5')
+    expect(r.headers['transfer-encoding']).toBeUndefined()
+    expect(r.headers['x-hop']).toBeUndefined()
+    expect(r.body).toBe('hello')
     await general.close()
   })
 

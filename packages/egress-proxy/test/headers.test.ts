@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { rewriteRequestHeaders, rewriteResponseHeaders } from '../src/headers.js'
+import { rewriteRawResponseHeaders, rewriteRequestHeaders, rewriteResponseHeaders } from '../src/headers.js'
 import { derivePlaceholder } from '../src/placeholders.js'
 import { compilePolicy } from '../src/policy.js'
 
@@ -99,5 +99,15 @@ describe('rewriteResponseHeaders', () => {
     expect(
       rewriteResponseHeaders({ 'content-type': 'text/plain', connection: 'keep-alive, x-internal', 'keep-alive': 'timeout=5', 'x-internal': '1', 'transfer-encoding': 'chunked', 'set-cookie': ['a=1', 'b=2'] }),
     ).toEqual({ 'content-type': 'text/plain', 'set-cookie': ['a=1', 'b=2'] })
+  })
+
+  it('never drops the framing fields or Host, whatever Connection names (the parser of http1.ts)', () => {
+    expect(rewriteResponseHeaders({ connection: 'close, Content-Length, x-hop, host', 'content-length': '5', host: 'h', 'x-hop': '1', 'x-kept': '1' })).toEqual({ 'content-length': '5', host: 'h', 'x-kept': '1' })
+  })
+
+  it('applies the same rule to a raw list, keeping names as spelled', () => {
+    expect(
+      rewriteRawResponseHeaders(['Content-Type', 'text/plain', 'Connection', 'close, X-Hop', 'X-Hop', '1', 'Connection', 'content-length', 'Content-Length', '5', 'Upgrade', 'h2c', 'Keep-Alive', 'timeout=5', 'TE', 'trailers']),
+    ).toEqual(['Content-Type', 'text/plain', 'Content-Length', '5'])
   })
 })

@@ -6,6 +6,7 @@
 import type { LookupFunction } from 'node:net'
 import { Agent, ProxyAgent, WebSocket } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { RawGuest } from './support/guest.js'
 import { bearerPolicy, type Harness, SECRET, startHarness } from './support/harness.js'
 
 let h: Harness
@@ -68,6 +69,38 @@ describe('WebSocket', () => {
       expect(await roundTrip(`ws://api.test:${h.http.port}/ws`, dispatcher, { authorization: `Bearer ${ph}` })).toBe(`Bearer ${ph}|hello`)
     } finally {
       await dispatcher.close()
+    }
+  })
+
+  it('a handshake the proxy refuses is answered with its own status line (421 Misdirected Request) and the connection closed', async () => {
+    const g = await RawGuest.open(h.proxy, `api.test:${h.https.port}`)
+    try {
+      const before = h.https.seen.length
+      g.send('GET /ws HTTP/1.1\r\nHost: other.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n')
+      const r = await g.response()
+      expect(r.head.split('\r\n')[0]).toBe('HTTP/1.1 421 Misdirected Request')
+      expect(r.headers['x-hypeman-egress-error']).toBe('misdirected_request')
+      expect(r.body).toContain('other.test')
+      expect(await g.closes()).toBe(true)
+      expect(h.https.seen.length).toBe(before)
+    } finally {
+      g.destroy()
+    }
+  })
+
+  it('a refused upgrade loses the fields its Connection header names, never its Content-Length', async () => {
+    const g = await RawGuest.open(h.proxy, `api.test:${h.https.port}`)
+    try {
+      g.send('GET /ws-refuse-hop HTTP/1.1\r\nHost: api.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n')
+      const r = await g.response()
+      expect(r.status).toBe(403)
+      expect(r.headers['x-kept']).toBe('1')
+      expect(r.headers['x-hop']).toBeUndefined()
+      expect(r.headers['content-length']).toBe('7')
+      expect(r.headers.connection).toBe('close')
+      expect(r.body).toBe('refused')
+    } finally {
+      g.destroy()
     }
   })
 

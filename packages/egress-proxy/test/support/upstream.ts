@@ -118,6 +118,11 @@ function websocket(seen: Seen[]) {
       socket.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\nConnection: close\r\n\r\nrefused')
       return
     }
+    if (req.url === '/ws-refuse-hop') {
+      // A refusal whose Connection header names a field of this hop, and the framing field.
+      socket.end('HTTP/1.1 403 Forbidden\r\nConnection: close, X-Hop, Content-Length\r\nX-Hop: 1\r\nX-Kept: 1\r\nContent-Length: 7\r\n\r\nrefused')
+      return
+    }
     const accept = createHash('sha1').update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64')
     socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`)
     const auth = String(req.headers.authorization ?? '')
