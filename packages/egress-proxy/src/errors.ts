@@ -3,7 +3,7 @@
  * with, so the code a caller branches on and the status a guest sees never drift apart.
  * Messages name hosts, sources and credential names; never a real secret value.
  */
-import { HypemanError, type HypemanErrorOptions } from '@hypeman-ts/common'
+import { CodedError, type HypemanErrorOptions } from '@hypeman-ts/common'
 
 export type EgressErrorCode =
   | 'unregistered_source'
@@ -42,8 +42,7 @@ const STATUS: Record<EgressErrorCode, number> = {
   proxy_closed: 503,
 }
 
-export class EgressError extends HypemanError {
-  declare readonly code: EgressErrorCode
+export class EgressError extends CodedError<EgressErrorCode>() {
   /** The HTTP status a client of the proxy receives for this error. */
   readonly status: number
 

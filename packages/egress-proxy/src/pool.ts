@@ -57,7 +57,7 @@ export class PooledConnection implements Watched {
   constructor(
     readonly socket: Socket,
     readonly key: string,
-    private readonly pool: UpstreamPool,
+    pool: UpstreamPool,
   ) {
     socket.on('end', () => {
       if (this.user) this.user.onUpstreamEnd()

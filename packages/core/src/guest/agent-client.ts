@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { connect as netConnect, type Socket } from 'node:net'
-import { PassThrough, Writable, type Readable } from 'node:stream'
+import { PassThrough, Writable } from 'node:stream'
 import { constants as osConstants } from 'node:os'
 import { AbortedError, pollUntil, silentLogger, TimeoutError, type Logger } from '@hypeman-ts/common'
 import {
