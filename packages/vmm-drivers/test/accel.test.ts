@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Logger } from '@hypeman-ts/common'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { probeAccel, probeFirmware, QemuDriver } from '../src/index.js'
+import { probeAccel, QemuDriver } from '../src/index.js'
+import { probeFirmware } from '../src/testing.js'
 import { AccelResolver, PROBE_EXIT_CODE, probeArgv } from '../src/qemu/accel.js'
 
 function captureLogger(): Logger & { warnings: string[] } {

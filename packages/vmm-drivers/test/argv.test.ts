@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest'
-import { buildQemuArgv, composeCmdline, QEMU_MACHINE_CMDLINE, qemuOptValue, vmmCommand, type QemuArgvContext, type VmSpec } from '../src/index.js'
+import { buildQemuArgv, composeCmdline, QEMU_MACHINE_CMDLINE, type QemuArgvContext, type VmSpec } from '../src/index.js'
+import { qemuOptValue, vmmCommand } from '../src/testing.js'
 
 const base: VmSpec = {
   kernel: '/k/vmlinux',

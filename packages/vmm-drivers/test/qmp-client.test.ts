@@ -4,7 +4,8 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { QmpClient, type QmpEvent } from '../src/index.js'
+import { QmpClient } from '../src/index.js'
+import { type QmpEvent } from '../src/testing.js'
 
 let dir: string
 let qemu: ChildProcess | undefined

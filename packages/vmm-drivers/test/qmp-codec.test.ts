@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { classifyQmp, encodeQmpCommand, QmpDecoder } from '../src/index.js'
+import { classifyQmp, encodeQmpCommand, QmpDecoder } from '../src/testing.js'
 
 const greeting =
   '{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7+deb12u18+b3"}, "capabilities": ["oob"]}}\r\n'

@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { AckDecoder, connectVsock, encodeConnect } from '../src/index.js'
+import { connectVsock } from '../src/index.js'
+import { AckDecoder, encodeConnect } from '../src/testing.js'
 
 describe('AckDecoder', () => {
   it('encodes CONNECT', () => {

@@ -5,7 +5,8 @@
  * at the top level of a test file.
  */
 import { beforeAll, expect } from 'vitest'
-import { restRuntime, validateVmSpec, type ApiCall, type RestDialect, type RestRuntime, type VmSpec } from '../../src/index.js'
+import { validateVmSpec, type ApiCall, type RestDialect, type RestRuntime, type VmSpec } from '../../src/index.js'
+import { restRuntime } from '../../src/testing.js'
 import { Contract } from './contract.js'
 
 export interface DialectPlanTest {

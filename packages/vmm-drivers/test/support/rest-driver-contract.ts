@@ -8,18 +8,8 @@
 import { readFile, truncate } from 'node:fs/promises'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import {
-  restRuntime,
-  VmmApiError,
-  type DriverName,
-  type ExitInfo,
-  type LiveVm,
-  type PersistedVm,
-  type RestDialect,
-  type RestVmmDriver,
-  type VmEvent,
-  type VmSpec,
-} from '../../src/index.js'
+import { VmmApiError, type DriverName, type ExitInfo, type LiveVm, type PersistedVm, type RestDialect, type RestVmmDriver, type VmEvent, type VmSpec } from '../../src/index.js'
+import { restRuntime } from '../../src/testing.js'
 import { mutations, recorded, type RecordedRequest } from './fake-vmm-harness.js'
 import { lines, type RestDriverSuite } from './rest-driver-suite.js'
 
