@@ -11,12 +11,24 @@ import { boot, finishBoot, rootfsOf, waitForGuest } from './boot.js'
 import type { InstanceContext } from './context.js'
 import { undoCreateSteps } from './create.js'
 import type { Instance } from './model.js'
+import type { InstanceRecord } from './record.js'
+import type { Operation } from './transitions.js'
 import { reattachNetwork } from './network.js'
 import { instanceView, recordFor } from './view.js'
 
 export interface StopOptions {
   /** Grace the program gets between SIGTERM and SIGKILL. Default 10 s. */
   timeoutMs?: number
+}
+
+/**
+ * Runs `body` alone for the instance (`cx.ops`) once `op` is known to be allowed in its state,
+ * then returns the instance as it is.
+ */
+async function operate(cx: InstanceContext, idOrName: string, op: Operation, body: (id: string, record: InstanceRecord) => Promise<void>): Promise<Instance> {
+  const { id } = await cx.find(idOrName)
+  await cx.ops.run(id, async () => body(id, await recordFor(cx, id, op)))
+  return instanceView(cx, id)
 }
 
 /** Boots a stopped instance again (its overlay keeps what it wrote); a standby one is restored. */
@@ -47,10 +59,8 @@ export async function start(cx: InstanceContext, idOrName: string, opts: { signa
  * if the guest does not answer, ACPI power-off, then the VMM is killed.
  */
 export async function stop(cx: InstanceContext, idOrName: string, opts: StopOptions = {}): Promise<Instance> {
-  const { id } = await cx.find(idOrName)
   const graceMs = opts.timeoutMs ?? 10_000
-  await cx.ops.run(id, async () => {
-    await recordFor(cx, id, 'stop')
+  return operate(cx, idOrName, 'stop', async (id) => {
     let vm = cx.live.get(id)
     if (!vm) return // it ended on its own since the state was read
     if (vm.phase === 'paused') {
@@ -69,39 +79,30 @@ export async function stop(cx: InstanceContext, idOrName: string, opts: StopOpti
     await vm.exited
     await cx.live.recorded(id)
   })
-  return instanceView(cx, id)
 }
 
 /** Freezes the VM's vCPUs (the guest's clock and processes stop until resume). */
 export async function pause(cx: InstanceContext, idOrName: string): Promise<Instance> {
-  const { id } = await cx.find(idOrName)
-  await cx.ops.run(id, async () => {
-    await recordFor(cx, id, 'pause')
+  return operate(cx, idOrName, 'pause', async (id) => {
     const vm = cx.live.get(id)
     if (vm?.phase !== 'running') throw new ConflictError(`instance ${idOrName} is not running`, { field: 'state' })
     cx.live.update(id, await vm.pause())
     await cx.files.log(id, 'paused')
   })
-  return instanceView(cx, id)
 }
 
 export async function resume(cx: InstanceContext, idOrName: string): Promise<Instance> {
-  const { id } = await cx.find(idOrName)
-  await cx.ops.run(id, async () => {
-    await recordFor(cx, id, 'resume')
+  return operate(cx, idOrName, 'resume', async (id) => {
     const vm = cx.live.get(id)
     if (vm?.phase !== 'paused') throw new ConflictError(`instance ${idOrName} is not paused`, { field: 'state' })
     cx.live.update(id, await vm.resume())
     await cx.files.log(id, 'resumed')
   })
-  return instanceView(cx, id)
 }
 
 /** Ends the VM at once (SIGKILL to the VMM), also one whose guest can no longer run. */
 export async function kill(cx: InstanceContext, idOrName: string): Promise<Instance> {
-  const { id } = await cx.find(idOrName)
-  await cx.ops.run(id, async () => {
-    const record = await recordFor(cx, id, 'kill')
+  return operate(cx, idOrName, 'kill', async (id, record) => {
     const vm = cx.live.get(id)
     if (vm) {
       await vm.kill()
@@ -116,7 +117,6 @@ export async function kill(cx: InstanceContext, idOrName: string): Promise<Insta
       })
     }
   })
-  return instanceView(cx, id)
 }
 
 /** Removes the instance and everything it made: VMM, sockets, disks, logs. */
@@ -149,9 +149,7 @@ export async function deleteInstance(cx: InstanceContext, idOrName: string): Pro
  * it is complete (see `finishBoot`), so a failed standby never costs an existing one.
  */
 export async function standby(cx: InstanceContext, idOrName: string): Promise<Instance> {
-  const { id } = await cx.find(idOrName)
-  await cx.ops.run(id, async () => {
-    const record = await recordFor(cx, id, 'standby')
+  return operate(cx, idOrName, 'standby', async (id, record) => {
     if (!cx.driver(record.spec.hypervisor).capabilities.snapshot) {
       throw new NotSupportedError(`${record.spec.hypervisor} cannot snapshot`, { field: 'hypervisor' })
     }
@@ -168,16 +166,12 @@ export async function standby(cx: InstanceContext, idOrName: string): Promise<In
     if (!r.snapshot) throw new HypemanError('snapshot_failed', `standby of ${r.name}: the VMM ended but no snapshot was kept`, { step: 'standby' })
     await cx.files.log(id, `standby: ${snap.bytes} bytes in ${Math.round(snap.durationMs)} ms`)
   })
-  return instanceView(cx, id)
 }
 
 export async function restore(cx: InstanceContext, idOrName: string, opts: { signal?: AbortSignal } = {}): Promise<Instance> {
-  const { id } = await cx.find(idOrName)
-  await cx.ops.run(id, async () => {
-    await recordFor(cx, id, 'restore')
+  return operate(cx, idOrName, 'restore', async (id) => {
     await restoreNow(cx, id, opts.signal)
   })
-  return instanceView(cx, id)
 }
 
 /** Boots the VMM from the instance's snapshot (the caller checked it is Standby). */
