@@ -11,10 +11,12 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { run } from '@hypeman-ts/common'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
+// Only the encoder comes from the sources; the binaries under test come from the installed tarball.
+import { encodeGuestConfig } from '../../packages/core/src/guest/config-disk.js'
 
 const root = fileURLToPath(new URL('../..', import.meta.url))
-// Dependencies first: each package's type build reads the ones it depends on.
+// The published packages (scripts/pack packs them, in this order).
 const PACKAGES = ['common', 'vmm-drivers', 'netsetup', 'egress-proxy', 'core']
 const cache = process.env.HYPEMAN_TS_CACHE ?? '/var/cache/hypeman-ts'
 let work: string
@@ -39,9 +41,7 @@ try {
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'hm-packed-'))
-  const packs = join(work, 'packs')
-  await mkdir(packs)
-  for (const p of PACKAGES) await run('npm', ['pack', '--silent', '--pack-destination', packs], { cwd: join(root, 'packages', p), timeoutMs: 170_000 })
+  const packs = inject('packsDir')
   project = join(work, 'app')
   await mkdir(project)
   await writeFile(join(project, 'package.json'), JSON.stringify({ name: 'my-service', private: true, type: 'module' }))
@@ -78,6 +78,21 @@ describe('the packed packages in a project of their own', () => {
     expect(stdout.trim()).toBe('')
     expect(await readdir(join(core, 'guest', 'prebuilt', 'x86_64'))).toEqual(['hypeman-init', 'source-hash'])
     expect(JSON.parse(readFileSync(join(core, 'package.json'), 'utf8')).engines.node).toBeDefined()
+  })
+
+  it('carry a prebuilt aarch64 init too, from the same sources, that parses a config as the x86_64 one does', async () => {
+    const prebuilt = join(project, 'node_modules', '@hypeman-ts', 'core', 'guest', 'prebuilt')
+    const hash = (arch: string) => readFileSync(join(prebuilt, arch, 'source-hash'), 'utf8')
+    expect(hash('aarch64')).toBe(hash('x86_64'))
+    const { stdout: kind } = await run('file', ['-b', join(prebuilt, 'aarch64', 'hypeman-init')])
+    expect(kind).toMatch(/^ELF 64-bit LSB executable, ARM aarch64, .*statically linked/)
+    // Run under qemu-user: the cross-built binary really executes and agrees with the native one.
+    const config = join(work, 'config.img')
+    await writeFile(config, encodeGuestConfig({ argv: ['/bin/sh', '-c', 'echo ü'], env: { A: 'b=c' }, workdir: '/srv', user: 'app', hostname: 'h1' }))
+    const native = await run(join(prebuilt, 'x86_64', 'hypeman-init'), ['parse-config', config])
+    const arm = await run('qemu-aarch64', [join(prebuilt, 'aarch64', 'hypeman-init'), 'parse-config', config])
+    expect(native.stdout).toMatch(/^argv=\/bin\/sh$/m)
+    expect(arm.stdout).toBe(native.stdout)
   })
 
   it('put the CLIs on the project\'s bin path: the proxy, and the host preflight', async () => {

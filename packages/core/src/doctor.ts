@@ -9,7 +9,7 @@ import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { errorMessage, installHint, run } from '@hypeman-ts/common'
 import { defaultCacheDir } from './assets/ensure.js'
-import { findGuestSourceDir, guestArch } from './assets/guest-init.js'
+import { findGuestSourceDir, guestArch, guestSourceHash, prebuiltGuestInit } from './assets/guest-init.js'
 import { DEFAULT_BUSYBOX } from './assets/initrd.js'
 import { listCachedKernels } from './assets/kernel.js'
 
@@ -132,7 +132,8 @@ export async function doctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
   )
 
   const sources = await findGuestSourceDir()
-  const prebuilt = sources ? await readFile(join(sources, 'prebuilt', guestArch(), 'source-hash'), 'utf8').then(() => true, () => false) : false
+  // A prebuilt binary counts only when built from the sources beside it, as ensureGuestInit decides.
+  const prebuilt = sources ? (await prebuiltGuestInit(sources, await guestSourceHash(sources))) !== undefined : false
   if (prebuilt) checks.push({ name: 'guest init', status: 'ok', required: true, detail: `prebuilt for ${guestArch()} in the package` })
   else {
     const cc = (await versionOf('make')) !== undefined && (await versionOf('gcc')) !== undefined
