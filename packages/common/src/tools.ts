@@ -4,7 +4,8 @@
  * fails with `tool_missing` naming the package (never a bare `spawn ENOENT`), and `doctor` checks
  * the same list before anything runs.
  */
-import { existsSync } from 'node:fs'
+import { accessSync, constants, existsSync, statSync } from 'node:fs'
+import { delimiter, isAbsolute, join } from 'node:path'
 import { HypemanError } from './errors.js'
 
 export interface HostTool {
@@ -47,10 +48,39 @@ export function installHint(tool: string): string | undefined {
 
 /** A host program that is not installed (not on PATH). `field` names it. */
 export class ToolMissingError extends HypemanError {
-  constructor(tool: string, opts: { step?: string; cause?: unknown } = {}) {
+  constructor(tool: string, opts: { step?: string; cause?: unknown; alsoMissing?: string[] } = {}) {
+    const { alsoMissing = [], ...rest } = opts
     const hint = installHint(tool)
-    super('tool_missing', `${tool} is not installed (not found on PATH)${hint ? `; ${hint}` : ''}`, { field: tool, ...opts })
+    const also = alsoMissing.length ? `; also missing: ${alsoMissing.join(', ')} (npx hypeman-ts doctor lists what to install)` : ''
+    super('tool_missing', `${tool} is not installed (not found on PATH)${hint ? `; ${hint}` : ''}${also}`, {
+      field: tool,
+      ...rest,
+      ...(alsoMissing.length ? { details: { missing: [tool, ...alsoMissing] } } : {}),
+    })
   }
+}
+
+/** Where `tool` is: an executable file on PATH (or the path itself, when absolute); undefined if none. */
+export function findOnPath(tool: string, path: string = process.env.PATH ?? ''): string | undefined {
+  const candidates = isAbsolute(tool) ? [tool] : path.split(delimiter).filter(Boolean).map((dir) => join(dir, tool))
+  for (const candidate of candidates) {
+    try {
+      accessSync(candidate, constants.X_OK)
+      if (statSync(candidate).isFile()) return candidate
+    } catch {
+      // not here: the next PATH entry
+    }
+  }
+  return undefined
+}
+
+/**
+ * Fails at once, with `tool_missing` naming the first missing program (and listing the rest),
+ * when any of `tools` is not on PATH: for checks before anything is created, with no process started.
+ */
+export function requireTools(tools: readonly string[], opts: { step?: string } = {}): void {
+  const missing = tools.filter((t) => findOnPath(t) === undefined)
+  if (missing.length) throw new ToolMissingError(missing[0]!, { ...opts, alsoMissing: missing.slice(1) })
 }
 
 /**

@@ -12,6 +12,7 @@ import { defaultCacheDir } from './assets/ensure.js'
 import { findGuestSourceDir, guestArch, guestSourceHash, prebuiltGuestInit } from './assets/guest-init.js'
 import { DEFAULT_BUSYBOX } from './assets/initrd.js'
 import { listCachedKernels } from './assets/kernel.js'
+import { NETWORK_TOOLS } from './preflight.js'
 
 export type CheckStatus = 'ok' | 'missing' | 'warn'
 
@@ -156,7 +157,7 @@ export async function doctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
     ...(root ? {} : { fix: 'run as root, or open with network: false' }),
   })
   if (network) {
-    for (const tool of ['ip', 'tc', 'nft', 'sysctl', 'nsenter']) checks.push(await toolCheck(tool, true, tool === 'ip' || tool === 'tc' ? ['-V'] : ['--version']))
+    for (const tool of NETWORK_TOOLS) checks.push(await toolCheck(tool, true, tool === 'ip' || tool === 'tc' ? ['-V'] : ['--version']))
   }
 
   const limits = await readFile('/proc/self/limits', 'utf8').catch(() => '')

@@ -6,7 +6,7 @@
  * open kills and removes whatever belongs to no known instance, which is only safe when no other
  * live manager is using the directory.
  */
-import { mkdir, rm } from 'node:fs/promises'
+import { rm } from 'node:fs/promises'
 import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
 import { ConflictError, Lazy, pathExists, parseRate, stderrLogger, tryLockFile, type Logger, ValidationError } from '@hypeman-ts/common'
@@ -15,6 +15,7 @@ import { HostNetwork, type HostNetworkOptions } from '@hypeman-ts/netsetup'
 import { type AuditEvent, createProxy, type LookupFunction, parseHostServices, parsePorts } from '@hypeman-ts/egress-proxy'
 import { defaultCacheDir, ensureGuestAssets, type GuestAssetsOptions } from './assets/index.js'
 import { doctor, type DoctorOptions, type DoctorReport } from './doctor.js'
+import { checkKernelImage, checkPrograms, claimDirectory, WRITTEN_BY } from './preflight.js'
 import { EgressEvents, type HypemanEgress } from './egress.js'
 import { ImageManager, type ImageManagerOptions } from './images/manager.js'
 import { InstanceManager } from './instances/manager.js'
@@ -96,8 +97,14 @@ export class Hypeman {
     if (opts.egress?.allowHostServices !== undefined) parseHostServices(opts.egress.allowHostServices, 'egress.allowHostServices')
     if (opts.egress?.onAudit !== undefined && typeof opts.egress.onAudit !== 'function') throw new ValidationError('egress.onAudit', 'must be a function')
     const dataDir = opts.dataDir ?? process.env.HYPEMAN_TS_DATA_DIR ?? '/var/lib/hypeman-ts'
+    const cacheDir = opts.cacheDir ?? defaultCacheDir()
     const logger = opts.logger ?? stderrLogger
-    await mkdir(dataDir, { recursive: true, mode: 0o700 })
+    const drivers: Partial<Record<Hypervisor, VmmDriver>> = opts.drivers ?? { qemu: new QemuDriver({ logger }) }
+    // Everything this configuration will need from the host, before anything is created.
+    checkPrograms(Object.values(drivers), opts.network !== false)
+    if (opts.kernel && 'image' in opts.kernel) await checkKernelImage(opts.kernel.image)
+    await claimDirectory(cacheDir, 'cacheDir', WRITTEN_BY)
+    await claimDirectory(dataDir, 'dataDir', WRITTEN_BY)
     const lockPath = join(dataDir, 'manager.lock')
     await takeDataDir(lockPath)
     const closers: (() => Promise<void>)[] = []
@@ -114,7 +121,6 @@ export class Hypeman {
         inUse: async () => (instances ? instances.digestsInUse() : new Set()),
       })
       await images.init()
-      const drivers: Partial<Record<Hypervisor, VmmDriver>> = opts.drivers ?? { qemu: new QemuDriver({ logger }) }
       const networkProvider = opts.network === false ? undefined : networkProviderFor(dataDir, opts.network ?? {}, logger)
       const egressPorts = { transparent: opts.egress?.ports?.transparent ?? 18443, explicit: opts.egress?.ports?.explicit ?? 18080 }
       const proxy = new Lazy(async () => {
@@ -139,7 +145,6 @@ export class Hypeman {
         await (await proxy.started?.catch(() => undefined))?.close({ grace: '2s' })
         egressEvents.close()
       })
-      const cacheDir = opts.cacheDir ?? defaultCacheDir()
       const assets = new Lazy(() => ensureGuestAssets({ cacheDir, logger, ...(opts.kernel ? { kernel: opts.kernel } : {}) }))
       instances = new InstanceManager({
         files,

@@ -293,6 +293,8 @@ export interface VmmDriver {
   readonly capabilities: DriverCapabilities
   /** The machine-specific head of the kernel command line that `start()` puts before `spec.cmdline`. */
   readonly machineCmdline: string
+  /** The host programs it runs (its VMM binary): a manager checks them on PATH when it opens. */
+  readonly programs?: readonly string[]
   /** Boots (or restores) a VM; resolves once the guest is running. Nothing is left behind when it throws. */
   start(spec: VmSpec, opts?: StartOptions): Promise<RunningVm>
   /** Finds a VM again from persisted data; throws `vmm_not_running` when its process is gone. */

@@ -59,6 +59,9 @@ export class QemuDriver implements VmmDriver {
   readonly capabilities = QEMU_CAPABILITIES
   readonly machineCmdline = QEMU_MACHINE_CMDLINE
   readonly qemuBinary: string
+  get programs(): readonly string[] {
+    return [this.qemuBinary]
+  }
   readonly #logger: Logger
   readonly #accel: AccelResolver
   readonly #opts: QemuDriverOptions

@@ -46,6 +46,9 @@ export abstract class RestVmmDriver implements VmmDriver {
   readonly capabilities: DriverCapabilities
   readonly machineCmdline: string
   readonly binary: string
+  get programs(): readonly string[] {
+    return [this.binary]
+  }
   protected readonly logger: Logger
   readonly #opts: RestDriverOptions
 
