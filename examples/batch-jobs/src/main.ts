@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util'
 import { Hypeman } from '@hypeman-ts/core'
 import { JobFileError, loadJobFile } from './jobfile.js'
 import { liveProgress, lineProgress, resultsJson, resultsTable, type Progress } from './output.js'
-import { runJobs } from './run.js'
+import { removeLeftovers, runJobs } from './run.js'
 
 const USAGE = `usage: batch-jobs JOBS.json [--concurrency N] [--data-dir DIR] [--json] [--network]
 
@@ -83,6 +83,8 @@ try {
     logger: { debug() {}, info() {}, warn: (msg) => progress.note(`warning: ${msg}`), error: (msg) => progress.note(`error: ${msg}`) },
   })
   try {
+    const left = await removeLeftovers(hm)
+    if (left.length) progress.note(`deleted ${left.length} VM(s) an earlier run left behind: ${left.join(', ')}`)
     results = await runJobs(hm, jobs, { concurrency, signal: interrupt.signal, tail: 5, onChange: (job) => progress.update(job) })
   } finally {
     await hm.close()

@@ -35,6 +35,18 @@ export interface RunOptions {
 }
 
 const BOOT_AND_EXIT_CHUNK = '5m' // waitForState waits at most 5 minutes per call
+/** The tag on every VM of ours, so a later run can find those a killed one left behind. */
+const TAG = { app: 'batch-jobs' }
+
+/**
+ * Deletes the VMs an earlier run left (one killed with SIGKILL, or by a power cut, had no chance
+ * to). A data dir has one manager at a time, so no other run can be using them. Returns their names.
+ */
+export async function removeLeftovers(hm: Hypeman): Promise<string[]> {
+  const left = await hm.instances.list({ tags: TAG })
+  for (const inst of left) await hm.instances.delete(inst.id)
+  return left.map((inst) => inst.name)
+}
 
 export async function runJobs(hm: Hypeman, jobs: Job[], opts: RunOptions): Promise<JobResult[]> {
   const results = jobs.map((j): JobResult => ({ name: j.name, status: 'queued', exitCode: null, message: '', durationMs: null, lastLines: [] }))
@@ -59,12 +71,12 @@ async function runJob(hm: Hypeman, job: Job, r: JobResult, vm: string, opts: Run
   set(r, opts, { status: 'starting', vm })
   try {
     const inst = await hm.instances.create(
-      { name: vm, image: job.image, cmd: job.cmd, env: job.env, vcpus: job.vcpus, size: job.memory, overlaySize: '1GB' },
+      { name: vm, image: job.image, cmd: job.cmd, env: job.env, vcpus: job.vcpus, size: job.memory, overlaySize: '1GB', tags: TAG },
       { signal: stop },
     )
     // The timeout counts the program's time, not the boot (slow without KVM).
     if (job.timeoutMs) timer = setTimeout(() => timeout.abort(), job.timeoutMs)
-    if (inst.state === 'Running') set(r, opts, { status: 'running' })
+    set(r, opts, { status: 'running' }) // the program started (a short one may have ended already)
     let state = inst.state
     while (state !== 'Stopped' && state !== 'Unknown' && !stop.aborted) {
       ;({ state } = await hm.instances.waitForState(vm, 'Stopped', { timeout: BOOT_AND_EXIT_CHUNK, signal: stop }))
