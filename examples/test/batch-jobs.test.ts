@@ -93,6 +93,15 @@ async function leftovers(dataDir: string, tmp: string, ids: string[]) {
 }
 /** What is in the run's TMPDIR but tsx's own cache (`tsx-<uid>/`, compiled sources, kept by design). */
 const tmpFiles = async (tmp: string) => (await readdir(tmp)).filter((f) => !/^tsx-\d+$/.test(f))
+/** Polls `cond` every 100 ms, for at most two minutes. */
+async function waitFor(cond: () => boolean | Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 1200; i++) {
+    if (await cond()) return
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  throw new Error('waitFor: gave up after 2 minutes')
+}
+
 const NOTHING = { instances: [], processes: [], links: [], netns: [], runtimeDir: false, tmpFiles: [], networkState: [] }
 
 describe('examples/batch-jobs', () => {
@@ -127,20 +136,22 @@ describe('examples/batch-jobs', () => {
     expect(await leftovers(dataDir, tmp, [])).toEqual(NOTHING)
   })
 
-  it('on Ctrl-C (twice) deletes the running VMs, starts no queued job, prints the partial table and exits 130, leaving nothing', async () => {
+  it('on Ctrl-C (twice) deletes the VMs running and booting, starts no queued job, prints the partial table and exits 130, leaving nothing', async () => {
     const { dataDir, tmp } = await freshDirs('interrupted')
     const jobs = await jobFile('long.json', {
       defaults,
-      jobs: ['long-1', 'long-2', 'long-3'].map((name) => ({ name, cmd: ['sh', '-c', 'echo started; sleep 600'] })),
+      jobs: [
+        { name: 'quick-1', cmd: ['echo', 'quick'] },
+        ...['long-2', 'long-3', 'long-4'].map((name) => ({ name, cmd: ['sh', '-c', 'echo started; sleep 600'] })),
+      ],
     })
     // The app's own tsx (what `npm start` runs), so the exit status is the app's, not npm's.
     const cli = start(join(app.dir, 'node_modules', '.bin', 'tsx'), ['src/main.ts', jobs, '--concurrency', '2', '--data-dir', dataDir], tmp)
-    for (let i = 0; i < 1500 && !/: running$/m.test(cli.stderr); i++) await new Promise((r) => setTimeout(r, 100))
-    expect(cli.stderr).toMatch(/: running$/m)
-    const ids = await readdir(join(dataDir, 'instances'))
-    expect(ids.length).toBeGreaterThan(0)
-    // The checks below see a VM when there is one.
-    const during = await leftovers(dataDir, tmp, ids)
+    // Signal once long-2 runs and long-3 (started when quick-1 ended) is booting: its create has begun.
+    const instances = join(dataDir, 'instances')
+    await waitFor(async () => /long-2: running$/m.test(cli.stderr) && /long-3: starting/.test(cli.stderr) && (await readdir(instances).catch(() => [])).length === 2)
+    const ids = await readdir(instances)
+    const during = await leftovers(dataDir, tmp, ids) // the checks below do see VMs when there are some
     expect(during.processes.length).toBeGreaterThan(0)
     expect(during.runtimeDir).toBe(true)
     process.kill(-cli.pid, 'SIGINT') // what Ctrl-C in a terminal does: the whole foreground group
@@ -149,10 +160,11 @@ describe('examples/batch-jobs', () => {
     const { code } = await cli.closed
     expect(code, cli.stderr).toBe(130)
     expect(cli.stderr).toMatch(/SIGINT: not starting queued jobs, deleting the running VMs/)
-    expect(cli.stdout).toMatch(/^long-1 +interrupted +- +\S+s/m)
-    expect(cli.stdout).toMatch(/^long-2 +interrupted +- +\S+s/m)
-    expect(cli.stdout).toMatch(/^long-3 +not started +- +- +interrupted before it started$/m)
-    expect(cli.stderr).not.toMatch(/long-3: starting/)
+    expect(cli.stdout).toMatch(/^quick-1 +succeeded +0 +\S+s +quick$/m)
+    expect(cli.stdout).toMatch(/^long-2 +interrupted +- +\S+s +started$/m)
+    expect(cli.stdout).toMatch(/^long-3 +interrupted +- +\S+s/m)
+    expect(cli.stdout).toMatch(/^long-4 +not started +- +- +interrupted before it started$/m)
+    expect(cli.stderr).not.toMatch(/long-4: starting/)
     expect(await leftovers(dataDir, tmp, ids)).toEqual(NOTHING)
   })
 
@@ -161,7 +173,7 @@ describe('examples/batch-jobs', () => {
     const tsx = join(app.dir, 'node_modules', '.bin', 'tsx')
     const long = await jobFile('one-long.json', { defaults, jobs: [{ name: 'long', cmd: ['sleep', '600'] }] })
     const killed = start(tsx, ['src/main.ts', long, '--data-dir', dataDir], tmp)
-    for (let i = 0; i < 1500 && !/: running$/m.test(killed.stderr); i++) await new Promise((r) => setTimeout(r, 100))
+    await waitFor(() => /long: running$/m.test(killed.stderr))
     process.kill(-killed.pid, 'SIGKILL')
     expect((await killed.closed).signal).toBe('SIGKILL')
     const ids = await readdir(join(dataDir, 'instances'))
