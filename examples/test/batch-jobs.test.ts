@@ -20,6 +20,8 @@ import { installExample, type InstalledExample } from './support/install.js'
 const cache = process.env.HYPEMAN_TS_CACHE ?? '/var/cache/hypeman-ts'
 const IMAGE = `oci:${cache}/fixtures/small:busybox-amd64`
 const defaults = { image: IMAGE, vcpus: 1, memory: '256MB' }
+/** The app's `npm start` script, with node's path (the installed copy's tsx, through its cwd). */
+const MAIN = ['--import', 'tsx', 'src/main.ts']
 let app: InstalledExample
 let work: string
 
@@ -145,8 +147,8 @@ describe('examples/batch-jobs', () => {
         ...['long-2', 'long-3', 'long-4'].map((name) => ({ name, cmd: ['sh', '-c', 'echo started; sleep 600'] })),
       ],
     })
-    // The app's own tsx (what `npm start` runs), so the exit status is the app's, not npm's.
-    const cli = start(join(app.dir, 'node_modules', '.bin', 'tsx'), ['src/main.ts', jobs, '--concurrency', '2', '--data-dir', dataDir], tmp)
+    // What `npm start` runs, without npm, so the exit status is the app's own.
+    const cli = start(process.execPath, [...MAIN, jobs, '--concurrency', '2', '--data-dir', dataDir], tmp)
     // Signal once long-2 runs and long-3 (started when quick-1 ended) is booting: its create has begun.
     const instances = join(dataDir, 'instances')
     await waitFor(async () => /long-2: running$/m.test(cli.stderr) && /long-3: starting/.test(cli.stderr) && (await readdir(instances).catch(() => [])).length === 2)
@@ -170,9 +172,8 @@ describe('examples/batch-jobs', () => {
 
   it('after a kill -9, which leaves its VM running, the next run over the data dir deletes that VM first', async () => {
     const { dataDir, tmp } = await freshDirs('killed')
-    const tsx = join(app.dir, 'node_modules', '.bin', 'tsx')
     const long = await jobFile('one-long.json', { defaults, jobs: [{ name: 'long', cmd: ['sleep', '600'] }] })
-    const killed = start(tsx, ['src/main.ts', long, '--data-dir', dataDir], tmp)
+    const killed = start(process.execPath, [...MAIN, long, '--data-dir', dataDir], tmp)
     await waitFor(() => /long: running$/m.test(killed.stderr))
     process.kill(-killed.pid, 'SIGKILL')
     expect((await killed.closed).signal).toBe('SIGKILL')
@@ -180,7 +181,7 @@ describe('examples/batch-jobs', () => {
     expect((await leftovers(dataDir, tmp, ids)).processes.length).toBe(1) // the orphan VM, still running
 
     const quick = await jobFile('one-quick.json', { defaults, jobs: [{ name: 'quick', cmd: ['echo', 'done'] }] })
-    const next = start(tsx, ['src/main.ts', quick, '--data-dir', dataDir], tmp)
+    const next = start(process.execPath, [...MAIN, quick, '--data-dir', dataDir], tmp)
     expect((await next.closed).code, next.stderr).toBe(0)
     expect(next.stderr).toMatch(/deleted 1 VM\(s\) an earlier run left behind: batch-\w+-0$/m)
     expect(next.stdout).toMatch(/^quick +succeeded +0 +\S+s +done$/m)
@@ -190,7 +191,7 @@ describe('examples/batch-jobs', () => {
   it('refuses a bad job file with the field named, exit 2, and creates nothing', async () => {
     const { dataDir, tmp } = await freshDirs('bad')
     const jobs = await jobFile('bad.json', { defaults, jobs: [{ name: 'a', cmd: ['true'] }, { name: 'b', cmd: ['true'] }, { name: 'c', cmd: [] }] })
-    const cli = start(join(app.dir, 'node_modules', '.bin', 'tsx'), ['src/main.ts', jobs, '--data-dir', dataDir], tmp)
+    const cli = start(process.execPath, [...MAIN, jobs, '--data-dir', dataDir], tmp)
     const { code } = await cli.closed
     expect(code).toBe(2)
     expect(cli.stderr).toContain('bad job file: jobs[2].cmd: must be a non-empty array of strings')

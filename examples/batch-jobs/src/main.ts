@@ -3,6 +3,9 @@
  *
  *   sudo npm start -- jobs.json [--concurrency N] [--data-dir DIR] [--json] [--network]
  *
+ * `npm start` is `node --import tsx src/main.ts`: the `tsx` command would SIGKILL us when we are
+ * slow to acknowledge a Ctrl-C, in the middle of deleting the VMs (see the README).
+ *
  * Exit status: 0 all jobs succeeded, 1 some did not, 2 bad arguments or job file,
  * 130 interrupted by Ctrl-C (SIGINT; 143 for SIGTERM) after every VM was deleted.
  */

@@ -81,9 +81,13 @@ async function runJob(hm: Hypeman, job: Job, r: JobResult, vm: string, opts: Run
     while (state !== 'Stopped' && state !== 'Unknown' && !stop.aborted) {
       ;({ state } = await hm.instances.waitForState(vm, 'Stopped', { timeout: BOOT_AND_EXIT_CHUNK, signal: stop }))
     }
+    clearTimeout(timer)
     r.lastLines = await lastLines(hm, vm, opts.tail)
-    if (opts.signal.aborted) return set(r, opts, { status: 'interrupted', message: 'interrupted while running', durationMs: Date.now() - started })
-    if (timeout.signal.aborted) return set(r, opts, { status: 'timed out', message: `still running after ${job.timeoutMs} ms`, durationMs: Date.now() - started })
+    if (state !== 'Stopped' && state !== 'Unknown') {
+      // Still running: Ctrl-C or the timeout stopped the wait (the VM is deleted below).
+      if (opts.signal.aborted) return set(r, opts, { status: 'interrupted', message: 'interrupted while running', durationMs: Date.now() - started })
+      return set(r, opts, { status: 'timed out', message: `still running after ${job.timeoutMs} ms`, durationMs: Date.now() - started })
+    }
     const end = await hm.instances.get(vm)
     set(r, opts, {
       status: end.exitCode === 0 ? 'succeeded' : end.state === 'Stopped' ? 'failed' : 'error',
