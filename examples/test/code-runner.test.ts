@@ -176,6 +176,8 @@ beforeAll(async () => {
       CODE_RUNNER_SUBNET: SUBNET,
       CODE_RUNNER_UPSTREAM_CA: join(work, 'ca.pem'),
       CODE_RUNNER_ALLOW_HOST_SERVICES: `${GATEWAY}:${apiPort}`,
+      // A language whose image cannot be had: its runs fail at create.
+      CODE_RUNNER_IMAGE_PERL: `oci:${work}/no-such-layout:latest`,
     },
   })
   app.stdout!.on('data', (d) => (appLog += d))
@@ -214,6 +216,16 @@ describe('examples/code-runner', () => {
       expect(r.body).toMatchObject({ error: 'invalid_input', field })
     }
     expect(await instancesLeft()).toEqual([])
+  })
+
+  it('a create that fails is an error event naming the step, and leaves nothing', async () => {
+    const { res, events } = await postRun({ language: 'perl', code: 'print "hi"' })
+    expect(res.statusCode).toBe(200)
+    const got = await events.rest()
+    expect(got).toHaveLength(1)
+    expect(got[0]).toMatchObject({ event: 'error', data: { step: 'image' } })
+    expect(await instancesLeft()).toEqual([])
+    expect((await getJson('/healthz')).body).toMatchObject({ running: 0, queued: 0 })
   })
 
   it('streams stdout and stderr as the code writes them, then the exit code, and deletes the VM', async () => {

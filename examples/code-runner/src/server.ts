@@ -42,10 +42,14 @@ const hm = await Hypeman.open({
   },
 })
 // Every VM here lives for one request: any found now is left over from a crash. Delete them.
-for (const vm of await hm.instances.list()) await hm.instances.delete(vm.id)
+for (const vm of await hm.instances.list()) {
+  console.error(`[code-runner] deleting ${vm.name}, left over from an earlier run of this service`)
+  await hm.instances.delete(vm.id)
+}
 
 const queue = new RunQueue(config.maxRunning, config.maxQueued)
 const runs = new Set<{ abort: AbortController; done: Promise<void> }>()
+let stopping = false
 
 class BadInput extends Error {
   constructor(
@@ -111,6 +115,8 @@ async function handleRun(req: IncomingMessage, res: ServerResponse): Promise<voi
     if (!(err instanceof BadInput)) throw err
     return sendJson(res, 400, { error: 'invalid_input', field: err.field, message: err.message })
   }
+  // A kept-alive connection can still send a request after the shutdown began.
+  if (stopping) return sendJson(res, 503, { error: 'shutting_down', message: 'the server is shutting down' })
   // Ends the run when the client goes away (or the server shuts down: see shutdown()).
   const abort = new AbortController()
   res.on('close', () => abort.abort(new Error('the client went away')))
@@ -131,6 +137,7 @@ async function handleRun(req: IncomingMessage, res: ServerResponse): Promise<voi
   }
   const fail = (err: unknown) => {
     const e = (abort.signal.aborted ? abort.signal.reason : err) as { code?: string; message?: string; step?: string }
+    if (!abort.signal.aborted) console.error(`[code-runner] run failed: ${e.message ?? String(err)}`)
     send('error', { error: e.code ?? 'internal', message: e.message ?? String(err), ...(e.step ? { step: e.step } : {}) })
   }
   // Waiting runs are all behind running ones: a non-empty queue means this run is its last.
@@ -183,7 +190,6 @@ async function shutdown(signal: string): Promise<void> {
 }
 // A signal can arrive twice (a terminal or systemd signals the whole process group, and tsx
 // passes it on too): the first one starts the shutdown, the others must not cut it short.
-let stopping = false
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.on(signal, () => {
     if (!stopping) void shutdown(signal)
