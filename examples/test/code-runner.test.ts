@@ -172,6 +172,7 @@ beforeAll(async () => {
       CODE_RUNNER_DATA_DIR: dataDir,
       CODE_RUNNER_MAX_RUNNING: '1',
       CODE_RUNNER_MAX_QUEUED: '0',
+      CODE_RUNNER_MAX_OUTPUT_BYTES: '65536',
       CODE_RUNNER_BRIDGE: BRIDGE,
       CODE_RUNNER_SUBNET: SUBNET,
       CODE_RUNNER_UPSTREAM_CA: join(work, 'ca.pem'),
@@ -253,6 +254,16 @@ describe('examples/code-runner', () => {
     expect(got.at(-1)).toMatchObject({ event: 'exit', data: { timedOut: true, exitCode: 137 } })
     expect(await instancesLeft()).toEqual([])
     expect(qemuOfApp()).toBe('')
+  })
+
+  it('kills code that writes more than the output limit, and deletes the VM', async () => {
+    const { events } = await postRun({ language: 'sh', code: 'yes 0123456789 | head -c 1000000; sleep 120', timeoutMs: 60_000 })
+    const got = await events.rest()
+    const bytes = got.filter((e) => e.event === 'stdout').reduce((n, e) => n + Buffer.byteLength(e.data), 0)
+    expect(bytes).toBeGreaterThan(0)
+    expect(bytes).toBeLessThanOrEqual(65536)
+    expect(got.at(-1)).toMatchObject({ event: 'exit', data: { outputTruncated: true, timedOut: false, exitCode: 137 } })
+    expect(await instancesLeft()).toEqual([])
   })
 
   it('answers 429 with Retry-After when all slots and the queue are taken; a client leaving mid-run frees its slot and VM', async () => {

@@ -4,7 +4,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { finished } from 'node:stream/promises'
-import type { CreateInstanceParams, Hypeman } from '@hypeman-ts/core'
+import type { CreateInstanceParams, ExecProcess, Hypeman } from '@hypeman-ts/core'
 import type { Language } from './languages.js'
 
 /** A secret the code may use without seeing it: the VM gets a placeholder in `name`'s env var. */
@@ -80,8 +80,7 @@ export async function runInVm(hm: Hypeman, run: RunRequest, settings: RunnerSett
         kill.abort()
       })
     }
-    // Killed or not, a guest that stops answering must not hold the VM: wait at most 5 s after the kill.
-    const exit = await Promise.race([proc.exit, new Promise<undefined>((r) => kill.signal.addEventListener('abort', () => setTimeout(() => r(undefined), 5000).unref()))])
+    const exit = await exitOf(proc, kill.signal)
     if (exit) await Promise.all([finished(proc.stdout), finished(proc.stderr)])
     signal.throwIfAborted()
     emit({
@@ -100,6 +99,15 @@ export async function runInVm(hm: Hypeman, run: RunRequest, settings: RunnerSett
       if (err.code !== 'not_found') throw err
     })
   }
+}
+
+/**
+ * The program's exit. Once it was killed, a guest that does not confirm it within 5 s must not
+ * hold the VM any longer: then undefined.
+ */
+function exitOf(proc: ExecProcess, killed: AbortSignal): Promise<Awaited<ExecProcess['exit']> | undefined> {
+  const giveUp = new Promise<undefined>((resolve) => killed.addEventListener('abort', () => setTimeout(resolve, 5000, undefined).unref()))
+  return Promise.race([proc.exit, giveUp])
 }
 
 /**
