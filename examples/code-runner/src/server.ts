@@ -16,7 +16,11 @@ import { RunQueue } from './queue.js'
 import { runInVm, type Credential, type RunEvent, type RunRequest } from './runner.js'
 
 const env = process.env
-const num = (name: string, fallback: number) => (env[name] ? Number(env[name]) : fallback)
+const num = (name: string, fallback: number) => {
+  const n = env[name] ? Number(env[name]) : fallback
+  if (!Number.isInteger(n) || n < 0) throw new Error(`${name} must be a whole number, not ${env[name]}`)
+  return n
+}
 const config = {
   host: env.HOST ?? '127.0.0.1',
   port: num('PORT', 8080),
@@ -108,6 +112,9 @@ async function readBody(req: IncomingMessage): Promise<unknown> {
 }
 
 async function handleRun(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  // Ends the run when the client goes away (or the server shuts down: see shutdown()).
+  const abort = new AbortController()
+  res.on('close', () => abort.abort(new Error('the client went away')))
   let run: RunRequest
   try {
     run = parseRun(await readBody(req))
@@ -115,11 +122,9 @@ async function handleRun(req: IncomingMessage, res: ServerResponse): Promise<voi
     if (!(err instanceof BadInput)) throw err
     return sendJson(res, 400, { error: 'invalid_input', field: err.field, message: err.message })
   }
+  if (abort.signal.aborted) return
   // A kept-alive connection can still send a request after the shutdown began.
   if (stopping) return sendJson(res, 503, { error: 'shutting_down', message: 'the server is shutting down' })
-  // Ends the run when the client goes away (or the server shuts down: see shutdown()).
-  const abort = new AbortController()
-  res.on('close', () => abort.abort(new Error('the client went away')))
   const turn = queue.enter(abort.signal)
   if (!turn) {
     return sendJson(res, 429, { error: 'queue_full', message: `${queue.running} running and ${queue.queued} queued; try again later` }, { 'retry-after': String(config.retryAfterSeconds) })
@@ -192,8 +197,9 @@ async function shutdown(signal: string): Promise<void> {
 // passes it on too): the first one starts the shutdown, the others must not cut it short.
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.on(signal, () => {
-    if (!stopping) void shutdown(signal)
+    if (stopping) return
     stopping = true
+    void shutdown(signal)
   })
 }
 
