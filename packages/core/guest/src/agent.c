@@ -209,7 +209,7 @@ static void handle_exec(uint32_t id, const uint8_t *p, size_t len)
 
 	char *argv[257] = {0}, *extra[257] = {0};
 	size_t argc = 0, nextra = 0;
-	char *cwd = NULL, *user = NULL;
+	char *cwd = NULL, *user = NULL, *builtin = NULL;
 	int tty = 0, want_stdin = 0, bad = 0;
 	uint64_t timeout_ms = 0, rows = 0, cols = 0;
 	struct tlv_reader r = {.p = p, .len = len};
@@ -224,6 +224,8 @@ static void handle_exec(uint32_t id, const uint8_t *p, size_t len)
 			bad = cwd || !(cwd = tlv_strdup(&rec));
 		else if (tlv_key_is(&rec, "user"))
 			bad = user || !(user = tlv_strdup(&rec));
+		else if (tlv_key_is(&rec, "builtin"))
+			bad = builtin || !(builtin = tlv_strdup(&rec));
 		else if (tlv_key_is(&rec, "tty"))
 			bad = tlv_bool(&rec, &tty) < 0;
 		else if (tlv_key_is(&rec, "stdin"))
@@ -271,6 +273,7 @@ static void handle_exec(uint32_t id, const uint8_t *p, size_t len)
 		.stdout_fd = out_pipe[1],
 		.stderr_fd = err_pipe[1],
 		.tty_fd = slave,
+		.builtin = builtin,
 	};
 	struct spawn_result res;
 	int spawned = env ? spawn_program(&o, &res) : -1;
@@ -324,6 +327,7 @@ out:
 		free(extra[i]);
 	free(cwd);
 	free(user);
+	free(builtin);
 }
 
 static void handle_stdin(uint32_t id, const uint8_t *p, size_t len)

@@ -28,6 +28,7 @@
 #include "config.h"
 #include "egress.h"
 #include "etc.h"
+#include "files.h"
 #include "net.h"
 #include "spawn.h"
 #include "status.h"
@@ -594,8 +595,13 @@ static int cli(int argc, char **argv)
 		printf("\n");
 		return 0;
 	}
+	if (argc >= 3 && strcmp(argv[1], "builtin") == 0 && builtin_known(argv[2])) {
+		int rc = run_builtin(argv[2], argv + 3);
+		fflush(stdout);
+		return rc;
+	}
 	fprintf(stderr, "usage: hypeman-init (as PID 1) | parse-config FILE | resolve-user ROOT SPEC | render-etc FILE | "
-			"mount-target PATH | apply-egress FILE\n");
+			"mount-target PATH | apply-egress FILE | builtin write-file|mkdir|read-tree ARGS...\n");
 	return 2;
 }
 

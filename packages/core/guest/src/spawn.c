@@ -11,9 +11,11 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "files.h"
 #include "user.h"
 #include "util.h"
 
@@ -67,6 +69,15 @@ static void child_fail(int fd, int code, const char *fmt, ...)
 	va_end(ap);
 	(void)write_all(fd, &e, sizeof e);
 	_exit(code);
+}
+
+static void close_from(int lowfd)
+{
+	if (syscall(SYS_close_range, (unsigned)lowfd, ~0u, 0) == 0)
+		return;
+	long max = sysconf(_SC_OPEN_MAX);
+	for (long fd = lowfd; fd < (max > 0 ? max : 1024); fd++)
+		close((int)fd);
 }
 
 static void child_setup(const struct spawn_opts *o, int errfd) __attribute__((noreturn));
@@ -125,6 +136,21 @@ static void child_setup(const struct spawn_opts *o, int errfd)
 		snprintf(why, sizeof why, "%s", strerror(errno));
 		lower_first(why);
 		child_fail(errfd, 126, "cannot change to working directory \"%s\": %s", o->cwd, why);
+	}
+
+	if (o->builtin) {
+		if (!builtin_known(o->builtin))
+			child_fail(errfd, 127, "no built-in \"%s\"", o->builtin);
+		/*
+		 * Nothing is exec'd, so O_CLOEXEC closes nothing: drop every inherited descriptor (the
+		 * agent's port, other sessions' pipes, the write end of our own stdin) as an execve would,
+		 * or reading stdin never sees its end. The parent then reads EOF on errfd: started.
+		 */
+		close_from(3);
+		int rc = run_builtin(o->builtin, o->argv);
+		fflush(stdout);
+		fflush(stderr);
+		_exit(rc);
 	}
 
 	const char *file = o->argv[0];

@@ -13,6 +13,7 @@ struct spawn_opts {
 	const char *user; /* docker --user spec; "" is root */
 	int stdin_fd, stdout_fd, stderr_fd;
 	int tty_fd; /* >= 0: the pty slave becomes the controlling terminal and all three stdio fds */
+	const char *builtin; /* non-NULL: run this built-in (files.h) with argv instead of executing argv[0] */
 };
 
 struct spawn_result {

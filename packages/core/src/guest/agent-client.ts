@@ -13,6 +13,7 @@ import {
   decodeExit,
   decodeStatResult,
   encodeExecRequest,
+  type AgentBuiltin,
   encodeFrame,
   encodeHello,
   encodeResize,
@@ -242,6 +243,18 @@ export class GuestAgentClient {
   /** Starts a program in the guest; read its streams and await `exit`. */
   exec(req: ExecOptions): ExecProcess {
     if (!Array.isArray(req.argv) || req.argv.length === 0 || !req.argv[0]) throw new RangeError('exec: argv must name a program')
+    return this.#start(req)
+  }
+
+  /**
+   * Runs a built-in of the agent (file copy: guest/src/files.h) as an exec session, as root in
+   * `/`, so it works on images with no shell or tools; `args` are its arguments.
+   */
+  builtin(name: AgentBuiltin, args: string[], opts: { stdin?: boolean; signal?: AbortSignal; timeoutMs?: number } = {}): ExecProcess {
+    return this.#start({ argv: args, user: '0', cwd: '/', ...opts }, name)
+  }
+
+  #start(req: ExecOptions, builtin?: AgentBuiltin): ExecProcess {
     const id = this.allocId()
     const proc = new ExecProcess(this, id, req)
     if (this.closedErr) {
@@ -254,7 +267,7 @@ export class GuestAgentClient {
       },
       onClose: (err) => proc.fail(err),
     })
-    this.sendRaw(FrameType.Exec, id, encodeExecRequest(req))
+    this.sendRaw(FrameType.Exec, id, encodeExecRequest(req, builtin))
     return proc
   }
 

@@ -96,8 +96,13 @@ export interface ExecRequest {
   timeoutMs?: number
 }
 
-export function encodeExecRequest(r: ExecRequest): Buffer {
+/** The agent's built-in programs (guest/src/files.h): file copy without tools in the image. */
+export type AgentBuiltin = 'write-file' | 'mkdir' | 'read-tree'
+
+/** `builtin`: run that built-in of the agent with `argv` as its arguments instead of a program. */
+export function encodeExecRequest(r: ExecRequest, builtin?: AgentBuiltin): Buffer {
   const entries: TlvEntry[] = r.argv.map((a) => ['argv', a] as const)
+  if (builtin) entries.push(['builtin', builtin])
   for (const [k, v] of Object.entries(r.env ?? {})) entries.push(['env', `${k}=${v}`])
   if (r.cwd !== undefined) entries.push(['cwd', r.cwd])
   if (r.user !== undefined) entries.push(['user', r.user])

@@ -10,6 +10,7 @@ export type GuestErrorCode =
   | 'agent_disconnected' // the connection dropped while a request was in flight
   | 'agent_protocol' // a frame that does not decode: wrong peer or a bug
   | 'agent_request_failed' // the agent answered a request with an error frame
+  | 'copy_failed' // the guest could not write or read a path of a copy (the message says why)
   | 'control_unreachable' // the control port did not answer
   | 'control_refused' // init answered a control command with an error
   | 'status_timeout' // the awaited status event did not arrive in time

@@ -34,7 +34,8 @@ export interface LogOptions {
   signal?: AbortSignal
 }
 
-async function agent(cx: InstanceContext, idOrName: string, op: 'exec' | 'stat', connectTimeoutMs?: number): Promise<GuestAgentClient> {
+/** A connection to the instance's agent, once `op` is allowed in its state. */
+export async function agent(cx: InstanceContext, idOrName: string, op: 'exec' | 'stat' | 'copy', connectTimeoutMs?: number): Promise<GuestAgentClient> {
   const { id } = await cx.find(idOrName)
   const record = await recordFor(cx, id, op)
   return GuestAgentClient.connect({

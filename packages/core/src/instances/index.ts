@@ -2,3 +2,5 @@ export { InstanceManager, type CreateOptions, type StopOptions, type LogOptions,
 export { instanceToWire, INSTANCE_STATES, type Instance, type InstanceState, type InstanceNetwork } from './model.js'
 export { validateCreateParams, validateName, HYPERVISORS, type CreateInstanceParams, type Hypervisor, type InstanceSpec, type VolumeMount, type NetworkParams, type CredentialPolicy } from './params.js'
 export { ALLOWED_STATES, type Operation } from './transitions.js'
+export type { UpdateInstanceParams } from './update.js'
+export type { CopyToOptions, GuestFileEntry } from './guest-files.js'

@@ -25,7 +25,7 @@ export interface StopOptions {
  * Runs `body` alone for the instance (`cx.ops`) once `op` is known to be allowed in its state,
  * then returns the instance as it is.
  */
-async function operate(cx: InstanceContext, idOrName: string, op: Operation, body: (id: string, record: InstanceRecord) => Promise<void>): Promise<Instance> {
+export async function operate(cx: InstanceContext, idOrName: string, op: Operation, body: (id: string, record: InstanceRecord) => Promise<void>): Promise<Instance> {
   const { id } = await cx.find(idOrName)
   await cx.ops.run(id, async () => body(id, await recordFor(cx, id, op)))
   return instanceView(cx, id)

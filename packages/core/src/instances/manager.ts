@@ -10,17 +10,20 @@
  * - network.ts: host network attachment and the egress proxy's credential policy
  * - reconcile.ts: what a reopen after a crash, and a close, do
  */
+import type { Readable } from 'node:stream'
 import { parseDuration, ValidationError } from '@hypeman-ts/common'
 import type { ExecOptions, ExecProcess, ExecResult, PathInfo } from '../guest/index.js'
 import { matchesTags } from '../validate.js'
 import { InstanceContext, type InstanceManagerOptions } from './context.js'
 import { createInstance, type CreateOptions } from './create.js'
 import { exec, execStream, logs, stat, type ExecParams, type LogOptions } from './guest-access.js'
+import { copyFrom, copyTo, type CopyToOptions, type GuestFileEntry, mkdir } from './guest-files.js'
 import { deleteInstance, kill, pause, restore, resume, standby, start, stop, type StopOptions } from './lifecycle.js'
 import { INSTANCE_STATES, type Instance, type InstanceState } from './model.js'
 import type { CreateInstanceParams, InstanceSpec } from './params.js'
 import type { InstanceNetworkRecord } from './record.js'
 import { detachAll, reconcile } from './reconcile.js'
+import { type UpdateInstanceParams, updateInstance } from './update.js'
 import { instanceView, toInstance } from './view.js'
 
 export type { InstanceManagerOptions, NetworkProvider, EgressProvider } from './context.js'
@@ -128,6 +131,37 @@ export class InstanceManager {
   /** Runs a program in the guest with live streams; the connection closes when it exits. */
   execStream(idOrName: string, params: ExecOptions & { connectTimeoutMs?: number }): Promise<ExecProcess> {
     return execStream(this.#cx, idOrName, params)
+  }
+
+  /**
+   * Changes what can change without a restart: `env` values that credentials take their real
+   * value from (rotation). In effect for the next request of a running instance, at the next
+   * start or restore otherwise. Other fields of hypeman's update are `not_supported`.
+   */
+  update(idOrName: string, params: UpdateInstanceParams): Promise<Instance> {
+    return updateInstance(this.#cx, idOrName, params)
+  }
+
+  /**
+   * Writes a file in a running guest (created or truncated, then given `mode`, default 0o644),
+   * with no tool needed in the image. Resolves with the bytes written.
+   */
+  copyTo(idOrName: string, path: string, content: Readable | Buffer | string, opts: CopyToOptions = {}): Promise<{ bytesWritten: number }> {
+    return copyTo(this.#cx, idOrName, path, content, opts)
+  }
+
+  /** Makes a directory (and missing parents) in a running guest. */
+  mkdir(idOrName: string, path: string, opts: { mode?: number } = {}): Promise<void> {
+    return mkdir(this.#cx, idOrName, path, opts)
+  }
+
+  /**
+   * Reads a file, symlink or directory tree out of a running guest, entry by entry with its
+   * metadata; read each file's `content` before asking for the next entry. Paths come from the
+   * guest: untrusted.
+   */
+  copyFrom(idOrName: string, path: string, opts: { followLinks?: boolean; signal?: AbortSignal } = {}): AsyncGenerator<GuestFileEntry> {
+    return copyFrom(this.#cx, idOrName, path, opts)
   }
 
   stat(idOrName: string, path: string, opts: { followLinks?: boolean } = {}): Promise<PathInfo> {

@@ -165,16 +165,7 @@ export function validateCreateParams(input: unknown, defaults: SpecDefaults): In
   const cmd = stringArray(p.cmd, 'cmd')
   const entrypoint = stringArray(p.entrypoint, 'entrypoint')
 
-  const env: Record<string, string> = {}
-  if (p.env !== undefined && p.env !== null) {
-    if (typeof p.env !== 'object' || Array.isArray(p.env)) throw new ValidationError('env', 'must be an object of strings')
-    for (const [k, v] of Object.entries(p.env)) {
-      if (!ENV_NAME.test(k)) throw new ValidationError(`env.${k}`, 'is not a valid environment variable name (letters, digits and _, not starting with a digit)')
-      if (typeof v !== 'string') throw new ValidationError(`env.${k}`, 'must be a string')
-      if (v.includes('\0')) throw new ValidationError(`env.${k}`, 'must not contain NUL bytes')
-      env[k] = v
-    }
-  }
+  const env = p.env === undefined || p.env === null ? {} : validateEnv(p.env)
 
   checkExecSize([{ field: 'entrypoint', values: entrypoint ?? [] }, { field: 'cmd', values: cmd ?? [] }], env)
 
@@ -269,6 +260,19 @@ function validateNetwork(input: unknown, available: boolean): NetworkSpec {
 }
 
 /** The credentials map, checked as the proxy will compile it (fields named as the proxy names them). */
+/** An env map: valid names, string values without NUL. Throws naming `env.NAME`. */
+export function validateEnv(input: unknown): Record<string, string> {
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) throw new ValidationError('env', 'must be an object of strings')
+  const env: Record<string, string> = {}
+  for (const [k, v] of Object.entries(input)) {
+    if (!ENV_NAME.test(k)) throw new ValidationError(`env.${k}`, 'is not a valid environment variable name (letters, digits and _, not starting with a digit)')
+    if (typeof v !== 'string') throw new ValidationError(`env.${k}`, 'must be a string')
+    if (v.includes('\0')) throw new ValidationError(`env.${k}`, 'must not contain NUL bytes')
+    env[k] = v
+  }
+  return env
+}
+
 function validateCredentials(input: unknown, env: Record<string, string>, network: NetworkSpec): Record<string, CredentialPolicy> {
   if (input === undefined || input === null) return {}
   if (typeof input !== 'object' || Array.isArray(input)) throw new ValidationError('credentials', 'must be a map of env var names to credential policies')

@@ -11,7 +11,7 @@
 import { ConflictError } from '@hypeman-ts/common'
 import type { InstanceState } from './model.js'
 
-export type Operation = 'start' | 'stop' | 'kill' | 'pause' | 'resume' | 'standby' | 'restore' | 'exec' | 'stat'
+export type Operation = 'start' | 'stop' | 'kill' | 'pause' | 'resume' | 'standby' | 'restore' | 'exec' | 'stat' | 'copy' | 'update'
 
 const BOOTED: readonly InstanceState[] = ['Running', 'Initializing']
 
@@ -25,6 +25,9 @@ export const ALLOWED_STATES: Readonly<Record<Operation, readonly InstanceState[]
   restore: ['Standby'],
   exec: BOOTED,
   stat: BOOTED,
+  copy: BOOTED,
+  // Anything but a create in flight: a stopped or standby instance takes the change at its next boot.
+  update: ['Initializing', 'Running', 'Paused', 'Shutdown', 'Stopped', 'Standby', 'Unknown'],
 }
 
 /** Throws `conflict` (field `state`, details `{ operation, state, allowed }`) unless `op` may run in `state`. */

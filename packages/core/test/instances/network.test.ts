@@ -15,6 +15,8 @@ import { NetLab } from '@hypeman-ts/netsetup/testing'
 import { FIXTURES } from '../support/registry.js'
 
 const SECRET = 'sk-real-secret-7f3a9c'
+const SECRET_2 = 'sk-rotated-running-51c0'
+const SECRET_3 = 'sk-rotated-stopped-a9e2'
 let lab: NetLab
 let work: string
 let results: Record<string, any>
@@ -178,8 +180,20 @@ describe('mediated egress with a brokered credential', () => {
     expect(denied).toContainEqual(expect.objectContaining({ type: 'denied', reason: port, host: '198.18.0.1', port: 7777 }))
   })
 
-  it('a stopped instance started by a new host process gets its policy back', () => {
-    expect(results.afterRestartMatch?.headers?.authorization).toBe(`Bearer ${SECRET}`)
+  it('rotates the real value of a running instance with update({ env }), with no restart and nothing new in the guest', () => {
+    const r = results.rotation
+    expect(r.sameBoot).toBe(true)
+    expect(r.match).toMatchObject({ url: '/rot', tls: true, headers: { authorization: `Bearer ${SECRET_2}` } })
+    expect(r.guestEnv).toBe(results.guestEnv)
+    expect(r.env).toEqual({ VISIBLE: 'yes', OPENAI_API_KEY: '<placeholder>' })
+    // Only credential sources change this way; the spec's other update fields are not features here.
+    expect(r.unbound).toEqual({ code: 'invalid_input', field: 'env.VISIBLE' })
+    expect(r.ttl).toEqual({ code: 'not_supported', field: 'ttl' })
+    expect(r.empty).toEqual({ code: 'invalid_input', field: 'env' })
+  })
+
+  it('a stopped instance started by a new host process gets its policy back, with the value rotated while it was stopped', () => {
+    expect(results.afterRestartMatch?.headers?.authorization).toBe(`Bearer ${SECRET_3}`)
   })
 
   it('a delete during create cancels it, and the create undoes itself before the delete returns', () => {
@@ -199,13 +213,13 @@ describe('mediated egress with a brokered credential', () => {
       for (const ent of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
         const p = join(dir, ent.name)
         if (ent.isDirectory()) await walk(p)
-        else if (ent.isFile() && !p.endsWith('.ext4') && !p.endsWith('.erofs') && readFileSync(p).includes(SECRET)) hits.push(p)
+        else if (ent.isFile() && !p.endsWith('.ext4') && !p.endsWith('.erofs') && [SECRET, SECRET_2, SECRET_3].some((x) => readFileSync(p).includes(x))) hits.push(p)
       }
     }
     await walk(join(work, 'data'))
     expect(hits).toEqual([]) // instances are deleted, so their records are gone too
     // Everything the manager and the proxy logged (the RESULT line quotes the upstream, which must see it).
-    expect(childOutput.replace(/^RESULT .*$/m, '')).not.toContain(SECRET)
+    expect(childOutput.replace(/^RESULT .*$/m, '')).not.toMatch(new RegExp([SECRET, SECRET_2, SECRET_3].join('|')))
     expect(childOutput).toMatch(/^RESULT /m)
   })
 })

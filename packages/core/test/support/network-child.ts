@@ -11,6 +11,9 @@ import { type AuditEvent, Hypeman } from '../../src/index.js'
 
 const cfg = JSON.parse(process.argv[2]!) as { dataDir: string; uplink: string; upstreamCa: string; serverIp: string; hostIp: string; cert: string; key: string; image: string }
 const SECRET = 'sk-real-secret-7f3a9c'
+// Rotated in while running, then while stopped.
+const SECRET_2 = 'sk-rotated-running-51c0'
+const SECRET_3 = 'sk-rotated-stopped-a9e2'
 const GATEWAY = '10.123.0.1'
 const results: Record<string, unknown> = {}
 // Names the proxy resolves: the "internet" server, and names for this host's own addresses.
@@ -152,6 +155,20 @@ try {
   // Explicit: the HTTPS_PROXY the guest was given.
   results.explicitMatch = json((await sh(med.id, `curl -s --max-time 20 -H "Authorization: Bearer $OPENAI_API_KEY" https://api.test/e`)).out)
 
+  // 2r. Rotation without a restart (hypeman's PATCH env): the next request carries the new value,
+  // the VMM is the same one, the guest's placeholder and env are unchanged.
+  const beforeRotation = await hm.instances.get(med.id)
+  const rotated = await hm.instances.update(med.id, { env: { OPENAI_REAL: SECRET_2 } })
+  results.rotation = {
+    env: rotated.env,
+    sameBoot: rotated.startedAt === beforeRotation.startedAt && rotated.state === 'Running',
+    match: json((await sh(med.id, `curl -s --max-time 20 --noproxy '*' ${resolve} -H "Authorization: Bearer $OPENAI_API_KEY" https://api.test/rot`)).out),
+    guestEnv: (await sh(med.id, 'env | sort')).out,
+    unbound: await hm.instances.update(med.id, { env: { VISIBLE: 'no' } }).then(() => 'accepted', (e) => ({ code: e.code, field: e.field })),
+    ttl: await hm.instances.update(med.id, { ttl: '1h' } as never).then(() => 'accepted', (e) => ({ code: e.code, field: e.field })),
+    empty: await hm.instances.update(med.id, { env: {} }).then(() => 'accepted', (e) => ({ code: e.code, field: e.field })),
+  }
+
   // 2a. Through the proxy to this host's own services, and to other ports of the allowed server:
   // all refused, however the guest asks. Services listen on every address of this namespace.
   results.hostProbes = await probeHostServices(med.id)
@@ -164,6 +181,8 @@ try {
   await hm.instances.stop(med.id)
   await hm.close()
   hm = await open()
+  // Rotated while stopped (by this new process): the start registers the new value.
+  await hm.instances.update(med.id, { env: { OPENAI_REAL: SECRET_3 } })
   await hm.instances.start(med.id)
   results.afterRestartMatch = json((await sh(med.id, `curl -s --max-time 20 --noproxy '*' ${resolve} -H "Authorization: Bearer $OPENAI_API_KEY" https://api.test/r`)).out)
 
@@ -201,7 +220,7 @@ try {
     for (const ent of readdirSync(dir, { withFileTypes: true })) {
       const p = join(dir, ent.name)
       if (ent.isDirectory()) walk(p)
-      else if (ent.isFile() && !/\.(ext4|erofs)$/.test(p) && readFileSync(p).includes(SECRET)) holders.push({ file: p.slice(cfg.dataDir.length), mode: (statSync(p).mode & 0o777).toString(8) })
+      else if (ent.isFile() && !/\.(ext4|erofs)$/.test(p) && [SECRET, SECRET_2, SECRET_3].some((x) => readFileSync(p).includes(x))) holders.push({ file: p.slice(cfg.dataDir.length), mode: (statSync(p).mode & 0o777).toString(8) })
     }
   }
   walk(cfg.dataDir)
