@@ -11,7 +11,7 @@ import { request, type IncomingMessage } from 'node:http'
 import { createServer, type Server } from 'node:https'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { HostNetwork } from '@hypeman-ts/netsetup'
+import { Hypeman } from '@hypeman-ts/core'
 import { linkNames } from '@hypeman-ts/netsetup/testing'
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
 import { installExample, type InstalledExample } from './support/install.js'
@@ -192,8 +192,8 @@ afterAll(async () => {
   api?.close()
   // The bridge and nftables tables the app made on its first networked run.
   if (dataDir && existsSync(join(dataDir, 'network', 'network.json'))) {
-    const net = await HostNetwork.open({ stateDir: join(dataDir, 'network'), bridge: BRIDGE, subnet: SUBNET, table: `hypeman_${BRIDGE}` })
-    await net.destroy()
+    const hm = await Hypeman.open({ dataDir, network: { bridge: BRIDGE, subnet: SUBNET, table: `hypeman_${BRIDGE}` } })
+    await hm.close({ removeNetwork: true })
   }
   if (work) await rm(work, { recursive: true, force: true })
   await installed?.remove()

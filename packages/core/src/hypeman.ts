@@ -88,6 +88,7 @@ export class Hypeman {
     readonly egress: HypemanEgress,
     private readonly lockPath: string,
     private readonly closers: (() => Promise<void>)[],
+    private readonly network: { exists(): Promise<boolean>; get(): Promise<HostNetwork> } | undefined,
   ) {}
 
   static async open(opts: HypemanOptions = {}): Promise<Hypeman> {
@@ -167,7 +168,7 @@ export class Hypeman {
         logger,
       })
       await instances.reconcile()
-      return new Hypeman(dataDir, images, instances, egressEvents, lockPath, closers)
+      return new Hypeman(dataDir, images, instances, egressEvents, lockPath, closers, networkProvider)
     } catch (err) {
       for (const close of closers) await close().catch(() => {})
       await rm(lockPath, { force: true })
@@ -180,11 +181,27 @@ export class Hypeman {
     return doctor(opts)
   }
 
-  /** Lets go of the data directory. VMs keep running; the next open reattaches to them. */
-  async close(): Promise<void> {
+  /**
+   * Lets go of the data directory. VMs keep running; the next open reattaches to them.
+   * `removeNetwork`: also take down the host network this manager set up (bridge, NAT, our
+   * nftables tables, allocations) — refused with `conflict` while any instance still holds an
+   * address on it (delete those first); nothing is closed then.
+   */
+  async close(opts: { removeNetwork?: boolean } = {}): Promise<void> {
+    if (opts.removeNetwork) {
+      const holders = (await this.instances.list()).filter((i) => i.network?.ip)
+      if (holders.length) {
+        throw new ConflictError(`the network is still used by ${holders.map((i) => i.name).join(', ')}: delete those instances first`, {
+          field: 'removeNetwork',
+          details: { instances: holders.map((i) => i.id) },
+        })
+      }
+    }
     await this.instances.detachAll()
     await this.images.close()
+    // The proxy listens on the bridge's address: it closes (with the other closers) first.
     for (const close of this.closers) await close()
+    if (opts.removeNetwork && this.network && (await this.network.exists())) await (await this.network.get()).destroy()
     await rm(this.lockPath, { force: true })
   }
 

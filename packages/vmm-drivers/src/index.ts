@@ -30,3 +30,4 @@ export {
 } from './cloud-hypervisor/plan.js'
 export { connectVsock, type VsockConnectOptions } from './vsock/connect.js'
 // Protocol codecs and pure planners for tests and tools: '@hypeman-ts/vmm-drivers/testing'.
+export { processUsage, type ProcessUsage } from './process.js'

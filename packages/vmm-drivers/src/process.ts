@@ -60,6 +60,29 @@ export function readStartTime(pid: number): number | undefined {
   }
 }
 
+export interface ProcessUsage {
+  /** User + system CPU time so far. */
+  cpuSeconds: number
+  rssBytes: number
+  vmsBytes: number
+}
+
+/**
+ * CPU and memory of a live process from /proc (what `ps` shows), or undefined when `pid` is no
+ * longer the process that started at `startTime`. /proc reports CPU in USER_HZ, 100 on Linux.
+ */
+export async function processUsage(pid: number, startTime: number): Promise<ProcessUsage | undefined> {
+  try {
+    const [stat, status] = await Promise.all([readFile(`/proc/${pid}/stat`, 'utf8'), readFile(`/proc/${pid}/status`, 'utf8')])
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    if (Number(fields[19]) !== startTime) return undefined
+    const kib = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+) kB$`, 'm').exec(status)?.[1] ?? 0) * 1024
+    return { cpuSeconds: (Number(fields[11]) + Number(fields[12])) / 100, rssBytes: kib('VmRSS'), vmsBytes: kib('VmSize') }
+  } catch {
+    return undefined
+  }
+}
+
 /** The same process is alive: same pid, same start time, not a zombie. */
 export function isSameProcessAlive(pid: number, startTime: number): boolean {
   return processAlive(pid) && readStartTime(pid) === startTime

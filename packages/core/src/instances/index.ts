@@ -4,3 +4,4 @@ export { validateCreateParams, validateName, HYPERVISORS, type CreateInstancePar
 export { ALLOWED_STATES, type Operation } from './transitions.js'
 export type { UpdateInstanceParams } from './update.js'
 export type { CopyToOptions, GuestFileEntry } from './guest-files.js'
+export { instanceStatsToWire, type InstanceStats } from './stats.js'

@@ -23,6 +23,7 @@ import { INSTANCE_STATES, type Instance, type InstanceState } from './model.js'
 import type { CreateInstanceParams, InstanceSpec } from './params.js'
 import type { InstanceNetworkRecord } from './record.js'
 import { detachAll, reconcile } from './reconcile.js'
+import { instanceStats, type InstanceStats } from './stats.js'
 import { type UpdateInstanceParams, updateInstance } from './update.js'
 import { instanceView, toInstance } from './view.js'
 
@@ -162,6 +163,11 @@ export class InstanceManager {
    */
   copyFrom(idOrName: string, path: string, opts: { followLinks?: boolean; signal?: AbortSignal } = {}): AsyncGenerator<GuestFileEntry> {
     return copyFrom(this.#cx, idOrName, path, opts)
+  }
+
+  /** Resource use now: the VMM's CPU time and memory, the guest's network bytes, what it was given. */
+  stats(idOrName: string): Promise<InstanceStats> {
+    return instanceStats(this.#cx, idOrName)
   }
 
   stat(idOrName: string, path: string, opts: { followLinks?: boolean } = {}): Promise<PathInfo> {

@@ -98,9 +98,22 @@ describe('copy out of a guest', () => {
   })
 })
 
+describe('stats', () => {
+  it('reports the VMM\'s CPU time and memory and what the instance was given', async () => {
+    const s = await hm.instances.stats('cp')
+    expect(s).toMatchObject({ instanceId: id, instanceName: 'cp', allocatedVcpus: 1, allocatedMemoryBytes: 256 * 1024 * 1024, networkRxBytes: 0, networkTxBytes: 0 })
+    expect(s.cpuSeconds).toBeGreaterThan(0)
+    expect(s.memoryRssBytes).toBeGreaterThan(10 * 1024 * 1024)
+    expect(s.memoryVmsBytes).toBeGreaterThan(s.memoryRssBytes)
+    expect(s.memoryUtilizationRatio).toBeCloseTo(s.memoryRssBytes / (256 * 1024 * 1024), 6)
+    expect((await hm.instances.stats(id)).cpuSeconds).toBeGreaterThanOrEqual(s.cpuSeconds)
+  })
+})
+
 describe('copy and the instance state', () => {
-  it('is refused at once on a stopped instance', async () => {
+  it('is refused at once on a stopped instance; stats of a stopped one report no use', async () => {
     await hm.instances.stop(id, { timeoutMs: 3000 })
+    expect(await hm.instances.stats(id)).toMatchObject({ cpuSeconds: 0, memoryRssBytes: 0, allocatedVcpus: 1 })
     await expect(hm.instances.copyTo(id, '/tmp/x', 'x')).rejects.toMatchObject({ code: 'conflict', field: 'state', details: { operation: 'copy', state: 'Stopped' } })
     await expect(readAll('/tmp')).rejects.toMatchObject({ code: 'conflict', field: 'state' })
   })

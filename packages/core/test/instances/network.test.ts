@@ -117,6 +117,12 @@ describe('mediated egress with a brokered credential', () => {
     expect(results.explicitMatch).toMatchObject({ url: '/e', tls: true, headers: { authorization: `Bearer ${SECRET}` } })
   })
 
+  it('stats count the guest\'s network bytes from its TAP', () => {
+    expect(results.mediatedStats.networkRxBytes).toBeGreaterThan(1000)
+    expect(results.mediatedStats.networkTxBytes).toBeGreaterThan(1000)
+    expect(results.mediatedStats.cpuSeconds).toBeGreaterThan(0)
+  })
+
   it('leaves the placeholder untouched for other hosts and on plain HTTP', () => {
     expect(results.transparentOther.headers.authorization).toMatch(/^Bearer hmph_[0-9a-f]{40}$/)
     expect(results.transparentPlainHttp).toMatchObject({ tls: false })
@@ -204,6 +210,13 @@ describe('mediated egress with a brokered credential', () => {
   it('delete leaves no instance, and no VMM behind', () => {
     expect(results.afterDelete).toEqual([])
     expect(qemuOf(work)).toEqual([])
+  })
+
+  it('close({ removeNetwork }) is refused while instances hold addresses, and afterwards takes the bridge and our tables away', () => {
+    expect(results.removeWhileUsed).toEqual({ code: 'conflict', field: 'removeNetwork' })
+    expect(results.afterRemove.links).not.toContain('hmbr0')
+    expect(results.afterRemove.links.filter((l: string) => l.startsWith('hmt'))).toEqual([])
+    expect(results.afterRemove.tables.filter((t: string) => t.includes('hypeman'))).toEqual([])
   })
 
   it('wrote the real secret nowhere but the instance record (root-only)', async () => {

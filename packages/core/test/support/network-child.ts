@@ -7,6 +7,7 @@ import { readdirSync, readFileSync, statSync } from 'node:fs'
 import { createServer as createHttp, type Server } from 'node:http'
 import { createServer as createHttps } from 'node:https'
 import { join } from 'node:path'
+import { run } from '@hypeman-ts/common'
 import { type AuditEvent, Hypeman } from '../../src/index.js'
 
 const cfg = JSON.parse(process.argv[2]!) as { dataDir: string; uplink: string; upstreamCa: string; serverIp: string; hostIp: string; cert: string; key: string; image: string }
@@ -35,6 +36,7 @@ const open = () =>
     defaults: { vcpus: 1, size: '512MB', overlaySize: '512MB' },
   })
 let hm = await open()
+let closed = false
 
 const sh = async (id: string, script: string) => {
   const r = await hm.instances.exec(id, { argv: ['sh', '-c', script], timeoutMs: 60_000 })
@@ -155,6 +157,9 @@ try {
   // Explicit: the HTTPS_PROXY the guest was given.
   results.explicitMatch = json((await sh(med.id, `curl -s --max-time 20 -H "Authorization: Bearer $OPENAI_API_KEY" https://api.test/e`)).out)
 
+  // The TAP's counters, as the guest sees them: it received the answers, it sent the requests.
+  results.mediatedStats = await hm.instances.stats(med.id)
+
   // 2r. Rotation without a restart (hypeman's PATCH env): the next request carries the new value,
   // the VMM is the same one, the guest's placeholder and env are unchanged.
   const beforeRotation = await hm.instances.get(med.id)
@@ -227,12 +232,23 @@ try {
   results.secretHolders = holders
 
   results.instances = (await hm.instances.list()).map((i) => ({ name: i.name, state: i.state, network: i.network }))
+  // The network cannot be taken down under instances that hold addresses on it.
+  results.removeWhileUsed = await hm.close({ removeNetwork: true }).then(
+    () => 'closed',
+    (e) => ({ code: e.code, field: e.field }),
+  )
   for (const i of await hm.instances.list()) await hm.instances.delete(i.id)
   results.afterDelete = await hm.instances.list()
+  await hm.close({ removeNetwork: true })
+  closed = true
+  const links = JSON.parse((await run('ip', ['-j', 'link', 'show'])).stdout) as { ifname: string }[]
+  results.afterRemove = { links: links.map((l) => l.ifname), tables: (await run('nft', ['list', 'tables'])).stdout.trim().split('\n').filter(Boolean) }
 } catch (err) {
   results.error = String((err as Error).stack ?? err)
 } finally {
-  for (const i of await hm.instances.list().catch(() => [])) await hm.instances.delete(i.id).catch(() => {})
-  await hm.close()
+  if (!closed) {
+    for (const i of await hm.instances.list().catch(() => [])) await hm.instances.delete(i.id).catch(() => {})
+    await hm.close()
+  }
 }
 process.stdout.write(`RESULT ${JSON.stringify(results)}\n`)
