@@ -44,7 +44,8 @@ export function schemaError(errors: ErrorObject[], part: string): ValidationErro
   const path = e.instancePath.split('/').slice(1).map(unescapePointer)
   if (e.keyword === 'required') path.push(String(e.params.missingProperty))
   if (e.keyword === 'additionalProperties') path.push(String(e.params.additionalProperty))
-  if (e.keyword === 'propertyNames' && e.params.propertyName !== undefined) path.push(String(e.params.propertyName))
+  // A bad map key (tags) is reported on the key itself, under `propertyName`.
+  if (e.propertyName !== undefined) path.push(e.propertyName)
   const field = path.length ? path.join('.') : part
   let message = e.message ?? 'is invalid'
   if (e.keyword === 'enum') message = `must be one of ${(e.params.allowedValues as unknown[]).join(', ')}`
