@@ -26,6 +26,8 @@ export function logHandlers({ hm, shutdown }: RouteContext): Handlers {
       const signal = AbortSignal.any([ac.signal, shutdown])
       req.raw.socket.setTimeout(0) // a followed log may be quiet for longer than the idle timeout
       res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', 'x-accel-buffering': 'no', connection: 'keep-alive' })
+      // Now, not with the first line: the client's call returns on the headers, and a follow may wait long for a line.
+      res.flushHeaders()
       try {
         const lines = hm.instances.logs(id, {
           source: q.source as LogSource,
