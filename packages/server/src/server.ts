@@ -104,6 +104,12 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
     authenticate(req, secret)
   })
 
+  // A keep-alive connection that carried a request in flight at close would otherwise be held
+  // until its keep-alive timeout: responses sent while closing end their connection.
+  app.addHook('onSend', async (_req, reply) => {
+    if (shutdown.signal.aborted) void reply.header('connection', 'close')
+  })
+
   await app.register(websocket, { options: { maxPayload: 1024 * 1024 } })
 
   const cx: RouteContext = { hm, shutdown: shutdown.signal, ...(opts.networkCapacity ? { networkCapacity: opts.networkCapacity } : {}) }
