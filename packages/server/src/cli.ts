@@ -30,6 +30,7 @@ serve:
   --capacity-download RATE    host download capacity shared out by vCPU, e.g. 1Gbps
   --capacity-upload RATE      host upload capacity, e.g. 1Gbps
   --egress-allow-destination CIDR   exempt a range from the egress proxy's SSRF guard (repeatable)
+  --allow-oci-layouts         let clients name local OCI layouts (oci:/dir) as images
   --body-limit BYTES          largest request body (default 1048576)
   --log                       JSON request logs on stdout
 
@@ -67,6 +68,7 @@ export async function main(argv: string[]): Promise<number> {
       'capacity-download': { type: 'string' },
       'capacity-upload': { type: 'string' },
       'egress-allow-destination': { type: 'string', multiple: true },
+      'allow-oci-layouts': { type: 'boolean' },
       'body-limit': { type: 'string' },
       log: { type: 'boolean' },
       subject: { type: 'string' },
@@ -112,6 +114,7 @@ export async function main(argv: string[]): Promise<number> {
     server = await createServer(hm, {
       jwtSecret: secret,
       logger: values.log === true,
+      allowLocalLayouts: values['allow-oci-layouts'] === true,
       ...(bodyLimit ? { bodyLimit } : {}),
       ...(capacity.download ? { networkCapacity: { downloadBitsPerSec: parseRate(capacity.download, 'capacity-download') } } : {}),
     })

@@ -39,6 +39,11 @@ export interface ServerOptions {
   requestTimeoutMs?: number
   /** A connection idle this long is closed (streams and long operations are exempt). Default 60 s. */
   idleTimeoutMs?: number
+  /**
+   * Let clients name local OCI layouts (`oci:/dir[:ref]`) as images. Default false: a client
+   * could otherwise make the server read any directory of the host.
+   */
+  allowLocalLayouts?: boolean
   /** Host network capacity for GET /resources, when known. */
   networkCapacity?: RouteContext['networkCapacity']
   /** Fastify's logger: `true` for JSON request logs on stdout, a pino-like logger, or false (default). */
@@ -112,7 +117,7 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
 
   await app.register(websocket, { options: { maxPayload: 1024 * 1024 } })
 
-  const cx: RouteContext = { hm, shutdown: shutdown.signal, ...(opts.networkCapacity ? { networkCapacity: opts.networkCapacity } : {}) }
+  const cx: RouteContext = { hm, shutdown: shutdown.signal, allowLocalLayouts: opts.allowLocalLayouts === true, ...(opts.networkCapacity ? { networkCapacity: opts.networkCapacity } : {}) }
   const handlers: Record<string, Handler> = {
     ...systemHandlers(cx),
     ...imageHandlers(cx),
@@ -154,8 +159,7 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
 
 /** Fastify's own failures (body too large, bad JSON, schema) in our error shape. */
 function fromFastify(err: FastifyError): unknown {
-  if (err instanceof Error && 'code' in err && typeof (err as { field?: unknown }).field === 'string') return err
-  if ((err as { validation?: unknown }).validation) return err
+  if (err instanceof HypemanError) return err // ours, schema errors included (see setSchemaErrorFormatter)
   switch (err.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
       return new HypemanError('body_too_large', `the request body is larger than the server's limit`, { field: 'body' })

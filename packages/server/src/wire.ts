@@ -3,7 +3,7 @@
  * and core cannot honour yet is refused with `not_supported` (501) naming it, never dropped.
  * Types were already checked against the spec's schema; core checks the values.
  */
-import { NotSupportedError } from '@hypeman-ts/common'
+import { NotSupportedError, ValidationError } from '@hypeman-ts/common'
 import type { CreateImageParams, CreateInstanceParams, Hypervisor } from '@hypeman-ts/core'
 
 type Body = Record<string, unknown>
@@ -14,10 +14,26 @@ function refuse(field: string, value?: string): never {
   throw new NotSupportedError(`${field}: ${value ? `${value} is ` : ''}not supported by hypeman-ts yet`, { field })
 }
 
+/**
+ * Core reads `oci:/some/dir` references from the host's filesystem: fine for a program that
+ * embeds core, not for any client of an HTTP API, which could make the server open any
+ * directory. Refused unless the operator allowed it (tests, a trusted single-user host).
+ */
+function checkSource(field: string, ref: unknown, allowLocalLayouts: boolean): void {
+  if (!allowLocalLayouts && typeof ref === 'string' && ref.startsWith('oci:')) {
+    throw new ValidationError(field, 'local OCI layouts (oci:...) are not allowed through the API on this server')
+  }
+}
+
+export interface WireOptions {
+  allowLocalLayouts: boolean
+}
+
 const defined = <T extends Record<string, unknown>>(o: T): T =>
   Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T
 
-export function createInstanceFromWire(b: Body): CreateInstanceParams {
+export function createInstanceFromWire(b: Body, opts: WireOptions): CreateInstanceParams {
+  checkSource('image', b.image, opts.allowLocalLayouts)
   for (const f of UNSUPPORTED_CREATE) if (b[f] !== undefined && b[f] !== null) refuse(f)
   if (b.hypervisor === 'qemu-microvm') refuse('hypervisor', 'qemu-microvm')
   const net = b.network as Body | undefined
@@ -63,7 +79,8 @@ export function createInstanceFromWire(b: Body): CreateInstanceParams {
   })
 }
 
-export function createImageFromWire(b: Body): CreateImageParams {
+export function createImageFromWire(b: Body, opts: WireOptions): CreateImageParams {
+  checkSource('name', b.name, opts.allowLocalLayouts)
   const c = b.credentials as Body | undefined
   return defined({
     name: b.name as string,

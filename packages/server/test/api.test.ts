@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import HypemanClient, { AuthenticationError, BadRequestError, NotFoundError } from '@onkernel/hypeman'
-import { mintToken } from '../src/index.js'
+import { createServer, mintToken } from '../src/index.js'
 import { BUSYBOX, specValidator, startServer, type TestServer } from './support/server.js'
 
 let t: TestServer
@@ -177,6 +177,20 @@ describe('images', () => {
 
     expect((await t.client.images.delete(BUSYBOX).asResponse()).status).toBe(204)
     await expect(t.client.images.get(BUSYBOX)).rejects.toBeInstanceOf(NotFoundError)
+  })
+
+  it('refuses local OCI layouts on a server that did not allow them (the default)', async () => {
+    const strict = await createServer(t.hm, { jwtSecret: t.secret })
+    try {
+      const { port } = await strict.listen({ port: 0 })
+      const client = new HypemanClient({ baseURL: `http://127.0.0.1:${port}`, apiKey: t.token, maxRetries: 0 })
+      const err = await client.images.create({ name: BUSYBOX }).catch((e: unknown) => e)
+      expect(err).toBeInstanceOf(BadRequestError)
+      expect((err as BadRequestError).error).toMatchObject({ code: 'invalid_input', details: [{ message: 'name' }] })
+      await expect(client.instances.create({ name: 'layout', image: BUSYBOX })).rejects.toBeInstanceOf(BadRequestError)
+    } finally {
+      await strict.close()
+    }
   })
 
   it('refuses a bad platform with 400', async () => {

@@ -41,7 +41,7 @@ const exited = (c: ChildProcess) => new Promise<number | null>((r) => (c.exitCod
 
 /** Starts `serve` and resolves with its base URL once it says it listens. */
 async function serve(dir: string): Promise<{ child: ChildProcess; base: string; stderr: () => string }> {
-  const child = cli(['serve', '--listen', '127.0.0.1:0', '--data-dir', dir, '--no-network'])
+  const child = cli(['serve', '--listen', '127.0.0.1:0', '--data-dir', dir, '--no-network', '--allow-oci-layouts'])
   let err = ''
   const base = await new Promise<string>((resolve, reject) => {
     child.stderr!.on('data', (d: Buffer) => {

@@ -6,7 +6,7 @@ import { toWireError, wireField } from '../src/errors.js'
 import { parseQuery } from '../src/query.js'
 import { resolveInstance } from '../src/resolve.js'
 import { parseExecRequest } from '../src/routes/exec.js'
-import { createInstanceFromWire } from '../src/wire.js'
+import { createImageFromWire, createInstanceFromWire } from '../src/wire.js'
 
 describe('parseQuery', () => {
   it('reads deepObject maps, encoded brackets included, next to plain values', () => {
@@ -41,12 +41,19 @@ describe('field names and errors on the wire', () => {
 })
 
 describe('createInstanceFromWire', () => {
+  const open = { allowLocalLayouts: true }
   it('renames snake_case fields and refuses those core cannot honour', () => {
-    expect(createInstanceFromWire({ name: 'a', image: 'b', overlay_size: '1GB', network: { enabled: false, bandwidth_upload: '1Mbps' } })).toEqual({
+    expect(createInstanceFromWire({ name: 'a', image: 'b', overlay_size: '1GB', network: { enabled: false, bandwidth_upload: '1Mbps' } }, open)).toEqual({
       name: 'a', image: 'b', overlaySize: '1GB', network: { enabled: false, bandwidthUpload: '1Mbps' },
     })
-    expect(() => createInstanceFromWire({ name: 'a', image: 'b', restart_policy: { policy: 'always' } })).toThrow(expect.objectContaining({ code: 'not_supported', field: 'restart_policy' }))
-    expect(() => createInstanceFromWire({ name: 'a', image: 'b', hypervisor: 'qemu-microvm' })).toThrow(expect.objectContaining({ code: 'not_supported', field: 'hypervisor' }))
+    expect(() => createInstanceFromWire({ name: 'a', image: 'b', restart_policy: { policy: 'always' } }, open)).toThrow(expect.objectContaining({ code: 'not_supported', field: 'restart_policy' }))
+    expect(() => createInstanceFromWire({ name: 'a', image: 'b', hypervisor: 'qemu-microvm' }, open)).toThrow(expect.objectContaining({ code: 'not_supported', field: 'hypervisor' }))
+  })
+  it('refuses local OCI layouts unless the server allows them', () => {
+    const layout = { name: 'a', image: 'oci:/etc' }
+    expect(() => createInstanceFromWire(layout, { allowLocalLayouts: false })).toThrow(expect.objectContaining({ code: 'invalid_input', field: 'image' }))
+    expect(() => createImageFromWire({ name: 'oci:/etc:x' }, { allowLocalLayouts: false })).toThrow(expect.objectContaining({ code: 'invalid_input', field: 'name' }))
+    expect(createInstanceFromWire(layout, open).image).toBe('oci:/etc')
   })
 })
 

@@ -3,7 +3,7 @@ import { imageToWire } from '@hypeman-ts/core'
 import { createImageFromWire } from '../wire.js'
 import { body, params, query, type Handlers, type RouteContext } from './types.js'
 
-export function imageHandlers({ hm }: RouteContext): Handlers {
+export function imageHandlers({ hm, allowLocalLayouts }: RouteContext): Handlers {
   return {
     async listImages(req) {
       const tags = query(req).tags as Record<string, string> | undefined
@@ -11,7 +11,7 @@ export function imageHandlers({ hm }: RouteContext): Handlers {
     },
     async createImage(req, reply) {
       // Starts the pull and answers at once; the client polls GET /images/{name} for the status.
-      const image = await hm.images.create(createImageFromWire(body(req)))
+      const image = await hm.images.create(createImageFromWire(body(req), { allowLocalLayouts }))
       return reply.code(202).send(imageToWire(image))
     },
     async getImage(req) {

@@ -8,7 +8,7 @@ import { NotSupportedError } from '@hypeman-ts/common'
 import { instanceToWire, pathInfoToWire, type InstanceState } from '@hypeman-ts/core'
 import { resolveInstance } from '../resolve.js'
 import { createInstanceFromWire } from '../wire.js'
-import { body, params, query, type Handlers, type RouteContext } from './types.js'
+import { body, params, query, type Handler, type Handlers, type RouteContext } from './types.js'
 
 /** An AbortSignal that fires when the client goes away before the response was sent. */
 export function clientGone(reply: FastifyReply): AbortSignal {
@@ -30,14 +30,22 @@ function refuseFields(b: Record<string, unknown>, fields: string[], what: string
   }
 }
 
-export function instanceHandlers({ hm, shutdown }: RouteContext): Handlers {
+export function instanceHandlers({ hm, shutdown, allowLocalLayouts }: RouteContext): Handlers {
   const idOf = async (req: FastifyRequest) => (await resolveInstance(hm, params(req).id!)).id
+  /** A state change: refuse body fields core cannot honour, then run it (boots take longer than the idle timeout). */
+  const lifecycle =
+    (op: 'start' | 'stop' | 'standby' | 'restore', unsupported: string[] = [], what = ''): Handler =>
+    async (req) => {
+      refuseFields(body(req), unsupported, what)
+      noIdleTimeout(req)
+      return instanceToWire(await hm.instances[op](await idOf(req)))
+    }
 
   return {
     async createInstance(req, reply) {
       noIdleTimeout(req)
       // A client that disconnects mid-create cancels it: core undoes every step it finished.
-      const inst = await hm.instances.create(createInstanceFromWire(body(req)), { signal: clientGone(reply) })
+      const inst = await hm.instances.create(createInstanceFromWire(body(req), { allowLocalLayouts }), { signal: clientGone(reply) })
       return reply.code(201).send(instanceToWire(inst))
     },
     async listInstances(req) {
@@ -54,24 +62,10 @@ export function instanceHandlers({ hm, shutdown }: RouteContext): Handlers {
       await hm.instances.delete(await idOf(req))
       return reply.code(204).send()
     },
-    async startInstance(req) {
-      refuseFields(body(req), ['cmd', 'entrypoint'], 'overriding the program at start')
-      noIdleTimeout(req)
-      return instanceToWire(await hm.instances.start(await idOf(req)))
-    },
-    async stopInstance(req) {
-      noIdleTimeout(req)
-      return instanceToWire(await hm.instances.stop(await idOf(req)))
-    },
-    async standbyInstance(req) {
-      refuseFields(body(req), ['compression', 'compression_delay'], 'snapshot compression')
-      noIdleTimeout(req)
-      return instanceToWire(await hm.instances.standby(await idOf(req)))
-    },
-    async restoreInstance(req) {
-      noIdleTimeout(req)
-      return instanceToWire(await hm.instances.restore(await idOf(req)))
-    },
+    startInstance: lifecycle('start', ['cmd', 'entrypoint'], 'overriding the program at start'),
+    stopInstance: lifecycle('stop'),
+    standbyInstance: lifecycle('standby', ['compression', 'compression_delay'], 'snapshot compression'),
+    restoreInstance: lifecycle('restore'),
     async statInstancePath(req) {
       const q = query(req)
       const info = await hm.instances.stat(await idOf(req), q.path as string, { followLinks: q.follow_links === true })

@@ -7,6 +7,8 @@ export interface RouteContext {
   /** Fires when the server closes: endless streams end, long waits answer now. */
   shutdown: AbortSignal
   /** Host network capacity in bits/s, when the operator configured it (GET /resources). */
+  /** Whether image references may name local OCI layouts (`oci:/dir`); see wire.ts. */
+  allowLocalLayouts: boolean
   networkCapacity?: { downloadBitsPerSec?: number; uploadBitsPerSec?: number }
 }
 
