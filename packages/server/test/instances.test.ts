@@ -179,3 +179,31 @@ describe('an instance through the API', () => {
     expect(await t.client.instances.list()).toEqual([])
   })
 })
+
+describe('a client that goes away', () => {
+  it('mid-create leaves no half-made instance', async () => {
+    const ac = new AbortController()
+    const request = fetch(`${t.base}/instances`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${t.token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'srv-abandoned', image: BUSYBOX, cmd: ['sleep', '3600'], network: { enabled: false } }),
+      signal: ac.signal,
+    }).catch((e: unknown) => e)
+    // Leave only once the create is under way (its record exists), not before it reached the server.
+    let seen: string | undefined
+    for (let i = 0; i < 1200 && !seen; i++) {
+      seen = (await t.hm.instances.list()).find((x) => x.name === 'srv-abandoned')?.state
+      if (!seen) await new Promise((r) => setTimeout(r, 25))
+    }
+    expect(seen).toMatch(/^(Created|Initializing)$/)
+    ac.abort()
+    expect(await request).toMatchObject({ name: 'AbortError' })
+    let left = await t.hm.instances.list()
+    for (let i = 0; i < 600 && left.length > 0; i++) {
+      await new Promise((r) => setTimeout(r, 100))
+      left = await t.hm.instances.list()
+    }
+    expect(left).toEqual([])
+    await expect(t.client.instances.get('srv-abandoned')).rejects.toBeInstanceOf(NotFoundError)
+  })
+})
