@@ -32,6 +32,7 @@ serve:
   --egress-allow-destination CIDR   exempt a range from the egress proxy's SSRF guard (repeatable)
   --allow-oci-layouts         let clients name local OCI layouts (oci:/dir) as images
   --body-limit BYTES          largest request body (default 1048576)
+  --metrics-listen HOST:PORT  serve Prometheus /metrics there (its own listener, no auth; default: off)
   --log                       JSON request logs on stdout
 
 token:
@@ -70,6 +71,7 @@ export async function main(argv: string[]): Promise<number> {
       'egress-allow-destination': { type: 'string', multiple: true },
       'allow-oci-layouts': { type: 'boolean' },
       'body-limit': { type: 'string' },
+      'metrics-listen': { type: 'string' },
       log: { type: 'boolean' },
       subject: { type: 'string' },
       ttl: { type: 'string' },
@@ -89,6 +91,7 @@ export async function main(argv: string[]): Promise<number> {
   }
 
   const listen = parseListen(values.listen ?? `${DEFAULT_HOST}:${DEFAULT_PORT}`)
+  const metricsListen = values['metrics-listen'] === undefined ? undefined : parseListen(values['metrics-listen'])
   const capacity = {
     ...(values['capacity-download'] ? { download: values['capacity-download'] } : {}),
     ...(values['capacity-upload'] ? { upload: values['capacity-upload'] } : {}),
@@ -115,12 +118,18 @@ export async function main(argv: string[]): Promise<number> {
       jwtSecret: secret,
       logger: values.log === true,
       allowLocalLayouts: values['allow-oci-layouts'] === true,
+      metrics: metricsListen !== undefined,
       ...(bodyLimit ? { bodyLimit } : {}),
       ...(capacity.download ? { networkCapacity: { downloadBitsPerSec: parseRate(capacity.download, 'capacity-download') } } : {}),
     })
     const addr = await server.listen(listen)
+    if (metricsListen && server.metrics) {
+      const m = await server.metrics.listen(metricsListen)
+      process.stderr.write(`hypeman-ts-server: metrics on ${m.address}:${m.port}\n`)
+    }
     process.stderr.write(`hypeman-ts-server: listening on ${addr.address}:${addr.port}\n`)
   } catch (err) {
+    await server?.close().catch(() => {})
     await hm.close()
     throw err
   }

@@ -2,3 +2,4 @@ export { createServer, DEFAULT_HOST, DEFAULT_PORT, type HypemanServer, type Serv
 export { mintToken, verifyToken, TokenError, type MintOptions, type TokenClaims } from './jwt.js'
 export { loadSpec, defaultSpecPath, type Spec, type Operation } from './spec.js'
 export { toWireError, type WireError } from './errors.js'
+export { createMetrics, type Metrics } from './metrics.js'

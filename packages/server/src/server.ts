@@ -18,6 +18,7 @@ import { HypemanError, ValidationError } from '@hypeman-ts/common'
 import type { Hypeman } from '@hypeman-ts/core'
 import { authenticate, PUBLIC_ROUTES } from './auth.js'
 import { notImplemented, toWireError } from './errors.js'
+import { createMetrics, type Metrics } from './metrics.js'
 import { parseQuery } from './query.js'
 import { registerExec } from './routes/exec.js'
 import { imageHandlers } from './routes/images.js'
@@ -48,6 +49,8 @@ export interface ServerOptions {
   networkCapacity?: RouteContext['networkCapacity']
   /** Fastify's logger: `true` for JSON request logs on stdout, a pino-like logger, or false (default). */
   logger?: boolean | FastifyBaseLogger
+  /** Collect Prometheus metrics (`server.metrics`; serve them with `server.metrics.listen`). */
+  metrics?: boolean
   /** Another copy of the spec (tests); default the one shipped in the package. */
   spec?: Spec
 }
@@ -55,6 +58,8 @@ export interface ServerOptions {
 export interface HypemanServer {
   /** The Fastify instance, for embedding (register more routes before `listen`). */
   readonly app: FastifyInstance
+  /** Present when created with `metrics: true`: its own listener, never the API's port. */
+  readonly metrics?: Metrics
   /** Listens; default 127.0.0.1:4973 (the SDK's default base URL). Returns the bound address. */
   listen(opts?: { host?: string; port?: number }): Promise<AddressInfo>
   /** Stops accepting, ends endless streams, waits for in-flight requests. The VMs keep running. */
@@ -70,6 +75,7 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
   const spec = opts.spec ?? loadSpec()
   const validators = createValidators(spec)
   const shutdown = new AbortController()
+  const metrics = opts.metrics ? createMetrics(hm, { onError: (m) => app.log.warn(m) }) : undefined
 
   const app = Fastify({
     logger: opts.logger ?? false,
@@ -109,6 +115,12 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
     authenticate(req, secret)
   })
 
+  if (metrics) {
+    app.addHook('onResponse', async (req, reply) => {
+      metrics.observeRequest(req.method, req.routeOptions.url ?? 'unmatched', reply.statusCode, reply.elapsedTime / 1000)
+    })
+  }
+
   // A keep-alive connection that carried a request in flight at close would otherwise be held
   // until its keep-alive timeout: responses sent while closing end their connection.
   app.addHook('onSend', async (_req, reply) => {
@@ -146,6 +158,7 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
 
   return {
     app,
+    ...(metrics ? { metrics } : {}),
     async listen({ host = DEFAULT_HOST, port = DEFAULT_PORT } = {}) {
       await app.listen({ host, port })
       return app.server.address() as AddressInfo
@@ -153,6 +166,7 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
     async close() {
       shutdown.abort()
       await app.close()
+      await metrics?.close()
     },
   }
 }

@@ -197,3 +197,21 @@ describe('images', () => {
     await expect(t.client.images.create({ name: BUSYBOX, platform: 'Linux!' })).rejects.toBeInstanceOf(BadRequestError)
   })
 })
+
+describe('metrics', () => {
+  it('are served on their own listener, without auth, with route patterns as labels', async () => {
+    const { port } = await t.server.metrics!.listen({ host: '127.0.0.1', port: 0 })
+    await t.client.instances.list()
+    await t.client.images.get('docker.io/library/nothing:here').catch(() => undefined)
+    const r = await fetch(`http://127.0.0.1:${port}/metrics`)
+    expect(r.status).toBe(200)
+    const text = await r.text()
+    expect(text).toMatch(/hypeman_http_request_duration_seconds_count\{method="GET",route="\/instances",status="200"\} [1-9]/)
+    expect(text).toMatch(/hypeman_http_request_duration_seconds_count\{method="GET",route="\/images\/:name",status="404"\} [1-9]/)
+    expect(text).toMatch(/hypeman_image_pulls_total\{outcome="started"\} 1/) // the images test above
+    expect(text).toContain('hypeman_images ') // declared, even with no image left
+    expect(text).toContain('process_cpu_seconds_total')
+    expect(text).not.toContain('nothing:here')
+    expect((await fetch(`http://127.0.0.1:${port}/instances`)).status).toBe(404)
+  })
+})

@@ -90,6 +90,7 @@ describe('an instance through the API', () => {
     expect(await t.client.instances.list({ tags: { team: 'other' } })).toEqual([])
     expect((await t.client.instances.list({ state: 'Running' })).map((i) => i.id)).toEqual([inst.id])
     expect(await t.client.instances.list({ state: 'Stopped' })).toEqual([])
+    expect(await t.server.metrics!.registry.getSingleMetricAsString('hypeman_instances')).toContain('hypeman_instances{state="Running"} 1')
   })
 
   it('refuses a second instance of the same name: 409 ConflictError, not to be retried', async () => {

@@ -30,7 +30,7 @@ export async function startServer(): Promise<TestServer> {
   const dataDir = await mkdtemp(join(tmpdir(), 'hm-server-'))
   const hm = await Hypeman.open({ dataDir, network: false, defaults: { vcpus: 1, size: '256MB', overlaySize: '64MB' } })
   const secret = randomBytes(32)
-  const server = await createServer(hm, { jwtSecret: secret, bodyLimit: 64 * 1024, allowLocalLayouts: true })
+  const server = await createServer(hm, { jwtSecret: secret, bodyLimit: 64 * 1024, allowLocalLayouts: true, metrics: true })
   const { port } = await server.listen({ host: '127.0.0.1', port: 0 })
   const base = `http://127.0.0.1:${port}`
   const token = mintToken(secret, { ttlSeconds: 3600 })
