@@ -29,6 +29,7 @@ const STATUS: Record<string, number> = {
   registry_error: 502,
   digest_mismatch: 502,
   agent_unreachable: 503,
+  shutting_down: 503,
   timeout: 504,
 }
 

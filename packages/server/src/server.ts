@@ -82,6 +82,8 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
     bodyLimit: opts.bodyLimit ?? 1024 * 1024,
     requestTimeout: opts.requestTimeoutMs ?? 30_000,
     connectionTimeout: opts.idleTimeoutMs ?? 60_000,
+    // Ours below, in the spec's error shape (Fastify's own 503 body is not).
+    return503OnClosing: false,
     routerOptions: {
       querystringParser: parseQuery,
       // Image names are whole references (%2F-encoded); the default 100 is too short for some.
@@ -89,6 +91,9 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
     },
   })
   app.server.headersTimeout = opts.headersTimeoutMs ?? 10_000
+  // First, so its onRequest hook marks upgrade requests before ours can refuse them: it then
+  // destroys the socket of a refused upgrade, which would otherwise hold close() up.
+  await app.register(websocket, { options: { maxPayload: 1024 * 1024 } })
 
   // An empty body with a JSON content type is no body (the SDK sends that for optional bodies).
   const json = app.getDefaultJsonParser('error', 'error')
@@ -111,6 +116,8 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
   })
 
   app.addHook('onRequest', async (req) => {
+    // A request that reaches a closing server on a kept-alive connection: another server may take it (the SDK retries 503s).
+    if (shutdown.signal.aborted) throw new HypemanError('shutting_down', 'the server is shutting down')
     if (PUBLIC_ROUTES.has(req.routeOptions.url ?? '')) return
     authenticate(req, secret)
   })
@@ -127,7 +134,6 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
     if (shutdown.signal.aborted) void reply.header('connection', 'close')
   })
 
-  await app.register(websocket, { options: { maxPayload: 1024 * 1024 } })
 
   const cx: RouteContext = { hm, shutdown: shutdown.signal, allowLocalLayouts: opts.allowLocalLayouts === true, ...(opts.networkCapacity ? { networkCapacity: opts.networkCapacity } : {}) }
   const handlers: Record<string, Handler> = {

@@ -54,6 +54,17 @@ describe('auth', () => {
     await expect(stranger.instances.list()).rejects.toBeInstanceOf(AuthenticationError)
   })
 
+  it('refuses an exec WebSocket without a token before the upgrade', async () => {
+    const { default: WebSocket } = await import('ws')
+    const status = await new Promise<number | undefined>((resolve, reject) => {
+      const ws = new WebSocket(`${t.base.replace('http', 'ws')}/instances/x/exec`)
+      ws.on('unexpected-response', (_req, res) => resolve(res.statusCode))
+      ws.on('open', () => reject(new Error('upgraded without a token')))
+      ws.on('error', reject)
+    })
+    expect(status).toBe(401)
+  })
+
   it('refuses hypeman registry tokens for the API', async () => {
     const { createHmac } = await import('node:crypto')
     const head = `${Buffer.from('{"alg":"HS256"}').toString('base64url')}.${Buffer.from('{"sub":"b","repos":["x"]}').toString('base64url')}`
@@ -94,6 +105,14 @@ describe('validation from the spec', () => {
     expect(await http('GET', '/instances/x/logs?source=kernel')).toMatchObject({ status: 400, body: { details: [{ message: 'source' }] } })
     expect(await http('GET', '/instances/x/logs?tail=many')).toMatchObject({ status: 400, body: { details: [{ message: 'tail' }] } })
     expect(await http('GET', `/instances?tags%5B${'k'.repeat(200)}%5D=v`)).toMatchObject({ status: 400 })
+  })
+
+  it('refuses path traversal in names, creating nothing', async () => {
+    expect(await http('GET', '/images/..%2F..%2Fetc%2Fpasswd')).toMatchObject({ status: 400, body: { code: 'invalid_input', details: [{ message: 'name' }] } })
+    expect(await http('DELETE', '/images/..%2F..%2Fetc')).toMatchObject({ status: 400 })
+    expect(await http('GET', '/instances/..%2F..%2Fetc')).toMatchObject({ status: 404 })
+    expect(await http('POST', '/instances', { body: JSON.stringify({ name: '../escape', image: BUSYBOX }) })).toMatchObject({ status: 400, body: { details: [{ message: 'name' }] } })
+    expect(await t.hm.instances.list()).toEqual([])
   })
 
   it('refuses fields of the spec that core cannot honour with 501 naming them', async () => {
