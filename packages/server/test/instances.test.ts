@@ -131,6 +131,11 @@ describe('an instance through the API', () => {
     expect(withStdin).toEqual({ output: 'got typed\n', exitCode: 0 })
     const missing = await execWs('srv-one', { command: ['/no/such/program'] })
     expect(missing.exitCode).toBe(127)
+    // More output than the server buffers before it pauses the program: all of it, in order, then the exit.
+    const big = await execWs('srv-one', { command: ['sh', '-c', 'yes 0123456789abcdef | head -c 3000000; echo; echo end'] })
+    expect(big.exitCode).toBe(0)
+    expect(big.output.length).toBe(3_000_005)
+    expect(big.output.endsWith('\nend\n')).toBe(true)
   })
 
   it('streams the logs as SSE: tail, and follow delivering a line printed after the request', async () => {

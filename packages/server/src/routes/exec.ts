@@ -120,9 +120,8 @@ export function registerExec(app: FastifyInstance, { hm }: RouteContext): void {
         socket.off('message', keep)
         for (const chunk of early) proc.stdin?.write(chunk)
         socket.on('message', (d: RawData) => proc.stdin?.write(toBuffer(d)))
-        const send = (chunk: Buffer) => socket.readyState === socket.OPEN && socket.send(chunk, { binary: true })
-        proc.stdout.on('data', send)
-        proc.stderr.on('data', send)
+        proc.stdout.on('data', forward(socket, proc.stdout))
+        proc.stderr.on('data', forward(socket, proc.stderr))
         const exit = await proc.exit
         // Output frames come before the exit frame; let the streams deliver all of it first.
         await Promise.all([finished(proc.stdout), finished(proc.stderr)]).catch(() => {})
@@ -132,6 +131,20 @@ export function registerExec(app: FastifyInstance, { hm }: RouteContext): void {
       }
     },
   )
+}
+
+/** Past this much unsent output, the program's streams pause (and core pauses the guest agent). */
+const HIGH_WATER = 1024 * 1024
+
+/** Output to a client that reads slower than the program writes waits in the guest, not in our memory. */
+function forward(socket: WebSocket, stream: NodeJS.ReadableStream): (chunk: Buffer) => void {
+  return (chunk) => {
+    if (socket.readyState !== socket.OPEN) return
+    socket.send(chunk, { binary: true }, () => {
+      if (stream.isPaused() && socket.bufferedAmount < HIGH_WATER) stream.resume()
+    })
+    if (socket.bufferedAmount >= HIGH_WATER) stream.pause()
+  }
 }
 
 function fail(socket: WebSocket, err: unknown): void {

@@ -28,6 +28,9 @@ export function logHandlers({ hm, shutdown }: RouteContext): Handlers {
       res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', 'x-accel-buffering': 'no', connection: 'keep-alive' })
       // Now, not with the first line: the client's call returns on the headers, and a follow may wait long for a line.
       res.flushHeaders()
+      // A comment line now and then: proxies and load balancers cut a stream quiet for a minute;
+      // SSE clients (the SDK included) skip comments.
+      const heartbeat = follow ? setInterval(() => res.write(': keep-alive\n\n'), 15_000) : undefined
       try {
         const lines = hm.instances.logs(id, {
           source: q.source as LogSource,
@@ -45,6 +48,8 @@ export function logHandlers({ hm, shutdown }: RouteContext): Handlers {
         req.log.warn({ err: errorMessage(err), id }, 'log stream failed')
         res.destroy()
         return
+      } finally {
+        clearInterval(heartbeat)
       }
       res.end()
     },
