@@ -10,6 +10,7 @@ import { HypemanError } from '@hypeman-ts/common'
 
 const STATUS: Record<string, number> = {
   invalid_input: 400,
+  bad_request: 400,
   invalid_platform: 400,
   unsupported_media_type: 400,
   unsafe_layer: 400,

@@ -75,7 +75,6 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
   const spec = opts.spec ?? loadSpec()
   const validators = createValidators(spec)
   const shutdown = new AbortController()
-  const metrics = opts.metrics ? createMetrics(hm, { onError: (m) => app.log.warn(m) }) : undefined
 
   const app = Fastify({
     logger: opts.logger ?? false,
@@ -91,6 +90,7 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
     },
   })
   app.server.headersTimeout = opts.headersTimeoutMs ?? 10_000
+  const metrics = opts.metrics ? createMetrics(hm, { onError: (m) => app.log.warn(m) }) : undefined
   // First, so its onRequest hook marks upgrade requests before ours can refuse them: it then
   // destroys the socket of a refused upgrade, which would otherwise hold close() up.
   await app.register(websocket, { options: { maxPayload: 1024 * 1024 } })
@@ -134,7 +134,6 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
     if (shutdown.signal.aborted) void reply.header('connection', 'close')
   })
 
-
   const cx: RouteContext = { hm, shutdown: shutdown.signal, allowLocalLayouts: opts.allowLocalLayouts === true, ...(opts.networkCapacity ? { networkCapacity: opts.networkCapacity } : {}) }
   const handlers: Record<string, Handler> = {
     ...systemHandlers(cx),
@@ -160,7 +159,7 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
     })
   }
   registerExec(app, cx)
-  await app.ready()
+  // Not app.ready() here: an embedder may still add routes of its own (listen makes it ready).
 
   return {
     app,
@@ -188,6 +187,9 @@ function fromFastify(err: FastifyError): unknown {
     case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
       return new ValidationError('content-length', 'does not match the body')
   }
-  if (err instanceof SyntaxError || err.statusCode === 400) return new ValidationError('body', `is not valid JSON: ${err.message}`)
+  // Invalid JSON, and JSON with __proto__/constructor keys (prototype poisoning), refused by the parser.
+  if (err instanceof SyntaxError || err.code === 'FST_ERR_CTP_INVALID_JSON_BODY') return new ValidationError('body', `is not valid JSON: ${err.message}`)
+  // Any other refusal of the request itself (a malformed URL, ...): the client's fault, said as such.
+  if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) return new HypemanError('bad_request', err.message)
   return err
 }

@@ -95,6 +95,7 @@ describe('validation from the spec', () => {
   it('refuses malformed JSON, a non-JSON body and a body over the limit', async () => {
     expect(await http('POST', '/instances', { body: '{"name":' })).toMatchObject({ status: 400, body: { code: 'invalid_input', details: [{ message: 'body' }] } })
     expect(await http('POST', '/instances', { body: 'name=a', headers: { 'content-type': 'application/x-www-form-urlencoded' } })).toMatchObject({ status: 400 })
+    expect(await http('POST', '/instances', { body: '{"name":"a","image":"b","__proto__":{"x":1}}' })).toMatchObject({ status: 400, body: { code: 'invalid_input' } })
     const big = JSON.stringify({ name: 'big', image: BUSYBOX, env: { A: 'x'.repeat(100 * 1024) } })
     expect(await http('POST', '/instances', { body: big })).toMatchObject({ status: 413, body: { code: 'body_too_large' } })
     expect(await t.hm.instances.list()).toEqual([])
@@ -200,8 +201,11 @@ describe('images', () => {
 
   it('refuses local OCI layouts on a server that did not allow them (the default)', async () => {
     const strict = await createServer(t.hm, { jwtSecret: t.secret })
+    strict.app.get('/embedder-route', async () => ({ mine: true })) // an embedder's own, behind the same auth
     try {
       const { port } = await strict.listen({ port: 0 })
+      expect((await fetch(`http://127.0.0.1:${port}/embedder-route`)).status).toBe(401)
+      expect(await (await fetch(`http://127.0.0.1:${port}/embedder-route`, { headers: { authorization: `Bearer ${t.token}` } })).json()).toEqual({ mine: true })
       const client = new HypemanClient({ baseURL: `http://127.0.0.1:${port}`, apiKey: t.token, maxRetries: 0 })
       const err = await client.images.create({ name: BUSYBOX }).catch((e: unknown) => e)
       expect(err).toBeInstanceOf(BadRequestError)
