@@ -159,6 +159,14 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
     })
   }
   registerExec(app, cx)
+  // hypeman's other WebSocket (not in the spec either): a clear 501 before the upgrade, not a 404
+  // that the SDK's cp helper would take for a missing instance.
+  app.get('/instances/:id/cp', {
+    websocket: true,
+    preHandler: async () => {
+      throw notImplemented('GET /instances/:id/cp (copy over WebSocket)')
+    },
+  }, () => {})
   // Not app.ready() here: an embedder may still add routes of its own (listen makes it ready).
 
   return {

@@ -159,6 +159,22 @@ describe('errors', () => {
     }
   })
 
+  it('answers cp (hypeman WebSocket, not in the spec) with 501 before the upgrade', async () => {
+    const { default: WebSocket } = await import('ws')
+    const answer = await new Promise<{ status?: number; body: string }>((resolve, reject) => {
+      const ws = new WebSocket(`${t.base.replace('http', 'ws')}/instances/x/cp`, { headers: { authorization: `Bearer ${t.token}` } })
+      ws.on('unexpected-response', (_req, res) => {
+        let body = ''
+        res.on('data', (d: Buffer) => (body += d.toString()))
+        res.on('end', () => resolve({ status: res.statusCode, body }))
+      })
+      ws.on('open', () => reject(new Error('upgraded')))
+      ws.on('error', reject)
+    })
+    expect(answer.status).toBe(501)
+    expect(JSON.parse(answer.body)).toMatchObject({ code: 'not_implemented' })
+  })
+
   it('answers a path outside the spec with 404 {code, message}', async () => {
     expect(await http('GET', '/nowhere')).toMatchObject({ status: 404, body: { code: 'not_found' } })
   })
