@@ -68,7 +68,7 @@ describe('hypeman-ts-server', () => {
     expect(verifyToken(token, Buffer.from(secret))).toMatchObject({ sub: 'ops', exp: expect.any(Number) })
   })
 
-  it('on SIGTERM finishes the create in flight, stops, and leaves the VM to the next serve', async () => {
+  it('on SIGTERM finishes the create in flight, ends a followed log, stops, and leaves the VM to the next serve', async () => {
     dataDir = await mkdtemp(join(tmpdir(), 'hm-server-cli-'))
     const token = await tokenFromCli()
     const first = await serve(dataDir)
@@ -82,9 +82,17 @@ describe('hypeman-ts-server', () => {
       if (!seen) await new Promise((r) => setTimeout(r, 50))
     }
     expect(seen).toMatch(/^(Created|Initializing)$/) // still in flight, or this test proves nothing
+    // A request that would never end by itself (its headers are back, so it is in flight).
+    const follow = await client.instances.logs('survivor', { follow: true, tail: 0 })
+    const followed = (async () => {
+      const lines: string[] = []
+      for await (const line of follow) lines.push(line)
+      return lines
+    })()
     first.child.kill('SIGTERM')
     const created = await creating
     expect(created.state).toBe('Running')
+    expect(await followed).toEqual(expect.any(Array)) // ended, not cut
     expect(await exited(first.child)).toBe(0)
     expect(first.stderr()).not.toContain(token)
     await expect(fetch(`${first.base}/health`)).rejects.toThrow()
