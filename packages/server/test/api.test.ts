@@ -119,6 +119,10 @@ describe('validation from the spec', () => {
   it('refuses fields of the spec that core cannot honour with 501 naming them', async () => {
     const r = await http('POST', '/instances', { body: JSON.stringify({ name: 'a', image: BUSYBOX, ttl: '1h' }) })
     expect(r).toMatchObject({ status: 501, body: { code: 'not_supported', details: [{ message: 'ttl' }] } })
+    expect(await http('POST', '/instances/x/start', { body: '{"cmd":["sh"]}' })).toMatchObject({ status: 501, body: { details: [{ message: 'cmd' }] } })
+    expect(await http('POST', '/instances/x/standby', { body: '{"compression":{"enabled":true}}' })).toMatchObject({ status: 501, body: { details: [{ message: 'compression' }] } })
+    expect(await http('POST', '/instances', { body: JSON.stringify({ name: 'a', image: BUSYBOX, volumes: [{ volume_id: 'v', mount_path: '/data' }] }) })).toMatchObject({ status: 501 })
+    expect(await t.hm.instances.list()).toEqual([])
   })
 })
 

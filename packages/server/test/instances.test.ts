@@ -101,6 +101,14 @@ describe('an instance through the API', () => {
     expect(e.error).toMatchObject({ code: 'conflict', details: [{ message: 'name' }] })
   })
 
+  it('refuses to delete the image the instance boots from: 409 image_in_use', async () => {
+    const err = await t.client.images.delete(BUSYBOX).catch((e: unknown) => e)
+    expect(err).toBeInstanceOf(ConflictError)
+    expect((err as ConflictError).error).toMatchObject({ code: 'image_in_use' })
+    expect((err as ConflictError).headers?.get('x-should-retry')).toBe('false')
+    expect((await t.client.images.get(BUSYBOX)).status).toBe('ready')
+  })
+
   it('answers restore of a running instance with 409 invalid_state', async () => {
     const err = await t.client.instances.restore('srv-one').catch((e: unknown) => e)
     expect(err).toBeInstanceOf(ConflictError)
@@ -129,6 +137,8 @@ describe('an instance through the API', () => {
     expect(r.output).toContain('err')
     const withStdin = await execWs('srv-one', { command: ['sh', '-c', 'read line; echo "got $line"'] }, 'typed\n')
     expect(withStdin).toEqual({ output: 'got typed\n', exitCode: 0 })
+    const tty = await execWs('srv-one', { command: ['tty'], tty: true })
+    expect(tty.output).toMatch(/^\/dev\/pts\/\d+/)
     const missing = await execWs('srv-one', { command: ['/no/such/program'] })
     expect(missing.exitCode).toBe(127)
     // More output than the server buffers before it pauses the program: all of it, in order, then the exit.
