@@ -118,8 +118,14 @@ export function registerExec(app: FastifyInstance, { hm }: RouteContext): void {
           ...(r.connectTimeoutMs ? { connectTimeoutMs: r.connectTimeoutMs } : {}),
         })
         socket.off('message', keep)
-        for (const chunk of early) proc.stdin?.write(chunk)
-        socket.on('message', (d: RawData) => proc.stdin?.write(toBuffer(d)))
+        // A stdin write that fails (the agent connection dropped) is told through `exit`; unheard,
+        // the stream's 'error' event would take the whole server down.
+        proc.stdin?.on('error', () => {})
+        const toStdin = (chunk: Buffer) => {
+          if (proc.stdin?.writable) proc.stdin.write(chunk)
+        }
+        early.forEach(toStdin)
+        socket.on('message', (d: RawData) => toStdin(toBuffer(d)))
         proc.stdout.on('data', forward(socket, proc.stdout))
         proc.stderr.on('data', forward(socket, proc.stderr))
         const exit = await proc.exit
