@@ -3,26 +3,13 @@
  * stop, standby, restore, stat, wait. Every `{id}` is resolved first (id, name or unique
  * prefix); the operation then runs on the full id, and core checks the state (409 otherwise).
  */
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyRequest } from 'fastify'
 import { NotSupportedError } from '@hypeman-ts/common'
 import { instanceToWire, pathInfoToWire, type InstanceState } from '@hypeman-ts/core'
 import { resolveInstance } from '../resolve.js'
 import { createInstanceFromWire } from '../wire.js'
+import { clientGone, noIdleTimeout } from './connection.js'
 import { body, params, query, type Handler, type Handlers, type RouteContext } from './types.js'
-
-/** An AbortSignal that fires when the client goes away before the response was sent. */
-export function clientGone(reply: FastifyReply): AbortSignal {
-  const ac = new AbortController()
-  reply.raw.once('close', () => {
-    if (!reply.raw.writableFinished) ac.abort(new Error('the client closed the connection'))
-  })
-  return ac.signal
-}
-
-/** Long operations (a wait of minutes) must outlive the idle timeout meant for stalled clients. */
-export function noIdleTimeout(req: FastifyRequest): void {
-  req.raw.socket.setTimeout(0)
-}
 
 function refuseFields(b: Record<string, unknown>, fields: string[], what: string): void {
   for (const f of fields) {
@@ -35,15 +22,15 @@ export function instanceHandlers({ hm, shutdown, allowLocalLayouts }: RouteConte
   /** A state change: refuse body fields core cannot honour, then run it (boots take longer than the idle timeout). */
   const lifecycle =
     (op: 'start' | 'stop' | 'standby' | 'restore', unsupported: string[] = [], what = ''): Handler =>
-    async (req) => {
+    async (req, reply) => {
       refuseFields(body(req), unsupported, what)
-      noIdleTimeout(req)
+      noIdleTimeout(req, reply)
       return instanceToWire(await hm.instances[op](await idOf(req)))
     }
 
   return {
     async createInstance(req, reply) {
-      noIdleTimeout(req)
+      noIdleTimeout(req, reply)
       // A client that disconnects mid-create cancels it: core undoes every step it finished.
       const inst = await hm.instances.create(createInstanceFromWire(body(req), { allowLocalLayouts }), { signal: clientGone(reply) })
       return reply.code(201).send(instanceToWire(inst))
@@ -72,7 +59,7 @@ export function instanceHandlers({ hm, shutdown, allowLocalLayouts }: RouteConte
       return pathInfoToWire(info)
     },
     async waitForInstanceState(req, reply) {
-      noIdleTimeout(req)
+      noIdleTimeout(req, reply)
       const q = query(req)
       const r = await hm.instances.waitForState(await idOf(req), q.state as InstanceState, {
         timeout: q.timeout as string,

@@ -7,6 +7,7 @@
 import { errorMessage } from '@hypeman-ts/common'
 import type { LogSource } from '@hypeman-ts/core'
 import { resolveInstance } from '../resolve.js'
+import { noIdleTimeout } from './connection.js'
 import { params, query, type Handlers, type RouteContext } from './types.js'
 
 export const sseEvent = (line: string) => `data: ${JSON.stringify(line)}\n\n`
@@ -24,7 +25,7 @@ export function logHandlers({ hm, shutdown }: RouteContext): Handlers {
       res.once('close', () => ac.abort())
       // A followed log never ends by itself: a closing server ends it, as a clean end of stream.
       const signal = AbortSignal.any([ac.signal, shutdown])
-      req.raw.socket.setTimeout(0) // a followed log may be quiet for longer than the idle timeout
+      noIdleTimeout(req, reply)
       res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', 'x-accel-buffering': 'no', connection: 'keep-alive' })
       // Now, not with the first line: the client's call returns on the headers, and a follow may wait long for a line.
       res.flushHeaders()
