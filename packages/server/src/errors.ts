@@ -23,6 +23,7 @@ const STATUS: Record<string, number> = {
   ambiguous: 409,
   image_in_use: 409,
   agent_disabled: 409,
+  address_pool_exhausted: 409, // hypeman's 409 for insufficient resources
   registry_rate_limited: 429,
   not_supported: 501,
   not_implemented: 501,
