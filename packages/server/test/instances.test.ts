@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import WebSocket from 'ws'
 import { ConflictError, NotFoundError } from '@onkernel/hypeman'
 import type { Instance } from '@onkernel/hypeman/resources/instances/instances'
+import { createServer } from '../src/index.js'
 import { BUSYBOX, specValidator, startServer, type TestServer } from './support/server.js'
 
 let t: TestServer
@@ -39,9 +40,9 @@ interface ExecOutcome {
 }
 
 /** One exec over the WebSocket, as hypeman's CLI does it. */
-function execWs(id: string, request: Record<string, unknown>, stdin?: string): Promise<ExecOutcome> {
+function execWs(id: string, request: Record<string, unknown>, stdin?: string, base = t.base): Promise<ExecOutcome> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`${t.base.replace('http', 'ws')}/instances/${id}/exec`, { headers: { authorization: `Bearer ${t.token}` } })
+    const ws = new WebSocket(`${base.replace('http', 'ws')}/instances/${id}/exec`, { headers: { authorization: `Bearer ${t.token}` } })
     const chunks: Buffer[] = []
     let exitCode: number | undefined
     ws.on('open', () => {
@@ -146,6 +147,20 @@ describe('an instance through the API', () => {
     expect(big.exitCode).toBe(0)
     expect(big.output.length).toBe(3_000_005)
     expect(big.output.endsWith('\nend\n')).toBe(true)
+  })
+
+  it('keeps quiet long requests (exec, wait) past an idle timeout meant for stalled clients', async () => {
+    const impatient = await createServer(t.hm, { jwtSecret: t.secret, idleTimeoutMs: 300 })
+    try {
+      const { port } = await impatient.listen({ port: 0 })
+      const base = `http://127.0.0.1:${port}`
+      const ws = await execWs(inst.id, { command: ['sh', '-c', 'sleep 1.5; echo awake'] }, undefined, base)
+      expect(ws).toEqual({ output: 'awake\n', exitCode: 0 })
+      const r = await fetch(`${base}/instances/${inst.id}/wait?state=Standby&timeout=1500ms`, { headers: { authorization: `Bearer ${t.token}` } })
+      expect(await r.json()).toEqual({ state: 'Running', timed_out: true })
+    } finally {
+      await impatient.close()
+    }
   })
 
   it('streams the logs as SSE: tail, and follow delivering a line printed after the request', async () => {
