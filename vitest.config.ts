@@ -26,6 +26,7 @@ export default defineConfig({
       pkg('netsetup'),
       pkg('egress-proxy'),
       pkg('core', { globalSetup: ['packages/core/test/support/global-setup.ts'], testTimeout: 180_000 }),
+      pkg('server', { testTimeout: 180_000 }),
       { extends: true as const, test: { name: 'examples', include: ['examples/test/**/*.test.ts'], globalSetup: ['examples/test/support/global-setup.ts'], testTimeout: 180_000 } },
     ],
   },

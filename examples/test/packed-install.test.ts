@@ -17,7 +17,7 @@ import { encodeGuestConfig } from '../../packages/core/src/guest/config-disk.js'
 
 const root = fileURLToPath(new URL('../..', import.meta.url))
 // The published packages (scripts/pack packs them, in this order).
-const PACKAGES = ['common', 'vmm-drivers', 'netsetup', 'egress-proxy', 'core']
+const PACKAGES = ['common', 'vmm-drivers', 'netsetup', 'egress-proxy', 'core', 'server']
 const cache = process.env.HYPEMAN_TS_CACHE ?? '/var/cache/hypeman-ts'
 let work: string
 let project: string

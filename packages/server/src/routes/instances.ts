@@ -1,0 +1,72 @@
+/**
+ * The instance operations of the spec that core supports: create, list, get, delete, start,
+ * stop, standby, restore, stat, wait. Every `{id}` is resolved first (id, name or unique
+ * prefix); the operation then runs on the full id, and core checks the state (409 otherwise).
+ */
+import type { FastifyRequest } from 'fastify'
+import { NotSupportedError } from '@hypeman-ts/common'
+import { instanceToWire, pathInfoToWire, type InstanceState } from '@hypeman-ts/core'
+import { resolveInstance } from '../resolve.js'
+import { createInstanceFromWire } from '../wire.js'
+import { clientGone, noIdleTimeout } from './connection.js'
+import { body, params, query, type Handler, type Handlers, type RouteContext } from './types.js'
+
+function refuseFields(b: Record<string, unknown>, fields: string[], what: string): void {
+  for (const f of fields) {
+    if (b[f] !== undefined && b[f] !== null) throw new NotSupportedError(`${f}: ${what} is not supported by hypeman-ts yet`, { field: f })
+  }
+}
+
+export function instanceHandlers({ hm, shutdown, allowLocalLayouts }: RouteContext): Handlers {
+  const idOf = async (req: FastifyRequest) => (await resolveInstance(hm, params(req).id!)).id
+  /** A state change: refuse body fields core cannot honour, then run it (boots take longer than the idle timeout). */
+  const lifecycle =
+    (op: 'start' | 'stop' | 'standby' | 'restore', unsupported: string[] = [], what = ''): Handler =>
+    async (req, reply) => {
+      refuseFields(body(req), unsupported, what)
+      noIdleTimeout(req, reply)
+      return instanceToWire(await hm.instances[op](await idOf(req)))
+    }
+
+  return {
+    async createInstance(req, reply) {
+      noIdleTimeout(req, reply)
+      // A client that disconnects mid-create cancels it: core undoes every step it finished.
+      const inst = await hm.instances.create(createInstanceFromWire(body(req), { allowLocalLayouts }), { signal: clientGone(reply) })
+      return reply.code(201).send(instanceToWire(inst))
+    },
+    async listInstances(req) {
+      const q = query(req)
+      const tags = q.tags as Record<string, string> | undefined
+      const state = q.state as InstanceState | undefined
+      const all = await hm.instances.list(tags ? { tags } : {})
+      return all.filter((i) => state === undefined || i.state === state).map(instanceToWire)
+    },
+    async getInstance(req) {
+      return instanceToWire(await resolveInstance(hm, params(req).id!))
+    },
+    async deleteInstance(req, reply) {
+      await hm.instances.delete(await idOf(req))
+      return reply.code(204).send()
+    },
+    startInstance: lifecycle('start', ['cmd', 'entrypoint'], 'overriding the program at start'),
+    stopInstance: lifecycle('stop'),
+    standbyInstance: lifecycle('standby', ['compression', 'compression_delay'], 'snapshot compression'),
+    restoreInstance: lifecycle('restore'),
+    async statInstancePath(req) {
+      const q = query(req)
+      const info = await hm.instances.stat(await idOf(req), q.path as string, { followLinks: q.follow_links === true })
+      return pathInfoToWire(info)
+    },
+    async waitForInstanceState(req, reply) {
+      noIdleTimeout(req, reply)
+      const q = query(req)
+      const r = await hm.instances.waitForState(await idOf(req), q.state as InstanceState, {
+        timeout: q.timeout as string,
+        // A closing server answers a wait at once (timed_out: true) instead of holding shutdown up to 5 min.
+        signal: AbortSignal.any([clientGone(reply), shutdown]),
+      })
+      return { state: r.state, timed_out: r.timedOut, ...(r.stateError ? { state_error: r.stateError } : {}) }
+    },
+  }
+}

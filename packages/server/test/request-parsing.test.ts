@@ -1,0 +1,104 @@
+/** The pure parts between the wire and core: queries, field names, the exec request, id resolution. */
+import { describe, expect, it } from 'vitest'
+import { HypemanError, NotFoundError } from '@hypeman-ts/common'
+import type { Hypeman, Instance } from '@hypeman-ts/core'
+import { toWireError, wireField } from '../src/errors.js'
+import { parseQuery } from '../src/query.js'
+import { resolveInstance } from '../src/resolve.js'
+import { parseExecRequest } from '../src/routes/exec.js'
+import { createImageFromWire, createInstanceFromWire } from '../src/wire.js'
+
+describe('parseQuery', () => {
+  it('reads deepObject maps, encoded brackets included, next to plain values', () => {
+    expect({ ...parseQuery('tags%5Bteam%5D=backend&tags[env]=staging&state=Running') }).toEqual({
+      tags: { team: 'backend', env: 'staging' },
+      state: 'Running',
+    })
+  })
+  it('makes a repeated plain key an array and keeps a scalar that collides with a map', () => {
+    expect({ ...parseQuery('a=1&a=2&a=3') }).toEqual({ a: ['1', '2', '3'] })
+    expect({ ...parseQuery('tags=x&tags[a]=b') }).toEqual({ tags: 'x' })
+  })
+  it('cannot be made to write to Object.prototype', () => {
+    parseQuery('__proto__[polluted]=yes&constructor[prototype][x]=1')
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined()
+  })
+})
+
+describe('field names and errors on the wire', () => {
+  it('spells core fields as the client did, leaving user map keys alone', () => {
+    expect(wireField('network.bandwidthUpload')).toBe('network.bandwidth_upload')
+    expect(wireField('env.myVar')).toBe('env.myVar')
+    expect(wireField('overlaySize')).toBe('overlay_size')
+  })
+  it('maps a wrong-state conflict to invalid_state, 409, not to be retried', () => {
+    const w = toWireError(new HypemanError('conflict', 'instance is Running', { field: 'state' }))
+    expect(w).toEqual({ status: 409, body: { code: 'invalid_state', message: 'instance is Running', details: [{ code: 'field', message: 'state' }] }, headers: { 'x-should-retry': 'false' } })
+  })
+  it('hides the message of errors that are not ours', () => {
+    expect(toWireError(new Error('/secret/path exploded'))).toMatchObject({ status: 500, body: { code: 'internal_error', message: 'internal error' } })
+  })
+})
+
+describe('createInstanceFromWire', () => {
+  const open = { allowLocalLayouts: true }
+  it('renames snake_case fields and refuses those core cannot honour', () => {
+    expect(createInstanceFromWire({ name: 'a', image: 'b', overlay_size: '1GB', network: { enabled: false, bandwidth_upload: '1Mbps' } }, open)).toEqual({
+      name: 'a', image: 'b', overlaySize: '1GB', network: { enabled: false, bandwidthUpload: '1Mbps' },
+    })
+    expect(() => createInstanceFromWire({ name: 'a', image: 'b', restart_policy: { policy: 'always' } }, open)).toThrow(expect.objectContaining({ code: 'not_supported', field: 'restart_policy' }))
+    expect(() => createInstanceFromWire({ name: 'a', image: 'b', hypervisor: 'qemu-microvm' }, open)).toThrow(expect.objectContaining({ code: 'not_supported', field: 'hypervisor' }))
+  })
+  it('refuses local OCI layouts unless the server allows them', () => {
+    const layout = { name: 'a', image: 'oci:/etc' }
+    expect(() => createInstanceFromWire(layout, { allowLocalLayouts: false })).toThrow(expect.objectContaining({ code: 'invalid_input', field: 'image' }))
+    expect(() => createImageFromWire({ name: 'oci:/etc:x' }, { allowLocalLayouts: false })).toThrow(expect.objectContaining({ code: 'invalid_input', field: 'name' }))
+    expect(createInstanceFromWire(layout, open).image).toBe('oci:/etc')
+  })
+})
+
+describe('parseExecRequest', () => {
+  it('defaults to /bin/sh and converts seconds', () => {
+    expect(parseExecRequest('{}')).toEqual({ argv: ['/bin/sh'], tty: false })
+    expect(parseExecRequest('{"command":["echo","hi"],"tty":true,"timeout":5,"wait_for_agent":2,"env":{"A":"1"},"cwd":"/tmp"}')).toEqual({
+      argv: ['echo', 'hi'], tty: true, timeoutMs: 5000, connectTimeoutMs: 2000, env: { A: '1' }, cwd: '/tmp',
+    })
+  })
+  it.each([
+    ['not JSON', 'echo hi', 'request'],
+    ['an array', '[]', 'request'],
+    ['a command of numbers', '{"command":[1]}', 'command'],
+    ['a string tty', '{"tty":"yes"}', 'tty'],
+    ['a negative timeout', '{"timeout":-1}', 'timeout'],
+    ['env with a number', '{"env":{"A":1}}', 'env'],
+  ])('refuses %s naming the field', (_what, text, field) => {
+    expect(() => parseExecRequest(text)).toThrow(expect.objectContaining({ code: 'invalid_input', field }))
+  })
+})
+
+describe('resolveInstance', () => {
+  const inst = (id: string, name: string) => ({ id, name }) as Instance
+  const all = [inst('abc111', 'one'), inst('abc222', 'two'), inst('xyz333', 'three')]
+  const hm = {
+    instances: {
+      get: async (x: string) => {
+        const found = all.find((i) => i.id === x || i.name === x)
+        if (!found) throw new NotFoundError(`instance ${x} not found`)
+        return found
+      },
+      list: async () => all,
+    },
+  } as unknown as Hypeman
+
+  it('takes an id, a name, or a prefix of exactly one id', async () => {
+    expect((await resolveInstance(hm, 'abc111')).name).toBe('one')
+    expect((await resolveInstance(hm, 'three')).id).toBe('xyz333')
+    expect((await resolveInstance(hm, 'xy')).id).toBe('xyz333')
+    expect((await resolveInstance(hm, 'abc2')).id).toBe('abc222')
+  })
+  it('refuses an ambiguous prefix (409) and an unknown one (404)', async () => {
+    await expect(resolveInstance(hm, 'abc')).rejects.toMatchObject({ code: 'ambiguous' })
+    expect(toWireError(await resolveInstance(hm, 'abc').catch((e: unknown) => e)).status).toBe(409)
+    await expect(resolveInstance(hm, 'q')).rejects.toMatchObject({ code: 'not_found' })
+  })
+})

@@ -1,0 +1,64 @@
+/**
+ * A real server on loopback port 0 over a real manager in a temporary data directory, and the
+ * official SDK pointed at it. Fixture images come from the OCI layouts `scripts/setup` built
+ * with umoci (not our code), read through core's `oci:` references: no registry needed.
+ */
+import { randomBytes } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import Ajv2020 from 'ajv/dist/2020.js'
+import HypemanClient from '@onkernel/hypeman'
+import { Hypeman } from '@hypeman-ts/core'
+import { FIXTURES } from '../../../core/test/support/registry.js'
+import { createServer, loadSpec, mintToken, type HypemanServer } from '../../src/index.js'
+
+/** busybox (linux/amd64), as a local OCI layout. */
+export const BUSYBOX = `oci:${FIXTURES}/small:busybox-amd64`
+
+export interface TestServer {
+  hm: Hypeman
+  server: HypemanServer
+  secret: Buffer
+  token: string
+  base: string
+  client: HypemanClient
+  close(): Promise<void>
+}
+
+export async function startServer(): Promise<TestServer> {
+  const dataDir = await mkdtemp(join(tmpdir(), 'hm-server-'))
+  const hm = await Hypeman.open({ dataDir, network: false, defaults: { vcpus: 1, size: '256MB', overlaySize: '64MB' } })
+  const secret = randomBytes(32)
+  const server = await createServer(hm, { jwtSecret: secret, bodyLimit: 64 * 1024, allowLocalLayouts: true, metrics: true })
+  const { port } = await server.listen({ host: '127.0.0.1', port: 0 })
+  const base = `http://127.0.0.1:${port}`
+  const token = mintToken(secret, { ttlSeconds: 3600 })
+  // No retries: a test must see the first answer, not a retried one.
+  const client = new HypemanClient({ baseURL: base, apiKey: token, maxRetries: 0, timeout: 180_000 })
+  return {
+    hm,
+    server,
+    secret,
+    token,
+    base,
+    client,
+    async close() {
+      await server.close()
+      for (const i of await hm.instances.list()) await hm.instances.delete(i.id)
+      await hm.close()
+      await rm(dataDir, { recursive: true, force: true })
+    },
+  }
+}
+
+/** Checks bodies against the spec's response schemas (`#/components/schemas/<name>`). */
+export function specValidator(): (schema: string, value: unknown) => void {
+  const ajv = new Ajv2020({ strict: false, validateFormats: false })
+  ajv.addSchema(loadSpec().document)
+  return (schema, value) => {
+    const validate = ajv.getSchema(`hypeman-openapi#/components/schemas/${schema}`)
+    if (!validate) throw new Error(`no schema ${schema}`)
+    if (!validate(value)) throw new Error(`${schema} does not validate: ${JSON.stringify(validate.errors)}\n${JSON.stringify(value)}`)
+  }
+}
