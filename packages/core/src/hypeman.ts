@@ -141,7 +141,7 @@ export class Hypeman {
         egressEvents.attach(started)
         return started
       })
-      const egressProvider = networkProvider && { ports: egressPorts, get: () => proxy.get() }
+      const egressProvider = networkProvider && { ports: egressPorts, get: () => proxy.get(), running: () => proxy.started }
       closers.push(async () => {
         await (await proxy.started?.catch(() => undefined))?.close({ grace: '2s' })
         egressEvents.close()

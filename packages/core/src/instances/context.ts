@@ -39,6 +39,8 @@ export interface NetworkProvider {
 
 export interface EgressProvider {
   get(): Promise<EgressProxy>
+  /** The proxy if this process has started it (or is starting it); never starts it. */
+  running(): Promise<EgressProxy> | undefined
   /** Where the guest's redirected TCP 80/443 and its HTTP_PROXY land. */
   ports: { transparent: number; explicit: number }
 }

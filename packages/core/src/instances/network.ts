@@ -60,10 +60,13 @@ export async function registerEgress(cx: InstanceContext, record: InstanceRecord
   return proxy.policies.set(record.network!.ip, { env, credentials: record.spec.credentials })
 }
 
-/** Removes the instance's policy from the proxy (before its address can go to anyone else). */
+/**
+ * Removes the instance's policy from the proxy (before its address can go to anyone else).
+ * Policies live in the proxy's memory: a proxy this process never started holds none to remove.
+ */
 export async function unregisterEgress(cx: InstanceContext, record: InstanceRecord): Promise<void> {
   if (!record.network || !cx.opts.egress) return
-  const proxy = await cx.opts.egress.get().catch(() => undefined)
+  const proxy = await cx.opts.egress.running()?.catch(() => undefined)
   proxy?.policies.delete(record.network.ip)
 }
 
