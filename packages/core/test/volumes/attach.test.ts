@@ -107,7 +107,10 @@ describe('volumes attached at create', () => {
     expect(await sh(b.id, 'cat /data/f')).toMatchObject({ code: 0, out: 'persisted\n' })
     expect(await sh(b.id, 'echo changed > /cache/hello.txt && echo new > /cache/new && cat /cache/hello.txt /cache/new')).toMatchObject({ code: 0, out: 'changed\nnew\n' })
     expect(await sh(b.id, 'grep " /cache " /proc/mounts')).toMatchObject({ code: 0, out: expect.stringMatching(/^overlay \/cache overlay rw/) })
-    // Read-only attachments may be shared.
+    // Standby and restore keep the volumes, the overlay's writes with them.
+    await hm.instances.standby(b.id)
+    await hm.instances.restore(b.id)
+    expect(await sh(b.id, 'cat /data/f /cache/new')).toMatchObject({ code: 0, out: 'persisted\nnew\n' })
     expect((await hm.volumes.get('data')).attachments).toEqual([{ instanceId: b.id, mountPath: '/data', readonly: true }])
     await hm.instances.delete(b.id)
     expect(existsSync(join(dataDir, 'instances', b.id))).toBe(false)
