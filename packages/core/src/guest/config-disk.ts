@@ -14,6 +14,7 @@
  * `egress`, `volumes`), which an older init refuses with a clear boot error instead of running
  * half-configured.
  */
+import { readFile } from 'node:fs/promises'
 import { crc32 } from 'node:zlib'
 import { ValidationError, writeFileAtomic } from '@hypeman-ts/common'
 import { decodeEgress, egressEntries, type GuestEgressConfig } from './egress-config.js'
@@ -166,6 +167,15 @@ export function decodeGuestConfig(img: Buffer): DecodedGuestConfig {
     ...(volumes.length ? { volumes } : {}),
     requires: v.all('requires'),
   }
+}
+
+/**
+ * Replaces the volumes of an existing config disk, keeping everything else (a volume attached or
+ * detached while the instance is stopped); atomic like the first write.
+ */
+export async function rewriteGuestConfigVolumes(path: string, volumes: GuestVolumeConfig[]): Promise<void> {
+  const { requires: _requires, volumes: _old, ...kept } = decodeGuestConfig(await readFile(path))
+  await writeGuestConfigDisk(path, { ...kept, ...(volumes.length ? { volumes } : {}) })
 }
 
 /** Writes the config disk image atomically (a crash leaves no half-written disk). */

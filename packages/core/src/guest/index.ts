@@ -8,6 +8,7 @@ export {
   decodeGuestConfig,
   guestConfigEntries,
   writeGuestConfigDisk,
+  rewriteGuestConfigVolumes,
   CONFIG_MAGIC,
   CONFIG_FORMAT_VERSION,
   CONFIG_HEADER_SIZE,

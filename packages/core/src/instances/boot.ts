@@ -38,16 +38,19 @@ export async function rootfsOf(cx: InstanceContext, record: InstanceRecord): Pro
 
 /** The instance's volume disks, in its spec's order (serials `hm-vol-<i>` follow it). */
 function volumeDisks(cx: InstanceContext, record: InstanceRecord): GuestVolumeDisk[] {
-  return (record.spec.volumes ?? []).map((v, i) => ({
+  return (record.spec.volumes ?? []).map((v) => ({
     disk: cx.opts.volumes!.diskPath(v.volumeId),
     readonly: v.readonly,
-    ...(v.overlay ? { overlay: volumeOverlayPath(cx, record.id, i) } : {}),
+    ...(v.overlay ? { overlay: volumeOverlayPath(cx, record.id, v.volumeId) } : {}),
   }))
 }
 
-/** The instance's own writable disk over its i-th volume (overlay mounts); goes with the instance dir. */
-export function volumeOverlayPath(cx: InstanceContext, id: string, i: number): string {
-  return join(cx.files.paths(id).dir, `volume-${i}-overlay.ext4`)
+/**
+ * The instance's own writable disk over a volume it mounts with an overlay; named by the volume
+ * (not its position, which a detach shifts), and removed with the instance dir.
+ */
+export function volumeOverlayPath(cx: InstanceContext, id: string, volumeId: string): string {
+  return join(cx.files.paths(id).dir, `volume-${volumeId}-overlay.ext4`)
 }
 
 /** Starts the VMM for the record's current disks (a cold boot, or a restore from its snapshot). */

@@ -26,7 +26,7 @@ import {
   type StepRecord,
 } from '@hypeman-ts/common'
 import { egressProxyEnv, type NetworkAttachment } from '@hypeman-ts/netsetup'
-import { createOverlayDisk, resolveProgram, volumeDiskSerial, volumeOverlaySerial, writeGuestConfigDisk, type GuestConfig, type GuestVolumeConfig } from '../guest/index.js'
+import { createOverlayDisk, resolveProgram, writeGuestConfigDisk, type GuestConfig } from '../guest/index.js'
 import type { ImageRecord } from '../images/store.js'
 import { boot, destroyRuntime, volumeOverlayPath, waitForGuest } from './boot.js'
 import { nowIso, type InstanceContext } from './context.js'
@@ -35,6 +35,7 @@ import { attachNetwork, detachNetwork, guestEnv, guestNetwork, registerEgress, u
 import { validateCreateParams, type CreateInstanceParams } from './params.js'
 import type { CreateStep, InstanceRecord } from './record.js'
 import { toInstance } from './view.js'
+import { guestVolumes } from './volumes.js'
 
 export interface CreateOptions {
   signal?: AbortSignal
@@ -74,6 +75,8 @@ const instanceDir: CreateStepDef = {
   run: async () => {},
   undo: async ({ cx, record }) => {
     await destroyRuntime(cx, record.id)
+    // Volumes attached after create (attachVolume) have no `volumes` step to undo: released here.
+    await cx.opts.volumes?.release(record.id)
     await rm(cx.files.paths(record.id).dir, { recursive: true, force: true })
   },
 }
@@ -89,25 +92,12 @@ const volumes: CreateStepDef = {
   async run({ cx, record }, signal) {
     const spec = record.spec
     spec.volumes = await cx.opts.volumes!.attach(record.id, spec.volumes ?? [])
-    for (const [i, v] of spec.volumes.entries()) {
-      if (v.overlay) await createOverlayDisk(volumeOverlayPath(cx, record.id, i), v.overlayBytes!, { signal })
+    for (const v of spec.volumes) {
+      if (v.overlay) await createOverlayDisk(volumeOverlayPath(cx, record.id, v.volumeId), v.overlayBytes!, { signal })
     }
   },
   // The overlay disks live in the instance dir, which `instance_dir`'s undo removes.
   undo: ({ cx, record }) => cx.opts.volumes!.release(record.id),
-}
-
-/** The volumes as the guest mounts them: parents before paths inside them. */
-function guestVolumes(record: InstanceRecord): GuestVolumeConfig[] {
-  const depth = (p: string) => p.split('/').length
-  return (record.spec.volumes ?? [])
-    .map((v, i): GuestVolumeConfig => ({
-      serial: volumeDiskSerial(i),
-      mountPath: v.mountPath,
-      mode: v.overlay ? 'overlay' : v.readonly ? 'ro' : 'rw',
-      ...(v.overlay ? { overlaySerial: volumeOverlaySerial(i) } : {}),
-    }))
-    .sort((a, b) => depth(a.mountPath) - depth(b.mountPath))
 }
 
 const image: CreateStepDef = {

@@ -13,7 +13,7 @@ import { VolumeError } from '../errors.js'
 import { validateName } from '../instances/params.js'
 import { matchesTags, validateTags } from '../validate.js'
 import { unpackArchive } from './archive.js'
-import type { VolumeMountSpec } from './mounts.js'
+import type { MountField, VolumeMountSpec } from './mounts.js'
 import { VolumeStore, type VolumeRecord } from './store.js'
 
 export interface Volume {
@@ -162,14 +162,15 @@ export class VolumeManager {
    * with ids. `dryRun` only checks (create's up-front validation). Re-attaching what the instance
    * already holds is a no-op, so a retried step is harmless.
    */
-  async attach(instanceId: string, mounts: VolumeMountSpec[], opts: { dryRun?: boolean } = {}): Promise<VolumeMountSpec[]> {
+  async attach(instanceId: string, mounts: VolumeMountSpec[], opts: { dryRun?: boolean; fieldOf?: MountField } = {}): Promise<VolumeMountSpec[]> {
     if (mounts.length === 0) return []
+    const field = (i: number) => (opts.fieldOf ?? ((n, key) => `volumes[${n}].${key}`))(i, 'volumeId')
     const apply = async () => {
       const records = new Map<string, VolumeRecord>()
       const resolved = await Promise.all(mounts.map(async (m, i) => {
-        const r = await this.find(m.volumeId, `volumes[${i}].volumeId`)
+        const r = await this.find(m.volumeId, field(i))
         const again = [...records.values()].find((o) => o.id === r.id)
-        if (again) throw new ValidationError(`volumes[${i}].volumeId`, `volume "${m.volumeId}" is attached twice (it is also ${again.name})`)
+        if (again) throw new ValidationError(field(i), `volume "${m.volumeId}" is attached twice (it is also ${again.name})`)
         records.set(m.volumeId, r)
         const others = r.attachments.filter((a) => a.instanceId !== instanceId)
         const clash = m.readonly ? others.filter((a) => !a.readonly) : others
@@ -177,7 +178,7 @@ export class VolumeManager {
           const holders = await this.describe(clash.map((a) => a.instanceId))
           const why = m.readonly ? `read-write to ${holders}` : `to ${holders}; a read-write attach needs it alone`
           throw new VolumeError('volume_in_use', `volume ${r.name} is attached ${why}`, {
-            field: `volumes[${i}].volumeId`,
+            field: field(i),
             details: { volume: r.id, instances: clash.map((a) => a.instanceId) },
           })
         }
@@ -197,11 +198,11 @@ export class VolumeManager {
     return opts.dryRun ? apply() : this.store.withLock(apply)
   }
 
-  /** Drops every attachment of `instanceId` (delete, a failed or crashed create). Idempotent. */
-  async release(instanceId: string): Promise<void> {
+  /** Drops `instanceId`'s attachments (of one volume, or all: delete, a failed or crashed create). Idempotent. */
+  async release(instanceId: string, volumeId?: string): Promise<void> {
     await this.store.withLock(async () => {
       for (const r of await this.store.all()) {
-        const kept = r.attachments.filter((a) => a.instanceId !== instanceId)
+        const kept = r.attachments.filter((a) => a.instanceId !== instanceId || (volumeId !== undefined && r.id !== volumeId))
         if (kept.length === r.attachments.length) continue
         r.attachments = kept
         await this.store.write(r)

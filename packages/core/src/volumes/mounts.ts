@@ -45,14 +45,18 @@ function checkMountPath(path: unknown, field: string): string {
   return path
 }
 
-export function validateVolumeMounts(input: unknown): VolumeMountSpec[] {
+/** Names a field of the i-th mount in errors: `volumes[i].key` at create; attachVolume passes its own. */
+export type MountField = (i: number, key: string) => string
+const createField: MountField = (i, key) => `volumes[${i}]${key ? `.${key}` : ''}`
+
+export function validateVolumeMounts(input: unknown, fieldOf: MountField = createField): VolumeMountSpec[] {
   if (input === undefined || input === null) return []
   if (!Array.isArray(input)) throw new ValidationError('volumes', 'must be an array')
   const seenPaths = new Map<string, number>()
   const seenIds = new Map<string, number>()
   return input.map((m: unknown, i): VolumeMountSpec => {
-    const f = (name: string) => `volumes[${i}].${name}`
-    if (!m || typeof m !== 'object' || Array.isArray(m)) throw new ValidationError(`volumes[${i}]`, 'must be an object')
+    const f = (name: string) => fieldOf(i, name)
+    if (!m || typeof m !== 'object' || Array.isArray(m)) throw new ValidationError(fieldOf(i, ''), 'must be an object')
     const v = m as Record<string, unknown>
     for (const key of Object.keys(v)) {
       if (!['volumeId', 'mountPath', 'readonly', 'overlay', 'overlaySize'].includes(key) && v[key] !== undefined) throw new ValidationError(f(key), 'is not a volume mount field')

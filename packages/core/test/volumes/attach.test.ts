@@ -125,6 +125,29 @@ describe('volumes attached at create', () => {
     expect((await hm.volumes.list()).map((v) => [v.name, v.attachments.length])).toEqual([['data', 0], ['shared', 0]])
   })
 
+  it('attach and detach on a Stopped instance take effect at its next start', async () => {
+    const c = await hm.instances.create({ image: BUSYBOX, name: 'vol-c', cmd: ['sleep', '600'] })
+    await expect(hm.instances.attachVolume(c.id, 'data', { mountPath: '/late' })).rejects.toMatchObject({ code: 'conflict', field: 'state' })
+    await hm.instances.stop(c.id)
+    await expect(hm.instances.attachVolume(c.id, 'data', { mountPath: 'late' })).rejects.toMatchObject({ code: 'invalid_input', field: 'mountPath' })
+    await expect(hm.instances.attachVolume(c.id, 'nope', { mountPath: '/late' })).rejects.toMatchObject({ code: 'volume_not_found', field: 'volumeId' })
+    expect((await hm.instances.attachVolume(c.id, 'data', { mountPath: '/late' })).volumes).toMatchObject([{ mountPath: '/late', readonly: false }])
+    await expect(hm.instances.attachVolume(c.id, 'data', { mountPath: '/other' })).rejects.toMatchObject({ field: 'volumeId' })
+    await expect(hm.instances.attachVolume(c.id, 'shared', { mountPath: '/late' })).rejects.toMatchObject({ field: 'mountPath' })
+    await hm.instances.attachVolume(c.id, 'shared', { mountPath: '/late/shared', readonly: true, overlay: true, overlaySize: '16MB' })
+    await hm.instances.start(c.id)
+    expect(await sh(c.id, 'cat /late/f /late/shared/hello.txt && echo w > /late/shared/w')).toMatchObject({ code: 0, out: 'persisted\nhello from the archive\n' })
+    await expect(hm.instances.detachVolume(c.id, 'data')).rejects.toMatchObject({ code: 'conflict', field: 'state' })
+    await hm.instances.stop(c.id)
+    expect((await hm.instances.detachVolume(c.id, 'data')).volumes).toMatchObject([{ mountPath: '/late/shared' }])
+    expect((await hm.volumes.get('data')).attachments).toEqual([])
+    await hm.instances.start(c.id)
+    // /late is now a plain directory of the overlay; the remaining volume moved to serial hm-vol-0 and keeps its overlay's write.
+    expect(await sh(c.id, 'grep -c " /late " /proc/mounts; cat /late/shared/w')).toMatchObject({ out: '0\nw\n' })
+    await hm.instances.delete(c.id)
+    expect((await hm.volumes.get('shared')).attachments).toEqual([])
+  })
+
   it('a kill -9 mid-create: the reopened manager releases the attachment', async () => {
     await hm.close()
     const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '../support/hypeman-child.ts'), dataDir, BUSYBOX, 'vol-crash', JSON.stringify([{ volumeId: 'data', mountPath: '/data' }])], {
