@@ -125,6 +125,16 @@ describe('volumes attached at create', () => {
     expect((await hm.volumes.list()).map((v) => [v.name, v.attachments.length])).toEqual([['data', 0], ['shared', 0]])
   })
 
+  it('a create that fails after attaching releases the attachment and its overlay disk', async () => {
+    const err = await hm.instances
+      .create({ image: `${reg.open}/no-such-image:latest`, name: 'vol-fail', volumes: [{ volumeId: 'data', mountPath: '/d' }, { volumeId: 'shared', mountPath: '/s', readonly: true, overlay: true, overlaySize: '16MB' }] })
+      .catch((e: unknown) => e)
+    expect(err).toMatchObject({ step: 'image' })
+    expect((await hm.volumes.get('data')).attachments).toEqual([])
+    expect((await hm.volumes.get('shared')).attachments).toEqual([])
+    expect(readdirSync(join(dataDir, 'instances')).filter((n) => !n.startsWith('.'))).toEqual([])
+  })
+
   it('attach and detach on a Stopped instance take effect at its next start', async () => {
     const c = await hm.instances.create({ image: BUSYBOX, name: 'vol-c', cmd: ['sleep', '600'] })
     await expect(hm.instances.attachVolume(c.id, 'data', { mountPath: '/late' })).rejects.toMatchObject({ code: 'conflict', field: 'state' })
