@@ -14,15 +14,11 @@ import { validateName } from '../instances/params.js'
 import { matchesTags, validateTags } from '../validate.js'
 import { unpackArchive } from './archive.js'
 import type { MountField, VolumeMountSpec } from './mounts.js'
-import { VolumeStore, type VolumeRecord } from './store.js'
+import { VolumeStore, type VolumeAttachmentRecord, type VolumeRecord } from './store.js'
 
-export interface Volume {
-  id: string
-  name: string
-  sizeBytes: number
-  createdAt: string
-  tags: Record<string, string>
-  attachments: { instanceId: string; mountPath: string; readonly: boolean }[]
+/** A volume as callers see it: the record without its format version, attachments without internals. */
+export interface Volume extends Omit<VolumeRecord, 'version' | 'attachments'> {
+  attachments: Omit<VolumeAttachmentRecord, 'overlay'>[]
 }
 
 export interface CreateVolumeParams {
