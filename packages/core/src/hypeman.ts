@@ -177,6 +177,8 @@ export class Hypeman {
         logger,
       })
       await instances.reconcile()
+      const orphans = await volumes.releaseOrphans(async (id) => (await files.read(id)) !== undefined)
+      if (orphans.length) logger.warn('released volume attachments of instances that no longer exist', { instances: orphans })
       return new Hypeman(dataDir, images, instances, volumes, egressEvents, lockPath, closers, networkProvider)
     } catch (err) {
       for (const close of closers) await close().catch(() => {})

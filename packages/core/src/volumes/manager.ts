@@ -162,12 +162,14 @@ export class VolumeManager {
     if (mounts.length === 0) return []
     const field = (i: number) => (opts.fieldOf ?? ((n, key) => `volumes[${n}].${key}`))(i, 'volumeId')
     const apply = async () => {
+      // In order, so that the error names the first mount at fault.
       const records = new Map<string, VolumeRecord>()
-      const resolved = await Promise.all(mounts.map(async (m, i) => {
+      const resolved: VolumeMountSpec[] = []
+      for (const [i, m] of mounts.entries()) {
         const r = await this.find(m.volumeId, field(i))
-        const again = [...records.values()].find((o) => o.id === r.id)
-        if (again) throw new ValidationError(field(i), `volume "${m.volumeId}" is attached twice (it is also ${again.name})`)
-        records.set(m.volumeId, r)
+        const twice = resolved.findIndex((o) => o.volumeId === r.id)
+        if (twice >= 0) throw new ValidationError(field(i), `volume "${m.volumeId}" is the same volume as mount ${twice} ("${mounts[twice]!.volumeId}")`)
+        records.set(r.id, r)
         const others = r.attachments.filter((a) => a.instanceId !== instanceId)
         const clash = m.readonly ? others.filter((a) => !a.readonly) : others
         if (clash.length) {
@@ -178,11 +180,11 @@ export class VolumeManager {
             details: { volume: r.id, instances: clash.map((a) => a.instanceId) },
           })
         }
-        return { ...m, volumeId: r.id }
-      }))
+        resolved.push({ ...m, volumeId: r.id })
+      }
       if (opts.dryRun) return resolved
       for (const m of resolved) {
-        const r = [...records.values()].find((o) => o.id === m.volumeId)!
+        const r = records.get(m.volumeId)!
         if (r.attachments.some((a) => a.instanceId === instanceId)) continue
         // A read-only disk cannot replay a journal a read-write user left: replay it here, while no one has it.
         if (m.readonly && r.attachments.length === 0) await replayJournal(this.diskPath(r.id))
@@ -192,6 +194,27 @@ export class VolumeManager {
       return resolved
     }
     return opts.dryRun ? apply() : this.store.withLock(apply)
+  }
+
+  /**
+   * Drops attachments of instances that no longer exist (run at open, after the instances'
+   * reconcile): whatever window a crash found, an attachment never outlives its instance.
+   */
+  async releaseOrphans(instanceExists: (id: string) => Promise<boolean>): Promise<string[]> {
+    const released: string[] = []
+    await this.store.withLock(async () => {
+      for (const r of await this.store.all()) {
+        const kept: VolumeAttachmentRecord[] = []
+        for (const a of r.attachments) {
+          if (await instanceExists(a.instanceId)) kept.push(a)
+          else released.push(a.instanceId)
+        }
+        if (kept.length === r.attachments.length) continue
+        r.attachments = kept
+        await this.store.write(r)
+      }
+    })
+    return released
   }
 
   /** Drops `instanceId`'s attachments (of one volume, or all: delete, a failed or crashed create). Idempotent. */

@@ -120,6 +120,17 @@ describe('hm.volumes', () => {
     await expect(hm.get('data')).rejects.toMatchObject({ code: 'volume_not_found' })
   })
 
+  it('refuses one volume twice by id and name; releases attachments of instances that are gone', async () => {
+    const other = await hm.get('other')
+    await expect(hm.attach('inst-x', [mount('other', '/a'), mount(other.id, '/b', true)])).rejects.toMatchObject({ code: 'invalid_input', field: 'volumes[1].volumeId' })
+    await hm.attach('inst-gone', [mount('other', '/a', true)])
+    await hm.attach('inst-alive', [mount('other', '/a', true)])
+    expect(await hm.releaseOrphans(async (id) => id === 'inst-alive')).toEqual(['inst-gone'])
+    expect((await hm.get('other')).attachments.map((a) => a.instanceId)).toEqual(['inst-alive'])
+    await hm.release('inst-alive', other.id)
+    expect((await hm.get('other')).attachments).toEqual([])
+  })
+
   it('survives a reopen', async () => {
     const again = new VolumeManager({ dir: join(root, 'volumes') })
     await again.init()
