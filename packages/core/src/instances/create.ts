@@ -97,7 +97,7 @@ const volumes: CreateStepDef = {
     }
   },
   // The overlay disks live in the instance dir, which `instance_dir`'s undo removes.
-  undo: ({ cx, record }) => cx.opts.volumes!.release(record.id),
+  undo: async ({ cx, record }) => cx.opts.volumes?.release(record.id),
 }
 
 const image: CreateStepDef = {

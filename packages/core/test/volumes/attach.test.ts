@@ -109,6 +109,9 @@ describe('volumes attached at create', () => {
     expect(await sh(b.id, 'grep " /cache " /proc/mounts')).toMatchObject({ code: 0, out: expect.stringMatching(/^overlay \/cache overlay rw/) })
     // Standby and restore keep the volumes, the overlay's writes with them.
     await hm.instances.standby(b.id)
+    // A snapshot fixes the VM's disks: no attach or detach while Standby.
+    await expect(hm.instances.attachVolume(b.id, 'data', { mountPath: '/x', readonly: true })).rejects.toMatchObject({ code: 'conflict', field: 'state' })
+    await expect(hm.instances.detachVolume(b.id, 'data')).rejects.toMatchObject({ code: 'conflict', field: 'state' })
     await hm.instances.restore(b.id)
     expect(await sh(b.id, 'cat /data/f /cache/new')).toMatchObject({ code: 0, out: 'persisted\nnew\n' })
     expect((await hm.volumes.get('data')).attachments).toEqual([{ instanceId: b.id, mountPath: '/data', readonly: true }])
