@@ -17,7 +17,10 @@ import {
   tailLines,
   waitForStatusEvent,
   type GuestStatusSummary,
+  type GuestVolumeConfig,
   type GuestVolumeDisk,
+  volumeDiskSerial,
+  volumeOverlaySerial,
 } from '../guest/index.js'
 import { nowIso, type InstanceContext } from './context.js'
 import type { InstanceRecord } from './record.js'
@@ -51,6 +54,19 @@ function volumeDisks(cx: InstanceContext, record: InstanceRecord): GuestVolumeDi
  */
 export function volumeOverlayPath(cx: InstanceContext, id: string, volumeId: string): string {
   return join(cx.files.paths(id).dir, `volume-${volumeId}-overlay.ext4`)
+}
+
+/** The volumes as the guest mounts them: parents before paths inside them; serials follow the spec's order. */
+export function guestVolumes(record: InstanceRecord): GuestVolumeConfig[] {
+  const depth = (p: string) => p.split('/').length
+  return (record.spec.volumes ?? [])
+    .map((v, i): GuestVolumeConfig => ({
+      serial: volumeDiskSerial(i),
+      mountPath: v.mountPath,
+      mode: v.overlay ? 'overlay' : v.readonly ? 'ro' : 'rw',
+      ...(v.overlay ? { overlaySerial: volumeOverlaySerial(i) } : {}),
+    }))
+    .sort((a, b) => depth(a.mountPath) - depth(b.mountPath))
 }
 
 /** Starts the VMM for the record's current disks (a cold boot, or a restore from its snapshot). */

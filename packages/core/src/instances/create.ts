@@ -28,14 +28,13 @@ import {
 import { egressProxyEnv, type NetworkAttachment } from '@hypeman-ts/netsetup'
 import { createOverlayDisk, resolveProgram, writeGuestConfigDisk, type GuestConfig } from '../guest/index.js'
 import type { ImageRecord } from '../images/store.js'
-import { boot, destroyRuntime, volumeOverlayPath, waitForGuest } from './boot.js'
+import { boot, destroyRuntime, guestVolumes, volumeOverlayPath, waitForGuest } from './boot.js'
 import { nowIso, type InstanceContext } from './context.js'
 import type { Instance } from './model.js'
 import { attachNetwork, detachNetwork, guestEnv, guestNetwork, registerEgress, unregisterEgress } from './network.js'
 import { validateCreateParams, type CreateInstanceParams } from './params.js'
 import type { CreateStep, InstanceRecord } from './record.js'
 import { toInstance } from './view.js'
-import { guestVolumes } from './volumes.js'
 
 export interface CreateOptions {
   signal?: AbortSignal

@@ -8,10 +8,10 @@
  */
 import { rm } from 'node:fs/promises'
 import { NotSupportedError, ValidationError } from '@hypeman-ts/common'
-import { createOverlayDisk, rewriteGuestConfigVolumes, volumeDiskSerial, volumeOverlaySerial, type GuestVolumeConfig } from '../guest/index.js'
+import { createOverlayDisk, rewriteGuestConfigVolumes } from '../guest/index.js'
 import { validateVolumeMounts } from '../volumes/mounts.js'
 import type { VolumeManager } from '../volumes/manager.js'
-import { volumeOverlayPath } from './boot.js'
+import { guestVolumes, volumeOverlayPath } from './boot.js'
 import type { InstanceContext } from './context.js'
 import { operate } from './lifecycle.js'
 import type { Instance } from './model.js'
@@ -22,19 +22,6 @@ export interface AttachVolumeParams {
   readonly?: boolean
   overlay?: boolean
   overlaySize?: string
-}
-
-/** The volumes as the guest mounts them: parents before paths inside them; serials follow the spec's order. */
-export function guestVolumes(record: InstanceRecord): GuestVolumeConfig[] {
-  const depth = (p: string) => p.split('/').length
-  return (record.spec.volumes ?? [])
-    .map((v, i): GuestVolumeConfig => ({
-      serial: volumeDiskSerial(i),
-      mountPath: v.mountPath,
-      mode: v.overlay ? 'overlay' : v.readonly ? 'ro' : 'rw',
-      ...(v.overlay ? { overlaySerial: volumeOverlaySerial(i) } : {}),
-    }))
-    .sort((a, b) => depth(a.mountPath) - depth(b.mountPath))
 }
 
 function volumesOf(cx: InstanceContext): VolumeManager {

@@ -29,6 +29,11 @@ const SYSTEM_TREES = ['/proc', '/sys', '/dev']
 /** Files init bind-mounts over (guest/README.md, "Network"); their directories may not be covered either. */
 const INIT_FILES = ['/etc/hosts', '/etc/hostname', '/etc/resolv.conf']
 const MIB = 1024 * 1024
+/**
+ * Each volume is a virtio-blk PCI device (two with an overlay) on a bus of 32 slots that the
+ * VM's own devices share; the guest init reads at most 64.
+ */
+export const MAX_VOLUME_MOUNTS = 16
 
 function checkMountPath(path: unknown, field: string): string {
   if (typeof path !== 'string' || path === '') throw new ValidationError(field, 'is required')
@@ -52,6 +57,7 @@ const createField: MountField = (i, key) => `volumes[${i}]${key ? `.${key}` : ''
 export function validateVolumeMounts(input: unknown, fieldOf: MountField = createField): VolumeMountSpec[] {
   if (input === undefined || input === null) return []
   if (!Array.isArray(input)) throw new ValidationError('volumes', 'must be an array')
+  if (input.length > MAX_VOLUME_MOUNTS) throw new ValidationError('volumes', `at most ${MAX_VOLUME_MOUNTS} volumes, got ${input.length}`)
   const seenPaths = new Map<string, number>()
   const seenIds = new Map<string, number>()
   return input.map((m: unknown, i): VolumeMountSpec => {

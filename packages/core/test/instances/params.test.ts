@@ -87,6 +87,7 @@ describe('validateCreateParams', () => {
 
   it.each([
     [{ volumes: {} }, 'volumes'],
+    [{ volumes: Array.from({ length: 17 }, (_, i) => ({ volumeId: `v${i}`, mountPath: `/v${i}` })) }, 'volumes'],
     [{ volumes: [{ mountPath: '/data' }] }, 'volumes[0].volumeId'],
     [{ volumes: [{ volumeId: 'v', mountPath: 'data' }] }, 'volumes[0].mountPath'],
     [{ volumes: [{ volumeId: 'v', mountPath: '/' }] }, 'volumes[0].mountPath'],
