@@ -5,7 +5,7 @@
  * create). Read-write: one instance alone; read-only: any number, never beside a read-write one.
  */
 import { createReadStream } from 'node:fs'
-import { mkdir, rename, rm, truncate, writeFile } from 'node:fs/promises'
+import { mkdir, rename, rm, stat, truncate, writeFile } from 'node:fs/promises'
 import type { Readable } from 'node:stream'
 import { createId } from '@paralleldrive/cuid2'
 import { CommandError, parseSize, run, ValidationError } from '@hypeman-ts/common'
@@ -110,9 +110,14 @@ export class VolumeManager {
   async createFromArchive(params: CreateVolumeFromArchiveParams, archive: string | Readable, opts: { signal?: AbortSignal } = {}): Promise<Volume> {
     const p = this.checkParams(params, 'sizeLimit')
     const sizeBytes = roundMiB(parseSize(params.sizeLimit, 'sizeLimit', { min: 16 * MIB, max: 16 * 1024 ** 4 }))
-    const input = typeof archive === 'string' ? createReadStream(archive) : archive
+    if (typeof archive === 'string') {
+      const st = await stat(archive).catch(() => undefined)
+      if (!st?.isFile()) throw new ValidationError('archive', `${archive} is not a readable file`)
+    }
     return this.build(p, sizeBytes, async (dir) => {
       const tree = `${dir}/tree`
+      // Opened only now: a stream nobody reads would hold its descriptor (and throw unheard on error).
+      const input = typeof archive === 'string' ? createReadStream(archive) : archive
       await unpackArchive(input, tree, { maxBytes: sizeBytes, ...(opts.signal ? { signal: opts.signal } : {}) })
       try {
         await mkfs(this.diskIn(dir), sizeBytes, tree, opts.signal)
