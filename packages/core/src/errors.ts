@@ -22,3 +22,13 @@ export type EgressEventsErrorCode =
   | 'events_overflow' // a reader of hm.egress.events() fell further behind than maxBuffered
 
 export class EgressEventsError extends CodedError<EgressEventsErrorCode>() {}
+
+export type VolumeErrorCode =
+  | 'volume_not_found'
+  | 'volume_exists' // the name or id is taken
+  | 'volume_in_use' // attached: delete refused, or a read-write attach where another attachment exists
+  | 'unsafe_archive' // an archive entry would land outside the volume, or is malformed
+  | 'archive_too_large' // the archive's content exceeds sizeLimit
+  | 'volume_build_failed'
+
+export class VolumeError extends CodedError<VolumeErrorCode>() {}

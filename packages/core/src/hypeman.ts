@@ -22,6 +22,7 @@ import { InstanceManager } from './instances/manager.js'
 import type { Instance } from './instances/model.js'
 import type { CreateInstanceParams, Hypervisor } from './instances/params.js'
 import { InstanceFiles } from './instances/record.js'
+import { VolumeManager } from './volumes/manager.js'
 
 export interface HypemanOptions {
   /** Where images and instances live. Default $HYPEMAN_TS_DATA_DIR or /var/lib/hypeman-ts. */
@@ -84,6 +85,8 @@ export class Hypeman {
     readonly dataDir: string,
     readonly images: ImageManager,
     readonly instances: InstanceManager,
+    /** ext4 volumes that outlive instances, attached at create (`volumes`). */
+    readonly volumes: VolumeManager,
     /** The embedded egress proxy: its audit events. */
     readonly egress: HypemanEgress,
     private readonly lockPath: string,
@@ -122,6 +125,11 @@ export class Hypeman {
         inUse: async () => (instances ? instances.digestsInUse() : new Set()),
       })
       await images.init()
+      const volumes = new VolumeManager({
+        dir: join(dataDir, 'volumes'),
+        instanceName: async (id) => (await files.read(id))?.name,
+      })
+      await volumes.init()
       const networkProvider = opts.network === false ? undefined : networkProviderFor(dataDir, opts.network ?? {}, logger)
       const egressPorts = { transparent: opts.egress?.ports?.transparent ?? 18443, explicit: opts.egress?.ports?.explicit ?? 18080 }
       const proxy = new Lazy(async () => {
@@ -150,6 +158,7 @@ export class Hypeman {
       instances = new InstanceManager({
         files,
         images,
+        volumes,
         drivers,
         assets: () => assets.get(),
         defaults: {
@@ -168,7 +177,9 @@ export class Hypeman {
         logger,
       })
       await instances.reconcile()
-      return new Hypeman(dataDir, images, instances, egressEvents, lockPath, closers, networkProvider)
+      const orphans = await volumes.releaseOrphans(async (id) => (await files.read(id)) !== undefined)
+      if (orphans.length) logger.warn('released volume attachments of instances that no longer exist', { instances: orphans })
+      return new Hypeman(dataDir, images, instances, volumes, egressEvents, lockPath, closers, networkProvider)
     } catch (err) {
       for (const close of closers) await close().catch(() => {})
       await rm(lockPath, { force: true })

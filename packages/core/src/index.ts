@@ -1,6 +1,7 @@
 export * from './errors.js'
 export * from './images/index.js'
 export * from './instances/index.js'
+export * from './volumes/index.js'
 export { Hypeman, createInstance, defaultHypeman, type HypemanOptions, type EgressOptions, type NetworkOptions } from './hypeman.js'
 export type { HypemanEgress, EgressEventsOptions } from './egress.js'
 export type { AuditEvent } from '@hypeman-ts/egress-proxy'

@@ -121,7 +121,8 @@ describe('validation from the spec', () => {
     expect(r).toMatchObject({ status: 501, body: { code: 'not_supported', details: [{ message: 'ttl' }] } })
     expect(await http('POST', '/instances/x/start', { body: '{"cmd":["sh"]}' })).toMatchObject({ status: 501, body: { details: [{ message: 'cmd' }] } })
     expect(await http('POST', '/instances/x/standby', { body: '{"compression":{"enabled":true}}' })).toMatchObject({ status: 501, body: { details: [{ message: 'compression' }] } })
-    expect(await http('POST', '/instances', { body: JSON.stringify({ name: 'a', image: BUSYBOX, volumes: [{ volume_id: 'v', mount_path: '/data' }] }) })).toMatchObject({ status: 501 })
+    // Volumes are honoured now: an unknown one is a 404 (volume_not_found), and nothing is created either.
+    expect(await http('POST', '/instances', { body: JSON.stringify({ name: 'a', image: BUSYBOX, volumes: [{ volume_id: 'v', mount_path: '/data' }] }) })).toMatchObject({ status: 404 })
     expect(await t.hm.instances.list()).toEqual([])
   })
 })

@@ -13,7 +13,7 @@
 #include "util.h"
 
 /* Features this init implements; a config that requires anything else is refused, not half-applied. */
-static const char *const known_features[] = {"base", "network", "egress", NULL};
+static const char *const known_features[] = {"base", "network", "egress", "volumes", NULL};
 
 static int push(char ***list, size_t *n, char *s)
 {
@@ -124,6 +124,53 @@ int config_env_default(struct guest_config *cfg, const char *name, const char *v
 	return 0;
 }
 
+static int serial_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > 20)
+		return 0;
+	for (; *s; s++)
+		if (!(*s == '-' || (*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z')))
+			return 0;
+	return 1;
+}
+
+/* "<serial> <rw|ro|overlay=<serial>> <path>"; the path is last, so it may hold spaces. */
+static int parse_volume(const struct tlv_rec *rec, struct volume_config *v, char *err, size_t errcap)
+{
+	char *s = tlv_strdup(rec);
+	char *mode = s ? strchr(s, ' ') : NULL;
+	char *path = mode ? strchr(mode + 1, ' ') : NULL;
+	memset(v, 0, sizeof *v);
+	v->fd = -1;
+	if (!path) {
+		free(s);
+		FAIL("config disk: volume entry must be \"<serial> <mode> <path>\"");
+	}
+	*mode++ = 0;
+	*path++ = 0;
+	v->serial = s;
+	v->path = path;
+	if (strcmp(mode, "rw") == 0) {
+		v->readonly = 0;
+	} else if (strcmp(mode, "ro") == 0) {
+		v->readonly = 1;
+	} else if (strncmp(mode, "overlay=", 8) == 0) {
+		v->readonly = 1;
+		v->overlay_serial = mode + 8;
+	} else {
+		FAIL("config disk: volume %s: mode must be rw, ro or overlay=<serial>, got \"%s\"", s, mode);
+	}
+	if (!serial_ok(v->serial) || (v->overlay_serial && !serial_ok(v->overlay_serial)))
+		FAIL("config disk: volume serials are 1-20 letters, digits and dashes");
+	size_t plen = strlen(path);
+	int dotted = strstr(path, "/../") || strstr(path, "/./") || strstr(path, "//") || path[plen - 1] == '/' ||
+		     (plen >= 2 && strcmp(path + plen - 2, "/.") == 0) || (plen >= 3 && strcmp(path + plen - 3, "/..") == 0);
+	if (path[0] != '/' || dotted)
+		FAIL("config disk: volume %s: mount path \"%s\" must be absolute, normalised and not /", s, path);
+	return 0;
+}
+
 int config_parse(const uint8_t *data, size_t len, struct guest_config *cfg, char *err, size_t errcap)
 {
 	memset(cfg, 0, sizeof *cfg);
@@ -201,6 +248,12 @@ int config_parse(const uint8_t *data, size_t len, struct guest_config *cfg, char
 			if (!s || !eq || eq == s)
 				FAIL("config disk: egress.env entry must be NAME=value");
 			bad = push(&cfg->egress.env, &cfg->egress.envc, s) < 0;
+		} else if (tlv_key_is(&rec, "volume")) {
+			if (cfg->nvol == MAX_VOLUMES)
+				FAIL("config disk: more than %d volumes", MAX_VOLUMES);
+			if (parse_volume(&rec, &cfg->vol[cfg->nvol], err, errcap) < 0)
+				return -1;
+			cfg->nvol++;
 		} else if (tlv_key_is(&rec, "requires")) {
 			char *f = tlv_strdup(&rec);
 			if (!f)

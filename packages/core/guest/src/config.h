@@ -30,6 +30,18 @@ struct egress_config {
 	size_t envc;
 };
 
+/* One volume (README.md, "Volumes"): the config's `volume` record, and the disks found for it at boot. */
+struct volume_config {
+	char *serial;
+	char *overlay_serial; /* NULL unless mounted with a per-instance writable layer */
+	char *path;	      /* absolute, normalised by the host */
+	int readonly;	      /* always set with overlay_serial: the volume itself is never written */
+	char dev[64], overlay_dev[64];
+	int fd; /* O_PATH of a read-write mount, for the read-only remount at power off; -1 otherwise */
+};
+
+#define MAX_VOLUMES 64
+
 struct guest_config {
 	char **argv; /* NULL-terminated */
 	size_t argc;
@@ -43,6 +55,8 @@ struct guest_config {
 	uint64_t stop_grace_ms;
 	struct net_config net;
 	struct egress_config egress;
+	struct volume_config vol[MAX_VOLUMES];
+	size_t nvol;
 };
 
 /* Parses a whole config image (header + payload). On failure returns -1 and fills err. */

@@ -34,6 +34,7 @@
 #include "status.h"
 #include "user.h"
 #include "util.h"
+#include "volumes.h"
 
 #define PORT_STATUS "hypeman.status"
 #define PORT_APP "hypeman.app"
@@ -88,6 +89,7 @@ static void power_off(void)
 		if (mount(NULL, path, NULL, MS_REMOUNT | MS_RDONLY, NULL) < 0)
 			logmsg("remount overlay disk read-only: %s", strerror(errno));
 	}
+	volumes_quiesce(&I.cfg);
 	reboot(RB_POWER_OFF);
 	reboot(RB_AUTOBOOT); /* no ACPI poweroff: with the VMM's -no-reboot this ends it too */
 	for (;;)
@@ -421,6 +423,8 @@ static void pid1(void)
 		fail("find_disks", "no disk with serial " DISK_ROOTFS);
 	if (find_disk_by_serial(DISK_OVERLAY, overlaydev, sizeof overlaydev, DISK_WAIT_MS) < 0)
 		fail("find_disks", "no disk with serial " DISK_OVERLAY);
+	if (volumes_find(&I.cfg, DISK_WAIT_MS, err, sizeof err) < 0)
+		fail("find_disks", err);
 
 	int app = -1;
 	if (find_virtio_port(PORT_APP, dev, sizeof dev, PORT_WAIT_MS) == 0)
@@ -451,6 +455,9 @@ static void pid1(void)
 	I.overlay_fd = open("/mnt/overlay", O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (switch_root(err, sizeof err) < 0)
 		fail("switch_root", err);
+	/* Before the container setup: a working directory inside a volume is then made in the volume. */
+	if (volumes_mount(&I.cfg, err, sizeof err) < 0)
+		fail("mount_volumes", err);
 	if (setup_container(&I.cfg, err, sizeof err) < 0)
 		fail("setup_container", err);
 	if (I.cfg.net.enabled) {
@@ -547,6 +554,9 @@ static int cli(int argc, char **argv)
 			for (size_t i = 0; i < c.egress.envc; i++)
 				printf("egress.env=%s\n", c.egress.env[i]);
 		}
+		for (size_t i = 0; i < c.nvol; i++)
+			printf("volume=%s %s%s %s\n", c.vol[i].serial, c.vol[i].overlay_serial ? "overlay=" : c.vol[i].readonly ? "ro" : "rw",
+			       c.vol[i].overlay_serial ? c.vol[i].overlay_serial : "", c.vol[i].path);
 		return 0;
 	}
 	if (argc == 3 && strcmp(argv[1], "render-etc") == 0) {

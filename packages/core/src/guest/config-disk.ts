@@ -11,15 +11,17 @@
  *
  * Extensibility: the init skips keys it does not know, so a new optional key needs nothing; a key
  * the guest must not ignore is announced with a `requires` record naming its feature (`network`,
- * `egress`; volumes later), which an older init refuses with a clear boot error instead of running
+ * `egress`, `volumes`), which an older init refuses with a clear boot error instead of running
  * half-configured.
  */
+import { readFile } from 'node:fs/promises'
 import { crc32 } from 'node:zlib'
 import { ValidationError, writeFileAtomic } from '@hypeman-ts/common'
 import { decodeEgress, egressEntries, type GuestEgressConfig } from './egress-config.js'
 import { GuestError } from './errors.js'
 import { decodeNetwork, networkEntries, type GuestNetworkConfig } from './network-config.js'
 import { encodeTlv, TlvView, type TlvEntry } from './tlv.js'
+import { decodeVolumes, volumeEntries, type GuestVolumeConfig } from './volume-config.js'
 
 export const CONFIG_MAGIC = 'HMCONFIG'
 export const CONFIG_FORMAT_VERSION = 1
@@ -54,12 +56,15 @@ export interface GuestConfig {
   network?: GuestNetworkConfig
   /** Mediated egress: the proxy CA to trust and the proxy variables to default. */
   egress?: GuestEgressConfig
+  /** Volume disks to mount, in order, after the root is switched. */
+  volumes?: GuestVolumeConfig[]
 }
 
-export interface DecodedGuestConfig extends Required<Omit<GuestConfig, 'env' | 'network' | 'egress'>> {
+export interface DecodedGuestConfig extends Required<Omit<GuestConfig, 'env' | 'network' | 'egress' | 'volumes'>> {
   env: Record<string, string>
   network?: GuestNetworkConfig
   egress?: GuestEgressConfig
+  volumes?: GuestVolumeConfig[]
   requires: string[]
 }
 
@@ -107,6 +112,7 @@ export function guestConfigEntries(c: GuestConfig): TlvEntry[] {
   }
   if (c.network !== undefined) entries.push(...networkEntries(c.network))
   if (c.egress !== undefined) entries.push(...egressEntries(c.egress))
+  if (c.volumes !== undefined) entries.push(...volumeEntries(c.volumes))
   return entries
 }
 
@@ -146,6 +152,7 @@ export function decodeGuestConfig(img: Buffer): DecodedGuestConfig {
   }
   const network = decodeNetwork(v)
   const egress = decodeEgress(v)
+  const volumes = decodeVolumes(v)
   return {
     argv: v.all('argv'),
     env,
@@ -157,8 +164,18 @@ export function decodeGuestConfig(img: Buffer): DecodedGuestConfig {
     stopGraceMs: v.int('stop_grace_ms') ?? 10_000,
     ...(network ? { network } : {}),
     ...(egress ? { egress } : {}),
+    ...(volumes.length ? { volumes } : {}),
     requires: v.all('requires'),
   }
+}
+
+/**
+ * Replaces the volumes of an existing config disk, keeping everything else (a volume attached or
+ * detached while the instance is stopped); atomic like the first write.
+ */
+export async function rewriteGuestConfigVolumes(path: string, volumes: GuestVolumeConfig[]): Promise<void> {
+  const { requires: _requires, volumes: _old, ...kept } = decodeGuestConfig(await readFile(path))
+  await writeGuestConfigDisk(path, { ...kept, ...(volumes.length ? { volumes } : {}) })
 }
 
 /** Writes the config disk image atomically (a crash leaves no half-written disk). */

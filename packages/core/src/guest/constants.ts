@@ -13,8 +13,10 @@ export const DISK_SERIAL = {
   config: 'hm-config',
 } as const
 
-/** Serial of the n-th volume disk (volumes are a later issue; the name is reserved now). */
+/** Serial of the n-th volume's disk (the create's `volumes[n]`). */
 export const volumeDiskSerial = (n: number): string => `hm-vol-${n}`
+/** Serial of the instance's writable disk over the n-th volume, when it is mounted with `overlay`. */
+export const volumeOverlaySerial = (n: number): string => `hm-volov-${n}`
 
 /** virtio-serial port names (QEMU `virtserialport name=`), found in the guest under /sys/class/virtio-ports. */
 export const PORT_NAME = {

@@ -5,7 +5,7 @@
 import { rm, truncate, writeFile } from 'node:fs/promises'
 import { run } from '@hypeman-ts/common'
 import type { ChannelSpec, DiskSpec } from '@hypeman-ts/vmm-drivers'
-import { DISK_SERIAL, PORT_NAME } from './constants.js'
+import { DISK_SERIAL, PORT_NAME, volumeDiskSerial, volumeOverlaySerial } from './constants.js'
 
 export interface GuestDiskPaths {
   /** The image's read-only ext4/erofs disk (shared by instances of the image). */
@@ -14,6 +14,16 @@ export interface GuestDiskPaths {
   overlay: string
   /** This instance's config disk (writeGuestConfigDisk). */
   config: string
+  /** The volumes, in the create's order: disk `hm-vol-<i>` (and `hm-volov-<i>` for an overlay). */
+  volumes?: GuestVolumeDisk[]
+}
+
+export interface GuestVolumeDisk {
+  /** The volume's disk file (shared with other instances when read-only). */
+  disk: string
+  readonly: boolean
+  /** This instance's writable disk over a read-only volume (createOverlayDisk). */
+  overlay?: string
 }
 
 export function guestDisks(paths: GuestDiskPaths): DiskSpec[] {
@@ -21,6 +31,10 @@ export function guestDisks(paths: GuestDiskPaths): DiskSpec[] {
     { path: paths.rootfs, serial: DISK_SERIAL.rootfs, readonly: true },
     { path: paths.overlay, serial: DISK_SERIAL.overlay },
     { path: paths.config, serial: DISK_SERIAL.config, readonly: true },
+    ...(paths.volumes ?? []).flatMap((v, i): DiskSpec[] => [
+      { path: v.disk, serial: volumeDiskSerial(i), ...(v.readonly ? { readonly: true } : {}) },
+      ...(v.overlay ? [{ path: v.overlay, serial: volumeOverlaySerial(i) }] : []),
+    ]),
   ]
 }
 

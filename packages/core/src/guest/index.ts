@@ -1,12 +1,14 @@
 export * from './errors.js'
-export { DISK_SERIAL, PORT_NAME, volumeDiskSerial, DEFAULT_PATH, GUEST_PROTOCOL_VERSION, type PortName } from './constants.js'
-export { guestDisks, guestChannels, createOverlayDisk, type GuestDiskPaths, type GuestChannelPaths } from './disks.js'
+export { DISK_SERIAL, PORT_NAME, volumeDiskSerial, volumeOverlaySerial, DEFAULT_PATH, GUEST_PROTOCOL_VERSION, type PortName } from './constants.js'
+export { guestDisks, guestChannels, createOverlayDisk, type GuestDiskPaths, type GuestChannelPaths, type GuestVolumeDisk } from './disks.js'
+export { VOLUMES_FEATURE, type GuestVolumeConfig } from './volume-config.js'
 export {
   encodeGuestConfig,
   packConfigImage,
   decodeGuestConfig,
   guestConfigEntries,
   writeGuestConfigDisk,
+  rewriteGuestConfigVolumes,
   CONFIG_MAGIC,
   CONFIG_FORMAT_VERSION,
   CONFIG_HEADER_SIZE,

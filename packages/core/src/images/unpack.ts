@@ -65,6 +65,11 @@ export interface ApplyOptions {
   signal?: AbortSignal
   /** Refuse a layer whose file content exceeds this many bytes (decompression bombs). */
   maxBytes?: number
+  /**
+   * Refuse entries named with a leading `/` instead of taking them relative to the root (volume
+   * archives: a tar made with absolute names was meant for another place).
+   */
+  refuseAbsolute?: boolean
 }
 
 function unsafe(message: string): never {
@@ -182,6 +187,9 @@ export class LayerApplier {
         stream.on('error', () => {})
         try {
           throwIfAborted(opts.signal, 'image.unpack')
+          if (opts.refuseAbsolute && (header.name.startsWith('/') || (header.type === 'link' && header.linkname?.startsWith('/')))) {
+            unsafe(`entry "${header.name}" has an absolute name`)
+          }
           this.entry(header, stream, next, maxBytes)
         } catch (err) {
           reject(err)

@@ -8,6 +8,7 @@ import { join } from 'node:path'
 import { errorMessage, HypemanError, NotFoundError, pathExists, TimeoutError } from '@hypeman-ts/common'
 import { SNAPSHOT_META_FILE, type LiveVm, type RunningVm, type VmSpec } from '@hypeman-ts/vmm-drivers'
 import {
+  DISK_SERIAL,
   guestChannels,
   guestDisks,
   readStatusEvents,
@@ -16,6 +17,10 @@ import {
   tailLines,
   waitForStatusEvent,
   type GuestStatusSummary,
+  type GuestVolumeConfig,
+  type GuestVolumeDisk,
+  volumeDiskSerial,
+  volumeOverlaySerial,
 } from '../guest/index.js'
 import { nowIso, type InstanceContext } from './context.js'
 import type { InstanceRecord } from './record.js'
@@ -32,6 +37,36 @@ export async function rootfsOf(cx: InstanceContext, record: InstanceRecord): Pro
   const img = record.imageDigest ? await cx.opts.images.store.getRecord(record.imageDigest) : undefined
   if (!img) throw new NotFoundError(`the image disk of instance ${record.name} (${record.imageDigest}) is no longer in the cache`, { field: 'image' })
   return { diskPath: cx.opts.images.store.diskPath(img) }
+}
+
+/** The instance's volume disks, in its spec's order (serials `hm-vol-<i>` follow it). */
+function volumeDisks(cx: InstanceContext, record: InstanceRecord): GuestVolumeDisk[] {
+  return (record.spec.volumes ?? []).map((v) => ({
+    disk: cx.opts.volumes!.diskPath(v.volumeId),
+    readonly: v.readonly,
+    ...(v.overlay ? { overlay: volumeOverlayPath(cx, record.id, v.volumeId) } : {}),
+  }))
+}
+
+/**
+ * The instance's own writable disk over a volume it mounts with an overlay; named by the volume
+ * (not its position, which a detach shifts), and removed with the instance dir.
+ */
+export function volumeOverlayPath(cx: InstanceContext, id: string, volumeId: string): string {
+  return join(cx.files.paths(id).dir, `volume-${volumeId}-overlay.ext4`)
+}
+
+/** The volumes as the guest mounts them: parents before paths inside them; serials follow the spec's order. */
+export function guestVolumes(record: InstanceRecord): GuestVolumeConfig[] {
+  const depth = (p: string) => p.split('/').length
+  return (record.spec.volumes ?? [])
+    .map((v, i): GuestVolumeConfig => ({
+      serial: volumeDiskSerial(i),
+      mountPath: v.mountPath,
+      mode: v.overlay ? 'overlay' : v.readonly ? 'ro' : 'rw',
+      ...(v.overlay ? { overlaySerial: volumeOverlaySerial(i) } : {}),
+    }))
+    .sort((a, b) => depth(a.mountPath) - depth(b.mountPath))
 }
 
 /** Starts the VMM for the record's current disks (a cold boot, or a restore from its snapshot). */
@@ -55,7 +90,10 @@ export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: 
     vcpus: spec.vcpus,
     memoryBytes: spec.memoryBytes,
     ...(spec.hotplugBytes ? { hotplugMemory: { maxBytes: spec.memoryBytes + spec.hotplugBytes } } : {}),
-    disks: guestDisks({ rootfs, overlay: paths.overlay, config: paths.config }).map((d) => (d.readonly && d.serial !== 'hm-rootfs' ? d : { ...d, ...throttle })),
+    // diskIoBps limits every disk the workload's I/O reaches (image, overlay, volumes); not the config disk.
+    disks: guestDisks({ rootfs, overlay: paths.overlay, config: paths.config, volumes: volumeDisks(cx, record) }).map((d) =>
+      d.serial === DISK_SERIAL.config ? d : { ...d, ...throttle },
+    ),
     channels: guestChannels(
       { agentSocket: paths.agentSocket, controlSocket: paths.controlSocket, appLog: paths.appLog, statusLog: paths.statusLog },
       { skipGuestAgent: spec.skipGuestAgent },

@@ -10,6 +10,7 @@ import type { EgressProxy } from '@hypeman-ts/egress-proxy'
 import type { HostNetwork } from '@hypeman-ts/netsetup'
 import type { GuestAssets } from '../assets/index.js'
 import type { ImageManager } from '../images/manager.js'
+import type { VolumeManager } from '../volumes/manager.js'
 import { LiveVms } from './live.js'
 import type { Hypervisor, SpecDefaults } from './params.js'
 import type { InstanceFiles, InstanceRecord } from './record.js'
@@ -17,6 +18,8 @@ import type { InstanceFiles, InstanceRecord } from './record.js'
 export interface InstanceManagerOptions {
   files: InstanceFiles
   images: ImageManager
+  /** Volumes instances attach at create; without it a create asking for volumes is refused. */
+  volumes?: VolumeManager
   drivers: Partial<Record<Hypervisor, VmmDriver>>
   /** The guest kernel, initrd and command line (memoised by the caller). */
   assets: () => Promise<GuestAssets>

@@ -4,10 +4,10 @@
  * finished steps newest first; `delete` and the reconcile after a crash walk the recorded steps
  * back through the same undos (`undoCreateSteps`).
  *
- *   instance_dir → [image ∥ overlay_disk] → network → egress → config_disk → vmm → guest_ready
+ *   instance_dir → volumes → [image ∥ overlay_disk] → network → egress → config_disk → vmm → guest_ready
  *
- * A variant edits the list by step name: without networking there is no `network` step, without
- * mediated egress no `egress` step.
+ * A variant edits the list by step name: without volumes there is no `volumes` step, without
+ * networking no `network` step, without mediated egress no `egress` step.
  */
 import { mkdir, rm } from 'node:fs/promises'
 import { createId } from '@paralleldrive/cuid2'
@@ -15,6 +15,7 @@ import {
   ConflictError,
   errorMessage,
   HypemanError,
+  NotSupportedError,
   runSteps,
   StepsFailedError,
   undoSteps,
@@ -27,7 +28,7 @@ import {
 import { egressProxyEnv, type NetworkAttachment } from '@hypeman-ts/netsetup'
 import { createOverlayDisk, resolveProgram, writeGuestConfigDisk, type GuestConfig } from '../guest/index.js'
 import type { ImageRecord } from '../images/store.js'
-import { boot, destroyRuntime, waitForGuest } from './boot.js'
+import { boot, destroyRuntime, guestVolumes, volumeOverlayPath, waitForGuest } from './boot.js'
 import { nowIso, type InstanceContext } from './context.js'
 import type { Instance } from './model.js'
 import { attachNetwork, detachNetwork, guestEnv, guestNetwork, registerEgress, unregisterEgress } from './network.js'
@@ -73,8 +74,29 @@ const instanceDir: CreateStepDef = {
   run: async () => {},
   undo: async ({ cx, record }) => {
     await destroyRuntime(cx, record.id)
+    // Volumes attached after create (attachVolume) have no `volumes` step to undo: released here.
+    await cx.opts.volumes?.release(record.id)
     await rm(cx.files.paths(record.id).dir, { recursive: true, force: true })
   },
+}
+
+/**
+ * Records the attachments in the volumes (names resolved to ids, conflicts refused under the
+ * volumes lock), then makes the instance's writable disk over each overlay-mounted one. Recorded
+ * first: a crash mid-attach must still be released by reconcile.
+ */
+const volumes: CreateStepDef = {
+  name: 'volumes',
+  recordFirst: true,
+  async run({ cx, record }, signal) {
+    const spec = record.spec
+    spec.volumes = await cx.opts.volumes!.attach(record.id, spec.volumes ?? [])
+    for (const v of spec.volumes) {
+      if (v.overlay) await createOverlayDisk(volumeOverlayPath(cx, record.id, v.volumeId), v.overlayBytes!, { signal })
+    }
+  },
+  // The overlay disks live in the instance dir, which `instance_dir`'s undo removes.
+  undo: async ({ cx, record }) => cx.opts.volumes?.release(record.id),
 }
 
 const image: CreateStepDef = {
@@ -131,6 +153,7 @@ const configDisk: CreateStepDef = {
       skipGuestAgent: spec.skipGuestAgent,
       ...(c.attachment ? { network: guestNetwork(c.attachment) } : {}),
       ...(c.egress ? { egress: c.egress } : {}),
+      ...(spec.volumes?.length ? { volumes: guestVolumes(c.record) } : {}),
     })
   },
 }
@@ -164,12 +187,16 @@ const guestReady: CreateStepDef = {
 }
 
 /** Every create step, in order; `delete` and reconcile undo the recorded ones through this list. */
-const ALL_STEPS: StepList<CreateRun> = [instanceDir, [image, overlayDisk], network, egress, configDisk, vmm, guestReady]
+const ALL_STEPS: StepList<CreateRun> = [instanceDir, volumes, [image, overlayDisk], network, egress, configDisk, vmm, guestReady]
 
 /** The steps a create of this record runs. */
 function stepsFor(record: InstanceRecord): StepList<CreateRun> {
   const n = record.spec.network
-  return withoutSteps(ALL_STEPS, [...(n.enabled ? [] : ['network']), ...(n.enabled && n.egress.enabled ? [] : ['egress'])])
+  return withoutSteps(ALL_STEPS, [
+    ...(record.spec.volumes?.length ? [] : ['volumes']),
+    ...(n.enabled ? [] : ['network']),
+    ...(n.enabled && n.egress.enabled ? [] : ['egress']),
+  ])
 }
 
 function stepRecord(cx: InstanceContext, record: InstanceRecord): StepRecord {
@@ -186,6 +213,11 @@ export async function undoCreateSteps(cx: InstanceContext, record: InstanceRecor
 export async function createInstance(cx: InstanceContext, params: CreateInstanceParams, opts: CreateOptions = {}): Promise<Instance> {
   const spec = validateCreateParams(params, cx.opts.defaults)
   cx.driver(spec.hypervisor)
+  if (spec.volumes?.length) {
+    if (!cx.opts.volumes) throw new NotSupportedError('volumes: this manager has no volume store', { field: 'volumes' })
+    // Unknown volumes and held ones are refused before anything exists; the step checks again under the lock.
+    await cx.opts.volumes.attach('', spec.volumes, { dryRun: true })
+  }
   const record: InstanceRecord = {
     version: 1,
     id: createId(),

@@ -26,6 +26,7 @@ import { detachAll, reconcile } from './reconcile.js'
 import { instanceStats, type InstanceStats } from './stats.js'
 import { type UpdateInstanceParams, updateInstance } from './update.js'
 import { instanceView, toInstance } from './view.js'
+import { attachVolume, detachVolume, type AttachVolumeParams } from './volumes.js'
 
 export type { InstanceManagerOptions, NetworkProvider, EgressProvider } from './context.js'
 export type { CreateOptions } from './create.js'
@@ -122,6 +123,20 @@ export class InstanceManager {
   /** Removes the instance and everything it made: VMM, sockets, disks, logs, address. */
   delete(idOrName: string): Promise<void> {
     return deleteInstance(this.#cx, idOrName)
+  }
+
+  /**
+   * Attaches a volume (id or name) to a Stopped instance, checked as at create (path rules,
+   * read-write alone); mounted from its next start. Standby and running instances: `conflict` on
+   * `state` (a snapshot fixes the disks; hot-plug is not built).
+   */
+  attachVolume(idOrName: string, volumeId: string, params: AttachVolumeParams): Promise<Instance> {
+    return attachVolume(this.#cx, idOrName, volumeId, params)
+  }
+
+  /** Detaches a volume (id or name) from a Stopped instance; an overlay's writes go with it. */
+  detachVolume(idOrName: string, volumeId: string): Promise<Instance> {
+    return detachVolume(this.#cx, idOrName, volumeId)
   }
 
   /** Runs a program in the guest and collects its output and exit code. */

@@ -13,13 +13,8 @@ import { validateTags } from '../validate.js'
 export type Hypervisor = 'cloud-hypervisor' | 'firecracker' | 'qemu' | 'vz'
 export const HYPERVISORS: readonly Hypervisor[] = ['cloud-hypervisor', 'firecracker', 'qemu', 'vz']
 
-export interface VolumeMount {
-  volumeId: string
-  mountPath: string
-  readonly?: boolean
-  overlay?: boolean
-  overlaySize?: string
-}
+export type { VolumeMount } from '../volumes/mounts.js'
+import { validateVolumeMounts, type VolumeMount, type VolumeMountSpec } from '../volumes/mounts.js'
 
 export type { CredentialPolicy } from '@hypeman-ts/egress-proxy'
 import type { CredentialPolicy } from '@hypeman-ts/egress-proxy'
@@ -102,6 +97,11 @@ export interface InstanceSpec {
   network: NetworkSpec
   /** Guest-visible env var name → policy; the real values stay in `env` on the host only. */
   credentials: Record<string, CredentialPolicy>
+  /**
+   * Volumes to attach, in order (disk `hm-vol-<i>`); ids once the create's `volumes` step
+   * resolved names. Absent in records written before volumes existed.
+   */
+  volumes?: VolumeMountSpec[]
 }
 
 export interface SpecDefaults {
@@ -202,7 +202,7 @@ export function validateCreateParams(input: unknown, defaults: SpecDefaults): In
   // Subsystems that are not built yet: refuse a request that needs them, naming the field.
   if (p.devices !== undefined && p.devices !== null && (!Array.isArray(p.devices) || p.devices.length > 0)) notYet('devices', 'PCI passthrough')
   if (p.gpu !== undefined && p.gpu !== null) notYet('gpu', 'GPU attachment')
-  if (p.volumes !== undefined && p.volumes !== null && (!Array.isArray(p.volumes) || p.volumes.length > 0)) notYet('volumes', 'volume attachment')
+  const volumes = validateVolumeMounts(p.volumes)
 
   return {
     image,
@@ -226,6 +226,7 @@ export function validateCreateParams(input: unknown, defaults: SpecDefaults): In
     tags,
     network,
     credentials,
+    volumes,
   }
 }
 

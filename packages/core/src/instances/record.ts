@@ -11,7 +11,7 @@ import type { PersistedVm } from '@hypeman-ts/vmm-drivers'
 import type { InstanceSpec } from './params.js'
 
 /** The create steps, in order (create.ts runs them); each one that finished is recorded so a crash can be undone. */
-export const CREATE_STEPS = ['instance_dir', 'image', 'overlay_disk', 'network', 'egress', 'config_disk', 'vmm', 'guest_ready'] as const
+export const CREATE_STEPS = ['instance_dir', 'volumes', 'image', 'overlay_disk', 'network', 'egress', 'config_disk', 'vmm', 'guest_ready'] as const
 export type CreateStep = (typeof CREATE_STEPS)[number]
 
 export interface InstanceRecord {

@@ -11,7 +11,7 @@
 import { ConflictError } from '@hypeman-ts/common'
 import type { InstanceState } from './model.js'
 
-export type Operation = 'start' | 'stop' | 'kill' | 'pause' | 'resume' | 'standby' | 'restore' | 'exec' | 'stat' | 'copy' | 'update'
+export type Operation = 'start' | 'stop' | 'kill' | 'pause' | 'resume' | 'standby' | 'restore' | 'exec' | 'stat' | 'copy' | 'update' | 'attach_volume' | 'detach_volume'
 
 const BOOTED: readonly InstanceState[] = ['Running', 'Initializing']
 
@@ -28,6 +28,9 @@ export const ALLOWED_STATES: Readonly<Record<Operation, readonly InstanceState[]
   copy: BOOTED,
   // Anything but a create in flight: a stopped or standby instance takes the change at its next boot.
   update: ['Initializing', 'Running', 'Paused', 'Shutdown', 'Stopped', 'Standby', 'Unknown'],
+  // Stopped only: a snapshot fixes a Standby instance's disks, and a running one would need hot-plug (instances/volumes.ts).
+  attach_volume: ['Stopped'],
+  detach_volume: ['Stopped'],
 }
 
 /** Throws `conflict` (field `state`, details `{ operation, state, allowed }`) unless `op` may run in `state`. */

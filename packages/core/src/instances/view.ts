@@ -89,7 +89,12 @@ export async function toInstance(cx: InstanceContext, record: InstanceRecord): P
     stoppedAt: record.stoppedAt,
     tags: s.tags,
     vcpus: s.vcpus,
-    volumes: [],
+    volumes: (s.volumes ?? []).map((v) => ({
+      volumeId: v.volumeId,
+      mountPath: v.mountPath,
+      readonly: v.readonly,
+      ...(v.overlay ? { overlay: true, overlaySize: v.overlaySize! } : {}),
+    })),
   }
 }
 

@@ -144,7 +144,7 @@ describe('the guest init parses what the host writes', () => {
   })
 
   it.each<[string, Buffer, RegExp]>([
-    ['a feature it lacks (requires)', packConfigImage(encodeTlv([['argv', 'true'], ['requires', 'volumes']])), /requires feature "volumes"/],
+    ['a feature it lacks (requires)', packConfigImage(encodeTlv([['argv', 'true'], ['requires', 'devices']])), /requires feature "devices"/],
     ['a checksum mismatch', (() => {
       const img = encodeGuestConfig({ argv: ['true'], env: {} })
       img[CONFIG_HEADER_SIZE]! ^= 1
@@ -263,8 +263,51 @@ describe('network and egress in the config disk', () => {
     ['a CA bundle without certificates', rec(['ca_bundle', 'nothing here']), /bad value for key ca_bundle/],
     ['a CA bundle with a private key', rec(['ca_bundle', '-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\n']), /bad value for key ca_bundle/],
     ['proxy variables without a CA', rec(['egress.env', 'HTTP_PROXY=x']), /egress config without ca_bundle/],
-    ['a feature it does not know', rec(['requires', 'volumes']), /requires feature "volumes"/],
+    ['a feature it does not know', rec(['requires', 'devices']), /requires feature "devices"/],
   ])('the guest init refuses %s', async (_name, img, message) => {
     await expect(parseInGuestCode(img)).rejects.toThrowError(message)
+  })
+})
+
+describe('volumes in the config disk', () => {
+  const base: GuestConfig = { argv: ['/bin/true'], env: {} }
+  const volumes: GuestConfig['volumes'] = [
+    { serial: 'hm-vol-0', mountPath: '/data', mode: 'rw' },
+    { serial: 'hm-vol-1', mountPath: '/srv/my share', mode: 'ro' },
+    { serial: 'hm-vol-2', mountPath: '/cache', mode: 'overlay', overlaySerial: 'hm-volov-2' },
+  ]
+
+  it('round-trips, announces the feature, and the init reads the same mounts', async () => {
+    const img = encodeGuestConfig({ ...base, volumes })
+    const back = decodeGuestConfig(img)
+    expect(back.volumes).toEqual(volumes)
+    expect(back.requires).toEqual(['volumes'])
+    const out = await parseInGuestCode(img)
+    expect(out).toContain('volume=hm-vol-0 rw /data\n')
+    expect(out).toContain('volume=hm-vol-1 ro /srv/my share\n')
+    expect(out).toContain('volume=hm-vol-2 overlay=hm-volov-2 /cache\n')
+    expect(decodeGuestConfig(encodeGuestConfig(base)).volumes).toBeUndefined()
+  })
+
+  it('the init refuses malformed volume records', async () => {
+    for (const [value, msg] of [
+      ['hm-vol-0 rw', 'must be'],
+      ['hm-vol-0 rx /data', 'mode must be'],
+      ['hm-vol-0 rw data', 'must be absolute'],
+      ['hm-vol-0 rw /', 'must be absolute'],
+      ['hm-vol-0 rw /a/../etc', 'must be absolute'],
+      ['hm-vol-0 rw /a/', 'must be absolute'],
+      ['bad/serial rw /a', 'serials'],
+      ['hm-vol-0 overlay= /a', 'serials'],
+    ] as const) {
+      const path = join(dir, `vol-${Math.random().toString(36).slice(2)}`)
+      await writeFile(path, packConfigImage(encodeTlv([['argv', '/bin/true'], ['requires', 'volumes'], ['volume', value]])))
+      await expect(run(init, ['parse-config', path]), value).rejects.toThrow(msg)
+    }
+  })
+
+  it('the host refuses what the init would', () => {
+    expect(() => encodeGuestConfig({ ...base, volumes: [{ serial: 'hm-vol-0', mountPath: 'data', mode: 'rw' }] })).toThrow(/volumes\[0\]\.mountPath/)
+    expect(() => encodeGuestConfig({ ...base, volumes: [{ serial: 'hm-vol-0', mountPath: '/d', mode: 'overlay' }] })).toThrow(/overlaySerial/)
   })
 })

@@ -86,10 +86,46 @@ describe('validateCreateParams', () => {
   })
 
   it.each([
+    [{ volumes: {} }, 'volumes'],
+    [{ volumes: Array.from({ length: 17 }, (_, i) => ({ volumeId: `v${i}`, mountPath: `/v${i}` })) }, 'volumes'],
+    [{ volumes: [{ mountPath: '/data' }] }, 'volumes[0].volumeId'],
+    [{ volumes: [{ volumeId: 'v', mountPath: 'data' }] }, 'volumes[0].mountPath'],
+    [{ volumes: [{ volumeId: 'v', mountPath: '/' }] }, 'volumes[0].mountPath'],
+    [{ volumes: [{ volumeId: 'v', mountPath: '/a/../b' }] }, 'volumes[0].mountPath'],
+    [{ volumes: [{ volumeId: 'v', mountPath: '/a/' }] }, 'volumes[0].mountPath'],
+    [{ volumes: [{ volumeId: 'v', mountPath: '/proc' }] }, 'volumes[0].mountPath'],
+    [{ volumes: [{ volumeId: 'v', mountPath: '/sys/fs' }] }, 'volumes[0].mountPath'],
+    [{ volumes: [{ volumeId: 'v', mountPath: '/dev' }] }, 'volumes[0].mountPath'],
+    [{ volumes: [{ volumeId: 'v', mountPath: '/etc' }] }, 'volumes[0].mountPath'],
+    [{ volumes: [{ volumeId: 'v', mountPath: '/etc/resolv.conf' }] }, 'volumes[0].mountPath'],
+    [{ volumes: [{ volumeId: 'v', mountPath: '/a' }, { volumeId: 'w', mountPath: '/a' }] }, 'volumes[1].mountPath'],
+    [{ volumes: [{ volumeId: 'v', mountPath: '/a' }, { volumeId: 'v', mountPath: '/b' }] }, 'volumes[1].volumeId'],
+    [{ volumes: [{ volumeId: 'v', mountPath: '/a', readonly: 'yes' }] }, 'volumes[0].readonly'],
+    [{ volumes: [{ volumeId: 'v', mountPath: '/a', overlay: true, overlaySize: '1GB' }] }, 'volumes[0].overlay'],
+    [{ volumes: [{ volumeId: 'v', mountPath: '/a', readonly: true, overlay: true }] }, 'volumes[0].overlaySize'],
+    [{ volumes: [{ volumeId: 'v', mountPath: '/a', readonly: true, overlaySize: '1GB' }] }, 'volumes[0].overlaySize'],
+    [{ volumes: [{ volumeId: 'v', mountPath: '/a', size: '1GB' }] }, 'volumes[0].size'],
+  ])('rejects volumes %j naming %s', (params, field) => {
+    const err = fails(params)
+    expect(err.code).toBe('invalid_input')
+    expect(err.field).toBe(field)
+  })
+
+  it('accepts volume mounts, checked and parsed', () => {
+    const spec = validateCreateParams({ ...base, volumes: [
+      { volumeId: 'v', mountPath: '/data' },
+      { volumeId: 'w', mountPath: '/etc/app conf', readonly: true, overlay: true, overlaySize: '64MB' },
+    ] }, defaults)
+    expect(spec.volumes).toEqual([
+      { volumeId: 'v', mountPath: '/data', readonly: false, overlay: false, overlaySize: null, overlayBytes: null },
+      { volumeId: 'w', mountPath: '/etc/app conf', readonly: true, overlay: true, overlaySize: '64MB', overlayBytes: 64 * 1024 * 1024 },
+    ])
+  })
+
+  it.each([
     [{ network: { enabled: true } }, 'network.enabled'],
     [{ devices: ['gpu0'] }, 'devices'],
     [{ gpu: { profile: 'L40S-1Q' } }, 'gpu'],
-    [{ volumes: [{ volumeId: 'v', mountPath: '/data' }] }, 'volumes'],
     [{ hypervisor: 'firecracker' }, 'hypervisor'],
   ])('refuses %j as not supported yet', (params, field) => {
     const err = fails(params)
