@@ -3,7 +3,7 @@
  * spec, error bodies, 501s, and the images endpoints (a real pull of a local OCI layout).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import HypemanClient, { AuthenticationError, BadRequestError, NotFoundError } from '@onkernel/hypeman'
+import HypemanClient, { APIError, AuthenticationError, BadRequestError, NotFoundError } from '@onkernel/hypeman'
 import { createServer, mintToken } from '../src/index.js'
 import { BUSYBOX, specValidator, startServer, type TestServer } from './support/server.js'
 
@@ -124,6 +124,29 @@ describe('validation from the spec', () => {
     expect(await http('POST', '/instances', { body: JSON.stringify({ name: 'a', image: BUSYBOX, volumes: [{ volume_id: 'v', mount_path: '/data' }] }) })).toMatchObject({ status: 501 })
     expect(await t.hm.instances.list()).toEqual([])
   })
+
+  it('refuses an update of what core cannot change with 501 naming the field, through the SDK', async () => {
+    for (const [field, update] of [
+      ['ttl', { ttl: '1h' }],
+      ['expires_at', { expires_at: '2030-01-01T00:00:00Z' }],
+      ['health_check', { health_check: { type: 'none' } }],
+      ['restart_policy', { restart_policy: { policy: 'never' } }],
+      ['auto_standby', { auto_standby: { enabled: false } }],
+    ] as const) {
+      const err = (await t.client.instances.update('x', { env: { K: 'v' }, ...update }).catch((e: unknown) => e)) as APIError
+      expect(err, field).toBeInstanceOf(APIError)
+      expect(err.status, field).toBe(501)
+      expect(err.error, field).toMatchObject({ code: 'not_supported', details: [{ code: 'field', message: field }] })
+      valid('Error', err.error)
+    }
+  })
+
+  it('refuses an update with an empty or mistyped env with 400 (the schema)', async () => {
+    for (const body of ['{"env":{}}', '{"env":{"K":1}}']) {
+      const r = await http('PATCH', '/instances/x', { body })
+      expect(r, body).toMatchObject({ status: 400, body: { code: 'invalid_input', details: [{ message: expect.stringMatching(/^env/) }] } })
+    }
+  })
 })
 
 describe('errors', () => {
@@ -138,6 +161,8 @@ describe('errors', () => {
       () => t.client.instances.wait('nosuchinstance', { state: 'Running' }),
       () => t.client.instances.stat('nosuchinstance', { path: '/' }),
       () => t.client.instances.logs('nosuchinstance'),
+      () => t.client.instances.update('nosuchinstance', { env: { K: 'v' } }),
+      () => t.client.instances.stats('nosuchinstance'),
     ]) {
       const err = await call().catch((e: unknown) => e)
       expect(err).toBeInstanceOf(NotFoundError)

@@ -1,13 +1,13 @@
 /**
- * The instance operations of the spec that core supports: create, list, get, delete, start,
- * stop, standby, restore, stat, wait. Every `{id}` is resolved first (id, name or unique
+ * The instance operations of the spec that core supports: create, list, get, update (credential
+ * rotation), delete, start, stop, standby, restore, stat, stats, wait. Every `{id}` is resolved first (id, name or unique
  * prefix); the operation then runs on the full id, and core checks the state (409 otherwise).
  */
 import type { FastifyRequest } from 'fastify'
 import { NotSupportedError } from '@hypeman-ts/common'
-import { instanceToWire, pathInfoToWire, type InstanceState } from '@hypeman-ts/core'
+import { instanceStatsToWire, instanceToWire, pathInfoToWire, type InstanceState } from '@hypeman-ts/core'
 import { resolveInstance } from '../resolve.js'
-import { createInstanceFromWire } from '../wire.js'
+import { createInstanceFromWire, updateInstanceFromWire } from '../wire.js'
 import { clientGone, noIdleTimeout } from './connection.js'
 import { body, params, query, type Handler, type Handlers, type RouteContext } from './types.js'
 
@@ -44,6 +44,14 @@ export function instanceHandlers({ hm, shutdown, allowLocalLayouts }: RouteConte
     },
     async getInstance(req) {
       return instanceToWire(await resolveInstance(hm, params(req).id!))
+    },
+    async updateInstance(req) {
+      // Fields are checked before the lookup: a 501 for ttl does not depend on the instance existing.
+      const update = updateInstanceFromWire(body(req))
+      return instanceToWire(await hm.instances.update(await idOf(req), update))
+    },
+    async getInstanceStats(req) {
+      return instanceStatsToWire(await hm.instances.stats(await idOf(req)))
     },
     async deleteInstance(req, reply) {
       await hm.instances.delete(await idOf(req))
