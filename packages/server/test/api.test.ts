@@ -4,6 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import HypemanClient, { APIError, AuthenticationError, BadRequestError, NotFoundError } from '@onkernel/hypeman'
+import { cpFromInstance } from '@onkernel/hypeman/lib/cp'
 import { createServer, mintToken } from '../src/index.js'
 import { BUSYBOX, specValidator, startServer, type TestServer } from './support/server.js'
 
@@ -188,7 +189,7 @@ describe('errors', () => {
     }
   })
 
-  it('answers cp (hypeman WebSocket, not in the spec) with 501 before the upgrade', async () => {
+  it('answers cp (hypeman WebSocket, not in the spec) to an unknown instance with 404 before the upgrade', async () => {
     const { default: WebSocket } = await import('ws')
     const answer = await new Promise<{ status?: number; body: string }>((resolve, reject) => {
       const ws = new WebSocket(`${t.base.replace('http', 'ws')}/instances/x/cp`, { headers: { authorization: `Bearer ${t.token}` } })
@@ -200,8 +201,10 @@ describe('errors', () => {
       ws.on('open', () => reject(new Error('upgraded')))
       ws.on('error', reject)
     })
-    expect(answer.status).toBe(501)
-    expect(JSON.parse(answer.body)).toMatchObject({ code: 'not_implemented' })
+    expect(answer.status).toBe(404)
+    expect(JSON.parse(answer.body)).toMatchObject({ code: 'not_found' })
+    const sdk = { baseURL: t.base, apiKey: t.token }
+    await expect(cpFromInstance(sdk, { instanceId: 'x', srcPath: '/etc/hostname', dstPath: '/tmp/never' })).rejects.toThrow(/404/)
   })
 
   it('answers a path outside the spec with 404 {code, message}', async () => {
