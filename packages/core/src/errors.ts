@@ -22,3 +22,8 @@ export type EgressEventsErrorCode =
   | 'events_overflow' // a reader of hm.egress.events() fell further behind than maxBuffered
 
 export class EgressEventsError extends CodedError<EgressEventsErrorCode>() {}
+
+export type InstanceLookupErrorCode =
+  | 'ambiguous' // an id prefix that more than one instance's id starts with (hypeman's 409)
+
+export class InstanceLookupError extends CodedError<InstanceLookupErrorCode>() {}
