@@ -142,8 +142,8 @@ describe('validation from the spec', () => {
     }
   })
 
-  it('refuses an update with an empty or mistyped env with 400 (the schema)', async () => {
-    for (const body of ['{"env":{}}', '{"env":{"K":1}}']) {
+  it('refuses an update with no env, an empty or a mistyped one with 400 (the schema, then core), before any lookup', async () => {
+    for (const body of ['{"env":{}}', '{"env":{"K":1}}', '{}']) {
       const r = await http('PATCH', '/instances/x', { body })
       expect(r, body).toMatchObject({ status: 400, body: { code: 'invalid_input', details: [{ message: expect.stringMatching(/^env/) }] } })
     }

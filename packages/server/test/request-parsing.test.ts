@@ -1,10 +1,9 @@
-/** The pure parts between the wire and core: queries, field names, the exec and cp requests, cp's data frames, id resolution. */
+/** The pure parts between the wire and core: queries, field names, the exec and cp requests, cp's data frames, the ambiguous-prefix answer. */
 import { describe, expect, it } from 'vitest'
-import { HypemanError, NotFoundError } from '@hypeman-ts/common'
-import type { Hypeman, Instance } from '@hypeman-ts/core'
+import { HypemanError } from '@hypeman-ts/common'
+import { InstanceLookupError } from '@hypeman-ts/core'
 import { toWireError, wireField } from '../src/errors.js'
 import { parseQuery } from '../src/query.js'
-import { resolveInstance } from '../src/resolve.js'
 import { dataFrames, parseCpRequest } from '../src/routes/cp.js'
 import { parseExecRequest } from '../src/routes/exec.js'
 import { createImageFromWire, createInstanceFromWire } from '../src/wire.js'
@@ -77,30 +76,10 @@ describe('parseExecRequest', () => {
   })
 })
 
-describe('resolveInstance', () => {
-  const inst = (id: string, name: string) => ({ id, name }) as Instance
-  const all = [inst('abc111', 'one'), inst('abc222', 'two'), inst('xyz333', 'three')]
-  const hm = {
-    instances: {
-      get: async (x: string) => {
-        const found = all.find((i) => i.id === x || i.name === x)
-        if (!found) throw new NotFoundError(`instance ${x} not found`)
-        return found
-      },
-      list: async () => all,
-    },
-  } as unknown as Hypeman
-
-  it('takes an id, a name, or a prefix of exactly one id', async () => {
-    expect((await resolveInstance(hm, 'abc111')).name).toBe('one')
-    expect((await resolveInstance(hm, 'three')).id).toBe('xyz333')
-    expect((await resolveInstance(hm, 'xy')).id).toBe('xyz333')
-    expect((await resolveInstance(hm, 'abc2')).id).toBe('abc222')
-  })
-  it('refuses an ambiguous prefix (409) and an unknown one (404)', async () => {
-    await expect(resolveInstance(hm, 'abc')).rejects.toMatchObject({ code: 'ambiguous' })
-    expect(toWireError(await resolveInstance(hm, 'abc').catch((e: unknown) => e)).status).toBe(409)
-    await expect(resolveInstance(hm, 'q')).rejects.toMatchObject({ code: 'not_found' })
+describe("an ambiguous id prefix (core's InstanceLookupError)", () => {
+  it('is a 409 ambiguous naming the id', () => {
+    const wire = toWireError(new InstanceLookupError('ambiguous', '"abc" is a prefix of 2 instance ids', { field: 'id' }))
+    expect(wire).toMatchObject({ status: 409, body: { code: 'ambiguous', details: [{ code: 'field', message: 'id' }] }, headers: { 'x-should-retry': 'false' } })
   })
 })
 

@@ -7,7 +7,6 @@ import type { FastifyRequest } from 'fastify'
 import type { RawData } from 'ws'
 import { ConflictError } from '@hypeman-ts/common'
 import { ALLOWED_STATES, type Hypeman } from '@hypeman-ts/core'
-import { resolveInstance } from '../resolve.js'
 import { params } from './types.js'
 
 type WithInstance = FastifyRequest & { instanceId?: string }
@@ -15,7 +14,7 @@ type WithInstance = FastifyRequest & { instanceId?: string }
 /** The preHandler of a guest WebSocket: resolves `{id}` and checks that `op` may run now. */
 export function guestSocketCheck(hm: Hypeman, op: 'exec' | 'copy'): (req: FastifyRequest) => Promise<void> {
   return async (req) => {
-    const inst = await resolveInstance(hm, params(req).id!)
+    const inst = await hm.instances.get(params(req).id!)
     if (!ALLOWED_STATES[op].includes(inst.state)) {
       throw new ConflictError(`instance must be running (current state: ${inst.state})`, { field: 'state' })
     }
