@@ -135,7 +135,7 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
     if (shutdown.signal.aborted) void reply.header('connection', 'close')
   })
 
-  const cx: RouteContext = { hm, shutdown: shutdown.signal, allowLocalLayouts: opts.allowLocalLayouts === true, ...(opts.networkCapacity ? { networkCapacity: opts.networkCapacity } : {}) }
+  const cx: RouteContext = { hm, shutdown: shutdown.signal, allowLocalLayouts: opts.allowLocalLayouts === true, apiVersion: spec.version, ...(opts.networkCapacity ? { networkCapacity: opts.networkCapacity } : {}) }
   const handlers: Record<string, Handler> = {
     ...systemHandlers(cx),
     ...imageHandlers(cx),

@@ -2,10 +2,11 @@
  * The server through the official SDK and plain HTTP, without VMs: auth, validation from the
  * spec, error bodies, 501s, and the images endpoints (a real pull of a local OCI layout).
  */
+import { readFileSync } from 'node:fs'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import HypemanClient, { APIError, AuthenticationError, BadRequestError, NotFoundError } from '@onkernel/hypeman'
 import { cpFromInstance } from '@onkernel/hypeman/lib/cp'
-import { createServer, mintToken } from '../src/index.js'
+import { createServer, loadSpec, mintToken } from '../src/index.js'
 import { BUSYBOX, specValidator, startServer, type TestServer } from './support/server.js'
 
 let t: TestServer
@@ -180,7 +181,6 @@ describe('errors', () => {
       ['GET', '/snapshots'],
       ['GET', '/builds'],
       ['GET', '/ingresses'],
-      ['GET', '/capabilities'],
     ] as const) {
       const r = await http(method, path, body ? { body } : {})
       expect(r.status, `${method} ${path}`).toBe(501)
@@ -209,6 +209,23 @@ describe('errors', () => {
 
   it('answers a path outside the spec with 404 {code, message}', async () => {
     expect(await http('GET', '/nowhere')).toMatchObject({ status: 404, body: { code: 'not_found' } })
+  })
+})
+
+describe('capabilities', () => {
+  it('reports the host, qemu as the default and only available runtime, and what this server serves', async () => {
+    const c = await t.client.capabilities.get()
+    valid('Capabilities', c)
+    expect(c.server).toEqual({ version: JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version, api_version: loadSpec().version })
+    expect(c.host).toEqual({ os: 'linux', arch: process.arch === 'x64' ? 'amd64' : process.arch })
+    expect(c.default_runtime).toEqual({ name: 'qemu', available: true })
+    expect(c.runtimes.map((r) => r.name)).toEqual(['cloud-hypervisor', 'firecracker', 'qemu'])
+    expect(c.runtimes.find((r) => r.name === 'qemu')).toEqual({ name: 'qemu', available: true, features: ['standby', 'pause', 'disk-io-limit'] })
+    expect(c.runtimes.filter((r) => r.available).map((r) => r.name)).toEqual(['qemu'])
+    // The test server has no host network: the model, and no gateway or subnet to tell.
+    expect(c.network).toEqual({ model: 'bridge', guest_to_guest: false })
+    expect(c.images).toEqual({ platforms: [`linux/${c.host.arch}`], default_platform: 'linux/amd64' })
+    expect(c.features).toEqual(['instances', 'images', 'exec', 'logs'])
   })
 })
 
