@@ -1,14 +1,18 @@
 /**
  * One running VM through the official SDK: cp over the WebSocket with the SDK's own helpers
  * (`cpToInstance`, `cpFromInstance`: a file and a directory tree round-tripped with their bytes
- * and modes, a symlink, file bytes that look like the protocol's JSON, the refusals), stats, and
+ * and modes, a symlink, file bytes that look like the protocol's JSON, backpressure towards a
+ * client that stops reading, the refusals), stats, and
  * an update of a key no credential binds.
  */
 import { createHash, randomBytes } from 'node:crypto'
 import { chmod, lstat, mkdir, mkdtemp, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises'
+import { once } from 'node:events'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import WebSocket from 'ws'
 import { BadRequestError } from '@onkernel/hypeman'
 import { cpFromInstance, cpToInstance } from '@onkernel/hypeman/lib/cp'
 import { BUSYBOX, specValidator, startServer, type TestServer } from './support/server.js'
@@ -96,6 +100,35 @@ describe('cp from an instance (SDK cpFromInstance)', () => {
     expect([await mode(join(root, 'run.sh')), await mode(join(root, 'sub', 'secret')), await mode(join(root, 'sub'))]).toEqual(['755', '600', '750'])
     expect((await lstat(join(root, 'sub', 'link'))).isSymbolicLink()).toBe(true)
     expect(await readlink(join(root, 'sub', 'link'))).toBe('secret')
+  })
+
+  it('holds about a MiB, not the file, for a client that stops reading (backpressure), then delivers it all', async () => {
+    const size = 32 * 1024 * 1024
+    await sh(`dd if=/dev/zero of=/tmp/large bs=1M count=32 2>/dev/null`)
+    const ws = new WebSocket(`${t.base.replace('http', 'ws')}/instances/${id}/cp`, { headers: { authorization: `Bearer ${t.token}` } })
+    await once(ws, 'open')
+    let received = 0
+    const finalEnd = new Promise<void>((resolve) =>
+      ws.on('message', (d: Buffer, isBinary) => {
+        if (isBinary) received += d.length
+        else if ((JSON.parse(d.toString()) as { final?: boolean }).final) resolve()
+      }),
+    )
+    ws.send(JSON.stringify({ direction: 'from', guest_path: '/tmp/large' }))
+    // The client reads nothing: the kernel's buffers fill, then the server's own.
+    const tcp = (ws as unknown as { _socket: import('node:net').Socket })._socket
+    tcp.pause()
+    const serverBuffered = () => Math.max(0, ...[...t.server.app.websocketServer.clients].map((c) => c.bufferedAmount))
+    const filled = Date.now()
+    while (serverBuffered() < 512 * 1024 && Date.now() - filled < 60_000) await sleep(50)
+    let most = 0
+    for (let i = 0; i < 20; i++, await sleep(100)) most = Math.max(most, serverBuffered())
+    expect(most).toBeGreaterThanOrEqual(512 * 1024)
+    expect(most).toBeLessThan(2 * 1024 * 1024)
+    tcp.resume()
+    await finalEnd
+    expect(received).toBe(size)
+    ws.close()
   })
 
   it('fails naming the path that does not exist', async () => {

@@ -32,7 +32,7 @@ import { nowIso, type InstanceContext } from './context.js'
 import type { Instance } from './model.js'
 import { attachNetwork, detachNetwork, guestEnv, guestNetwork, registerEgress, unregisterEgress } from './network.js'
 import { validateCreateParams, type CreateInstanceParams } from './params.js'
-import type { CreateStep, InstanceRecord } from './record.js'
+import { newRecord, type CreateStep, type InstanceRecord } from './record.js'
 import { toInstance } from './view.js'
 
 export interface CreateOptions {
@@ -186,23 +186,7 @@ export async function undoCreateSteps(cx: InstanceContext, record: InstanceRecor
 export async function createInstance(cx: InstanceContext, params: CreateInstanceParams, opts: CreateOptions = {}): Promise<Instance> {
   const spec = validateCreateParams(params, cx.opts.defaults)
   cx.driver(spec.hypervisor)
-  const record: InstanceRecord = {
-    version: 1,
-    id: createId(),
-    name: spec.name,
-    spec,
-    imageDigest: null,
-    createdAt: nowIso(),
-    startedAt: null,
-    stoppedAt: null,
-    phase: 'creating',
-    steps: [],
-    vmm: null,
-    statusMark: 0,
-    exit: null,
-    snapshot: false,
-    network: null,
-  }
+  const record = newRecord(createId(), spec, nowIso())
   const id = record.id
   const cancel = new AbortController()
   const signal = opts.signal ? AbortSignal.any([opts.signal, cancel.signal]) : cancel.signal

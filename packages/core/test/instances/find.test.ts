@@ -10,7 +10,8 @@ import { isHypemanError } from '@hypeman-ts/common'
 import { InstanceLookupError } from '../../src/errors.js'
 import { InstanceContext, type InstanceManagerOptions } from '../../src/instances/context.js'
 import { InstanceManager } from '../../src/instances/manager.js'
-import { InstanceFiles, type InstanceRecord } from '../../src/instances/record.js'
+import type { InstanceSpec } from '../../src/instances/params.js'
+import { InstanceFiles, newRecord, type InstanceRecord } from '../../src/instances/record.js'
 
 let dir: string
 let files: InstanceFiles
@@ -19,24 +20,9 @@ let manager: InstanceManager
 
 /** A stopped instance that never booted: all list and find need of a record. */
 function record(id: string, name: string, extra: Partial<InstanceRecord> = {}): InstanceRecord {
-  return {
-    version: 1,
-    id,
-    name,
-    spec: { image: 'busybox', env: {}, credentials: {}, tags: { n: name }, network: { enabled: false }, vcpus: 1, size: '256MB', overlaySize: '64MB' },
-    imageDigest: null,
-    createdAt: new Date(Date.UTC(2026, 0, 1, 0, 0, Number(id.replace(/\D/g, '')) % 60)).toISOString(),
-    startedAt: null,
-    stoppedAt: null,
-    phase: 'ready',
-    steps: [],
-    vmm: null,
-    statusMark: 0,
-    exit: null,
-    snapshot: false,
-    network: null,
-    ...extra,
-  } as unknown as InstanceRecord
+  const spec = { name, image: 'busybox', env: {}, credentials: {}, tags: { n: name }, network: { enabled: false }, vcpus: 1, size: '256MB', overlaySize: '64MB' } as unknown as InstanceSpec
+  const createdAt = new Date(Date.UTC(2026, 0, 1, 0, 0, Number(id.replace(/\D/g, '')) % 60)).toISOString()
+  return { ...newRecord(id, spec, createdAt), phase: 'ready', ...extra }
 }
 
 async function put(r: InstanceRecord): Promise<void> {

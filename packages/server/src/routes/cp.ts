@@ -23,7 +23,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { RawData, WebSocket } from 'ws'
 import { errorMessage, NotSupportedError, ValidationError } from '@hypeman-ts/common'
 import type { GuestFileEntry } from '@hypeman-ts/core'
-import { guestSocketCheck, instanceIdOf, toBuffer } from './guest-socket.js'
+import { guestSocketCheck, instanceIdOf, parseFirstMessage, toBuffer } from './guest-socket.js'
 import type { RouteContext } from './types.js'
 
 export interface CpRequest {
@@ -37,14 +37,7 @@ export interface CpRequest {
 
 /** The first message, checked field by field (it is outside the OpenAPI file, so not checked by schema). */
 export function parseCpRequest(text: string): CpRequest {
-  let raw: unknown
-  try {
-    raw = JSON.parse(text)
-  } catch {
-    throw new ValidationError('request', 'the first message must be JSON')
-  }
-  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new ValidationError('request', 'must be a JSON object')
-  const r = raw as Record<string, unknown>
+  const r = parseFirstMessage(text)
   if (r.direction !== 'to' && r.direction !== 'from') throw new ValidationError('direction', `must be "to" or "from"`)
   if (typeof r.guest_path !== 'string' || r.guest_path === '') throw new ValidationError('guest_path', 'must be a path in the guest')
   const flag = (field: 'is_dir' | 'follow_links'): boolean => {

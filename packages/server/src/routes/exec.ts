@@ -17,7 +17,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { RawData, WebSocket } from 'ws'
 import { errorMessage, ValidationError } from '@hypeman-ts/common'
 import type { ExecProcess } from '@hypeman-ts/core'
-import { guestSocketCheck, instanceIdOf, toBuffer } from './guest-socket.js'
+import { guestSocketCheck, instanceIdOf, parseFirstMessage, toBuffer } from './guest-socket.js'
 import type { RouteContext } from './types.js'
 
 export interface ExecRequest {
@@ -31,14 +31,7 @@ export interface ExecRequest {
 
 /** The first message, checked field by field (it is outside the OpenAPI file, so not checked by schema). */
 export function parseExecRequest(text: string): ExecRequest {
-  let raw: unknown
-  try {
-    raw = JSON.parse(text)
-  } catch {
-    throw new ValidationError('request', 'the first message must be JSON')
-  }
-  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new ValidationError('request', 'must be a JSON object')
-  const r = raw as Record<string, unknown>
+  const r = parseFirstMessage(text)
   const out: ExecRequest = { argv: ['/bin/sh'], tty: false }
   if (r.command !== undefined && r.command !== null) {
     if (!Array.isArray(r.command) || r.command.some((c) => typeof c !== 'string')) throw new ValidationError('command', 'must be an array of strings')

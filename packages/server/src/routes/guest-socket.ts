@@ -5,7 +5,7 @@
  */
 import type { FastifyRequest } from 'fastify'
 import type { RawData } from 'ws'
-import { ConflictError } from '@hypeman-ts/common'
+import { ConflictError, ValidationError } from '@hypeman-ts/common'
 import { ALLOWED_STATES, type Hypeman } from '@hypeman-ts/core'
 import { params } from './types.js'
 
@@ -29,4 +29,16 @@ export function toBuffer(d: RawData): Buffer {
   if (Buffer.isBuffer(d)) return d
   if (Array.isArray(d)) return Buffer.concat(d)
   return Buffer.from(d)
+}
+
+/** The first message of a guest WebSocket: a JSON object (its fields are each protocol's to check). */
+export function parseFirstMessage(text: string): Record<string, unknown> {
+  let raw: unknown
+  try {
+    raw = JSON.parse(text)
+  } catch {
+    throw new ValidationError('request', 'the first message must be JSON')
+  }
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new ValidationError('request', 'must be a JSON object')
+  return raw as Record<string, unknown>
 }
