@@ -131,6 +131,27 @@ describe('cp from an instance (SDK cpFromInstance)', () => {
     ws.close()
   })
 
+  it('survives clients that go away mid-copy, either way, and copies on', async () => {
+    const url = `${t.base.replace('http', 'ws')}/instances/${id}/cp`
+    const headers = { authorization: `Bearer ${t.token}` }
+    const inward = new WebSocket(url, { headers })
+    await once(inward, 'open')
+    inward.send(JSON.stringify({ direction: 'to', guest_path: '/tmp/partial', mode: 0o644 }))
+    inward.send(randomBytes(512 * 1024))
+    await sleep(200)
+    inward.terminate()
+    const outward = new WebSocket(url, { headers })
+    await once(outward, 'open')
+    outward.send(JSON.stringify({ direction: 'from', guest_path: '/tmp/large' }))
+    await once(outward, 'message')
+    outward.terminate()
+    await sleep(500)
+    const src = join(local, 'after.txt')
+    await writeFile(src, 'still here\n')
+    await cpToInstance(cfg(), { instanceId: id, srcPath: src, dstPath: '/tmp/after.txt' })
+    expect(await sh('cat /tmp/after.txt')).toBe('still here')
+  })
+
   it('fails naming the path that does not exist', async () => {
     await expect(cpFromInstance(cfg(), { instanceId: id, srcPath: '/nope', dstPath: join(local, 'nope') })).rejects.toThrow(/Copy error at \/nope: .*does not exist/)
   })
