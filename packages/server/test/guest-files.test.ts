@@ -76,6 +76,15 @@ describe('cp to an instance (SDK cpToInstance)', () => {
     await expect(cpToInstance(cfg(), { instanceId: id, srcPath: src, dstPath: '/tmp/big.bin/under-a-file' })).rejects.toThrow(/Copy failed: .*under-a-file/)
     await expect(cpToInstance(cfg(), { instanceId: id, srcPath: src, dstPath: 'relative' })).rejects.toThrow(/Copy failed: .*absolute/)
   })
+
+  it('refuses a large file at once and lets its socket go (not held paused with the rest unread)', async () => {
+    const src = join(local, 'large-refused.bin')
+    await writeFile(src, Buffer.alloc(16 * 1024 * 1024, 7))
+    await expect(cpToInstance(cfg(), { instanceId: id, srcPath: src, dstPath: '/tmp/big.bin/under-a-file' })).rejects.toThrow(/Copy failed/)
+    const since = Date.now()
+    while (t.server.app.websocketServer.clients.size > 0 && Date.now() - since < 5_000) await sleep(50)
+    expect(t.server.app.websocketServer.clients.size).toBe(0)
+  })
 })
 
 describe('cp from an instance (SDK cpFromInstance)', () => {

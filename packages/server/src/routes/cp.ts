@@ -90,6 +90,9 @@ export function registerCp(app: FastifyInstance, { hm }: RouteContext): void {
       let ended = false
       socket.on('message', (d: RawData, binary: boolean) => {
         if (binary) {
+          // After a refusal core's copy has let go of the stream: the rest of the file is dropped
+          // (a write to it would fail, and pause a socket no drain would ever resume).
+          if (incoming.destroyed || incoming.writableEnded) return
           if (!incoming.write(toBuffer(d))) socket.pause()
         } else if (isEndMessage(d)) {
           ended = true
@@ -117,7 +120,14 @@ export function registerCp(app: FastifyInstance, { hm }: RouteContext): void {
         const { bytesWritten } = await hm.instances.copyTo(id, r.guestPath, incoming, { ...mode, signal: ac.signal })
         return { type: 'result', success: true, bytes_written: bytesWritten }
       }
-      return result().catch((err: unknown) => ({ type: 'result', success: false, error: errorMessage(err) }))
+      return result()
+        .catch((err: unknown) => ({ type: 'result', success: false, error: errorMessage(err) }))
+        .finally(() => {
+          // A refusal can come while the socket is paused for a full stream: it reads again, or
+          // the client's close (queued behind the rest of its file) would never be heard.
+          incoming.resume()
+          socket.resume()
+        })
     }
 
     /**
