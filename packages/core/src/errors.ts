@@ -32,3 +32,8 @@ export type VolumeErrorCode =
   | 'volume_build_failed'
 
 export class VolumeError extends CodedError<VolumeErrorCode>() {}
+
+export type InstanceLookupErrorCode =
+  | 'ambiguous' // an id prefix that more than one instance's id starts with (hypeman's 409)
+
+export class InstanceLookupError extends CodedError<InstanceLookupErrorCode>() {}

@@ -11,9 +11,10 @@ import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
 import { ConflictError, Lazy, pathExists, parseRate, stderrLogger, tryLockFile, type Logger, ValidationError } from '@hypeman-ts/common'
 import { QemuDriver, type Accel, type VmmDriver } from '@hypeman-ts/vmm-drivers'
-import { HostNetwork, type HostNetworkOptions } from '@hypeman-ts/netsetup'
+import { HostNetwork, resolveNetworkOptions, type HostNetworkOptions } from '@hypeman-ts/netsetup'
 import { type AuditEvent, createProxy, type LookupFunction, parseHostServices, parsePorts } from '@hypeman-ts/egress-proxy'
 import { defaultCacheDir, ensureGuestAssets, type GuestAssetsOptions } from './assets/index.js'
+import { type Capabilities, type CapabilitiesInput, describeCapabilities } from './capabilities.js'
 import { doctor, type DoctorOptions, type DoctorReport } from './doctor.js'
 import { checkKernelImage, checkPrograms, claimDirectory, WRITTEN_BY } from './preflight.js'
 import { EgressEvents, type HypemanEgress } from './egress.js'
@@ -92,7 +93,13 @@ export class Hypeman {
     private readonly lockPath: string,
     private readonly closers: (() => Promise<void>)[],
     private readonly network: { exists(): Promise<boolean>; get(): Promise<HostNetwork> } | undefined,
+    private readonly capabilitiesInput: CapabilitiesInput,
   ) {}
+
+  /** What this manager can run: hypervisors and their features, network model, platforms (see capabilities.ts). */
+  capabilities(): Capabilities {
+    return describeCapabilities(this.capabilitiesInput)
+  }
 
   static async open(opts: HypemanOptions = {}): Promise<Hypeman> {
     // The proxy starts on first use; its options are checked now, so bad input fails the open
@@ -179,7 +186,14 @@ export class Hypeman {
       await instances.reconcile()
       const orphans = await volumes.releaseOrphans(async (id) => (await files.read(id)) !== undefined)
       if (orphans.length) logger.warn('released volume attachments of instances that no longer exist', { instances: orphans })
-      return new Hypeman(dataDir, images, instances, volumes, egressEvents, lockPath, closers, networkProvider)
+      const capabilities: CapabilitiesInput = {
+        drivers: Object.keys(drivers) as Hypervisor[],
+        defaultHypervisor: opts.hypervisor ?? 'qemu',
+        defaultPlatform: images.defaultPlatform,
+        // From the options, as netsetup will read them: answering must not create the network.
+        ...(opts.network === false ? {} : { network: networkSummary(dataDir, opts.network ?? {}) }),
+      }
+      return new Hypeman(dataDir, images, instances, volumes, egressEvents, lockPath, closers, networkProvider, capabilities)
     } catch (err) {
       for (const close of closers) await close().catch(() => {})
       await rm(lockPath, { force: true })
@@ -251,6 +265,12 @@ function networkProviderFor(dataDir: string, opts: NetworkOptions, logger: Logge
     }),
   )
   return { exists: () => pathExists(join(stateDir, 'network.json')), get: () => net.get() }
+}
+
+function networkSummary(dataDir: string, opts: NetworkOptions): NonNullable<CapabilitiesInput['network']> {
+  const { capacity: _capacity, ...rest } = opts
+  const c = resolveNetworkOptions({ ...rest, stateDir: join(dataDir, 'network') })
+  return { gateway: c.subnet.gateway, subnet: c.subnet.cidr, isolate: c.isolate }
 }
 
 let defaultManager: Lazy<Hypeman> | undefined

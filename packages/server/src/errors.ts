@@ -2,9 +2,9 @@
  * From an error to the spec's `Error` body (`{code, message, details?}`) and its HTTP status:
  * one table, so the code a client branches on and the status it sees cannot drift apart.
  *
- * Codes are core's own (`not_found`, `invalid_input`, `conflict`, ...) with two exceptions
- * taken from hypeman so its clients can branch the same way: a wrong-state conflict is
- * `invalid_state`, and an ambiguous id prefix is `ambiguous`.
+ * Codes are core's own (`not_found`, `invalid_input`, `conflict`, `ambiguous` for an id prefix
+ * of several instances, ...), with one exception taken from hypeman so its clients can branch
+ * the same way: a wrong-state conflict is `invalid_state`.
  */
 import { HypemanError } from '@hypeman-ts/common'
 

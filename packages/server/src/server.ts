@@ -2,8 +2,8 @@
  * `createServer(hm, options)`: hypeman's HTTP API over a manager you opened.
  *
  * Every operation of the spec is a route, validated by the spec's own schemas; an operation
- * with a handler runs it, the others answer 501 `not_implemented`. On top of the spec: the
- * exec WebSocket. The order a request meets things: body limit and timeouts (Node/Fastify),
+ * with a handler runs it, the others answer 501 `not_implemented`. On top of the spec: hypeman's
+ * exec and cp WebSockets. The order a request meets things: body limit and timeouts (Node/Fastify),
  * auth (onRequest, so nothing is parsed for a stranger), schema validation, the handler, and
  * one error handler that gives every failure the spec's `{code, message}` body.
  *
@@ -20,6 +20,7 @@ import { authenticate, PUBLIC_ROUTES } from './auth.js'
 import { notImplemented, toWireError } from './errors.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { parseQuery } from './query.js'
+import { registerCp } from './routes/cp.js'
 import { registerExec } from './routes/exec.js'
 import { imageHandlers } from './routes/images.js'
 import { instanceHandlers } from './routes/instances.js'
@@ -134,7 +135,7 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
     if (shutdown.signal.aborted) void reply.header('connection', 'close')
   })
 
-  const cx: RouteContext = { hm, shutdown: shutdown.signal, allowLocalLayouts: opts.allowLocalLayouts === true, ...(opts.networkCapacity ? { networkCapacity: opts.networkCapacity } : {}) }
+  const cx: RouteContext = { hm, shutdown: shutdown.signal, allowLocalLayouts: opts.allowLocalLayouts === true, apiVersion: spec.version, ...(opts.networkCapacity ? { networkCapacity: opts.networkCapacity } : {}) }
   const handlers: Record<string, Handler> = {
     ...systemHandlers(cx),
     ...imageHandlers(cx),
@@ -159,14 +160,7 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
     })
   }
   registerExec(app, cx)
-  // hypeman's other WebSocket (not in the spec either): a clear 501 before the upgrade, not a 404
-  // that the SDK's cp helper would take for a missing instance.
-  app.get('/instances/:id/cp', {
-    websocket: true,
-    preHandler: async () => {
-      throw notImplemented('GET /instances/:id/cp (copy over WebSocket)')
-    },
-  }, () => {})
+  registerCp(app, cx)
   // Not app.ready() here: an embedder may still add routes of its own (listen makes it ready).
 
   return {

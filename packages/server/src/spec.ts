@@ -40,6 +40,15 @@ export function defaultSpecPath(): string {
   return new URL('../spec/hypeman-openapi.yaml', import.meta.url).pathname
 }
 
+/** This package's version (from src/ or dist/ alike, both one level below the package). */
+export function serverVersion(): string {
+  try {
+    return (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version?: string }).version ?? 'unknown'
+  } catch {
+    return 'unknown'
+  }
+}
+
 export function loadSpec(path = defaultSpecPath()): Spec {
   const doc = YAML.parse(readFileSync(path, 'utf8')) as {
     info: { version: string }

@@ -4,11 +4,13 @@
  * Types were already checked against the spec's schema; core checks the values.
  */
 import { NotSupportedError, ValidationError } from '@hypeman-ts/common'
-import type { CreateImageParams, CreateInstanceParams, Hypervisor } from '@hypeman-ts/core'
+import type { CreateImageParams, CreateInstanceParams, Hypervisor, UpdateInstanceParams } from '@hypeman-ts/core'
 
 type Body = Record<string, unknown>
 
 const UNSUPPORTED_CREATE = ['ttl', 'expires_at', 'health_check', 'restart_policy', 'auto_standby', 'snapshot_policy'] as const
+/** Of an update, core changes only credential values (`env`); the rest are features it lacks. */
+const UNSUPPORTED_UPDATE = ['ttl', 'expires_at', 'health_check', 'restart_policy', 'auto_standby'] as const
 
 function refuse(field: string, value?: string): never {
   throw new NotSupportedError(`${field}: ${value ? `${value} is ` : ''}not supported by hypeman-ts yet`, { field })
@@ -77,6 +79,12 @@ export function createInstanceFromWire(b: Body, opts: WireOptions): CreateInstan
         })
       : undefined,
   })
+}
+
+/** PATCH /instances/{id}: credential rotation (`env`); core says which keys a credential binds. */
+export function updateInstanceFromWire(b: Body): UpdateInstanceParams {
+  for (const f of UNSUPPORTED_UPDATE) if (b[f] !== undefined && b[f] !== null) refuse(f)
+  return defined({ env: b.env as Record<string, string> | undefined })
 }
 
 export function createImageFromWire(b: Body, opts: WireOptions): CreateImageParams {

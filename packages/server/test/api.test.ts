@@ -2,9 +2,11 @@
  * The server through the official SDK and plain HTTP, without VMs: auth, validation from the
  * spec, error bodies, 501s, and the images endpoints (a real pull of a local OCI layout).
  */
+import { readFileSync } from 'node:fs'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import HypemanClient, { AuthenticationError, BadRequestError, NotFoundError } from '@onkernel/hypeman'
-import { createServer, mintToken } from '../src/index.js'
+import HypemanClient, { APIError, AuthenticationError, BadRequestError, NotFoundError } from '@onkernel/hypeman'
+import { cpFromInstance } from '@onkernel/hypeman/lib/cp'
+import { createServer, loadSpec, mintToken } from '../src/index.js'
 import { BUSYBOX, specValidator, startServer, type TestServer } from './support/server.js'
 
 let t: TestServer
@@ -125,6 +127,29 @@ describe('validation from the spec', () => {
     expect(await http('POST', '/instances', { body: JSON.stringify({ name: 'a', image: BUSYBOX, volumes: [{ volume_id: 'v', mount_path: '/data' }] }) })).toMatchObject({ status: 404 })
     expect(await t.hm.instances.list()).toEqual([])
   })
+
+  it('refuses an update of what core cannot change with 501 naming the field, through the SDK', async () => {
+    for (const [field, update] of [
+      ['ttl', { ttl: '1h' }],
+      ['expires_at', { expires_at: '2030-01-01T00:00:00Z' }],
+      ['health_check', { health_check: { type: 'none' } }],
+      ['restart_policy', { restart_policy: { policy: 'never' } }],
+      ['auto_standby', { auto_standby: { enabled: false } }],
+    ] as const) {
+      const err = (await t.client.instances.update('x', { env: { K: 'v' }, ...update }).catch((e: unknown) => e)) as APIError
+      expect(err, field).toBeInstanceOf(APIError)
+      expect(err.status, field).toBe(501)
+      expect(err.error, field).toMatchObject({ code: 'not_supported', details: [{ code: 'field', message: field }] })
+      valid('Error', err.error)
+    }
+  })
+
+  it('refuses an update with no env, an empty or a mistyped one with 400 (the schema, then core), before any lookup', async () => {
+    for (const body of ['{"env":{}}', '{"env":{"K":1}}', '{}']) {
+      const r = await http('PATCH', '/instances/x', { body })
+      expect(r, body).toMatchObject({ status: 400, body: { code: 'invalid_input', details: [{ message: expect.stringMatching(/^env/) }] } })
+    }
+  })
 })
 
 describe('errors', () => {
@@ -139,6 +164,8 @@ describe('errors', () => {
       () => t.client.instances.wait('nosuchinstance', { state: 'Running' }),
       () => t.client.instances.stat('nosuchinstance', { path: '/' }),
       () => t.client.instances.logs('nosuchinstance'),
+      () => t.client.instances.update('nosuchinstance', { env: { K: 'v' } }),
+      () => t.client.instances.stats('nosuchinstance'),
     ]) {
       const err = await call().catch((e: unknown) => e)
       expect(err).toBeInstanceOf(NotFoundError)
@@ -155,7 +182,6 @@ describe('errors', () => {
       ['GET', '/snapshots'],
       ['GET', '/builds'],
       ['GET', '/ingresses'],
-      ['GET', '/capabilities'],
     ] as const) {
       const r = await http(method, path, body ? { body } : {})
       expect(r.status, `${method} ${path}`).toBe(501)
@@ -164,7 +190,7 @@ describe('errors', () => {
     }
   })
 
-  it('answers cp (hypeman WebSocket, not in the spec) with 501 before the upgrade', async () => {
+  it('answers cp (hypeman WebSocket, not in the spec) to an unknown instance with 404 before the upgrade', async () => {
     const { default: WebSocket } = await import('ws')
     const answer = await new Promise<{ status?: number; body: string }>((resolve, reject) => {
       const ws = new WebSocket(`${t.base.replace('http', 'ws')}/instances/x/cp`, { headers: { authorization: `Bearer ${t.token}` } })
@@ -176,12 +202,31 @@ describe('errors', () => {
       ws.on('open', () => reject(new Error('upgraded')))
       ws.on('error', reject)
     })
-    expect(answer.status).toBe(501)
-    expect(JSON.parse(answer.body)).toMatchObject({ code: 'not_implemented' })
+    expect(answer.status).toBe(404)
+    expect(JSON.parse(answer.body)).toMatchObject({ code: 'not_found' })
+    const sdk = { baseURL: t.base, apiKey: t.token }
+    await expect(cpFromInstance(sdk, { instanceId: 'x', srcPath: '/etc/hostname', dstPath: '/tmp/never' })).rejects.toThrow(/404/)
   })
 
   it('answers a path outside the spec with 404 {code, message}', async () => {
     expect(await http('GET', '/nowhere')).toMatchObject({ status: 404, body: { code: 'not_found' } })
+  })
+})
+
+describe('capabilities', () => {
+  it('reports the host, qemu as the default and only available runtime, and what this server serves', async () => {
+    const c = await t.client.capabilities.get()
+    valid('Capabilities', c)
+    expect(c.server).toEqual({ version: JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version, api_version: loadSpec().version })
+    expect(c.host).toEqual({ os: 'linux', arch: process.arch === 'x64' ? 'amd64' : process.arch })
+    expect(c.default_runtime).toEqual({ name: 'qemu', available: true })
+    expect(c.runtimes.map((r) => r.name)).toEqual(['cloud-hypervisor', 'firecracker', 'qemu'])
+    expect(c.runtimes.find((r) => r.name === 'qemu')).toEqual({ name: 'qemu', available: true, features: ['standby', 'pause', 'disk-io-limit'] })
+    expect(c.runtimes.filter((r) => r.available).map((r) => r.name)).toEqual(['qemu'])
+    // The test server has no host network: the model, and no gateway or subnet to tell.
+    expect(c.network).toEqual({ model: 'bridge', guest_to_guest: false })
+    expect(c.images).toEqual({ platforms: [`linux/${c.host.arch}`], default_platform: 'linux/amd64' })
+    expect(c.features).toEqual(['instances', 'images', 'exec', 'logs'])
   })
 })
 

@@ -1,10 +1,10 @@
-/** The pure parts between the wire and core: queries, field names, the exec request, id resolution. */
+/** The pure parts between the wire and core: queries, field names, the exec and cp requests, cp's data frames, the ambiguous-prefix answer. */
 import { describe, expect, it } from 'vitest'
-import { HypemanError, NotFoundError } from '@hypeman-ts/common'
-import type { Hypeman, Instance } from '@hypeman-ts/core'
+import { HypemanError } from '@hypeman-ts/common'
+import { InstanceLookupError } from '@hypeman-ts/core'
 import { toWireError, wireField } from '../src/errors.js'
 import { parseQuery } from '../src/query.js'
-import { resolveInstance } from '../src/resolve.js'
+import { dataFrames, parseCpRequest } from '../src/routes/cp.js'
 import { parseExecRequest } from '../src/routes/exec.js'
 import { createImageFromWire, createInstanceFromWire } from '../src/wire.js'
 
@@ -76,29 +76,52 @@ describe('parseExecRequest', () => {
   })
 })
 
-describe('resolveInstance', () => {
-  const inst = (id: string, name: string) => ({ id, name }) as Instance
-  const all = [inst('abc111', 'one'), inst('abc222', 'two'), inst('xyz333', 'three')]
-  const hm = {
-    instances: {
-      get: async (x: string) => {
-        const found = all.find((i) => i.id === x || i.name === x)
-        if (!found) throw new NotFoundError(`instance ${x} not found`)
-        return found
-      },
-      list: async () => all,
-    },
-  } as unknown as Hypeman
-
-  it('takes an id, a name, or a prefix of exactly one id', async () => {
-    expect((await resolveInstance(hm, 'abc111')).name).toBe('one')
-    expect((await resolveInstance(hm, 'three')).id).toBe('xyz333')
-    expect((await resolveInstance(hm, 'xy')).id).toBe('xyz333')
-    expect((await resolveInstance(hm, 'abc2')).id).toBe('abc222')
+describe("an ambiguous id prefix (core's InstanceLookupError)", () => {
+  it('is a 409 ambiguous naming the id', () => {
+    const wire = toWireError(new InstanceLookupError('ambiguous', '"abc" is a prefix of 2 instance ids', { field: 'id' }))
+    expect(wire).toMatchObject({ status: 409, body: { code: 'ambiguous', details: [{ code: 'field', message: 'id' }] }, headers: { 'x-should-retry': 'false' } })
   })
-  it('refuses an ambiguous prefix (409) and an unknown one (404)', async () => {
-    await expect(resolveInstance(hm, 'abc')).rejects.toMatchObject({ code: 'ambiguous' })
-    expect(toWireError(await resolveInstance(hm, 'abc').catch((e: unknown) => e)).status).toBe(409)
-    await expect(resolveInstance(hm, 'q')).rejects.toMatchObject({ code: 'not_found' })
+})
+
+describe('the cp request (first WebSocket message)', () => {
+  it('reads what the SDK sends, 0 and absent modes meaning the default', () => {
+    expect(parseCpRequest('{"direction":"to","guest_path":"/a","is_dir":false,"mode":420}')).toEqual({ direction: 'to', guestPath: '/a', isDir: false, followLinks: false, mode: 0o644 })
+    expect(parseCpRequest('{"direction":"from","guest_path":"/a","follow_links":true}')).toEqual({ direction: 'from', guestPath: '/a', isDir: false, followLinks: true })
+    expect(parseCpRequest('{"direction":"to","guest_path":"/d","is_dir":true,"mode":0}')).toEqual({ direction: 'to', guestPath: '/d', isDir: true, followLinks: false })
+  })
+  it.each([
+    ['not JSON', 'x', 'request'],
+    ['an array', '[]', 'request'],
+    ['a wrong direction', '{"direction":"both","guest_path":"/a"}', 'direction'],
+    ['no path', '{"direction":"to"}', 'guest_path'],
+    ['a string flag', '{"direction":"to","guest_path":"/a","is_dir":"yes"}', 'is_dir'],
+    ['a negative mode', '{"direction":"to","guest_path":"/a","mode":-1}', 'mode'],
+  ])('refuses %s naming the field', (_what, text, field) => {
+    expect(() => parseCpRequest(text)).toThrow(expect.objectContaining({ code: 'invalid_input', field }))
+  })
+  it('refuses ownership (archive mode) as not supported', () => {
+    expect(() => parseCpRequest('{"direction":"to","guest_path":"/a","uid":1000}')).toThrow(expect.objectContaining({ code: 'not_supported', field: 'uid' }))
+  })
+})
+
+describe('cp data frames', () => {
+  // The SDK JSON-parses any message that starts with { or [, binary or not.
+  const parses = (b: Buffer) => {
+    try {
+      JSON.parse(b.toString())
+      return true
+    } catch {
+      return false
+    }
+  }
+  it('splits file bytes that would parse as JSON so that no frame does, keeping the bytes', () => {
+    for (const text of ['{"type":"end","final":true}', '[1,2]', '{}', '[[]]', '{"a":1}\n', '[["x"]]']) {
+      const frames = dataFrames(Buffer.from(text))
+      expect(Buffer.concat(frames).toString()).toBe(text)
+      expect(frames.some(parses), text).toBe(false)
+    }
+  })
+  it('leaves other bytes whole', () => {
+    for (const text of ['hello', '{not json', '"quoted"', '1234']) expect(dataFrames(Buffer.from(text))).toHaveLength(1)
   })
 })

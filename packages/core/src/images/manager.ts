@@ -126,6 +126,11 @@ export class ImageManager {
     this.client = this.makeClient(undefined)
   }
 
+  /** The platform pulled when a create names none (`os/arch[/variant]`). */
+  get defaultPlatform(): string {
+    return formatPlatform(this.platform)
+  }
+
   async init(): Promise<void> {
     await this.store.init()
   }

@@ -4,11 +4,12 @@
  * live in a file each (create.ts, lifecycle.ts, guest-access.ts, reconcile.ts), as hypeman's
  * lib/instances does; `InstanceManager` (manager.ts) is their one public face.
  */
-import { KeyedQueue, NotFoundError, NotSupportedError, silentLogger, ValidationError, type Logger } from '@hypeman-ts/common'
+import { KeyedQueue, mapBounded, NotFoundError, NotSupportedError, silentLogger, ValidationError, type Logger } from '@hypeman-ts/common'
 import type { Accel, VmmDriver } from '@hypeman-ts/vmm-drivers'
 import type { EgressProxy } from '@hypeman-ts/egress-proxy'
 import type { HostNetwork } from '@hypeman-ts/netsetup'
 import type { GuestAssets } from '../assets/index.js'
+import { InstanceLookupError } from '../errors.js'
 import type { ImageManager } from '../images/manager.js'
 import type { VolumeManager } from '../volumes/manager.js'
 import { LiveVms } from './live.js'
@@ -50,6 +51,12 @@ export interface EgressProvider {
 
 export const nowIso = (): string => new Date().toISOString()
 
+/** How many instances are read (records, VM states) at once: enough to overlap the waits, few enough files and sockets. */
+export const READ_CONCURRENCY = 16
+
+/** Ids are lowercase CUID2s: anything else is no id, nor a prefix of one. */
+const ID_SHAPE = /^[a-z0-9]+$/
+
 export class InstanceContext {
   readonly files: InstanceFiles
   readonly live = new LiveVms()
@@ -73,21 +80,27 @@ export class InstanceContext {
   }
 
   async records(): Promise<InstanceRecord[]> {
-    const out: InstanceRecord[] = []
-    for (const id of await this.files.ids()) {
-      const r = await this.files.read(id)
-      if (r) out.push(r)
-    }
-    return out
+    const read = await mapBounded(await this.files.ids(), READ_CONCURRENCY, (id) => this.files.read(id))
+    return read.filter((r): r is InstanceRecord => r !== undefined)
   }
 
-  /** An instance by id or name; one being deleted is already gone. */
-  async find(idOrName: string): Promise<InstanceRecord> {
-    if (typeof idOrName !== 'string' || idOrName === '') throw new ValidationError('id', 'an instance id or name is required')
-    const direct = /^[a-z0-9]+$/.test(idOrName) ? await this.files.read(idOrName).catch(() => undefined) : undefined
+  /**
+   * An instance as hypeman resolves a reference: its id, else its name, else a prefix of exactly
+   * one id (a prefix of several is `ambiguous`, never a guess). One being deleted is already gone.
+   */
+  async find(ref: string): Promise<InstanceRecord> {
+    if (typeof ref !== 'string' || ref === '') throw new ValidationError('id', 'an instance id or name is required')
+    const idShaped = ID_SHAPE.test(ref)
+    const direct = idShaped ? await this.files.read(ref).catch(() => undefined) : undefined
     if (direct && direct.phase !== 'deleting') return direct
-    const byName = (await this.records()).find((r) => r.name === idOrName && r.phase !== 'deleting')
-    if (!byName) throw new NotFoundError(`instance ${idOrName} not found`, { field: 'id' })
-    return byName
+    const present = (await this.records()).filter((r) => r.phase !== 'deleting')
+    const byName = present.find((r) => r.name === ref)
+    if (byName) return byName
+    const byPrefix = idShaped ? present.filter((r) => r.id.startsWith(ref)) : []
+    if (byPrefix.length > 1) {
+      throw new InstanceLookupError('ambiguous', `"${ref}" is a prefix of ${byPrefix.length} instance ids; use more of the id`, { field: 'id' })
+    }
+    if (byPrefix.length === 1) return byPrefix[0]!
+    throw new NotFoundError(`instance ${ref} not found`, { field: 'id' })
   }
 }

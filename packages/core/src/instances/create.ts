@@ -33,7 +33,7 @@ import { nowIso, type InstanceContext } from './context.js'
 import type { Instance } from './model.js'
 import { attachNetwork, detachNetwork, guestEnv, guestNetwork, registerEgress, unregisterEgress } from './network.js'
 import { validateCreateParams, type CreateInstanceParams } from './params.js'
-import type { CreateStep, InstanceRecord } from './record.js'
+import { newRecord, type CreateStep, type InstanceRecord } from './record.js'
 import { toInstance } from './view.js'
 
 export interface CreateOptions {
@@ -218,23 +218,7 @@ export async function createInstance(cx: InstanceContext, params: CreateInstance
     // Unknown volumes and held ones are refused before anything exists; the step checks again under the lock.
     await cx.opts.volumes.attach('', spec.volumes, { dryRun: true })
   }
-  const record: InstanceRecord = {
-    version: 1,
-    id: createId(),
-    name: spec.name,
-    spec,
-    imageDigest: null,
-    createdAt: nowIso(),
-    startedAt: null,
-    stoppedAt: null,
-    phase: 'creating',
-    steps: [],
-    vmm: null,
-    statusMark: 0,
-    exit: null,
-    snapshot: false,
-    network: null,
-  }
+  const record = newRecord(createId(), spec, nowIso())
   const id = record.id
   const cancel = new AbortController()
   const signal = opts.signal ? AbortSignal.any([opts.signal, cancel.signal]) : cancel.signal

@@ -11,10 +11,10 @@
  * - reconcile.ts: what a reopen after a crash, and a close, do
  */
 import type { Readable } from 'node:stream'
-import { parseDuration, ValidationError } from '@hypeman-ts/common'
+import { mapBounded, parseDuration, ValidationError } from '@hypeman-ts/common'
 import type { ExecOptions, ExecProcess, ExecResult, PathInfo } from '../guest/index.js'
 import { matchesTags } from '../validate.js'
-import { InstanceContext, type InstanceManagerOptions } from './context.js'
+import { InstanceContext, READ_CONCURRENCY, type InstanceManagerOptions } from './context.js'
 import { createInstance, type CreateOptions } from './create.js'
 import { exec, execStream, logs, stat, type ExecParams, type LogOptions } from './guest-access.js'
 import { copyFrom, copyTo, type CopyToOptions, type GuestFileEntry, mkdir } from './guest-files.js'
@@ -63,12 +63,10 @@ export class InstanceManager {
     return instanceView(this.#cx, idOrName)
   }
 
+  /** Every instance (tags: all of them must match), oldest first; VM states are read a few at a time. */
   async list(filter: { tags?: Record<string, string> } = {}): Promise<Instance[]> {
-    const out: Instance[] = []
-    for (const r of await this.#cx.records()) {
-      if (r.phase === 'deleting' || !matchesTags(r.spec.tags, filter.tags)) continue
-      out.push(await toInstance(this.#cx, r))
-    }
+    const records = (await this.#cx.records()).filter((r) => r.phase !== 'deleting' && matchesTags(r.spec.tags, filter.tags))
+    const out = await mapBounded(records, READ_CONCURRENCY, (r) => toInstance(this.#cx, r))
     return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt))
   }
 

@@ -38,6 +38,27 @@ export interface InstanceRecord {
   network: InstanceNetworkRecord | null
 }
 
+/** A new instance's record: nothing made yet (no disk, VMM, address), its create in flight. */
+export function newRecord(id: string, spec: InstanceSpec, createdAt: string): InstanceRecord {
+  return {
+    version: 1,
+    id,
+    name: spec.name,
+    spec,
+    imageDigest: null,
+    createdAt,
+    startedAt: null,
+    stoppedAt: null,
+    phase: 'creating',
+    steps: [],
+    vmm: null,
+    statusMark: 0,
+    exit: null,
+    snapshot: false,
+    network: null,
+  }
+}
+
 export interface InstanceNetworkRecord {
   tap: string
   mac: string

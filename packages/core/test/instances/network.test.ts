@@ -5,13 +5,13 @@
  * server namespace reached through NAT. Nothing touches the real host's network.
  */
 import { spawn } from 'node:child_process'
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readdir, rm } from 'node:fs/promises'
 import { readFileSync, readdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { run } from '@hypeman-ts/common'
 import { NetLab } from '@hypeman-ts/netsetup/testing'
+import { makeCerts } from '../support/certs.js'
 import { FIXTURES } from '../support/registry.js'
 
 const SECRET = 'sk-real-secret-7f3a9c'
@@ -21,15 +21,6 @@ let lab: NetLab
 let work: string
 let results: Record<string, any>
 let childOutput = ''
-
-async function makeCerts(dir: string): Promise<{ ca: string; cert: string; key: string }> {
-  const f = (n: string) => join(dir, n)
-  await writeFile(f('san.cnf'), 'subjectAltName=DNS:api.test,DNS:other.test\n')
-  await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', f('ca.key'), '-out', f('ca.pem'), '-subj', '/CN=network-test-ca', '-days', '2'])
-  await run('openssl', ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', f('leaf.key'), '-out', f('leaf.csr'), '-subj', '/CN=api.test'])
-  await run('openssl', ['x509', '-req', '-in', f('leaf.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial', '-out', f('leaf.pem'), '-days', '2', '-extfile', f('san.cnf')])
-  return { ca: f('ca.pem'), cert: f('leaf.pem'), key: f('leaf.key') }
-}
 
 /** QEMU processes started for this test's data dir (their command line names files in it). */
 function qemuOf(dir: string): string[] {

@@ -13,12 +13,12 @@
  * The client closing the socket kills the program (SIGKILL to its process group).
  */
 import { finished } from 'node:stream/promises'
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { RawData, WebSocket } from 'ws'
-import { ConflictError, errorMessage, ValidationError } from '@hypeman-ts/common'
+import { errorMessage, ValidationError } from '@hypeman-ts/common'
 import type { ExecProcess } from '@hypeman-ts/core'
-import { resolveInstance } from '../resolve.js'
-import { params, type RouteContext } from './types.js'
+import { guestSocketCheck, instanceIdOf, parseFirstMessage, toBuffer } from './guest-socket.js'
+import type { RouteContext } from './types.js'
 
 export interface ExecRequest {
   argv: string[]
@@ -29,18 +29,9 @@ export interface ExecRequest {
   connectTimeoutMs?: number
 }
 
-const EXEC_STATES = new Set(['Running', 'Initializing'])
-
 /** The first message, checked field by field (it is outside the OpenAPI file, so not checked by schema). */
 export function parseExecRequest(text: string): ExecRequest {
-  let raw: unknown
-  try {
-    raw = JSON.parse(text)
-  } catch {
-    throw new ValidationError('request', 'the first message must be JSON')
-  }
-  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new ValidationError('request', 'must be a JSON object')
-  const r = raw as Record<string, unknown>
+  const r = parseFirstMessage(text)
   const out: ExecRequest = { argv: ['/bin/sh'], tty: false }
   if (r.command !== undefined && r.command !== null) {
     if (!Array.isArray(r.command) || r.command.some((c) => typeof c !== 'string')) throw new ValidationError('command', 'must be an array of strings')
@@ -78,17 +69,10 @@ export function registerExec(app: FastifyInstance, { hm }: RouteContext): void {
     '/instances/:id/exec',
     {
       websocket: true,
-      // Runs before the upgrade, so a wrong state is still an HTTP answer the client can read.
-      preHandler: async (req: FastifyRequest, _reply: FastifyReply) => {
-        const inst = await resolveInstance(hm, params(req).id!)
-        if (!EXEC_STATES.has(inst.state)) {
-          throw new ConflictError(`instance must be running (current state: ${inst.state})`, { field: 'state' })
-        }
-        ;(req as FastifyRequest & { instanceId?: string }).instanceId = inst.id
-      },
+      preHandler: guestSocketCheck(hm, 'exec'),
     },
     (socket: WebSocket, req: FastifyRequest) => {
-      const id = (req as FastifyRequest & { instanceId?: string }).instanceId!
+      const id = instanceIdOf(req)
       const ac = new AbortController()
       socket.once('close', () => ac.abort())
       socket.once('message', (data: RawData, isBinary: boolean) => {
@@ -158,10 +142,4 @@ function fail(socket: WebSocket, err: unknown): void {
   socket.send(Buffer.from(`Error: ${errorMessage(err)}\r\n`), { binary: true })
   socket.send(JSON.stringify({ exitCode: 127 }))
   socket.close(1000)
-}
-
-function toBuffer(d: RawData): Buffer {
-  if (Buffer.isBuffer(d)) return d
-  if (Array.isArray(d)) return Buffer.concat(d)
-  return Buffer.from(d)
 }

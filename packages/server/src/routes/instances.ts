@@ -1,13 +1,12 @@
 /**
- * The instance operations of the spec that core supports: create, list, get, delete, start,
- * stop, standby, restore, stat, wait. Every `{id}` is resolved first (id, name or unique
- * prefix); the operation then runs on the full id, and core checks the state (409 otherwise).
+ * The instance operations of the spec that core supports: create, list, get, update (credential
+ * rotation), delete, start, stop, standby, restore, stat, stats, wait. Core resolves every `{id}`
+ * (id, name or unique prefix) and checks the state (409 otherwise).
  */
 import type { FastifyRequest } from 'fastify'
 import { NotSupportedError } from '@hypeman-ts/common'
-import { instanceToWire, pathInfoToWire, type InstanceState } from '@hypeman-ts/core'
-import { resolveInstance } from '../resolve.js'
-import { createInstanceFromWire } from '../wire.js'
+import { instanceStatsToWire, instanceToWire, pathInfoToWire, type InstanceState } from '@hypeman-ts/core'
+import { createInstanceFromWire, updateInstanceFromWire } from '../wire.js'
 import { clientGone, noIdleTimeout } from './connection.js'
 import { body, params, query, type Handler, type Handlers, type RouteContext } from './types.js'
 
@@ -18,14 +17,15 @@ function refuseFields(b: Record<string, unknown>, fields: string[], what: string
 }
 
 export function instanceHandlers({ hm, shutdown, allowLocalLayouts }: RouteContext): Handlers {
-  const idOf = async (req: FastifyRequest) => (await resolveInstance(hm, params(req).id!)).id
+  // Core resolves `{id}` itself (id, name or unique prefix), after it has checked the parameters.
+  const idOf = (req: FastifyRequest) => params(req).id!
   /** A state change: refuse body fields core cannot honour, then run it (boots take longer than the idle timeout). */
   const lifecycle =
     (op: 'start' | 'stop' | 'standby' | 'restore', unsupported: string[] = [], what = ''): Handler =>
     async (req, reply) => {
       refuseFields(body(req), unsupported, what)
       noIdleTimeout(req, reply)
-      return instanceToWire(await hm.instances[op](await idOf(req)))
+      return instanceToWire(await hm.instances[op](idOf(req)))
     }
 
   return {
@@ -43,10 +43,18 @@ export function instanceHandlers({ hm, shutdown, allowLocalLayouts }: RouteConte
       return all.filter((i) => state === undefined || i.state === state).map(instanceToWire)
     },
     async getInstance(req) {
-      return instanceToWire(await resolveInstance(hm, params(req).id!))
+      return instanceToWire(await hm.instances.get(idOf(req)))
+    },
+    async updateInstance(req) {
+      // Fields are checked before the lookup (here and in core): a 501 for ttl does not depend on the instance existing.
+      const update = updateInstanceFromWire(body(req))
+      return instanceToWire(await hm.instances.update(idOf(req), update))
+    },
+    async getInstanceStats(req) {
+      return instanceStatsToWire(await hm.instances.stats(idOf(req)))
     },
     async deleteInstance(req, reply) {
-      await hm.instances.delete(await idOf(req))
+      await hm.instances.delete(idOf(req))
       return reply.code(204).send()
     },
     startInstance: lifecycle('start', ['cmd', 'entrypoint'], 'overriding the program at start'),
@@ -55,13 +63,13 @@ export function instanceHandlers({ hm, shutdown, allowLocalLayouts }: RouteConte
     restoreInstance: lifecycle('restore'),
     async statInstancePath(req) {
       const q = query(req)
-      const info = await hm.instances.stat(await idOf(req), q.path as string, { followLinks: q.follow_links === true })
+      const info = await hm.instances.stat(idOf(req), q.path as string, { followLinks: q.follow_links === true })
       return pathInfoToWire(info)
     },
     async waitForInstanceState(req, reply) {
       noIdleTimeout(req, reply)
       const q = query(req)
-      const r = await hm.instances.waitForState(await idOf(req), q.state as InstanceState, {
+      const r = await hm.instances.waitForState(idOf(req), q.state as InstanceState, {
         timeout: q.timeout as string,
         // A closing server answers a wait at once (timed_out: true) instead of holding shutdown up to 5 min.
         signal: AbortSignal.any([clientGone(reply), shutdown]),

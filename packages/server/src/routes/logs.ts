@@ -6,7 +6,6 @@
  */
 import { errorMessage } from '@hypeman-ts/common'
 import type { LogSource } from '@hypeman-ts/core'
-import { resolveInstance } from '../resolve.js'
 import { noIdleTimeout } from './connection.js'
 import { params, query, type Handlers, type RouteContext } from './types.js'
 
@@ -15,7 +14,8 @@ export const sseEvent = (line: string) => `data: ${JSON.stringify(line)}\n\n`
 export function logHandlers({ hm, shutdown }: RouteContext): Handlers {
   return {
     async getInstanceLogs(req, reply) {
-      const { id } = await resolveInstance(hm, params(req).id!)
+      // Looked up before the stream starts, so an unknown instance is still an HTTP 404.
+      const { id } = await hm.instances.get(params(req).id!)
       const q = query(req)
       const follow = q.follow === true
       const ac = new AbortController()

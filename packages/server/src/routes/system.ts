@@ -1,5 +1,6 @@
 /**
- * GET /health and GET /resources. Resources reports only what this host and core can say
+ * GET /health, GET /capabilities and GET /resources. Capabilities are core's (hypervisors and
+ * their features, network model, platforms) plus what this server serves. Resources reports only what this host and core can say
  * truthfully: CPUs and memory of the host, the data directory's filesystem, and what each
  * instance that holds a VMM (or is booting one) was given. Nothing is oversubscribed (ratio 1).
  * Network capacity is known only when the operator configured it; otherwise it is 0 with
@@ -8,7 +9,8 @@
 import { statfs } from 'node:fs/promises'
 import { availableParallelism, totalmem } from 'node:os'
 import { parseRate, parseSize } from '@hypeman-ts/common'
-import type { Instance } from '@hypeman-ts/core'
+import type { Capabilities, Instance } from '@hypeman-ts/core'
+import { serverVersion } from '../spec.js'
 import type { Handlers, RouteContext } from './types.js'
 
 /** States in which an instance holds (or is about to hold) host CPU and memory. */
@@ -39,10 +41,37 @@ function allocation(i: Instance) {
   }
 }
 
-export function systemHandlers({ hm, networkCapacity }: RouteContext): Handlers {
+/**
+ * hypeman's server-level feature ids that this server serves. Not `builds`, `volumes`, `ingress`
+ * or `devices` (501 here), though hypeman lists the first three as always present.
+ */
+const SERVER_FEATURES = ['instances', 'images', 'exec', 'logs']
+
+function capabilitiesToWire(c: Capabilities, server: { version: string; apiVersion: string }) {
+  return {
+    server: { version: server.version, api_version: server.apiVersion },
+    host: c.host,
+    default_runtime: c.defaultHypervisor,
+    runtimes: c.hypervisors,
+    network: {
+      model: c.network.model,
+      guest_to_guest: c.network.guestToGuest,
+      ...(c.network.gateway ? { gateway: c.network.gateway } : {}),
+      ...(c.network.subnet ? { subnet: c.network.subnet } : {}),
+    },
+    images: { platforms: c.images.platforms, default_platform: c.images.defaultPlatform },
+    features: SERVER_FEATURES,
+  }
+}
+
+export function systemHandlers({ hm, networkCapacity, apiVersion }: RouteContext): Handlers {
+  const version = serverVersion()
   return {
     async getHealth() {
       return { status: 'ok' }
+    },
+    async getCapabilities() {
+      return capabilitiesToWire(hm.capabilities(), { version, apiVersion })
     },
     async getResources() {
       const active = (await hm.instances.list()).filter((i) => HOLDS_RESOURCES.has(i.state)).map(allocation)

@@ -9,6 +9,8 @@ export interface RouteContext {
   /** Host network capacity in bits/s, when the operator configured it (GET /resources). */
   /** Whether image references may name local OCI layouts (`oci:/dir`); see wire.ts. */
   allowLocalLayouts: boolean
+  /** The API contract version: the spec's `info.version`. */
+  apiVersion: string
   networkCapacity?: { downloadBitsPerSec?: number; uploadBitsPerSec?: number }
 }
 
