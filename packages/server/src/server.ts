@@ -24,6 +24,7 @@ import { registerCp } from './routes/cp.js'
 import { registerExec } from './routes/exec.js'
 import { imageHandlers } from './routes/images.js'
 import { instanceHandlers } from './routes/instances.js'
+import { volumeHandlers } from './routes/volumes.js'
 import { logHandlers } from './routes/logs.js'
 import { systemHandlers } from './routes/system.js'
 import type { Handler, RouteContext } from './routes/types.js'
@@ -104,6 +105,10 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
     json(req, text as string, done)
   })
 
+  // POST /volumes/from-archive: the archive streams into core's unpack, which enforces the size
+  // limit on what it unpacks; the body limit is for JSON.
+  app.addContentTypeParser(['application/gzip', 'application/x-gzip'], { bodyLimit: Number.MAX_SAFE_INTEGER }, (_req, payload, done) => done(null, payload))
+
   app.setValidatorCompiler(({ schema, httpPart }) => validators.compile(schema, httpPart as HttpPart))
   app.setSchemaErrorFormatter((errors, part) => schemaError(errors as Parameters<typeof schemaError>[0], part))
 
@@ -140,6 +145,7 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
     ...systemHandlers(cx),
     ...imageHandlers(cx),
     ...instanceHandlers(cx),
+    ...volumeHandlers(cx),
     ...logHandlers(cx),
   }
   for (const op of spec.operations) {

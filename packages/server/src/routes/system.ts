@@ -45,7 +45,7 @@ function allocation(i: Instance) {
  * hypeman's server-level feature ids that this server serves. Not `builds`, `volumes`, `ingress`
  * or `devices` (501 here), though hypeman lists the first three as always present.
  */
-const SERVER_FEATURES = ['instances', 'images', 'exec', 'logs']
+const SERVER_FEATURES = ['instances', 'images', 'volumes', 'exec', 'logs']
 
 function capabilitiesToWire(c: Capabilities, server: { version: string; apiVersion: string }) {
   return {
