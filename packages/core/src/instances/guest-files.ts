@@ -13,7 +13,7 @@ import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { NotFoundError, ValidationError } from '@hypeman-ts/common'
 import { extract } from 'tar-stream'
-import { GuestError } from '../guest/index.js'
+import { type ExecProcess, GuestError } from '../guest/index.js'
 import type { InstanceContext } from './context.js'
 import { agent } from './guest-access.js'
 
@@ -98,7 +98,7 @@ export async function mkdir(cx: InstanceContext, idOrName: string, path: string,
   }
 }
 
-async function collect(proc: ReturnType<Awaited<ReturnType<typeof agent>>['builtin']>): Promise<{ exitCode: number; message: string; stderr: string }> {
+async function collect(proc: ExecProcess): Promise<{ exitCode: number; message: string; stderr: string }> {
   const err: Buffer[] = []
   proc.stdout.resume()
   proc.stderr.on('data', (d: Buffer) => err.push(d))
