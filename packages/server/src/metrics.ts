@@ -8,7 +8,8 @@
  * - `hypeman_http_request_duration_seconds{method,route,status}`: route is the pattern
  *   (`/instances/:id`), never the raw URL, so ids do not explode the label set;
  * - `hypeman_instance_create_duration_seconds{outcome}`: POST /instances, boot included;
- * - `hypeman_image_pulls_total{outcome}`: POST /images answered (a pull started, or refused);
+ * - `hypeman_image_pulls_total{outcome}`: POST /images answered (`started`, or `refused`), and each
+ *   pull's end (`ready`, `failed`, from core's onPullSettled: pulls a create started count too);
  * - `hypeman_egress_events_total{type}`: the egress proxy's audit events (injections, refusals, ...);
  * - the Node process's own (CPU, memory, event loop lag), as prom-client collects them.
  */
@@ -67,7 +68,8 @@ export function createMetrics(hm: Hypeman, opts: { onError?: (message: string) =
     buckets: [0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60, 120, 300],
     registers: [registry],
   })
-  const pulls = new Counter({ name: 'hypeman_image_pulls_total', help: 'Image pulls asked for through the API', labelNames: ['outcome'], registers: [registry] })
+  const pulls = new Counter({ name: 'hypeman_image_pulls_total', help: 'Image pulls: asked for through the API (started, refused) and ended (ready, failed)', labelNames: ['outcome'], registers: [registry] })
+  const unsubscribePulls = hm.images.onPullSettled((e) => pulls.inc({ outcome: e.status }))
   const egress = new Counter({ name: 'hypeman_egress_events_total', help: 'Audit events of the egress proxy', labelNames: ['type'], registers: [registry] })
 
   // The proxy starts with the first instance that uses it; events() works before that.
@@ -111,6 +113,7 @@ export function createMetrics(hm: Hypeman, opts: { onError?: (message: string) =
     },
     async close() {
       stop.abort()
+      unsubscribePulls()
       if (server) await new Promise<void>((r) => server!.close(() => r()))
     },
   }

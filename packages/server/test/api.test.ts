@@ -297,6 +297,7 @@ describe('metrics', () => {
     expect(text).toMatch(/hypeman_http_request_duration_seconds_count\{method="GET",route="\/instances",status="200"\} [1-9]/)
     expect(text).toMatch(/hypeman_http_request_duration_seconds_count\{method="GET",route="\/images\/:name",status="404"\} [1-9]/)
     expect(text).toMatch(/hypeman_image_pulls_total\{outcome="started"\} 1/) // the images test above
+    expect(text).toMatch(/hypeman_image_pulls_total\{outcome="ready"\} [1-9]/) // ... and how it ended
     expect(text).toContain('hypeman_images ') // declared, even with no image left
     expect(text).toContain('process_cpu_seconds_total')
     expect(text).not.toContain('nothing:here')

@@ -1,4 +1,4 @@
-export { ImageManager, imageToWire, type Image, type ImageStatus, type CreateImageParams, type ImageManagerOptions, type PullOptions } from './manager.js'
+export { ImageManager, imageToWire, type Image, type ImageStatus, type CreateImageParams, type ImageManagerOptions, type PullOptions, type PullSettled } from './manager.js'
 export type { PullProgress, PullPhase } from './pull.js'
 export { parseReference, formatReference, type ImageReference, type RegistryReference, type LayoutReference } from './reference.js'
 export { parsePlatform, formatPlatform, type Platform, type ImageConfig } from './manifest.js'

@@ -6,7 +6,7 @@
  * once (a lock per digest, then a second look in the cache). Builds (unpack + mkfs) run a few at
  * a time; the rest wait in a queue whose position the Image reports.
  */
-import { ConflictError, NotFoundError, type Logger, silentLogger, ValidationError } from '@hypeman-ts/common'
+import { ConflictError, errorMessage, NotFoundError, type Logger, silentLogger, ValidationError } from '@hypeman-ts/common'
 import { ImageError } from '../errors.js'
 import { matchesTags, validateTags } from '../validate.js'
 import type { RegistryCredentials } from './auth.js'
@@ -70,6 +70,13 @@ export interface CreateImageParams {
 export interface PullOptions {
   signal?: AbortSignal
   onProgress?: (p: PullProgress & { name: string }) => void
+}
+
+/** A pull's end, as `onPullSettled` reports it. */
+export interface PullSettled {
+  name: string
+  status: 'ready' | 'failed'
+  error?: string
 }
 
 export interface ImageManagerOptions {
@@ -194,8 +201,34 @@ export class ImageManager {
       ? { ...(creds.username !== undefined ? { username: creds.username, password: creds.password ?? '' } : {}), ...(creds.registryToken ? { token: creds.registryToken } : {}) }
       : undefined
     job.promise = this.runJob(job, ref, platform, override, opts)
+    job.promise.then(
+      () => this.settled({ name, status: 'ready' }),
+      (err: unknown) => this.settled({ name, status: 'failed', error: errorMessage(err) }),
+    )
     this.jobs.set(name, job)
     return job
+  }
+
+  readonly #settledListeners = new Set<(e: PullSettled) => void>()
+
+  /**
+   * Calls `listener` as each pull this manager starts ends, ready or failed (metrics, a queue of
+   * follow-up work); `create` itself answers before that. Returns the unsubscribe. A listener
+   * must not throw (a throw is logged).
+   */
+  onPullSettled(listener: (e: PullSettled) => void): () => void {
+    this.#settledListeners.add(listener)
+    return () => this.#settledListeners.delete(listener)
+  }
+
+  private settled(e: PullSettled): void {
+    for (const listener of this.#settledListeners) {
+      try {
+        listener(e)
+      } catch (err) {
+        this.logger.warn('an onPullSettled listener threw', { error: errorMessage(err) })
+      }
+    }
   }
 
   private async runJob(job: Job, ref: ImageReference, platform: Platform, creds: RegistryCredentials | undefined, opts: PullOptions): Promise<Image> {

@@ -259,6 +259,24 @@ describe('statuses', () => {
     expect(await m.list({ tags: { kind: 'other' } })).toEqual([])
   })
 
+  it('tells onPullSettled listeners how each pull ended; a listener that throws harms no one', async () => {
+    const m = await manager()
+    const settled: { name: string; status: string; error?: string }[] = []
+    m.onPullSettled(() => {
+      throw new Error('a careless listener')
+    })
+    const stop = m.onPullSettled((e) => settled.push(e))
+    await m.pull(`${reg.open}/busybox:latest`)
+    await m.pull(`${reg.open}/nothing-here:latest`).catch(() => undefined)
+    expect(settled).toEqual([
+      { name: `${reg.open}/busybox:latest`, status: 'ready' },
+      { name: `${reg.open}/nothing-here:latest`, status: 'failed', error: expect.stringMatching(/not found|image_not_found|unknown/i) },
+    ])
+    stop()
+    await m.pull(`${reg.open}/layers:latest`)
+    expect(settled).toHaveLength(2)
+  })
+
   it('queues builds beyond the limit and reports the queue position', async () => {
     const m = await manager({ maxConcurrentBuilds: 1 })
     const first = await m.create({ name: `${reg.open}/debian:bookworm` })
