@@ -101,6 +101,11 @@ describe('the packed packages in a project of their own', () => {
     const doctor = await run(join(project, 'node_modules', '.bin', 'hypeman-ts'), ['doctor', '--data-dir', join(work, 'data'), '--cache-dir', join(work, 'asset-cache')], { cwd: project })
     expect(doctor.stdout).toMatch(/^ok +guest init +prebuilt for x86_64 in the package$/m)
     expect(doctor.stdout).toMatch(/this host can run hypeman-ts/)
+    // hypeman's HTTP API: its own bin, and `hypeman-ts serve` runs it when the server package is installed too.
+    const serve = await run(join(project, 'node_modules', '.bin', 'hypeman-ts'), ['serve', '--help'], { cwd: project })
+    expect(serve.stdout).toMatch(/^usage: hypeman-ts-server serve/)
+    const own = await run(join(project, 'node_modules', '.bin', 'hypeman-ts-server'), ['--help'], { cwd: project })
+    expect(own.stdout).toBe(serve.stdout)
   })
 
   it('boot a VM with a fresh asset cache and no C toolchain on the PATH', async () => {

@@ -1,13 +1,17 @@
 #!/usr/bin/env node
 /**
- * hypeman-ts: the command line of @hypeman-ts/core. Today one command, `doctor`, the host
- * preflight (the same report as `Hypeman.doctor()`); it exits 1 when something required is
- * missing, so it can gate a deploy.
+ * hypeman-ts: the command line of @hypeman-ts/core. `doctor` is the host preflight (the same
+ * report as `Hypeman.doctor()`); it exits 1 when something required is missing, so it can gate a
+ * deploy. `serve` and `token` belong to @hypeman-ts/server (hypeman's HTTP API): they run its
+ * command line when that package is installed next to this one, and say to install it otherwise.
+ * The import is by name at run time, so core does not depend on the server that depends on it.
  */
 import { parseArgs } from 'node:util'
+import { isMain } from '@hypeman-ts/common'
 import { doctor, formatDoctorReport } from './doctor.js'
 
 const USAGE = `usage: hypeman-ts doctor [--json] [--data-dir DIR] [--cache-dir DIR] [--no-network]
+       hypeman-ts serve|token ...   (hypeman's HTTP API: needs @hypeman-ts/server; see its --help)
 
   doctor         check this host for everything hypeman-ts needs, with what to install
   --json         the report as JSON
@@ -15,7 +19,23 @@ const USAGE = `usage: hypeman-ts doctor [--json] [--data-dir DIR] [--cache-dir D
   --cache-dir    the guest kernel/init cache (default $HYPEMAN_TS_CACHE or /var/cache/hypeman-ts)
   --no-network   skip what host networking needs (for managers opened with network: false)`
 
+const SERVER_COMMANDS = new Set(['serve', 'token'])
+
+async function serverCommand(argv: string[]): Promise<number> {
+  const specifier = '@hypeman-ts/server/cli'
+  let server: { main(argv: string[]): Promise<number> }
+  try {
+    server = (await import(specifier)) as typeof server
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ERR_MODULE_NOT_FOUND') throw err
+    process.stderr.write(`hypeman-ts ${argv[0]} is hypeman's HTTP API, in another package: npm install @hypeman-ts/server\n`)
+    return 2
+  }
+  return server.main(argv)
+}
+
 export async function main(argv: string[]): Promise<number> {
+  if (SERVER_COMMANDS.has(argv[0] ?? '')) return serverCommand(argv)
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
@@ -40,8 +60,9 @@ export async function main(argv: string[]): Promise<number> {
   return report.ok ? 0 : 1
 }
 
-// Run when executed, not when imported (tests import main).
-if (/(?:^|[/\\])(?:cli\.(?:ts|js|mjs)|hypeman-ts)$/.test(process.argv[1] ?? '')) {
+// Run when executed (directly, or through the bin link npm makes), not when imported: tests
+// import main, and \`hypeman-ts serve\` imports the server's.
+if (isMain(import.meta.url)) {
   main(process.argv.slice(2)).then(
     (code) => process.exit(code),
     (err: unknown) => {

@@ -10,7 +10,7 @@
  * The secret comes from $JWT_SECRET or --jwt-secret-file; neither it nor a token is ever logged.
  */
 import { readFile } from 'node:fs/promises'
-import { ValidationError } from '@hypeman-ts/common'
+import { isMain, ValidationError } from '@hypeman-ts/common'
 import { Hypeman } from '@hypeman-ts/core'
 import { parseCommandLine, USAGE } from './command-line.js'
 import { mintToken } from './jwt.js'
@@ -67,8 +67,9 @@ export async function main(argv: string[]): Promise<number> {
   return 0
 }
 
-// Run when executed, not when imported (tests import main).
-if (/(?:^|[/\\])(?:cli\.(?:ts|js|mjs)|hypeman-ts-server)$/.test(process.argv[1] ?? '')) {
+// Run when executed (directly, or through the bin link npm makes), not when imported: tests
+// import main, and \`hypeman-ts serve\` imports the server's.
+if (isMain(import.meta.url)) {
   main(process.argv.slice(2)).then(
     (code) => process.exit(code),
     (err: unknown) => {
