@@ -90,7 +90,8 @@ async function leftovers(dataDir: string, tmp: string, ids: string[]) {
     netns: netns.split('\n').filter((l) => ids.some((id) => l.includes(id))),
     runtimeDir: existsSync(join('/run/hypeman-ts', createHash('sha256').update(dataDir).digest('hex').slice(0, 10))),
     tmpFiles: await tmpFiles(tmp),
-    networkState: (await readdir(dataDir)).filter((f) => !['images', 'instances', 'manager.lock', 'hypeman-ts.layout.json'].includes(f)),
+    // What only a networked run would leave: the network's and the egress proxy's state.
+    networkState: (await readdir(dataDir)).filter((f) => ['network', 'egress'].includes(f)),
   }
 }
 /** What is in the run's TMPDIR but tsx's own cache (`tsx-<uid>/`, compiled sources, kept by design). */
