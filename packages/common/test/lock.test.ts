@@ -1,9 +1,20 @@
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { describe, expect, it } from 'vitest'
+import { afterAll, describe, expect, it } from 'vitest'
 import { KeyedQueue, Lazy, readJsonIfExists, withFileLock, writeJsonAtomic } from '../src/index.js'
 import { run } from '../src/run.js'
+
+const dirs: string[] = []
+/** A temporary folder, removed when the file's tests are done. */
+async function tempDir(prefix: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix))
+  dirs.push(dir)
+  return dir
+}
+afterAll(async () => {
+  for (const d of dirs) await rm(d, { recursive: true, force: true })
+})
 
 describe('KeyedQueue', () => {
   it('runs one function at a time per key, in call order, and goes on after a failure', async () => {
@@ -28,7 +39,7 @@ describe('KeyedQueue', () => {
 
 describe('withFileLock', () => {
   it('serialises critical sections in one process', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'lock-'))
+    const dir = await tempDir('lock-')
     const lock = join(dir, 'l.lock')
     const events: string[] = []
     await Promise.all(
@@ -44,7 +55,7 @@ describe('withFileLock', () => {
   })
 
   it('takes over a lock whose owner process died', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'lock-'))
+    const dir = await tempDir('lock-')
     const lock = join(dir, 'l.lock')
     const { stdout } = await run('sh', ['-c', 'sh -c "exit 0" & echo $!'])
     await writeFile(lock, stdout.trim())
@@ -53,7 +64,7 @@ describe('withFileLock', () => {
   })
 
   it('waits for a live owner and times out', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'lock-'))
+    const dir = await tempDir('lock-')
     const lock = join(dir, 'l.lock')
     await writeFile(lock, '1') // pid 1 is alive
     await expect(withFileLock(lock, async () => 'x', { timeoutMs: 100 })).rejects.toMatchObject({ code: 'timeout' })
@@ -63,7 +74,7 @@ describe('withFileLock', () => {
 
 describe('atomic JSON', () => {
   it('round-trips and reports missing files as undefined', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'json-'))
+    const dir = await tempDir('json-')
     await writeJsonAtomic(join(dir, 'a.json'), { a: 1 })
     expect(await readJsonIfExists(join(dir, 'a.json'))).toEqual({ a: 1 })
     expect(await readJsonIfExists(join(dir, 'missing.json'))).toBeUndefined()

@@ -4,7 +4,7 @@
  * real registry does is tested against Debian's docker-registry in images.test.ts.)
  */
 import { createHash } from 'node:crypto'
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { createServer, type IncomingMessage, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -22,8 +22,17 @@ async function serve(handler: Handler): Promise<string> {
   await new Promise<void>((r) => s.listen(0, '127.0.0.1', r))
   return `127.0.0.1:${(s.address() as { port: number }).port}`
 }
+/** Temporary folders for downloaded blobs, removed after each test. */
+const dirs: string[] = []
+const blobDir = () => {
+  const dir = mkdtempSync(join(tmpdir(), 'blob-'))
+  dirs.push(dir)
+  return dir
+}
+
 afterEach(async () => {
   await Promise.all(servers.splice(0).map((s) => new Promise((r) => { s.closeAllConnections(); s.close(r) })))
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true })
 })
 
 describe('parseChallenge', () => {
@@ -71,7 +80,7 @@ describe('RegistryClient against a misbehaving registry', () => {
       res.writeHead(200).end(req.url?.includes('short') ? good.subarray(0, 4) : Buffer.from('tampered!!!'))
     })
     const c = new RegistryClient()
-    const dir = mkdtempSync(join(tmpdir(), 'blob-'))
+    const dir = blobDir()
     const desc = { mediaType: 'x', digest: sha(good), size: good.length }
     await expect(c.downloadBlob(host, 'x', desc, join(dir, 'b'))).rejects.toMatchObject({ code: 'digest_mismatch' })
     expect(existsSync(join(dir, 'b'))).toBe(false)
@@ -93,7 +102,7 @@ describe('RegistryClient against a misbehaving registry', () => {
       res.writeHead(307, { location: `http://${storage}/bucket/blob?sig=1` }).end()
     })
     const c = new RegistryClient({ credentials: () => ({ username: 'u', password: 'p' }) })
-    const dir = mkdtempSync(join(tmpdir(), 'blob-'))
+    const dir = blobDir()
     await c.downloadBlob(host, 'x', { mediaType: 'x', digest: sha(blob), size: blob.length }, join(dir, 'b'))
     expect(readFileSync(join(dir, 'b'))).toEqual(blob)
     expect(seen).toEqual([undefined])
@@ -110,7 +119,7 @@ describe('RegistryClient against a misbehaving registry', () => {
       res.writeHead(200).end(blob)
     })
     const c = new RegistryClient()
-    const dir = mkdtempSync(join(tmpdir(), 'blob-'))
+    const dir = blobDir()
     await c.downloadBlob(host, 'x', { mediaType: 'x', digest: sha(blob), size: blob.length }, join(dir, 'b'))
     expect(calls).toBe(2)
     await expect(c.getManifest(host, 'limited', 'latest')).rejects.toMatchObject({ code: 'registry_rate_limited', message: expect.stringContaining('slow down') })
@@ -124,7 +133,7 @@ describe('RegistryClient against a misbehaving registry', () => {
       res.write('partial') // and never end
     })
     const c = new RegistryClient()
-    const dir = mkdtempSync(join(tmpdir(), 'blob-'))
+    const dir = blobDir()
     const ac = new AbortController()
     const p = c.downloadBlob(host, 'x', { mediaType: 'x', digest: sha('full'), size: 100 }, join(dir, 'b'), { signal: ac.signal })
     setTimeout(() => ac.abort(), 100)

@@ -3,13 +3,13 @@
  * runs against a root inside a sandbox directory that also holds "host" files; the test proves
  * the host files are untouched and nothing appeared outside the root.
  */
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs'
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Readable } from 'node:stream'
 import { gzipSync } from 'node:zlib'
 import { pack, type Header } from 'tar-stream'
-import { beforeEach, describe, expect, it } from 'vitest'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { run } from '@hypeman-ts/common'
 import { decompress, entryComponents, LayerApplier } from '../../src/images/unpack.js'
 
@@ -53,6 +53,8 @@ function hostSnapshot(): Record<string, string> {
 async function apply(entries: Entry[], applier = new LayerApplier(root)) {
   return applier.apply(Readable.from(await tarOf(entries)))
 }
+
+afterEach(() => rmSync(sandbox, { recursive: true, force: true }))
 
 beforeEach(() => {
   sandbox = mkdtempSync(join(tmpdir(), 'unpack-'))
