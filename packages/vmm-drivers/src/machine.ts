@@ -11,7 +11,7 @@
  * handle asked for (`EndRequest`) and the channel reads that together with what its VMM said.
  */
 import type { Socket } from 'node:net'
-import { errorMessage, TimeoutError, withDeadline, type Logger } from '@hypeman-ts/common'
+import { errorMessage, Listeners, TimeoutError, withDeadline, type Logger } from '@hypeman-ts/common'
 import { isControlClosed, VmmError } from './errors.js'
 import { killAndWait, type ProcessExit, type ProcessWatch } from './process.js'
 import type { DriverName, ExitInfo, ExitReason, PausedVm, PersistedVm, RunningVm, ShutdownOptions, SnapshotInfo, VmEvent, VmState, VmTimings, WaitOptions } from './types.js'
@@ -40,7 +40,7 @@ export abstract class ProcessMachine implements PhasedMachine<RunningVm, PausedV
   abstract readonly driver: DriverName
   readonly exited: Promise<ExitInfo>
   #exit: ExitInfo | undefined
-  #listeners = new Set<(event: VmEvent) => void>()
+  readonly #listeners = new Listeners<VmEvent>((err) => this.logger.warn(`VM event listener threw: ${errorMessage(err)}`, { pid: this.pid }))
   #request: EndRequest | undefined
   #detached = false
 
@@ -90,18 +90,11 @@ export abstract class ProcessMachine implements PhasedMachine<RunningVm, PausedV
   }
 
   onEvent(listener: (event: VmEvent) => void): () => void {
-    this.#listeners.add(listener)
-    return () => this.#listeners.delete(listener)
+    return this.#listeners.add(listener)
   }
 
   protected emit(event: VmEvent): void {
-    for (const l of this.#listeners) {
-      try {
-        l(event)
-      } catch (err) {
-        this.logger.warn(`VM event listener threw: ${errorMessage(err)}`, { pid: this.pid })
-      }
-    }
+    this.#listeners.emit(event)
   }
 
   async #onExit(exit: ProcessExit): Promise<ExitInfo> {

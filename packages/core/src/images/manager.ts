@@ -6,7 +6,7 @@
  * once (a lock per digest, then a second look in the cache). Builds (unpack + mkfs) run a few at
  * a time; the rest wait in a queue whose position the Image reports.
  */
-import { ConflictError, errorMessage, NotFoundError, type Logger, silentLogger, ValidationError } from '@hypeman-ts/common'
+import { ConflictError, errorMessage, Listeners, NotFoundError, type Logger, silentLogger, ValidationError } from '@hypeman-ts/common'
 import { ImageError } from '../errors.js'
 import { matchesTags, validateTags } from '../validate.js'
 import type { RegistryCredentials } from './auth.js'
@@ -202,14 +202,14 @@ export class ImageManager {
       : undefined
     job.promise = this.runJob(job, ref, platform, override, opts)
     job.promise.then(
-      () => this.settled({ name, status: 'ready' }),
-      (err: unknown) => this.settled({ name, status: 'failed', error: errorMessage(err) }),
+      () => this.#settled.emit({ name, status: 'ready' }),
+      (err: unknown) => this.#settled.emit({ name, status: 'failed', error: errorMessage(err) }),
     )
     this.jobs.set(name, job)
     return job
   }
 
-  readonly #settledListeners = new Set<(e: PullSettled) => void>()
+  readonly #settled = new Listeners<PullSettled>((err) => this.logger.warn('an onPullSettled listener threw', { error: errorMessage(err) }))
 
   /**
    * Calls `listener` as each pull this manager starts ends, ready or failed (metrics, a queue of
@@ -217,18 +217,7 @@ export class ImageManager {
    * must not throw (a throw is logged).
    */
   onPullSettled(listener: (e: PullSettled) => void): () => void {
-    this.#settledListeners.add(listener)
-    return () => this.#settledListeners.delete(listener)
-  }
-
-  private settled(e: PullSettled): void {
-    for (const listener of this.#settledListeners) {
-      try {
-        listener(e)
-      } catch (err) {
-        this.logger.warn('an onPullSettled listener threw', { error: errorMessage(err) })
-      }
-    }
+    return this.#settled.add(listener)
   }
 
   private async runJob(job: Job, ref: ImageReference, platform: Platform, creds: RegistryCredentials | undefined, opts: PullOptions): Promise<Image> {
