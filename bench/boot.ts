@@ -9,6 +9,12 @@
  *   - bare → init started: the issue's literal baseline (the guest's `boot` status event).
  * Also the host memory per instance: the VMM's RSS beyond the guest RAM it touched (from smaps).
  *
+ * Boots from a template, against the cold create, in the same run (alternating, same image and
+ * shape; two managers on two data dirs, one with templates off):
+ *   - warm_create_vs_cold: create → Running restored from the shape's template vs a cold create;
+ *   - restore_vs_cold: restore from standby through the API vs a cold create;
+ *   - template_extra_ms: what the first create of a shape pays to make the template.
+ *
  *   npm run bench:boot [-- --runs 5] [-- --json]
  */
 import { spawn } from 'node:child_process'
@@ -84,11 +90,14 @@ async function bare(spec: VmSpec, dir: string): Promise<{ toInit: number; toProg
 const work = await mkdtemp(join(tmpdir(), 'bench-boot-'))
 const registries = await startRegistries(join(work, 'registry'))
 // No network: the bare baseline has none either.
-const hm = await Hypeman.open({ dataDir: join(work, 'data'), accel: 'tcg', network: false })
+const hm = await Hypeman.open({ dataDir: join(work, 'data'), accel: 'tcg', network: false, templates: false })
+const warm = await Hypeman.open({ dataDir: join(work, 'warm'), accel: 'tcg', network: false })
 try {
   await pushFixtures(registries.open.host, ['busybox:latest'])
   const image = `${registries.open.host}/busybox:latest`
   await hm.images.pull(image)
+  await warm.images.pull(image)
+  const shape = { image, vcpus: 1, size: SIZE, overlaySize: '1GB', cmd: CMD }
 
   // The bare boots use the exact machine our instance gets, read from a created instance.
   const probe = await hm.instances.create({ image, name: 'bench-probe', vcpus: 1, size: SIZE, overlaySize: '1GB', cmd: CMD })
@@ -114,9 +123,26 @@ try {
   const bareInitMs: number[] = []
   const overhead: number[] = []
   const rss: number[] = []
+  const warmMs: number[] = []
+  const standbyMs: number[] = []
+  const restoreMs: number[] = []
+  let templateMakeMs = 0
   for (let i = 0; i <= RUNS; i++) {
-    const t0 = performance.now()
-    const inst = await hm.instances.create({ image, name: `bench-${i}`, vcpus: 1, size: SIZE, overlaySize: '1GB', cmd: CMD })
+    // From a template (the warm-up run makes it).
+    let t0 = performance.now()
+    const w = await warm.instances.create({ ...shape, name: `warm-${i}` })
+    const warmCreate = performance.now() - t0
+    if (i === 0) templateMakeMs = warmCreate
+    t0 = performance.now()
+    await warm.instances.standby(w.id)
+    const standby = performance.now() - t0
+    t0 = performance.now()
+    await warm.instances.restore(w.id)
+    const restore = performance.now() - t0
+    await warm.instances.delete(w.id)
+
+    t0 = performance.now()
+    const inst = await hm.instances.create({ ...shape, name: `bench-${i}` })
     const ours = performance.now() - t0
     const rec = JSON.parse(await readFile(join(work, 'data', 'instances', inst.id, 'instance.json'), 'utf8'))
     const mem = await vmmMemory(rec.vmm.pid)
@@ -125,13 +151,17 @@ try {
     const dir = await mkdtemp(join(work, 'bare-run-'))
     const b = await bare(bareSpec, dir)
     await rm(dir, { recursive: true, force: true })
-    if (i === 0) continue // warm-up: page cache, accel probe, assets
+    if (i === 0) continue // warm-up: page cache, accel probe, assets, the template
     oursMs.push(ours)
+    warmMs.push(warmCreate)
+    standbyMs.push(standby)
+    restoreMs.push(restore)
     bareProgramMs.push(b.toProgram)
     bareInitMs.push(b.toInit)
     overhead.push(mem.overhead)
     rss.push(mem.total)
-    say(`  run ${i}: ours ${ours.toFixed(0)} ms, bare to program ${b.toProgram.toFixed(0)} ms, bare to init ${b.toInit.toFixed(0)} ms, VMM RSS ${(mem.total / 2 ** 20).toFixed(0)} MiB (${(mem.overhead / 2 ** 20).toFixed(0)} MiB beyond guest RAM)`)
+    say(`  run ${i}: from a template ${warmCreate.toFixed(0)} ms, standby ${standby.toFixed(0)} ms, restore ${restore.toFixed(0)} ms`)
+    say(`  run ${i}: ours cold ${ours.toFixed(0)} ms, bare to program ${b.toProgram.toFixed(0)} ms, bare to init ${b.toInit.toFixed(0)} ms, VMM RSS ${(mem.total / 2 ** 20).toFixed(0)} MiB (${(mem.overhead / 2 ** 20).toFixed(0)} MiB beyond guest RAM)`)
   }
   const result = {
     benchmark: 'boot',
@@ -144,14 +174,27 @@ try {
     ratio_vs_bare_to_init: round(median(oursMs) / median(bareInitMs)),
     vmm_rss_mib: round(median(rss) / 2 ** 20, 1),
     vmm_rss_beyond_guest_ram_mib: round(median(overhead) / 2 ** 20, 1),
+    warm_create_to_running_ms: round(median(warmMs), 1),
+    warm_create_vs_cold: round(median(warmMs) / median(oursMs)),
+    standby_ms: round(median(standbyMs), 1),
+    restore_ms: round(median(restoreMs), 1),
+    restore_vs_cold: round(median(restoreMs) / median(oursMs)),
+    template_make_create_ms: round(templateMakeMs, 1),
+    template_extra_ms: round(templateMakeMs - median(oursMs), 1),
+    template_bytes: (await warm.templates!.list())[0]?.bytes ?? null,
   }
   say(`median: ours ${result.ours_create_to_running_ms} ms; bare qemu to program ${result.bare_to_program_ms} ms, to init ${result.bare_to_init_ms} ms`)
   say(`ratio vs bare to program ${result.ratio_vs_bare_to_program} (goal ≤ 1.10); vs bare to init ${result.ratio_vs_bare_to_init}`)
+  say(`from a template: ${result.warm_create_to_running_ms} ms, ratio vs cold ${result.warm_create_vs_cold} (goal ≤ 0.2)`)
+  say(`restore from standby: ${result.restore_ms} ms (standby ${result.standby_ms} ms), ratio vs cold ${result.restore_vs_cold} (goal ≤ 0.1)`)
+  say(`the first create of the shape made the template: ${result.template_make_create_ms} ms (${result.template_extra_ms} ms over a cold create), ${result.template_bytes} bytes`)
   say(`host memory per instance: VMM RSS ${result.vmm_rss_mib} MiB, of which ${result.vmm_rss_beyond_guest_ram_mib} MiB beyond guest RAM`)
   finish(result)
 } finally {
-  for (const i of await hm.instances.list()) await hm.instances.delete(i.id).catch(() => {})
-  await hm.close()
+  for (const m of [hm, warm]) {
+    for (const i of await m.instances.list()) await m.instances.delete(i.id).catch(() => {})
+    await m.close()
+  }
   await registries.stop()
   await rm(work, { recursive: true, force: true })
 }

@@ -3,11 +3,13 @@ import { randomBytes } from 'node:crypto'
 import { open, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 
-export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
+/** `sizeBytes`: the file's length, larger than the data; the rest reads as zeros and takes no space. */
+export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644, sizeBytes?: number): Promise<void> {
   const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`)
   const fh = await open(tmp, 'w', mode)
   try {
     await fh.writeFile(data)
+    if (sizeBytes !== undefined && sizeBytes > data.length) await fh.truncate(sizeBytes)
     await fh.sync()
   } finally {
     await fh.close()

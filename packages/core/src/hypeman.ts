@@ -9,7 +9,7 @@
 import { rm } from 'node:fs/promises'
 import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
-import { ConflictError, Lazy, pathExists, parseRate, stderrLogger, tryLockFile, type Logger, ValidationError } from '@hypeman-ts/common'
+import { ConflictError, Lazy, pathExists, parseRate, parseSize, stderrLogger, tryLockFile, type Logger, ValidationError } from '@hypeman-ts/common'
 import { QemuDriver, type Accel, type VmmDriver } from '@hypeman-ts/vmm-drivers'
 import { HostNetwork, resolveNetworkOptions, type HostNetworkOptions } from '@hypeman-ts/netsetup'
 import { type AuditEvent, createProxy, type LookupFunction, parseHostServices, parsePorts } from '@hypeman-ts/egress-proxy'
@@ -23,6 +23,7 @@ import { InstanceManager } from './instances/manager.js'
 import type { Instance } from './instances/model.js'
 import type { CreateInstanceParams, Hypervisor } from './instances/params.js'
 import { InstanceFiles } from './instances/record.js'
+import { TemplateStore } from './templates/store.js'
 import { VolumeManager } from './volumes/manager.js'
 
 export interface HypemanOptions {
@@ -38,6 +39,13 @@ export interface HypemanOptions {
   hypervisor?: Hypervisor
   /** Defaults of the create params (spec defaults: 1GB, 10GB, 2 vCPUs). */
   defaults?: { size?: string; overlaySize?: string; vcpus?: number }
+  /**
+   * Boot templates: the first boot of each machine shape (image, kernel, init, vCPUs, memory,
+   * disks, NIC) is snapshotted where the guest waits for its instance, and later boots of the
+   * shape restore that snapshot instead of booting the kernel. `false` boots every instance cold.
+   * Default on, with at most 4GB of templates (least recently used go first).
+   */
+  templates?: false | { maxSize?: string }
   /** How long a boot may take to start the program. Default 120 s (TCG is slow). */
   bootTimeoutMs?: number
   images?: Omit<ImageManagerOptions, 'dir' | 'inUse' | 'logger'>
@@ -90,6 +98,8 @@ export class Hypeman {
     readonly volumes: VolumeManager,
     /** The embedded egress proxy: its audit events. */
     readonly egress: HypemanEgress,
+    /** Boot templates (list, drop); undefined when opened with `templates: false`. */
+    readonly templates: TemplateStore | undefined,
     private readonly lockPath: string,
     private readonly closers: (() => Promise<void>)[],
     private readonly network: { exists(): Promise<boolean>; get(): Promise<HostNetwork> } | undefined,
@@ -137,6 +147,11 @@ export class Hypeman {
         instanceName: async (id) => (await files.read(id))?.name,
       })
       await volumes.init()
+      const templates =
+        opts.templates === false
+          ? undefined
+          : new TemplateStore({ dir: join(dataDir, 'templates'), maxBytes: parseSize(opts.templates?.maxSize ?? '4GB', 'templates.maxSize'), logger })
+      await templates?.init()
       const networkProvider = opts.network === false ? undefined : networkProviderFor(dataDir, opts.network ?? {}, logger)
       const egressPorts = { transparent: opts.egress?.ports?.transparent ?? 18443, explicit: opts.egress?.ports?.explicit ?? 18080 }
       const proxy = new Lazy(async () => {
@@ -166,6 +181,7 @@ export class Hypeman {
         files,
         images,
         volumes,
+        ...(templates ? { templates } : {}),
         drivers,
         assets: () => assets.get(),
         defaults: {
@@ -193,7 +209,7 @@ export class Hypeman {
         // From the options, as netsetup will read them: answering must not create the network.
         ...(opts.network === false ? {} : { network: networkSummary(dataDir, opts.network ?? {}) }),
       }
-      return new Hypeman(dataDir, images, instances, volumes, egressEvents, lockPath, closers, networkProvider, capabilities)
+      return new Hypeman(dataDir, images, instances, volumes, egressEvents, templates, lockPath, closers, networkProvider, capabilities)
     } catch (err) {
       for (const close of closers) await close().catch(() => {})
       await rm(lockPath, { force: true })

@@ -9,3 +9,4 @@ export { ensureGuestAssets, guestArch, prebuildGuestInit, PREBUILT_ARCHES, type 
 export { GuestError, MAX_ARG_STRLEN, MAX_EXEC_ARGS_BYTES, type ExecResult, type ExecProcess, type PathInfo, pathInfoToWire } from './guest/index.js'
 export { doctor, formatDoctorReport, type DoctorCheck, type DoctorOptions, type DoctorReport, type CheckStatus } from './doctor.js'
 export { describeCapabilities, hypervisorFeatures, type Capabilities, type HypervisorCapabilities } from './capabilities.js'
+export { TemplateStore, type Template, type TemplateMeta } from './templates/store.js'

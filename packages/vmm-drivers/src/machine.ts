@@ -11,7 +11,7 @@
  * handle asked for (`EndRequest`) and the channel reads that together with what its VMM said.
  */
 import type { Socket } from 'node:net'
-import { errorMessage, Listeners, TimeoutError, withDeadline, type Logger } from '@hypeman-ts/common'
+import { errorMessage, Listeners, NotSupportedError, TimeoutError, withDeadline, type Logger } from '@hypeman-ts/common'
 import { isControlClosed, VmmError } from './errors.js'
 import { killAndWait, type ProcessExit, type ProcessWatch } from './process.js'
 import type { DriverName, ExitInfo, ExitReason, PausedVm, PersistedVm, RunningVm, ShutdownOptions, SnapshotInfo, VmEvent, VmState, VmTimings, WaitOptions } from './types.js'
@@ -236,6 +236,20 @@ export abstract class ProcessMachine implements PhasedMachine<RunningVm, PausedV
     const snapshot = await this.writeSnapshot(dir, before)
     const exit = await this.#end('standby', `${this.label} to quit after the snapshot`, { quit: 'standby', kill: 'standby' })
     return { ...snapshot, exit }
+  }
+
+  /**
+   * Writes a snapshot into `dir` and lets the VM go on as it was (running or paused): the state a
+   * template is made of, or a fork's source. A running guest is stopped while its state is written.
+   */
+  async snapshot(dir: string): Promise<SnapshotInfo> {
+    this.assertUsable('snapshot')
+    // Its RAM is the file: a VM that went on would change the snapshot under it.
+    if (this.persisted.spec.memoryFile?.shared) throw new NotSupportedError('a VM whose RAM is a shared file is snapshotted only by standby', { field: 'memoryFile' })
+    const before = await this.expectState(['running', 'paused'], 'snapshot')
+    const snapshot = await this.writeSnapshot(dir, before)
+    if (before === 'running') await this.sendResume()
+    return snapshot
   }
 
   /** For `writeSnapshot` when it fails: a failed standby leaves the VM as it found it. */

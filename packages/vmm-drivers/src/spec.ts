@@ -53,6 +53,8 @@ export interface SpecSupport {
   vsock?: boolean
   /** Channel backends the driver has (default socket and file); others are refused with not_supported. */
   channelBackends?: readonly string[]
+  /** `VmSpec.memoryFile` (default false: refused with not_supported). */
+  memoryFile?: boolean
 }
 
 /** Guest vsock ports are 32-bit; 0xFFFFFFFF is VMADDR_PORT_ANY. */
@@ -84,6 +86,11 @@ export function validateVmSpec(spec: VmSpec, controlFiles: readonly string[] = [
       throw new ValidationError('hotplugMemory.maxBytes', 'must be larger than memoryBytes')
     }
     if (spec.hotplugMemory.slots !== undefined) positiveInt('hotplugMemory.slots', spec.hotplugMemory.slots, 256)
+  }
+  if (spec.memoryFile !== undefined) {
+    if (!support.memoryFile) throw new NotSupportedError('guest RAM in a file is not supported by this driver', { field: 'memoryFile' })
+    path('memoryFile.path', spec.memoryFile.path)
+    if (typeof spec.memoryFile.shared !== 'boolean') throw new ValidationError('memoryFile.shared', 'expected true or false')
   }
 
   const serials = new Set<string>()

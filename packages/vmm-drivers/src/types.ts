@@ -87,6 +87,13 @@ export interface VmSpec {
   vcpus: number
   /** Boot memory in bytes, a whole number of MiB. */
   memoryBytes: number
+  /**
+   * Guest RAM in a file instead of anonymous memory. `shared`: the guest's writes go to the file,
+   * and a snapshot leaves the RAM out of its stream (the file is the RAM). Not shared: the file
+   * is mapped copy-on-write (read lazily, shared in the page cache by every VM that maps it):
+   * how a VM restores a snapshot taken with a shared file. QEMU only (`capabilities.memoryFile`).
+   */
+  memoryFile?: { path: string; shared: boolean }
   hotplugMemory?: HotplugMemorySpec
   disks?: DiskSpec[]
   nics?: NicSpec[]
@@ -121,6 +128,8 @@ export interface DriverCapabilities {
   /** standby (snapshot to a directory, then the VMM ends) and restore (`VmSpec.restoreFrom`). */
   snapshot: boolean
   hotplugMemory: boolean
+  /** `VmSpec.memoryFile`. */
+  memoryFile: boolean
   diskThrottle: boolean
   /** The guest can tell disks apart by `DiskSpec.serial`; when false it sees them in `disks` order. */
   diskSerial: boolean
@@ -259,12 +268,16 @@ export interface RunningVm extends VmHandleBase {
   pause(): Promise<PausedVm>
   /** Pauses, writes a snapshot into `dir` (created if needed), and ends the VMM. */
   standby(dir: string): Promise<SnapshotInfo & { exit: ExitInfo }>
+  /** Writes a snapshot into `dir` and resumes: the VMM goes on. */
+  snapshot(dir: string): Promise<SnapshotInfo>
 }
 
 export interface PausedVm extends VmHandleBase {
   readonly phase: 'paused'
   resume(): Promise<RunningVm>
   standby(dir: string): Promise<SnapshotInfo & { exit: ExitInfo }>
+  /** Writes a snapshot into `dir`; the VM stays paused. */
+  snapshot(dir: string): Promise<SnapshotInfo>
 }
 
 export type LiveVm = RunningVm | PausedVm

@@ -10,7 +10,7 @@ import type { ExitInfo, PausedVm, PersistedVm, RunningVm, ShutdownOptions, Snaps
 
 /** What a driver's machine object offers its views: the handle's members that are not derived from `persisted`. */
 export type VmMachine = Omit<VmHandleBase, 'accel' | 'spec' | typeof Symbol.asyncDispose> &
-  Pick<RunningVm, 'standby'> & {
+  Pick<RunningVm, 'standby' | 'snapshot'> & {
     pause(): Promise<void>
     resume(): Promise<void>
     dispose(): Promise<void>
@@ -71,6 +71,9 @@ export abstract class VmView<M extends VmMachine> implements VmHandleBase {
   }
   standby(dir: string): Promise<SnapshotInfo & { exit: ExitInfo }> {
     return this.m.standby(dir)
+  }
+  snapshot(dir: string): Promise<SnapshotInfo> {
+    return this.m.snapshot(dir)
   }
   [Symbol.asyncDispose](): Promise<void> {
     return this.m.dispose()

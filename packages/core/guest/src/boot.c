@@ -171,6 +171,27 @@ int switch_root(char *err, size_t cap)
 	return 0;
 }
 
+/* The instance's own identity (systemd, D-Bus and others key on it): images ship one, or an empty file,
+ * and every instance of an image would share it. A link in the image is replaced, not followed. */
+static int write_machine_id(const char *id, char *err, size_t cap)
+{
+	struct stat st;
+	if (stat("/etc", &st) < 0 || !S_ISDIR(st.st_mode))
+		return 0;
+	if (unlink("/etc/machine-id") < 0 && errno != ENOENT)
+		FAIL("replace /etc/machine-id: %s", strerror(errno));
+	int fd = open("/etc/machine-id", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0444);
+	if (fd < 0)
+		FAIL("write /etc/machine-id: %s", strerror(errno));
+	char line[40];
+	int n = snprintf(line, sizeof line, "%s\n", id);
+	int rc = write_all(fd, line, (size_t)n);
+	close(fd);
+	if (rc < 0)
+		FAIL("write /etc/machine-id: %s", strerror(errno));
+	return 0;
+}
+
 int setup_container(const struct guest_config *cfg, char *err, size_t cap)
 {
 	if (mount_one("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5") < 0)
@@ -192,6 +213,8 @@ int setup_container(const struct guest_config *cfg, char *err, size_t cap)
 			FAIL("link %s: %s", links[i][1], strerror(errno));
 	if (sethostname(cfg->hostname, strlen(cfg->hostname)) < 0)
 		FAIL("set hostname: %s", strerror(errno));
+	if (cfg->machine_id && write_machine_id(cfg->machine_id, err, cap) < 0)
+		return -1;
 	/* docker creates a missing working directory (owned by root) rather than failing. */
 	if (mkdir_p(cfg->workdir, 0755) < 0)
 		FAIL("create working directory %s: %s", cfg->workdir, strerror(errno));

@@ -208,6 +208,8 @@ int config_parse(const uint8_t *data, size_t len, struct guest_config *cfg, char
 			bad = set_string(&cfg->user, &rec) < 0;
 		} else if (tlv_key_is(&rec, "hostname")) {
 			bad = set_string(&cfg->hostname, &rec) < 0;
+		} else if (tlv_key_is(&rec, "machine_id")) {
+			bad = set_string(&cfg->machine_id, &rec) < 0;
 		} else if (tlv_key_is(&rec, "rootfs_fstype")) {
 			bad = set_string(&cfg->rootfs_fstype, &rec) < 0;
 		} else if (tlv_key_is(&rec, "skip_agent")) {
@@ -282,6 +284,8 @@ int config_parse(const uint8_t *data, size_t len, struct guest_config *cfg, char
 		FAIL("out of memory");
 	if (strlen(cfg->hostname) > 64)
 		FAIL("config disk: hostname longer than 64 bytes");
+	if (cfg->machine_id && (strlen(cfg->machine_id) != 32 || strspn(cfg->machine_id, "0123456789abcdef") != 32))
+		FAIL("config disk: machine_id must be 32 lowercase hex digits");
 	if (!cfg->rootfs_fstype && !(cfg->rootfs_fstype = strdup("ext4")))
 		FAIL("out of memory");
 	if (strcmp(cfg->rootfs_fstype, "ext4") != 0 && strcmp(cfg->rootfs_fstype, "erofs") != 0)

@@ -50,6 +50,7 @@ struct guest_config {
 	char *workdir;
 	char *user;
 	char *hostname;
+	char *machine_id; /* 32 hex digits for /etc/machine-id, or NULL to leave the image's */
 	char *rootfs_fstype;
 	int skip_agent;
 	uint64_t stop_grace_ms;

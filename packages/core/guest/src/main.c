@@ -32,6 +32,7 @@
 #include "net.h"
 #include "spawn.h"
 #include "status.h"
+#include "template.h"
 #include "user.h"
 #include "util.h"
 #include "volumes.h"
@@ -370,6 +371,38 @@ static int network_files(const struct guest_config *cfg, char *err, size_t cap)
 	return bind_generated_files(files, 3, err, cap);
 }
 
+/* The ports by name: program output, control, and the agent's (absent when the instance skips it). */
+static void find_ports(int *app, int want_agent)
+{
+	char dev[64];
+	*app = -1;
+	if (find_virtio_port(PORT_APP, dev, sizeof dev, PORT_WAIT_MS) == 0)
+		*app = open(dev, O_WRONLY | O_CLOEXEC);
+	if (*app < 0)
+		logmsg("no %s port: program output goes to the console", PORT_APP);
+	if (find_virtio_port(PORT_CONTROL, dev, sizeof dev, PORT_WAIT_MS) == 0)
+		I.ctrl = open(dev, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+	if (I.ctrl >= 0) {
+		fcntl(I.ctrl, F_SETOWN, 1);
+		ctrl_disconnected();
+		ctrl_probe();
+	} else {
+		logmsg("no %s port: graceful stop only through the power button", PORT_CONTROL);
+	}
+	if (want_agent && find_virtio_port(PORT_AGENT, I.agent_dev, sizeof I.agent_dev, PORT_WAIT_MS) < 0) {
+		I.agent_dev[0] = 0;
+		logmsg("no %s port: agent not started", PORT_AGENT);
+	}
+}
+
+/* The `late` phase's files, opened now and loaded once the program runs. */
+static void open_late_modules(struct module_set *late)
+{
+	char err[512];
+	if (modules_open(MODULES_LIST, "late", late, err, sizeof err) < 0)
+		logmsg("late modules: %s", err);
+}
+
 static void pid1(void) __attribute__((noreturn));
 static void pid1(void)
 {
@@ -397,7 +430,29 @@ static void pid1(void)
 	status_boot(init_ms, modules_ms);
 	if (modules_rc < 0)
 		fail("load_modules", err);
+	struct template_mode tpl;
+	template_mode_read(&tpl);
+	int app = -1;
 
+	/* A template waits here, before anything of the instance's, for the host's snapshot and `go`. */
+	static struct module_set late;
+	char nic[32] = "";
+	if (tpl.on) {
+		if (tpl.net && load_modules(MODULES_LIST, "net", err, sizeof err) < 0)
+			fail("template", err);
+		if (tpl.net && net_find_nic(NIC_WAIT_MS, nic, sizeof nic) < 0)
+			fail("template", "no network interface appeared");
+		if (tpl.erofs && load_modules(MODULES_LIST, "erofs", err, sizeof err) < 0)
+			fail("template", err);
+		find_ports(&app, tpl.agent);
+		open_late_modules(&late);
+		if (I.ctrl < 0)
+			fail("template", "no " PORT_CONTROL " port to wait on");
+		status_template();
+		if (template_wait_go(I.ctrl, err, sizeof err) < 0)
+			fail("template", err);
+		status_boot(init_ms, modules_ms);
+	}
 	if (find_disk_by_serial(DISK_CONFIG, cfgdev, sizeof cfgdev, DISK_WAIT_MS) < 0)
 		fail("find_disks", "no disk with serial " DISK_CONFIG);
 	if (config_load(cfgdev, &I.cfg, err, sizeof err) < 0)
@@ -412,7 +467,9 @@ static void pid1(void)
 	if (net_loopback_up(err, sizeof err) < 0)
 		fail("network", err);
 	if (I.cfg.net.enabled) {
-		if (load_modules(MODULES_LIST, "net", err, sizeof err) < 0)
+		if (!tpl.net && load_modules(MODULES_LIST, "net", err, sizeof err) < 0)
+			fail("network", err);
+		if (nic[0] && net_set_mac(nic, I.cfg.net.mac, err, sizeof err) < 0)
 			fail("network", err);
 		if (net_configure(&I.cfg.net, NIC_WAIT_MS, LINK_WAIT_MS, ifname, sizeof ifname, err, sizeof err) < 0)
 			fail("network", err);
@@ -425,31 +482,15 @@ static void pid1(void)
 		fail("find_disks", "no disk with serial " DISK_OVERLAY);
 	if (volumes_find(&I.cfg, DISK_WAIT_MS, err, sizeof err) < 0)
 		fail("find_disks", err);
-
-	int app = -1;
-	if (find_virtio_port(PORT_APP, dev, sizeof dev, PORT_WAIT_MS) == 0)
-		app = open(dev, O_WRONLY | O_CLOEXEC);
-	if (app < 0)
-		logmsg("no %s port: program output goes to the console", PORT_APP);
-	if (find_virtio_port(PORT_CONTROL, dev, sizeof dev, PORT_WAIT_MS) == 0)
-		I.ctrl = open(dev, O_RDWR | O_NONBLOCK | O_CLOEXEC);
-	if (I.ctrl >= 0) {
-		fcntl(I.ctrl, F_SETOWN, 1);
-		ctrl_disconnected();
-		ctrl_probe();
-	} else {
-		logmsg("no %s port: graceful stop only through the power button", PORT_CONTROL);
+	if (!tpl.on) {
+		find_ports(&app, !I.cfg.skip_agent);
+		open_late_modules(&late);
 	}
-	if (!I.cfg.skip_agent && find_virtio_port(PORT_AGENT, I.agent_dev, sizeof I.agent_dev, PORT_WAIT_MS) < 0) {
-		logmsg("no %s port: agent not started", PORT_AGENT);
+	if (!I.agent_dev[0])
 		I.cfg.skip_agent = 1;
-	}
 
-	if (strcmp(I.cfg.rootfs_fstype, "erofs") == 0 && load_modules(MODULES_LIST, "erofs", err, sizeof err) < 0)
+	if (!tpl.erofs && strcmp(I.cfg.rootfs_fstype, "erofs") == 0 && load_modules(MODULES_LIST, "erofs", err, sizeof err) < 0)
 		fail("load_modules", err);
-	static struct module_set late;
-	if (modules_open(MODULES_LIST, "late", &late, err, sizeof err) < 0)
-		logmsg("late modules: %s", err);
 	if (mount_root(&I.cfg, rootdev, overlaydev, err, sizeof err) < 0)
 		fail("mount_root", err);
 	I.overlay_fd = open("/mnt/overlay", O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -543,6 +584,8 @@ static int cli(int argc, char **argv)
 			printf("env=%s\n", c.env[i]);
 		printf("workdir=%s\nuser=%s\nhostname=%s\nrootfs_fstype=%s\nskip_agent=%d\nstop_grace_ms=%llu\n",
 		       c.workdir, c.user, c.hostname, c.rootfs_fstype, c.skip_agent, (unsigned long long)c.stop_grace_ms);
+		if (c.machine_id)
+			printf("machine_id=%s\n", c.machine_id);
 		if (c.net.enabled) {
 			printf("net.mac=%s\nnet.address=%s/%u\nnet.gateway=%s\nnet.mtu=%u\n", c.net.mac, c.net.address, c.net.prefix_len,
 			       c.net.gateway, c.net.mtu);

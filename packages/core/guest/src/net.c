@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "util.h"
@@ -182,6 +183,54 @@ static int find_by_mac(const char *mac, unsigned wait_ms, char *ifname, size_t i
 			return -1;
 		sleep_ms(5);
 	}
+}
+
+int net_find_nic(unsigned wait_ms, char *ifname, size_t ifcap)
+{
+	uint64_t deadline = monotonic_ms() + wait_ms;
+	for (;;) {
+		DIR *d = opendir("/sys/class/net");
+		struct dirent *e;
+		int found = 0;
+		while (d && !found && (e = readdir(d)) != NULL) {
+			char path[300];
+			struct stat st;
+			/* A device link: a NIC, not lo or a virtual link. */
+			snprintf(path, sizeof path, "/sys/class/net/%s/device", e->d_name);
+			if (e->d_name[0] != '.' && lstat(path, &st) == 0) {
+				snprintf(ifname, ifcap, "%s", e->d_name);
+				found = 1;
+			}
+		}
+		if (d)
+			closedir(d);
+		if (found)
+			return 0;
+		if (monotonic_ms() >= deadline)
+			return -1;
+		sleep_ms(5);
+	}
+}
+
+int net_set_mac(const char *ifname, const char *mac, char *err, size_t cap)
+{
+	unsigned b[6];
+	uint8_t addr[6];
+	if (sscanf(mac, "%2x:%2x:%2x:%2x:%2x:%2x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5]) != 6)
+		FAIL("bad MAC %s", mac);
+	for (int i = 0; i < 6; i++)
+		addr[i] = (uint8_t)b[i];
+	int ifindex = ifindex_of(ifname);
+	if (ifindex < 0)
+		FAIL("%s: no ifindex", ifname);
+	struct nlreq r;
+	struct ifinfomsg *ifi = nl_begin(&r, RTM_NEWLINK, 0, sizeof *ifi);
+	ifi->ifi_family = AF_UNSPEC;
+	ifi->ifi_index = ifindex;
+	nl_attr(&r, IFLA_ADDRESS, addr, sizeof addr);
+	if (nl_call(&r) < 0)
+		FAIL("set the MAC of %s to %s: %s", ifname, mac, strerror(errno));
+	return 0;
 }
 
 int net_configure(const struct net_config *n, unsigned nic_wait_ms, unsigned carrier_wait_ms, char *ifname, size_t ifcap, char *err, size_t cap)

@@ -15,6 +15,10 @@ int net_loopback_up(char *err, size_t cap);
  */
 int net_configure(const struct net_config *n, unsigned nic_wait_ms, unsigned carrier_wait_ms, char *ifname, size_t ifcap, char *err,
 		  size_t cap);
+/* The first NIC (an interface with a device), waiting up to wait_ms for it: a template's, before its MAC is known. */
+int net_find_nic(unsigned wait_ms, char *ifname, size_t ifcap);
+/* Gives the NIC the instance's MAC (a copy of a template has the template's); the VMM is told through virtio-net's control queue. */
+int net_set_mac(const char *ifname, const char *mac, char *err, size_t cap);
 /* Closes the rtnetlink socket the calls above share (they reopen it when needed). */
 void net_close(void);
 /* Checks (waiting up to wait_ms) that the link still has its carrier just before the program starts. */

@@ -82,6 +82,13 @@ void status_boot(uint64_t init_ms, uint64_t modules_ms)
 	emit(&b);
 }
 
+void status_template(void)
+{
+	struct buf b = {0};
+	begin(&b, "template");
+	emit(&b);
+}
+
 void status_started(int pid, int64_t network_ms, int64_t egress_ms)
 {
 	struct buf b = {0};

@@ -43,6 +43,8 @@ export interface GuestConfig {
   user?: string
   /** Default "hypeman". */
   hostname?: string
+  /** 32 lowercase hex digits written to /etc/machine-id; unset leaves the image's. */
+  machineId?: string
   /** Filesystem of the `hm-rootfs` disk. Default ext4. */
   rootfsType?: RootfsType
   /** Do not start the agent: exec and stat are unavailable. */
@@ -60,7 +62,8 @@ export interface GuestConfig {
   volumes?: GuestVolumeConfig[]
 }
 
-export interface DecodedGuestConfig extends Required<Omit<GuestConfig, 'env' | 'network' | 'egress' | 'volumes'>> {
+export interface DecodedGuestConfig extends Required<Omit<GuestConfig, 'env' | 'network' | 'egress' | 'volumes' | 'machineId'>> {
+  machineId?: string
   env: Record<string, string>
   network?: GuestNetworkConfig
   egress?: GuestEgressConfig
@@ -100,6 +103,10 @@ export function guestConfigEntries(c: GuestConfig): TlvEntry[] {
   if (c.hostname !== undefined) {
     if (c.hostname.length > 64 || !HOSTNAME.test(c.hostname)) throw new ValidationError('hostname', 'must be a valid hostname of at most 64 characters')
     entries.push(['hostname', c.hostname])
+  }
+  if (c.machineId !== undefined) {
+    if (!/^[0-9a-f]{32}$/.test(c.machineId)) throw new ValidationError('machineId', 'must be 32 lowercase hex digits')
+    entries.push(['machine_id', c.machineId])
   }
   if (c.rootfsType !== undefined) {
     if (c.rootfsType !== 'ext4' && c.rootfsType !== 'erofs') throw new ValidationError('rootfsType', 'must be ext4 or erofs')
@@ -159,6 +166,7 @@ export function decodeGuestConfig(img: Buffer): DecodedGuestConfig {
     workdir: v.str('workdir') ?? '/',
     user: v.str('user') ?? '',
     hostname: v.str('hostname') ?? 'hypeman',
+    ...(v.str('machine_id') ? { machineId: v.str('machine_id')! } : {}),
     rootfsType: (v.str('rootfs_fstype') as RootfsType | undefined) ?? 'ext4',
     skipGuestAgent: v.bool('skip_agent') ?? false,
     stopGraceMs: v.int('stop_grace_ms') ?? 10_000,
@@ -178,7 +186,14 @@ export async function rewriteGuestConfigVolumes(path: string, volumes: GuestVolu
   await writeGuestConfigDisk(path, { ...kept, ...(volumes.length ? { volumes } : {}) })
 }
 
+/**
+ * Every config disk has this length, whatever its content (sparse past the content): a guest
+ * restored from a template sees the disk size the template was booted with, and reads its config
+ * from a disk of that size.
+ */
+export const CONFIG_DISK_BYTES = Math.ceil((CONFIG_HEADER_SIZE + CONFIG_MAX_PAYLOAD) / ALIGN) * ALIGN
+
 /** Writes the config disk image atomically (a crash leaves no half-written disk). */
 export async function writeGuestConfigDisk(path: string, config: GuestConfig): Promise<void> {
-  await writeFileAtomic(path, encodeGuestConfig(config), 0o600)
+  await writeFileAtomic(path, encodeGuestConfig(config), 0o600, CONFIG_DISK_BYTES)
 }

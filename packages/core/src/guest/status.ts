@@ -18,11 +18,13 @@ export type GuestStatusEvent =
   | { type: 'exited'; code: number; signal?: number; signalName?: string; oom: boolean; message: string; uptimeMs: number }
   /** Boot failed at `step` (find_disks, read_config, mount_root, ...); the program never started. */
   | { type: 'error'; step: string; message: string; uptimeMs: number }
+  /** A template boot is at its template point: init waits for `go` on the control port. */
+  | { type: 'template'; uptimeMs: number }
   /** A graceful stop began: SIGTERM now, SIGKILL after graceMs. */
   | { type: 'stopping'; reason: 'control' | 'acpi'; graceMs: number; uptimeMs: number }
 
 export type GuestStatusType = GuestStatusEvent['type']
-const TYPES = new Set<string>(['boot', 'started', 'exited', 'error', 'stopping'])
+const TYPES = new Set<string>(['boot', 'template', 'started', 'exited', 'error', 'stopping'])
 
 /** Complete lines only (a line still being written is left for the next read); junk lines are skipped. */
 export function parseStatusEvents(text: string): GuestStatusEvent[] {

@@ -23,6 +23,7 @@ import {
   volumeOverlaySerial,
 } from '../guest/index.js'
 import { nowIso, type InstanceContext } from './context.js'
+import { bootWithTemplate, templatePlan } from './template-boot.js'
 import type { InstanceRecord } from './record.js'
 import { exitFromGuest } from './state.js'
 
@@ -69,14 +70,16 @@ export function guestVolumes(record: InstanceRecord): GuestVolumeConfig[] {
     .sort((a, b) => depth(a.mountPath) - depth(b.mountPath))
 }
 
-/** Starts the VMM for the record's current disks (a cold boot, or a restore from its snapshot). */
+/**
+ * Starts the VMM for the record's current disks: a restore from its standby snapshot, else a boot
+ * from its shape's template when it can (template-boot.ts), else a cold boot.
+ */
 export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: string, signal?: AbortSignal, restore = false): Promise<RunningVm> {
   const spec = record.spec
   const paths = cx.files.paths(record.id)
   const assets = await cx.opts.assets()
   const driver = cx.driver(spec.hypervisor)
   if (!restore) {
-    record.statusMark = await statusMark(paths.statusLog)
     record.exit = null
     record.startedAt = nowIso()
     record.stoppedAt = null
@@ -104,20 +107,36 @@ export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: 
     vmmLog: paths.vmmLog,
     runtimeDir: paths.runtimeDir,
     accel: cx.opts.accel,
-    ...(restore ? { restoreFrom: paths.snapshot } : {}),
   }
-  const vm = await driver.start(vmSpec, {
-    ...(signal ? { signal } : {}),
-    onSpawn: async (persisted) => {
-      record.vmm = persisted
-      await cx.files.write(record)
-    },
+  const startVm = async (s: VmSpec): Promise<RunningVm> => {
+    // Each attempt's events are read from where it began (a failed template restore may have left some).
+    if (!restore) record.statusMark = await statusMark(paths.statusLog)
+    const vm = await driver.start(s, {
+      ...(signal ? { signal } : {}),
+      onSpawn: async (persisted) => {
+        record.vmm = persisted
+        await cx.files.write(record)
+      },
+    })
+    record.vmm = vm.persisted
+    await cx.files.write(record)
+    watch(cx, record.id, vm)
+    await cx.files.log(record.id, `${s.restoreFrom ? 'restored' : 'booted'}: VMM pid ${vm.pid} (${vm.accel})`)
+    return vm
+  }
+  if (restore) {
+    // The NIC as the snapshot's VMM had it: a VM once restored from a template keeps the template's.
+    const nics = vmSpec.nics?.map((n) => ({ ...n, mac: record.vmmMac ?? n.mac }))
+    return startVm({ ...vmSpec, ...(nics ? { nics } : {}), restoreFrom: paths.snapshot })
+  }
+  const plan = await templatePlan(cx, record, vmSpec).catch((err: unknown) => {
+    cx.logger.warn('no boot template for this shape', { id: record.id, error: errorMessage(err) })
+    return undefined
   })
-  record.vmm = vm.persisted
-  await cx.files.write(record)
-  watch(cx, record.id, vm)
-  await cx.files.log(record.id, `${restore ? 'restored' : 'booted'}: VMM pid ${vm.pid} (${vm.accel})`)
-  return vm
+  const fromTemplate = plan ? await bootWithTemplate(cx, record, vmSpec, plan, startVm, signal) : undefined
+  if (fromTemplate) return fromTemplate
+  delete record.vmmMac
+  return startVm(vmSpec)
 }
 
 /** Waits until the program started, or the boot ended (program exit or boot error). */

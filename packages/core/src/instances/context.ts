@@ -11,6 +11,7 @@ import type { HostNetwork } from '@hypeman-ts/netsetup'
 import type { GuestAssets } from '../assets/index.js'
 import { InstanceLookupError } from '../errors.js'
 import type { ImageManager } from '../images/manager.js'
+import type { TemplateStore } from '../templates/store.js'
 import type { VolumeManager } from '../volumes/manager.js'
 import { LiveVms } from './live.js'
 import type { Hypervisor, SpecDefaults } from './params.js'
@@ -28,6 +29,8 @@ export interface InstanceManagerOptions {
   accel: Accel
   /** How long a boot may take to reach the program (TCG is slow). Default 120 s. */
   bootTimeoutMs?: number
+  /** Boot templates; absent when the manager boots every instance cold. */
+  templates?: TemplateStore
   /** The host network (opened on first use); absent when the manager has none. */
   network?: NetworkProvider
   /** The embedded egress proxy (started on first use); needs `network`. */

@@ -149,6 +149,7 @@ const configDisk: CreateStepDef = {
     await writeGuestConfigDisk(c.cx.files.paths(c.record.id).config, {
       ...resolveProgram(runtimeConfig(c.img!), { entrypoint: spec.entrypoint, cmd: spec.cmd, env: c.guestEnv }, spec.name),
       hostname: spec.name,
+      ...(c.record.machineId ? { machineId: c.record.machineId } : {}),
       rootfsType: c.img!.disk.format,
       skipGuestAgent: spec.skipGuestAgent,
       ...(c.attachment ? { network: guestNetwork(c.attachment) } : {}),

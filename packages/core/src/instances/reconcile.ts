@@ -11,6 +11,7 @@ import type { InstanceContext } from './context.js'
 import { undoCreateSteps } from './create.js'
 import { consumeSnapshot } from './lifecycle.js'
 import { registerEgress } from './network.js'
+import { sendGo } from './template-boot.js'
 
 /**
  * After a crash of the host process: finishes or undoes what was in flight, reattaches to VMMs
@@ -44,6 +45,8 @@ export async function reconcile(cx: InstanceContext): Promise<{ reattached: numb
         // A VMM runs only after a standby ended it, so one running with a snapshot recorded is
         // the restore from it, cut short before it consumed the snapshot: the disks moved on.
         if (record.snapshot) await cx.files.withLock(id, () => consumeSnapshot(cx, id))
+        // A boot from a template whose `go` never went out: the guest still waits for it.
+        if (record.awaitingGo) await sendGo(cx, record)
         stats.reattached++
         continue
       } catch (err) {

@@ -3,7 +3,7 @@
  * under the instance's lock) and where each of its files lives. The runtime dir (sockets, pidfile)
  * is kept short because unix socket paths are limited to 107 bytes.
  */
-import { createHash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { appendFile, mkdir, readdir, rmdir } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { readJsonIfExists, withFileLock, writeJsonAtomic } from '@hypeman-ts/common'
@@ -36,6 +36,15 @@ export interface InstanceRecord {
   snapshot: boolean
   /** The instance's place on the host network, once attached. */
   network: InstanceNetworkRecord | null
+  /** /etc/machine-id of the guest (32 hex); absent in records made before it existed. */
+  machineId?: string
+  /**
+   * The MAC the VMM's NIC was started with when it is not the instance's: a boot from a template
+   * keeps the template's on the device (the guest sets its own), and a restore must pass it again.
+   */
+  vmmMac?: string | null
+  /** The VMM runs a guest waiting at a template's point for `go` (template-boot.ts). */
+  awaitingGo?: boolean
 }
 
 /** A new instance's record: nothing made yet (no disk, VMM, address), its create in flight. */
@@ -56,6 +65,7 @@ export function newRecord(id: string, spec: InstanceSpec, createdAt: string): In
     exit: null,
     snapshot: false,
     network: null,
+    machineId: randomBytes(16).toString('hex'),
   }
 }
 

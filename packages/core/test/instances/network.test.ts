@@ -76,6 +76,14 @@ describe('networking', () => {
     expect(results.plainHttp).toMatchObject({ url: '/hello', remote: '198.18.0.1' })
   })
 
+  it('a second instance of the shape boots from the first one\'s template, with its own MAC', () => {
+    expect(results.templates).toMatchObject({ plainMade: true, mediatedRestored: true })
+    const [plainMac, medMac] = results.templates.macs
+    expect(plainMac).not.toBe(medMac)
+    // The guest's NIC has the instance's MAC, not the template's (the NAT and the proxy answered it above).
+    expect(results.templates.guestMacs).toEqual([plainMac, medMac])
+  })
+
   it('shapes the guest to its configured rates, both ways (±15%)', () => {
     const [dBytes, dTime] = String(results.shaping.down).split(' ').map(Number) as [number, number]
     const [uBytes, uTime] = String(results.shaping.up).split(' ').map(Number) as [number, number]

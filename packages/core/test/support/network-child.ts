@@ -149,6 +149,14 @@ try {
   })
   results.mediatedInstanceEnv = med.env
   results.mediatedInstanceIp = med.network?.ip
+  // The first instance of the shape made its boot template; this one was restored from it.
+  const bootLog = (id: string) => readFileSync(join(cfg.dataDir, 'instances', id, 'hypeman.log'), 'utf8')
+  results.templates = {
+    plainMade: /template [0-9a-f]{32} made/.test(bootLog(plain.id)),
+    mediatedRestored: /restored from template/.test(bootLog(med.id)),
+    macs: [plain.network?.mac, med.network?.mac],
+    guestMacs: await Promise.all([plain.id, med.id].map(async (id) => (await sh(id, 'for n in /sys/class/net/*; do [ -e $n/device ] && cat $n/address; done')).out.trim())),
+  }
   results.guestEnv = (await sh(med.id, 'env | sort')).out
   // Transparent: curl told to ignore the proxy variables, like runtimes that never read them.
   results.transparentMatch = json((await sh(med.id, `curl -s --max-time 20 --noproxy '*' ${resolve} -H "Authorization: Bearer $OPENAI_API_KEY" https://api.test/t`)).out)

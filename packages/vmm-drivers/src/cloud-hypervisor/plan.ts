@@ -22,6 +22,7 @@ export const CLOUD_HYPERVISOR_CAPABILITIES: DriverCapabilities = Object.freeze({
   pause: true,
   snapshot: true,
   hotplugMemory: true,
+  memoryFile: false,
   diskThrottle: true,
   diskSerial: true,
   namedChannels: false,

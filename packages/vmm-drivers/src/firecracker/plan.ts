@@ -24,6 +24,7 @@ export const FIRECRACKER_CAPABILITIES: DriverCapabilities = Object.freeze({
   pause: true,
   snapshot: true,
   hotplugMemory: true,
+  memoryFile: false,
   diskThrottle: true,
   diskSerial: false,
   namedChannels: false,

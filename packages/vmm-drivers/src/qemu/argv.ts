@@ -61,7 +61,12 @@ export function buildQemuArgv(spec: VmSpec, ctx: QemuArgvContext): string[] {
   const add = (...args: string[]) => argv.push(...args)
 
   if (spec.name) add('-name', `guest=${qemuOptValue(spec.name)},debug-threads=on`)
-  add('-machine', 'q35')
+  // "pc.ram" is the id QEMU gives the default RAM: a snapshot taken with a file behind the RAM
+  // restores into a VM without one, and back.
+  add('-machine', spec.memoryFile ? 'q35,memory-backend=pc.ram' : 'q35')
+  if (spec.memoryFile) {
+    add('-object', JSON.stringify({ 'qom-type': 'memory-backend-file', id: 'pc.ram', size: spec.memoryBytes, 'mem-path': spec.memoryFile.path, share: spec.memoryFile.shared }))
+  }
   add('-accel', ctx.accel)
   if (ctx.accel === 'kvm') add('-cpu', 'host')
   add('-smp', String(spec.vcpus))

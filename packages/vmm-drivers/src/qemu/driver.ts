@@ -41,6 +41,7 @@ export const QEMU_CAPABILITIES: DriverCapabilities = Object.freeze({
   pause: true,
   snapshot: true,
   hotplugMemory: true,
+  memoryFile: true,
   diskThrottle: true,
   diskSerial: true,
   namedChannels: true,
@@ -92,7 +93,7 @@ export class QemuDriver implements VmmDriver {
 
   async start(spec: VmSpec, opts: StartOptions = {}): Promise<QemuRunningVm> {
     throwIfAborted(opts.signal, 'start')
-    validateVmSpec(spec, [RUNTIME_FILES.qmp])
+    validateVmSpec(spec, [RUNTIME_FILES.qmp], { memoryFile: true })
     await checkSpecFiles(spec)
     const restore = spec.restoreFrom ? await loadSnapshotForRestore(spec) : undefined
     const accel = await this.resolveAccel(spec.accel ?? 'auto')
@@ -120,6 +121,8 @@ export class QemuDriver implements VmmDriver {
         name: 'restore.incoming',
         run: async (r, signal) => {
           const c = qmp as QmpClient
+          // A stream written with the RAM in a shared file has no RAM pages: they are in the file this VM maps.
+          if (restore!.meta.ramInFile) await c.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] })
           await c.execute('migrate-incoming', { uri: migrateFromFileUri(restore!.statePath) })
           const final = await pollUntil(
             async () => {

@@ -28,6 +28,11 @@ export interface QemuSnapshotMeta {
   stateFile: string
   bytes: number
   createdAt: string
+  /**
+   * The RAM is not in the stream but in the shared file the VM ran on (`VmSpec.memoryFile`; its
+   * name here): a restore must map that file (unshared) and load the stream with `x-ignore-shared`.
+   */
+  ramInFile?: string
 }
 
 /** The parts of a spec that the migration stream depends on (not paths: those may move). */
@@ -62,6 +67,9 @@ export async function loadSnapshotForRestore(spec: VmSpec): Promise<{ meta: Qemu
       'restoreFrom',
       `snapshot ${dir} was taken from a VM with different vCPUs, memory, disks, NICs or channels than this spec`,
     )
+  }
+  if (meta.ramInFile && !spec.memoryFile) {
+    throw new ValidationError('memoryFile', `snapshot ${dir} keeps the guest RAM in ${meta.ramInFile}: the restore must map it (memoryFile)`)
   }
   const statePath = join(dir, meta.stateFile)
   const size = await stat(statePath).then(

@@ -7,7 +7,7 @@
  */
 import { mkdir, rm, stat } from 'node:fs/promises'
 import { createConnection, type Socket } from 'node:net'
-import { join } from 'node:path'
+import { basename, join } from 'node:path'
 import { errorMessage, NotSupportedError, pollUntil, TimeoutError, ValidationError, writeJsonAtomic, type Logger } from '@hypeman-ts/common'
 import { QmpCommandError, VmmError } from '../errors.js'
 import { ProcessMachine, type EndRequest, type GuestStop } from '../machine.js'
@@ -176,11 +176,17 @@ export class QemuMachine extends ProcessMachine {
     await rm(metaPath, { force: true })
     await rm(statePath, { force: true })
     const started = Date.now()
+    const ramInFile = this.persisted.spec.memoryFile?.shared ? basename(this.persisted.spec.memoryFile.path) : undefined
     await this.#qmp('stop')
     try {
       await this.#qmp('migrate-set-parameters', { 'max-bandwidth': MIGRATE_MAX_BANDWIDTH }).catch((err) =>
         this.logger.debug(`migrate-set-parameters failed: ${errorMessage(err)}`),
       )
+      // The RAM of a VM on a shared file is that file: the stream leaves it out. A VM restored from
+      // such a stream has the capability on, and its own RAM (unshared) must go in the stream.
+      if (this.persisted.spec.memoryFile) {
+        await this.#qmp('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: !!ramInFile }] })
+      }
       await this.#qmp('migrate', { uri: migrateToFileUri(statePath) })
       const final = await pollUntil(
         async () => {
@@ -209,6 +215,7 @@ export class QemuMachine extends ProcessMachine {
       stateFile: SNAPSHOT_STATE_FILE,
       bytes,
       createdAt,
+      ...(ramInFile ? { ramInFile } : {}),
     }
     await writeJsonAtomic(metaPath, meta)
     return { dir, bytes, durationMs: Date.now() - started, createdAt }

@@ -1,0 +1,213 @@
+/**
+ * Booting from a template instead of the kernel (templates/store.ts). A cold boot of a shape
+ * that has no template yet is itself a template boot: init stops before reading the instance's
+ * config, the guest is snapshotted there, and the boot goes on. Every later boot of that shape
+ * restores the snapshot and hands the guest its own clock and entropy (`go` on the control port);
+ * the guest then flushes its disks' caches and reads this instance's config, disks and NIC as a
+ * cold boot does.
+ *
+ * Shapes a template cannot serve boot cold: volumes (the disk set differs per instance) and
+ * drivers without snapshots or named channels. A template that fails to restore is dropped and
+ * the boot goes on cold; making one that fails costs the template, never the boot.
+ */
+import { randomBytes } from 'node:crypto'
+import { mkdir, stat } from 'node:fs/promises'
+import { join } from 'node:path'
+import { errorMessage } from '@hypeman-ts/common'
+import type { PersistedVm, RunningVm, VmSpec } from '@hypeman-ts/vmm-drivers'
+import { DISK_SERIAL, sendControlCommand, waitForStatusEvent } from '../guest/index.js'
+import type { Template, TemplateStore } from '../templates/store.js'
+import { templateKey } from '../templates/store.js'
+import type { InstanceContext } from './context.js'
+import type { InstanceRecord } from './record.js'
+
+/** Bumped when what a template holds changes meaning (the guest's wait, the `go` message). */
+const TEMPLATE_FORMAT = 1
+const GO_TIMEOUT_MS = 10_000
+const ENTROPY_BYTES = 32
+/** The template's RAM, next to the stream in its snapshot dir: mapped copy-on-write by every restore. */
+const TEMPLATE_MEMORY_FILE = 'memory'
+
+export interface TemplatePlan {
+  store: TemplateStore
+  key: string
+  shape: Record<string, unknown>
+  /** The cold boot's command line with the template flags init reads. */
+  cmdline: string
+}
+
+/** Starts a VMM for `spec` and records it on the instance (boot.ts). */
+export type StartVm = (spec: VmSpec) => Promise<RunningVm>
+
+/** The template plan of a cold boot of `spec`, or undefined when its shape cannot use one. */
+export async function templatePlan(cx: InstanceContext, record: InstanceRecord, spec: VmSpec): Promise<TemplatePlan | undefined> {
+  const store = cx.opts.templates
+  const driver = cx.driver(record.spec.hypervisor)
+  if (!store || !driver.capabilities.snapshot || !driver.capabilities.namedChannels || !driver.capabilities.memoryFile) return undefined
+  if (record.spec.volumes?.length || spec.hotplugMemory) return undefined
+  const image = record.imageDigest ? await cx.opts.images.store.getRecord(record.imageDigest) : undefined
+  if (!image) return undefined
+  const flags = [spec.nics?.length ? 'net' : '', image.disk.format === 'erofs' ? 'erofs' : '', record.spec.skipGuestAgent ? '' : 'agent'].filter(Boolean)
+  const cmdline = `${spec.cmdline} hypeman.template=${flags.join('+') || '1'}`
+  // A file's identity: rebuilt assets (a new init, another kernel) are another template.
+  const file = async (path: string) => {
+    const s = await stat(path)
+    return [path, s.size, Math.trunc(s.mtimeMs)]
+  }
+  const shape = {
+    format: TEMPLATE_FORMAT,
+    driver: driver.name,
+    accel: cx.opts.accel,
+    imageDigest: record.imageDigest,
+    kernel: await file(spec.kernel),
+    initrd: await file(spec.initrd!),
+    cmdline,
+    vcpus: spec.vcpus,
+    memoryBytes: spec.memoryBytes,
+    // The guest keeps each disk's size from the template: the shared image disk by identity, the instance's own by size.
+    disks: await Promise.all(
+      (spec.disks ?? []).map(async (d) => ({
+        serial: d.serial,
+        readonly: d.readonly === true,
+        throttled: !!d.throttle,
+        file: d.serial === DISK_SERIAL.rootfs ? await file(d.path) : (await stat(d.path)).size,
+      })),
+    ),
+    channels: (spec.channels ?? []).map((c) => c.name),
+    nics: spec.nics?.length ?? 0,
+  }
+  return { store, key: templateKey(shape), shape, cmdline }
+}
+
+/**
+ * Boots `spec` from its shape's template when there is one, else cold while making one; undefined
+ * when neither happened (the caller boots cold). The instance's record says which MAC its VMM's
+ * NIC has (`vmmMac`): a restore from standby later must pass the same.
+ */
+export async function bootWithTemplate(
+  cx: InstanceContext,
+  record: InstanceRecord,
+  spec: VmSpec,
+  plan: TemplatePlan,
+  startVm: StartVm,
+  signal?: AbortSignal,
+): Promise<RunningVm | undefined> {
+  const existing = await plan.store.get(plan.key)
+  if (existing) {
+    const restored = await restoreTemplate(cx, record, spec, plan, existing, startVm, signal)
+    if (restored) return restored
+  }
+  const making = plan.store.beginMaking(plan.key)
+  if (!making) return undefined
+  const made = await makeTemplate(cx, record, spec, plan, making, startVm, signal)
+  if (!made) return undefined
+  return restoreTemplate(cx, record, spec, plan, made, startVm, signal)
+}
+
+/**
+ * Boots `spec` cold with its RAM in a shared file, to the template point, and puts it on standby
+ * there: the stream holds the devices, the file the RAM. The instance is then restored from the
+ * template like every later one. Undefined when that fails (the VM is gone; the caller boots cold).
+ */
+async function makeTemplate(
+  cx: InstanceContext,
+  record: InstanceRecord,
+  spec: VmSpec,
+  plan: TemplatePlan,
+  making: { snapshotDir: string },
+  startVm: StartVm,
+  signal?: AbortSignal,
+): Promise<Template | undefined> {
+  let vm: RunningVm | undefined
+  try {
+    await mkdir(making.snapshotDir, { recursive: true })
+    vm = await startVm({ ...spec, cmdline: plan.cmdline, memoryFile: { path: join(making.snapshotDir, TEMPLATE_MEMORY_FILE), shared: true } })
+    const paths = cx.files.paths(record.id)
+    const event = await waitForStatusEvent(paths.statusLog, 'template', { since: record.statusMark, timeoutMs: cx.bootTimeoutMs, ...(signal ? { signal } : {}) })
+    if (event.type !== 'template') throw new Error(`the guest reported ${event.type} before reaching the template point`)
+    // From here the VMM is the template's, not the instance's: its end records nothing on the instance.
+    await disown(cx, record)
+    await vm.standby(making.snapshotDir)
+    vm = undefined
+    const t = await plan.store.commit(plan.key, { shape: plan.shape, mac: spec.nics?.[0]?.mac ?? null })
+    await cx.files.log(record.id, `template ${t.key} made (${t.bytes} bytes)`)
+    return t
+  } catch (err) {
+    await plan.store.abandon(plan.key)
+    if (vm) await discardVm(cx, record, vm)
+    if (signal?.aborted) throw err
+    cx.logger.warn('making a boot template failed; booting cold', { id: record.id, error: errorMessage(err) })
+    return undefined
+  }
+}
+
+async function restoreTemplate(
+  cx: InstanceContext,
+  record: InstanceRecord,
+  spec: VmSpec,
+  plan: TemplatePlan,
+  t: Template,
+  startVm: StartVm,
+  signal?: AbortSignal,
+): Promise<RunningVm | undefined> {
+  let vm: RunningVm | undefined
+  try {
+    // QEMU would make a missing RAM file anew, empty: a guest that then never answers `go`.
+    const memory = join(t.snapshotDir, TEMPLATE_MEMORY_FILE)
+    const size = await stat(memory).then((st) => st.size, () => -1)
+    if (size !== spec.memoryBytes) throw new Error(`its RAM file ${memory} is missing or has the wrong size (${size} bytes)`)
+    record.vmmMac = t.mac
+    record.awaitingGo = true
+    vm = await startVm({
+      ...spec,
+      cmdline: plan.cmdline,
+      ...(spec.nics ? { nics: spec.nics.map((n) => ({ ...n, mac: t.mac ?? n.mac })) } : {}),
+      memoryFile: { path: memory, shared: false },
+      restoreFrom: t.snapshotDir,
+    })
+    await sendGo(cx, record, signal)
+    await plan.store.touch(t)
+    await cx.files.log(record.id, `restored from template ${t.key}`)
+    return vm
+  } catch (err) {
+    delete record.vmmMac
+    delete record.awaitingGo
+    if (vm) await discardVm(cx, record, vm)
+    else await cx.files.write(record)
+    if (signal?.aborted) throw err
+    await plan.store.drop(t.key, `restoring it failed: ${errorMessage(err)}`)
+    return undefined
+  }
+}
+
+/**
+ * The guest's own clock and randomness, and the word to go on. Until it is sent the record says
+ * so (`awaitingGo`): a host process that dies in between leaves a guest waiting, which the next
+ * open's reconcile sends it to.
+ */
+export async function sendGo(cx: InstanceContext, record: InstanceRecord, signal?: AbortSignal): Promise<void> {
+  const reply = await sendControlCommand(cx.files.paths(record.id).controlSocket, `go ${Date.now()} ${randomBytes(ENTROPY_BYTES).toString('hex')}`, {
+    timeoutMs: GO_TIMEOUT_MS,
+    ...(signal ? { signal } : {}),
+  })
+  if (reply !== 'ok') throw new Error(`the guest answered "${reply}" to go`)
+  delete record.awaitingGo
+  await cx.files.write(record)
+}
+
+/** Records that the running VMM is no longer the instance's: its end then records nothing. */
+async function disown(cx: InstanceContext, record: InstanceRecord): Promise<PersistedVm | null> {
+  const persisted = record.vmm
+  record.vmm = null
+  delete record.awaitingGo
+  await cx.files.write(record)
+  cx.live.forget(record.id)
+  return persisted
+}
+
+/** Ends a VMM this boot gives up on. */
+async function discardVm(cx: InstanceContext, record: InstanceRecord, vm: RunningVm): Promise<void> {
+  const persisted = (await disown(cx, record)) ?? vm.persisted
+  await vm.kill().catch(() => {})
+  await cx.driver(persisted.driver).destroy(persisted).catch(() => {})
+}

@@ -1,0 +1,155 @@
+/**
+ * Boot templates with real QEMU VMs under TCG: the first boot of a shape makes one, the next ones
+ * restore it, and each restored guest is its own machine (entropy, machine-id, hostname, env,
+ * clock); a broken or outdated template never fails a create.
+ */
+import { statSync } from 'node:fs'
+import { mkdtemp, readFile, rm, truncate, utimes } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
+import { Hypeman, type Instance } from '../../src/index.js'
+
+const reg = inject('registry')
+const BUSYBOX = `${reg.open}/busybox:latest`
+let hm: Hypeman
+let dataDir: string
+
+// What makes each guest itself: printed by the program, one `key=value` per line.
+const IDENTITY = [
+  'sh',
+  '-c',
+  'echo "random=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \\n")"; echo "machineid=$(cat /etc/machine-id)"; ' +
+    'echo "hostname=$(hostname)"; echo "foo=$FOO"; echo "clock=$(date +%s)"; exit 3',
+]
+
+beforeAll(async () => {
+  dataDir = await mkdtemp(join(tmpdir(), 'hm-templates-'))
+  hm = await Hypeman.open({ dataDir, network: false, defaults: { vcpus: 1, size: '256MB', overlaySize: '64MB' } })
+})
+
+afterAll(async () => {
+  for (const i of await hm.instances.list()) await hm.instances.delete(i.id)
+  await hm.close()
+  await rm(dataDir, { recursive: true, force: true })
+})
+
+interface Ran {
+  inst: Instance
+  out: Record<string, string>
+  /** The instance's own log: how it booted. */
+  hypemanLog: string
+}
+
+async function runToEnd(name: string, env: Record<string, string> = {}): Promise<Ran> {
+  const created = await hm.instances.create({ image: BUSYBOX, name, cmd: IDENTITY, env })
+  const waited = await hm.instances.waitForState(created.id, 'Stopped', { timeout: '120s' })
+  expect(waited.timedOut).toBe(false)
+  const inst = await hm.instances.get(created.id)
+  const out: Record<string, string> = {}
+  for await (const line of hm.instances.logs(created.id, { tail: 100 })) {
+    const eq = line.indexOf('=')
+    if (eq > 0) out[line.slice(0, eq)] = line.slice(eq + 1)
+  }
+  const hypemanLog = await readFile(join(dataDir, 'instances', created.id, 'hypeman.log'), 'utf8')
+  await hm.instances.delete(created.id)
+  return { inst, out, hypemanLog }
+}
+
+describe('boot templates', () => {
+  let first: Ran
+  const restored: Ran[] = []
+
+  it('the first boot of a shape makes a template and runs its program as a cold boot does', async () => {
+    first = await runToEnd('tpl-first', { FOO: 'first' })
+    expect(first.hypemanLog).toMatch(/template [0-9a-f]{32} made/)
+    // The instance that made it runs restored from it, as every later one.
+    expect(first.hypemanLog).toMatch(/restored from template [0-9a-f]{32}/)
+    expect(first.inst).toMatchObject({ state: 'Stopped', exitCode: 3 })
+    expect(first.out.foo).toBe('first')
+    const templates = await hm.templates!.list()
+    expect(templates).toHaveLength(1)
+    expect(templates[0]!.bytes).toBeGreaterThan(1024 * 1024)
+  })
+
+  it('later boots restore it, each a machine of its own', async () => {
+    for (const n of [1, 2]) restored.push(await runToEnd(`tpl-copy-${n}`, { FOO: `copy-${n}` }))
+    const all = [first, ...restored]
+    for (const r of restored) {
+      expect(r.hypemanLog).toMatch(/restored from template [0-9a-f]{32}/)
+      expect(r.hypemanLog).not.toMatch(/template [0-9a-f]{32} made/)
+      expect(r.hypemanLog).not.toMatch(/booted: VMM/)
+      // The program's exit code and output come back as after a cold boot.
+      expect(r.inst).toMatchObject({ state: 'Stopped', exitCode: 3, exitMessage: 'exited with code 3' })
+    }
+    for (const key of ['random', 'machineid', 'hostname', 'foo']) {
+      const values = all.map((r) => r.out[key])
+      expect(values.every((v) => v && v.length > 0), `${key}: ${JSON.stringify(values)}`).toBe(true)
+      expect(new Set(values).size, `${key} is shared: ${JSON.stringify(values)}`).toBe(all.length)
+    }
+    expect(restored.map((r) => r.out.hostname)).toEqual(['tpl-copy-1', 'tpl-copy-2'])
+    expect(restored.map((r) => r.out.foo)).toEqual(['copy-1', 'copy-2'])
+    for (const r of all) expect(r.out.machineid).toMatch(/^[0-9a-f]{32}$/)
+    // The clock is the host's, not the template's moment.
+    for (const r of restored) expect(Math.abs(Number(r.out.clock) - Date.now() / 1000)).toBeLessThan(60)
+  })
+
+  it.each([
+    ['a truncated stream', 'vmstate'],
+    ['a truncated RAM file', 'memory'],
+  ])('a corrupted template (%s) falls back to a cold boot, is dropped, and a new one is made', async (_what, file) => {
+    const [t] = await hm.templates!.list()
+    await truncate(join(t!.snapshotDir, file), 100)
+    const r = await runToEnd(`tpl-after-corrupt-${file}`, { FOO: 'recovered' })
+    expect(r.inst).toMatchObject({ state: 'Stopped', exitCode: 3 })
+    expect(r.out.foo).toBe('recovered')
+    // Dropped, made anew by this boot (its instance then restored from the new one).
+    expect(r.hypemanLog).toMatch(/template [0-9a-f]{32} made/)
+    const after = await hm.templates!.list()
+    expect(after).toHaveLength(1)
+    expect(after[0]!.createdAt > t!.createdAt).toBe(true)
+    expect(statSync(join(after[0]!.snapshotDir, file)).size).toBeGreaterThan(100)
+  })
+
+  it('a template made for another init or kernel is not used', async () => {
+    const [before] = await hm.templates!.list()
+    // A rebuilt initrd (it carries the init) has another identity: the same shape otherwise.
+    const initrd = (before!.shape.initrd as [string, number, number])[0]
+    const now = new Date()
+    await utimes(initrd, now, now)
+    const r = await runToEnd('tpl-new-initrd')
+    expect(r.hypemanLog).not.toMatch(new RegExp(`restored from template ${before!.key}`))
+    expect(r.hypemanLog).toMatch(/template [0-9a-f]{32} made/)
+    const keys = (await hm.templates!.list()).map((t) => t.key)
+    expect(keys).toContain(before!.key)
+    expect(keys).toHaveLength(2)
+  })
+
+  it('a shape with volumes boots cold', async () => {
+    const vol = await hm.volumes.create({ name: 'tpl-vol', size: '16MB' })
+    const created = await hm.instances.create({ image: BUSYBOX, name: 'tpl-vol-user', cmd: ['true'], volumes: [{ volumeId: vol.id, mountPath: '/data' }] })
+    await hm.instances.waitForState(created.id, 'Stopped', { timeout: '120s' })
+    const log = await readFile(join(dataDir, 'instances', created.id, 'hypeman.log'), 'utf8')
+    expect(log).not.toMatch(/template/)
+    await hm.instances.delete(created.id)
+    await hm.volumes.delete(vol.id)
+  })
+})
+
+describe('templates off', () => {
+  it('boots every instance cold', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'hm-templates-off-'))
+    const off = await Hypeman.open({ dataDir: dir, network: false, templates: false, defaults: { vcpus: 1, size: '256MB', overlaySize: '64MB' } })
+    try {
+      expect(off.templates).toBeUndefined()
+      const created = await off.instances.create({ image: BUSYBOX, name: 'cold', cmd: ['true'] })
+      await off.instances.waitForState(created.id, 'Stopped', { timeout: '120s' })
+      const log = await readFile(join(dir, 'instances', created.id, 'hypeman.log'), 'utf8')
+      expect(log).not.toMatch(/template/)
+      await off.instances.delete(created.id)
+    } finally {
+      await off.close()
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+})
