@@ -1,0 +1,77 @@
+/**
+ * A VMM driver that starts nothing: it keeps the VmSpec each start was given (what core asked the
+ * VMM for) and pretends a VM runs until it is killed. For tests of what core decides before the
+ * VMM (devices that QEMU could not open here: these machines have no IOMMU); the QEMU command
+ * line for such a spec is checked with the real argv builder.
+ */
+import { QEMU_CAPABILITIES, type ExitInfo, type PersistedVm, type RunningVm, type VmmDriver, type VmSpec } from '@hypeman-ts/vmm-drivers'
+
+export class FakeDriver implements VmmDriver {
+  readonly name = 'qemu' as const
+  readonly capabilities = QEMU_CAPABILITIES
+  readonly machineCmdline = ''
+  readonly programs: readonly string[] = []
+  readonly starts: VmSpec[] = []
+  /** Pids of the VMs that "run". */
+  readonly running = new Set<number>()
+  #next = 4_000_000
+
+  async start(spec: VmSpec, opts: { onSpawn?: (p: PersistedVm) => void | Promise<void> } = {}): Promise<RunningVm> {
+    this.starts.push(spec)
+    const persisted: PersistedVm = { driver: 'qemu', version: 1, pid: this.#next++, pidStartTime: 1, controlSocket: `${spec.runtimeDir}/qmp.sock`, accel: 'tcg', spec }
+    await opts.onSpawn?.(persisted)
+    this.running.add(persisted.pid)
+    return this.handle(persisted)
+  }
+
+  async attach(persisted: PersistedVm): Promise<RunningVm> {
+    return this.handle(persisted)
+  }
+
+  isAlive(persisted: PersistedVm): boolean {
+    return this.running.has(persisted.pid)
+  }
+
+  async destroy(target: PersistedVm | { runtimeDir: string }): Promise<void> {
+    if ('pid' in target) this.running.delete(target.pid)
+  }
+
+  async resolveAccel(): Promise<'tcg'> {
+    return 'tcg'
+  }
+
+  private handle(persisted: PersistedVm): RunningVm {
+    let end!: (e: ExitInfo) => void
+    const exited = new Promise<ExitInfo>((r) => (end = r))
+    const kill = async (): Promise<ExitInfo> => {
+      this.running.delete(persisted.pid)
+      const e: ExitInfo = { reason: 'killed', code: null, signal: 'SIGKILL', at: new Date().toISOString() }
+      end(e)
+      return e
+    }
+    const unsupported = async (): Promise<never> => {
+      throw new Error('not in the fake driver')
+    }
+    return {
+      driver: 'qemu',
+      pid: persisted.pid,
+      accel: 'tcg',
+      spec: persisted.spec,
+      persisted,
+      timings: { readyMs: 0 },
+      exited,
+      phase: 'running',
+      state: async () => (this.running.has(persisted.pid) ? 'running' : 'exited'),
+      shutdown: kill,
+      kill,
+      waitForExit: () => exited,
+      onEvent: () => () => {},
+      resizeMemory: unsupported,
+      connectChannel: unsupported,
+      detach: async () => {},
+      pause: unsupported,
+      standby: unsupported,
+      [Symbol.asyncDispose]: async () => {},
+    }
+  }
+}
