@@ -1,9 +1,11 @@
 /**
  * A VMM driver that starts nothing: it keeps the VmSpec each start was given (what core asked the
- * VMM for) and pretends a VM runs until it is killed. For tests of what core decides before the
+ * VMM for) and pretends a VM runs until it is killed, whose guest reports its program started on
+ * the status channel as the guest init does. For tests of what core decides before the
  * VMM (devices that QEMU could not open here: these machines have no IOMMU); the QEMU command
  * line for such a spec is checked with the real argv builder.
  */
+import { appendFile } from 'node:fs/promises'
 import { QEMU_CAPABILITIES, type ExitInfo, type PersistedVm, type RunningVm, type VmmDriver, type VmSpec } from '@hypeman-ts/vmm-drivers'
 
 export class FakeDriver implements VmmDriver {
@@ -21,6 +23,8 @@ export class FakeDriver implements VmmDriver {
     const persisted: PersistedVm = { driver: 'qemu', version: 1, pid: this.#next++, pidStartTime: 1, controlSocket: `${spec.runtimeDir}/qmp.sock`, accel: 'tcg', spec }
     await opts.onSpawn?.(persisted)
     this.running.add(persisted.pid)
+    const status = spec.channels?.find((c) => c.name === 'hypeman.status')?.backend
+    if (status?.kind === 'file') await appendFile(status.path, `${JSON.stringify({ type: 'started', pid: 1, uptimeMs: 1 })}\n`)
     return this.handle(persisted)
   }
 
