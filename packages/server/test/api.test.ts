@@ -175,8 +175,6 @@ describe('errors', () => {
 
   it('answers what the spec has and we do not with 501 not_implemented, never a fake', async () => {
     for (const [method, path, body] of [
-      ['GET', '/devices'],
-      ['GET', '/devices/available'],
       ['POST', '/instances/x/fork', '{"name":"y"}'],
       ['GET', '/snapshots'],
       ['GET', '/builds'],
@@ -225,7 +223,7 @@ describe('capabilities', () => {
     // The test server has no host network: the model, and no gateway or subnet to tell.
     expect(c.network).toEqual({ model: 'bridge', guest_to_guest: false })
     expect(c.images).toEqual({ platforms: [`linux/${c.host.arch}`], default_platform: 'linux/amd64' })
-    expect(c.features).toEqual(['instances', 'images', 'volumes', 'exec', 'logs'])
+    expect(c.features).toEqual(['instances', 'images', 'volumes', 'exec', 'logs', 'devices'])
   })
 })
 

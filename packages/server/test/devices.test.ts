@@ -76,6 +76,9 @@ describe('devices over the API', () => {
     expect(unknown).toBeInstanceOf(BadRequestError)
     expect(unknown.error).toMatchObject({ code: 'gpu_profile_not_found', details: [{ code: 'field', message: 'gpu.profile' }] })
 
+    const resources = await t.client.resources.get()
+    expect(resources.gpu).toEqual({ mode: 'vgpu', total_slots: 1, used_slots: 1, profiles: [{ name: 'L40S-1Q', framebuffer_mb: 0, available: 1 }] })
+
     await t.client.instances.delete(inst.id)
     expect(await t.client.devices.retrieve('l4')).toMatchObject({ attached_to: null, bound_to_vfio: false })
     expect(await sys.driverOf(GPU)).toBe('nvidia')

@@ -11,7 +11,7 @@ import { errorMessage, silentLogger, ValidationError, type Logger } from '@hypem
 import type { PassthroughDeviceSpec } from '@hypeman-ts/vmm-drivers'
 import { DeviceError } from '../errors.js'
 import { matchesTags, validateTags } from '../validate.js'
-import { createMdev, gpuProfiles, mdevDir, newMdevUuid, pickMdevType, removeMdev, type GpuProfile, type MdevRecord } from './mdev.js'
+import { createMdev, gpuProfiles, mdevDir, mdevParentsInUse, newMdevUuid, pickMdevType, removeMdev, type GpuProfile, type MdevRecord } from './mdev.js'
 import {
   bindToVfio,
   checkPciAddress,
@@ -63,6 +63,27 @@ export interface DeviceManagerOptions extends SysfsOptions {
 
 /** The spec's pattern for device names. */
 const NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]+$/
+
+/** The host's GPUs as hypeman's GET /resources reports them: vGPU slots, or whole GPUs registered for passthrough. */
+export interface GpuStatus {
+  mode: 'vgpu' | 'passthrough'
+  /** vGPU: parent devices (VFs); passthrough: registered GPUs. */
+  totalSlots: number
+  usedSlots: number
+  profiles?: GpuProfile[]
+  devices?: { name: string; available: boolean }[]
+}
+
+/** The spec's GPUResourceStatus schema. */
+export function gpuStatusToWire(s: GpuStatus) {
+  return {
+    mode: s.mode,
+    total_slots: s.totalSlots,
+    used_slots: s.usedSlots,
+    ...(s.profiles ? { profiles: s.profiles.map((p) => ({ name: p.name, framebuffer_mb: p.framebufferMb, available: p.available })) } : {}),
+    ...(s.devices ? { devices: s.devices } : {}),
+  }
+}
 
 /** The spec's Device schema. */
 export function deviceToWire(d: Device) {
@@ -266,6 +287,22 @@ export class DeviceManager {
   /** The vGPU profiles the host offers, with how many more of each its parents can make. */
   gpuProfiles(): Promise<GpuProfile[]> {
     return gpuProfiles(this.sysfs)
+  }
+
+  /** vGPU mode when the host has mdev parents, else passthrough mode when GPUs are registered, else null. */
+  async gpuStatus(): Promise<GpuStatus | null> {
+    const parents = await this.sysfs.list('class/mdev_bus')
+    if (parents.length) {
+      return { mode: 'vgpu', totalSlots: parents.length, usedSlots: (await mdevParentsInUse(this.sysfs)).size, profiles: await this.gpuProfiles() }
+    }
+    const gpus = (await this.store.all()).filter((r) => r.type === 'gpu')
+    if (!gpus.length) return null
+    return {
+      mode: 'passthrough',
+      totalSlots: gpus.length,
+      usedSlots: gpus.filter((g) => g.attachedTo).length,
+      devices: gpus.map((g) => ({ name: g.name, available: !g.attachedTo })),
+    }
   }
 
   /** Checks that one more vGPU of `profile` can be made (create's up-front validation). */

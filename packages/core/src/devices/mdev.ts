@@ -85,6 +85,16 @@ export async function pickMdevType(sysfs: Sysfs, profile: string): Promise<MdevT
   return free
 }
 
+/** Parents with at least one mdev (the kernel lists each type's mdevs in its `devices/`). */
+export async function mdevParentsInUse(sysfs: Sysfs): Promise<Set<string>> {
+  const used = new Set<string>()
+  for (const parent of await sysfs.list('class/mdev_bus')) {
+    const base = `class/mdev_bus/${parent}/mdev_supported_types`
+    for (const type of await sysfs.list(base)) if ((await sysfs.list(`${base}/${type}/devices`)).length) used.add(parent)
+  }
+  return used
+}
+
 /** A fresh UUID for an mdev; chosen before `createMdev` so the caller can record it first. */
 export const newMdevUuid = (): string => randomUUID()
 

@@ -109,6 +109,16 @@ describe('registration', () => {
   })
 })
 
+describe('GPU status without vGPU', () => {
+  it('is null with no GPU registered, and counts registered GPUs in passthrough mode', async () => {
+    expect(await dm.gpuStatus()).toBeNull()
+    await dm.create({ pciAddress: GPU, name: 'l4' })
+    await dm.create({ pciAddress: NIC, name: 'nic0' })
+    await dm.claim('i', ['l4'])
+    expect(await dm.gpuStatus()).toEqual({ mode: 'passthrough', totalSlots: 1, usedSlots: 1, devices: [{ name: 'l4', available: false }] })
+  })
+})
+
 describe('claims and vfio-pci', () => {
   it('moves a claimed device to vfio-pci with driver_override, unbind, bind — and back to its driver on release', async () => {
     const d = await dm.create({ pciAddress: GPU, name: 'l4' })
@@ -219,11 +229,16 @@ describe('vGPU (mdev)', () => {
     }
   })
 
-  it('lists profiles with what is left', async () => {
+  it('lists profiles with what is left, and the slots in use', async () => {
     expect(await dm.gpuProfiles()).toEqual([
       { name: 'L40S-1Q', framebufferMb: 1024, available: 1 },
       { name: 'L40S-2Q', framebufferMb: 0, available: 0 },
     ])
+    expect(await dm.gpuStatus()).toMatchObject({ mode: 'vgpu', totalSlots: 2, usedSlots: 0 })
+    const mdev = await dm.createGpu('L40S-1Q', async () => {})
+    expect(await dm.gpuStatus()).toMatchObject({ mode: 'vgpu', totalSlots: 2, usedSlots: 1, profiles: [{ name: 'L40S-1Q', available: 0 }, { name: 'L40S-2Q', available: 0 }] })
+    await dm.removeGpu(mdev.uuid)
+    expect(await dm.gpuStatus()).toMatchObject({ usedSlots: 0 })
   })
 
   it('creates an mdev by writing a UUID to create on a parent with room, and removes it with 1', async () => {

@@ -113,11 +113,13 @@ export class FakeSysfs {
       await mkdir(dir)
       await writeFile(join(dir, 'remove'), '')
       await writeFile(join(dir, 'parent'), `${m[1]} ${m[2]}`)
+      await mkdir(join(this.root, 'class/mdev_bus', m[1]!, 'mdev_supported_types', m[2]!, 'devices', value))
       await this.setAvailable(m[1]!, m[2]!, left - 1)
     } else if ((m = /^bus\/mdev\/devices\/([^/]+)\/remove$/.exec(path)) && value === '1') {
       const dir = join(this.root, 'bus/mdev/devices', m[1]!)
       const [parent, type] = (await readFile(join(dir, 'parent'), 'utf8')).split(' ') as [string, string]
       await rm(dir, { recursive: true })
+      await rm(join(this.root, 'class/mdev_bus', parent, 'mdev_supported_types', type, 'devices', m[1]!), { recursive: true })
       await this.setAvailable(parent, type, (await this.available(parent, type)) + 1)
     }
   }
