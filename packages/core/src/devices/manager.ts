@@ -10,7 +10,7 @@ import { createId } from '@paralleldrive/cuid2'
 import { errorMessage, silentLogger, ValidationError, type Logger } from '@hypeman-ts/common'
 import type { PassthroughDeviceSpec } from '@hypeman-ts/vmm-drivers'
 import { DeviceError } from '../errors.js'
-import { matchesTags, validateTags } from '../validate.js'
+import { findByIdOrName, matchesTags, validateTags } from '../validate.js'
 import { createMdev, gpuProfiles, mdevDir, mdevParentsInUse, newMdevUuid, pickMdevType, removeMdev, type GpuProfile, type MdevRecord } from './mdev.js'
 import {
   bindToVfio,
@@ -367,13 +367,8 @@ export class DeviceManager {
     }
   }
 
-  private async find(idOrName: string, field: string): Promise<DeviceRecord> {
-    if (typeof idOrName !== 'string' || idOrName === '') throw new ValidationError(field, 'is required')
-    const byId = await this.store.read(idOrName)
-    if (byId) return byId
-    const byName = (await this.store.all()).find((r) => r.name === idOrName)
-    if (byName) return byName
-    throw new DeviceError('device_not_found', `no device with id or name "${idOrName}"`, { field })
+  private find(idOrName: string, field: string): Promise<DeviceRecord> {
+    return findByIdOrName(this.store, idOrName, field, (ref) => new DeviceError('device_not_found', `no device with id or name "${ref}"`, { field }))
   }
 
   private async describe(instanceId: string): Promise<string> {
