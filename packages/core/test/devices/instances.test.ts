@@ -99,6 +99,19 @@ describe('an instance with a passthrough device and a vGPU', () => {
     await hm.devices.delete('l4')
   })
 
+  it('standby and restore boot the VMM with the same devices and vGPU, still bound', async () => {
+    const inst = await hm.instances.create({ image: BUSYBOX, name: 'sleeper', devices: ['l4'], gpu: { profile: 'L40S-1Q' } })
+    expect((await hm.instances.standby(inst.id)).state).toBe('Standby')
+    expect(await sys.driverOf(GPU)).toBe('vfio-pci') // the claim outlives the VMM
+    expect(await mdevs()).toEqual([inst.gpu!.mdevUuid])
+    await hm.instances.restore(inst.id)
+    const [cold, restored] = driver.starts
+    expect(restored!.restoreFrom).toBeDefined()
+    expect(restored!.passthrough).toEqual(cold!.passthrough)
+    await hm.instances.delete(inst.id)
+    expect(await sys.driverOf(GPU)).toBe('nvidia')
+  })
+
   it('a create that fails after the devices step gives them back', async () => {
     const err = await hm.instances.create({ image: `${BUSYBOX}-nonexistent`, name: 'bad-image', devices: ['l4'], gpu: { profile: 'L40S-1Q' } }).catch((e) => e)
     expect(err.step).toBe('image')

@@ -1,12 +1,14 @@
 /**
  * A VMM driver that starts nothing: it keeps the VmSpec each start was given (what core asked the
  * VMM for) and pretends a VM runs until it is killed, whose guest reports its program started on
- * the status channel as the guest init does. For tests of what core decides before the
+ * the status channel as the guest init does. Its standby writes a snapshot that holds nothing but
+ * the marker core looks for. For tests of what core decides before the
  * VMM (devices that QEMU could not open here: these machines have no IOMMU); the QEMU command
  * line for such a spec is checked with the real argv builder.
  */
-import { appendFile } from 'node:fs/promises'
-import { QEMU_CAPABILITIES, type ExitInfo, type PersistedVm, type RunningVm, type VmmDriver, type VmSpec } from '@hypeman-ts/vmm-drivers'
+import { appendFile, mkdir, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { QEMU_CAPABILITIES, SNAPSHOT_META_FILE, type ExitInfo, type PersistedVm, type RunningVm, type VmmDriver, type VmSpec } from '@hypeman-ts/vmm-drivers'
 
 export class FakeDriver implements VmmDriver {
   readonly name = 'qemu' as const
@@ -47,12 +49,13 @@ export class FakeDriver implements VmmDriver {
   private handle(persisted: PersistedVm): RunningVm {
     let end!: (e: ExitInfo) => void
     const exited = new Promise<ExitInfo>((r) => (end = r))
-    const kill = async (): Promise<ExitInfo> => {
+    const endAs = async (reason: ExitInfo['reason']): Promise<ExitInfo> => {
       this.running.delete(persisted.pid)
-      const e: ExitInfo = { reason: 'killed', code: null, signal: 'SIGKILL', at: new Date().toISOString() }
+      const e: ExitInfo = { reason, code: null, signal: null, at: new Date().toISOString() }
       end(e)
       return e
     }
+    const kill = () => endAs('killed')
     const unsupported = async (): Promise<never> => {
       throw new Error('not in the fake driver')
     }
@@ -74,7 +77,11 @@ export class FakeDriver implements VmmDriver {
       connectChannel: unsupported,
       detach: async () => {},
       pause: unsupported,
-      standby: unsupported,
+      standby: async (dir: string) => {
+        await mkdir(dir, { recursive: true })
+        await writeFile(join(dir, SNAPSHOT_META_FILE), '{}')
+        return { dir, bytes: 0, durationMs: 0, createdAt: new Date().toISOString(), exit: await endAs('standby') }
+      },
       [Symbol.asyncDispose]: async () => {},
     }
   }
