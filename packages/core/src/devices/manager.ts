@@ -315,11 +315,14 @@ export class DeviceManager {
    * asked, so the caller persists it and can remove it whatever happens next.
    */
   async createGpu(profile: string, record: (mdev: MdevRecord) => Promise<void>): Promise<MdevRecord> {
-    const t = await pickMdevType(this.sysfs, profile)
-    const mdev: MdevRecord = { profile, uuid: newMdevUuid(), parent: t.parent, type: t.type }
-    await record(mdev)
-    await createMdev(this.sysfs, t, mdev.uuid)
-    return mdev
+    // Under the lock: two creates must not both pick the last free slot of one parent.
+    return this.store.withLock(async () => {
+      const t = await pickMdevType(this.sysfs, profile)
+      const mdev: MdevRecord = { profile, uuid: newMdevUuid(), parent: t.parent, type: t.type }
+      await record(mdev)
+      await createMdev(this.sysfs, t, mdev.uuid)
+      return mdev
+    })
   }
 
   removeGpu(uuid: string): Promise<void> {

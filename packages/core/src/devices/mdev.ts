@@ -36,6 +36,8 @@ export interface MdevRecord {
 
 export const mdevDir = (uuid: string) => `bus/mdev/devices/${uuid}`
 
+const mdevFailed = (field?: string) => (message: string, cause: unknown) => new DeviceError('mdev_failed', message, { cause, ...(field ? { field } : {}) })
+
 export async function listMdevTypes(sysfs: Sysfs): Promise<MdevType[]> {
   const out: MdevType[] = []
   for (const parent of await sysfs.list('class/mdev_bus')) {
@@ -99,13 +101,13 @@ export async function mdevParentsInUse(sysfs: Sysfs): Promise<Set<string>> {
 export const newMdevUuid = (): string => randomUUID()
 
 export async function createMdev(sysfs: Sysfs, t: MdevType, uuid: string): Promise<void> {
-  await sysfs.write(`class/mdev_bus/${t.parent}/mdev_supported_types/${t.type}/create`, uuid)
+  await sysfs.write(`class/mdev_bus/${t.parent}/mdev_supported_types/${t.type}/create`, uuid, mdevFailed('gpu.profile'))
   if (!(await sysfs.exists(mdevDir(uuid)))) throw new DeviceError('mdev_failed', `the kernel made no mdev ${uuid} on ${t.parent} (type ${t.type})`, { field: 'gpu.profile' })
 }
 
 /** Removes the mdev if it exists. Idempotent. */
 export async function removeMdev(sysfs: Sysfs, uuid: string): Promise<void> {
   if (!(await sysfs.exists(mdevDir(uuid)))) return
-  await sysfs.write(`${mdevDir(uuid)}/remove`, '1')
+  await sysfs.write(`${mdevDir(uuid)}/remove`, '1', mdevFailed())
   if (await sysfs.exists(mdevDir(uuid))) throw new DeviceError('mdev_failed', `mdev ${uuid} is still there after its remove`)
 }

@@ -13,6 +13,8 @@ import type { Sysfs } from './sysfs.js'
 
 export const VFIO_DRIVER = 'vfio-pci'
 
+const bindFailed = (message: string, cause: unknown) => new DeviceError('device_bind_failed', message, { cause })
+
 export type DeviceType = 'gpu' | 'pci'
 
 /** A PCI function found on the host (the spec's AvailableDevice, camelCase). */
@@ -118,9 +120,9 @@ export async function bindToVfio(sysfs: Sysfs, addr: string): Promise<void> {
   if (!(await sysfs.exists(`bus/pci/drivers/${VFIO_DRIVER}`))) {
     throw new DeviceError('vfio_unavailable', `the ${VFIO_DRIVER} driver is not loaded on this host (modprobe vfio-pci)`, { field: 'devices' })
   }
-  await sysfs.write(`${dir}/driver_override`, VFIO_DRIVER)
-  if (current) await sysfs.write(`bus/pci/drivers/${current}/unbind`, addr)
-  await sysfs.write(`bus/pci/drivers/${VFIO_DRIVER}/bind`, addr)
+  await sysfs.write(`${dir}/driver_override`, VFIO_DRIVER, bindFailed)
+  if (current) await sysfs.write(`bus/pci/drivers/${current}/unbind`, addr, bindFailed)
+  await sysfs.write(`bus/pci/drivers/${VFIO_DRIVER}/bind`, addr, bindFailed)
   const now = (await sysfs.linkName(`${dir}/driver`)) ?? null
   if (now !== VFIO_DRIVER) throw new DeviceError('device_bind_failed', `${addr} is with ${now ?? 'no driver'} after the bind to ${VFIO_DRIVER}`)
 }
@@ -135,12 +137,13 @@ export async function restoreDriver(sysfs: Sysfs, addr: string, original: string
   const dir = pciDir(addr)
   if (!(await sysfs.exists(dir))) return // unplugged: nothing to give back
   // An empty override (a newline) lets ids pick the driver again.
-  await sysfs.write(`${dir}/driver_override`, '\n')
+  await sysfs.write(`${dir}/driver_override`, '\n', bindFailed)
   const current = (await sysfs.linkName(`${dir}/driver`)) ?? null
-  if (current === VFIO_DRIVER) await sysfs.write(`bus/pci/drivers/${VFIO_DRIVER}/unbind`, addr)
+  if (current === VFIO_DRIVER) await sysfs.write(`bus/pci/drivers/${VFIO_DRIVER}/unbind`, addr, bindFailed)
   if (!original || current === original) return
-  if (await sysfs.exists(`bus/pci/drivers/${original}/bind`)) await sysfs.write(`bus/pci/drivers/${original}/bind`, addr)
-  else await sysfs.write('bus/pci/drivers_probe', addr) // its module was unloaded meanwhile: let the kernel choose
+  // Its module may have been unloaded meanwhile: then the kernel chooses.
+  const bind = (await sysfs.exists(`bus/pci/drivers/${original}/bind`)) ? `bus/pci/drivers/${original}/bind` : 'bus/pci/drivers_probe'
+  await sysfs.write(bind, addr, bindFailed)
   const now = (await sysfs.linkName(`${dir}/driver`)) ?? null
   if (now !== original) throw new DeviceError('device_bind_failed', `${addr} is with ${now ?? 'no driver'}, not back with ${original}`)
 }

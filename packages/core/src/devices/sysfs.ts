@@ -7,7 +7,7 @@
 import { constants } from 'node:fs'
 import { readdir, readFile, readlink, writeFile } from 'node:fs/promises'
 import { basename, join } from 'node:path'
-import { pathExists } from '@hypeman-ts/common'
+import { errorMessage, pathExists } from '@hypeman-ts/common'
 
 export interface SysfsOptions {
   /** Default `/sys`. */
@@ -66,10 +66,18 @@ export class Sysfs {
     return pathExists(this.path(rel))
   }
 
-  async write(rel: string, value: string): Promise<void> {
-    // O_TRUNC as a shell's `echo >` does (sysfs ignores it; a plain file keeps only this value).
-    await writeFile(this.path(rel), value, { flag: constants.O_WRONLY | constants.O_TRUNC })
-    await this.#onWrite?.(rel, value)
+  /**
+   * The kernel answers a refused write with an errno (EBUSY, EINVAL, ENODEV, ...): thrown as
+   * `onError`'s typed error, with the path, the value and the errno in the message.
+   */
+  async write(rel: string, value: string, onError: (message: string, cause: unknown) => Error): Promise<void> {
+    try {
+      // O_TRUNC as a shell's `echo >` does (sysfs ignores it; a plain file keeps only this value).
+      await writeFile(this.path(rel), value, { flag: constants.O_WRONLY | constants.O_TRUNC })
+      await this.#onWrite?.(rel, value)
+    } catch (err) {
+      throw onError(`writing ${JSON.stringify(value.trim())} to ${this.path(rel)} failed: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}`, err)
+    }
   }
 }
 

@@ -189,6 +189,24 @@ describe('claims and vfio-pci', () => {
     expect(await sys.driverOf(NIC)).toBe('igb')
   })
 
+  it('reports a bind the kernel refuses as device_bind_failed, and the release puts the device back', async () => {
+    await dm.create({ pciAddress: GPU, name: 'l4' })
+    const refusing = new DeviceManager({
+      dir: join(dir, 'devices'),
+      root: sys.root,
+      onWrite: async (path, value) => {
+        if (path === 'bus/pci/drivers/vfio-pci/bind') throw Object.assign(new Error('EBUSY'), { code: 'EBUSY' })
+        await sys.kernel(path, value)
+      },
+    })
+    const err = await refusing.claim('inst1', ['l4']).catch((e) => e)
+    expect(err).toMatchObject({ code: 'device_bind_failed' })
+    expect(err.message).toMatch(/vfio-pci\/bind failed: EBUSY/)
+    expect(await sys.driverOf(GPU)).toBeUndefined() // unbound from nvidia, not with vfio-pci
+    await dm.release('inst1')
+    expect(await sys.driverOf(GPU)).toBe('nvidia')
+  })
+
   it('gives back a device a crash left half-moved (unbound, not yet with vfio-pci)', async () => {
     await dm.create({ pciAddress: NIC, name: 'nic0' })
     const r = (await dm.store.all())[0]!
