@@ -38,9 +38,9 @@ const OCI_ARCH: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'a
 
 /**
  * hypeman's runtime feature ids, only where core uses the driver's flag: `standby` (snapshot and
- * restore), `pause`, `disk-io-limit`, `vsock` (the agent's transport). Not `snapshots`, `fork`,
- * `hotplug-memory`, `balloon-control`, `gpu-passthrough` or `disk-resize`: core has no operation
- * for them yet, whatever the VMM could do.
+ * restore), `pause`, `disk-io-limit`, `vsock` (the agent's transport), `gpu-passthrough` (create's
+ * `devices` and `gpu`). Not `snapshots`, `fork`, `hotplug-memory`, `balloon-control` or
+ * `disk-resize`: core has no operation for them yet, whatever the VMM could do.
  */
 export function hypervisorFeatures(c: DriverCapabilities): string[] {
   return [
@@ -48,6 +48,7 @@ export function hypervisorFeatures(c: DriverCapabilities): string[] {
     ...(c.pause ? ['pause'] : []),
     ...(c.diskThrottle ? ['disk-io-limit'] : []),
     ...(c.agentTransport === 'vsock' ? ['vsock'] : []),
+    ...(c.passthrough ? ['gpu-passthrough'] : []),
   ]
 }
 

@@ -37,3 +37,17 @@ export type InstanceLookupErrorCode =
   | 'ambiguous' // an id prefix that more than one instance's id starts with (hypeman's 409)
 
 export class InstanceLookupError extends CodedError<InstanceLookupErrorCode>() {}
+
+export type DeviceErrorCode =
+  | 'device_not_found' // no such registered device, or no such PCI device on the host
+  | 'device_exists' // the name or the PCI address is already registered
+  | 'device_in_use' // attached to an instance: delete refused, or claimed by another instance
+  | 'iommu_unavailable' // the device has no IOMMU group: IOMMU off in firmware or on the kernel command line
+  | 'iommu_group_conflict' // the device's IOMMU group holds devices that would not go to the VM with it
+  | 'vfio_unavailable' // the vfio-pci driver is not loaded on the host
+  | 'device_bind_failed' // the kernel did not move the device to (or back from) vfio-pci
+  | 'gpu_profile_not_found' // no mdev type of that name on this host
+  | 'gpu_profile_exhausted' // the profile exists, but no parent device can create another
+  | 'mdev_failed' // the kernel did not create (or remove) the mediated device
+
+export class DeviceError extends CodedError<DeviceErrorCode>() {}

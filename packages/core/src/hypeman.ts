@@ -9,7 +9,7 @@
 import { rm } from 'node:fs/promises'
 import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
-import { ConflictError, Lazy, pathExists, parseRate, parseSize, stderrLogger, tryLockFile, type Logger, ValidationError } from '@hypeman-ts/common'
+import { ConflictError, errorMessage, Lazy, pathExists, parseRate, parseSize, stderrLogger, tryLockFile, type Logger, ValidationError } from '@hypeman-ts/common'
 import { QemuDriver, type Accel, type VmmDriver } from '@hypeman-ts/vmm-drivers'
 import { HostNetwork, resolveNetworkOptions, type HostNetworkOptions } from '@hypeman-ts/netsetup'
 import { type AuditEvent, createProxy, type LookupFunction, parseHostServices, parsePorts } from '@hypeman-ts/egress-proxy'
@@ -25,6 +25,8 @@ import type { CreateInstanceParams, Hypervisor } from './instances/params.js'
 import { InstanceFiles } from './instances/record.js'
 import { TemplateStore } from './templates/store.js'
 import { VolumeManager } from './volumes/manager.js'
+import { DeviceManager } from './devices/manager.js'
+import type { SysfsOptions } from './devices/sysfs.js'
 
 export interface HypemanOptions {
   /** Where images and instances live. Default $HYPEMAN_TS_DATA_DIR or /var/lib/hypeman-ts. */
@@ -56,6 +58,8 @@ export interface HypemanOptions {
   network?: false | NetworkOptions
   /** The embedded egress proxy for `network.egress` and `credentials`. */
   egress?: EgressOptions
+  /** PCI passthrough and vGPUs: where sysfs is (default `/sys`), and where PCI names come from. */
+  devices?: DeviceOptions
   /** Drivers to use instead of the defaults (tests, other binaries). */
   drivers?: Partial<Record<Hypervisor, VmmDriver>>
   logger?: Logger
@@ -64,6 +68,15 @@ export interface HypemanOptions {
 export interface NetworkOptions extends Omit<HostNetworkOptions, 'stateDir' | 'logger' | 'capacity'> {
   /** Host capacity the default per-instance rates share out (vCPU share), e.g. "1Gbps". */
   capacity?: { download?: string; upload?: string }
+}
+
+export interface DeviceOptions {
+  /** Default `/sys`; a fabricated tree in tests. */
+  sysfsRoot?: string
+  /** For a fabricated sysfs: called after each write, where a test plays the kernel (see devices/sysfs.ts). */
+  onSysfsWrite?: SysfsOptions['onWrite']
+  /** pci.ids files to name devices from; default pciutils' and hwdata's, `[]` for none. */
+  pciIds?: string[]
 }
 
 export interface EgressOptions {
@@ -96,6 +109,8 @@ export class Hypeman {
     readonly instances: InstanceManager,
     /** ext4 volumes that outlive instances, attached at create (`volumes`). */
     readonly volumes: VolumeManager,
+    /** Host PCI devices registered for passthrough (`devices` at create), and the vGPU profiles (`gpu`). */
+    readonly devices: DeviceManager,
     /** The embedded egress proxy: its audit events. */
     readonly egress: HypemanEgress,
     /** Boot templates (list, drop); undefined when opened with `templates: false`. */
@@ -152,6 +167,15 @@ export class Hypeman {
           ? undefined
           : new TemplateStore({ dir: join(dataDir, 'templates'), maxBytes: parseSize(opts.templates?.maxSize ?? '4GB', 'templates.maxSize'), logger })
       await templates?.init()
+      const devices = new DeviceManager({
+        dir: join(dataDir, 'devices'),
+        ...(opts.devices?.sysfsRoot ? { root: opts.devices.sysfsRoot } : {}),
+        ...(opts.devices?.onSysfsWrite ? { onWrite: opts.devices.onSysfsWrite } : {}),
+        ...(opts.devices?.pciIds ? { pciIds: opts.devices.pciIds } : {}),
+        instanceName: async (id) => (await files.read(id))?.name,
+        logger,
+      })
+      await devices.init()
       const networkProvider = opts.network === false ? undefined : networkProviderFor(dataDir, opts.network ?? {}, logger)
       const egressPorts = { transparent: opts.egress?.ports?.transparent ?? 18443, explicit: opts.egress?.ports?.explicit ?? 18080 }
       const proxy = new Lazy(async () => {
@@ -182,6 +206,7 @@ export class Hypeman {
         images,
         volumes,
         ...(templates ? { templates } : {}),
+        devices,
         drivers,
         assets: () => assets.get(),
         defaults: {
@@ -202,6 +227,13 @@ export class Hypeman {
       await instances.reconcile()
       const orphans = await volumes.releaseOrphans(async (id) => (await files.read(id)) !== undefined)
       if (orphans.length) logger.warn('released volume attachments of instances that no longer exist', { instances: orphans })
+      // A device stays with vfio-pci while its claim lasts: one of an instance that is gone goes back to its driver.
+      try {
+        const released = await devices.releaseOrphans(async (id) => (await files.read(id)) !== undefined)
+        if (released.length) logger.warn('released devices of instances that no longer exist', { instances: released })
+      } catch (err) {
+        logger.warn('giving devices of gone instances back to their drivers failed; the next open tries again', { error: errorMessage(err) })
+      }
       const capabilities: CapabilitiesInput = {
         drivers: Object.keys(drivers) as Hypervisor[],
         defaultHypervisor: opts.hypervisor ?? 'qemu',
@@ -209,7 +241,7 @@ export class Hypeman {
         // From the options, as netsetup will read them: answering must not create the network.
         ...(opts.network === false ? {} : { network: networkSummary(dataDir, opts.network ?? {}) }),
       }
-      return new Hypeman(dataDir, images, instances, volumes, egressEvents, templates, lockPath, closers, networkProvider, capabilities)
+      return new Hypeman(dataDir, images, instances, volumes, devices, egressEvents, templates, lockPath, closers, networkProvider, capabilities)
     } catch (err) {
       for (const close of closers) await close().catch(() => {})
       await rm(lockPath, { force: true })

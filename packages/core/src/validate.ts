@@ -23,3 +23,16 @@ export function validateTags(tags: unknown, field = 'tags'): Record<string, stri
 export function matchesTags(tags: Record<string, string>, filter: Record<string, string> | undefined): boolean {
   return !filter || Object.entries(filter).every(([k, v]) => tags[k] === v)
 }
+
+/** A record by its id, else by its name (volumes, devices: the spec's `{id}` takes either); `notFound` names what is missing. */
+export async function findByIdOrName<R extends { name: string }>(
+  store: { read(id: string): Promise<R | undefined>; all(): Promise<R[]> },
+  idOrName: unknown,
+  field: string,
+  notFound: (ref: string) => Error,
+): Promise<R> {
+  if (typeof idOrName !== 'string' || idOrName === '') throw new ValidationError(field, 'is required')
+  const found = (await store.read(idOrName)) ?? (await store.all()).find((r) => r.name === idOrName)
+  if (!found) throw notFound(idOrName)
+  return found
+}

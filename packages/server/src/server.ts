@@ -25,6 +25,7 @@ import { registerExec } from './routes/exec.js'
 import { imageHandlers } from './routes/images.js'
 import { instanceHandlers } from './routes/instances.js'
 import { volumeHandlers } from './routes/volumes.js'
+import { deviceHandlers } from './routes/devices.js'
 import { logHandlers } from './routes/logs.js'
 import { systemHandlers } from './routes/system.js'
 import type { Handler, RouteContext } from './routes/types.js'
@@ -146,6 +147,7 @@ export async function createServer(hm: Hypeman, opts: ServerOptions): Promise<Hy
     ...imageHandlers(cx),
     ...instanceHandlers(cx),
     ...volumeHandlers(cx),
+    ...deviceHandlers(cx),
     ...logHandlers(cx),
   }
   for (const op of spec.operations) {

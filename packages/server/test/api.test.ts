@@ -175,8 +175,6 @@ describe('errors', () => {
 
   it('answers what the spec has and we do not with 501 not_implemented, never a fake', async () => {
     for (const [method, path, body] of [
-      ['GET', '/devices'],
-      ['GET', '/devices/available'],
       ['POST', '/instances/x/fork', '{"name":"y"}'],
       ['GET', '/snapshots'],
       ['GET', '/builds'],
@@ -220,12 +218,12 @@ describe('capabilities', () => {
     expect(c.host).toEqual({ os: 'linux', arch: process.arch === 'x64' ? 'amd64' : process.arch })
     expect(c.default_runtime).toEqual({ name: 'qemu', available: true })
     expect(c.runtimes.map((r) => r.name)).toEqual(['cloud-hypervisor', 'firecracker', 'qemu'])
-    expect(c.runtimes.find((r) => r.name === 'qemu')).toEqual({ name: 'qemu', available: true, features: ['standby', 'pause', 'disk-io-limit'] })
+    expect(c.runtimes.find((r) => r.name === 'qemu')).toEqual({ name: 'qemu', available: true, features: ['standby', 'pause', 'disk-io-limit', 'gpu-passthrough'] })
     expect(c.runtimes.filter((r) => r.available).map((r) => r.name)).toEqual(['qemu'])
     // The test server has no host network: the model, and no gateway or subnet to tell.
     expect(c.network).toEqual({ model: 'bridge', guest_to_guest: false })
     expect(c.images).toEqual({ platforms: [`linux/${c.host.arch}`], default_platform: 'linux/amd64' })
-    expect(c.features).toEqual(['instances', 'images', 'volumes', 'exec', 'logs'])
+    expect(c.features).toEqual(['instances', 'images', 'volumes', 'exec', 'logs', 'devices'])
   })
 })
 

@@ -1,6 +1,6 @@
 export * from './types.js'
 export * from './errors.js'
-export { validateVmSpec, checkSpecFiles, type SpecSupport } from './spec.js'
+export { validateVmSpec, checkSpecFiles, PCI_ADDRESS_RE, type SpecSupport } from './spec.js'
 export { composeCmdline } from './cmdline.js'
 export { QemuDriver, QEMU_CAPABILITIES, type QemuDriverOptions } from './qemu/driver.js'
 export { QemuRunningVm, QemuPausedVm } from './qemu/vm.js'

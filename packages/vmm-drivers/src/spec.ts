@@ -55,7 +55,12 @@ export interface SpecSupport {
   channelBackends?: readonly string[]
   /** `VmSpec.memoryFile` (default false: refused with not_supported). */
   memoryFile?: boolean
+  /** `VmSpec.passthrough` (default false: refused with not_supported). */
+  passthrough?: boolean
 }
+
+/** A PCI address as sysfs names it: domain:bus:slot.function. */
+export const PCI_ADDRESS_RE = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$/
 
 /** Guest vsock ports are 32-bit; 0xFFFFFFFF is VMADDR_PORT_ANY. */
 const VSOCK_PORT_MAX = 0xfffffffe
@@ -164,6 +169,20 @@ export function validateVmSpec(spec: VmSpec, controlFiles: readonly string[] = [
       if (!CHANNEL_RE.test(name)) throw new ValidationError(`vsock.ports.${name}`, 'expected a name of 1-64 letters, digits, ".", "_" or "-"')
       if (names.has(name)) throw new ValidationError(`vsock.ports.${name}`, `"${name}" is also a channel name`)
       positiveInt(`vsock.ports.${name}`, port, VSOCK_PORT_MAX)
+    }
+  }
+
+  if (spec.passthrough !== undefined && spec.passthrough.length > 0) {
+    if (!support.passthrough) throw new NotSupportedError('this driver cannot pass host devices through (no VFIO)', { field: 'passthrough' })
+    const seen = new Set<string>()
+    for (const [i, d] of spec.passthrough.entries()) {
+      // The VMM takes it inside a key=value list (QEMU sysfsdev=, Cloud Hypervisor path=).
+      if (path(`passthrough[${i}].sysfsPath`, d?.sysfsPath).includes(',')) throw new ValidationError(`passthrough[${i}].sysfsPath`, 'cannot contain a comma')
+      if (d.pciAddress !== undefined && (typeof d.pciAddress !== 'string' || !PCI_ADDRESS_RE.test(d.pciAddress))) {
+        throw new ValidationError(`passthrough[${i}].pciAddress`, 'expected a PCI address like "0000:01:00.0" (lowercase hex)')
+      }
+      if (seen.has(d.sysfsPath)) throw new ValidationError(`passthrough[${i}].sysfsPath`, `"${d.sysfsPath}" is used twice`)
+      seen.add(d.sysfsPath)
     }
   }
 

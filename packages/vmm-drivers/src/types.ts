@@ -53,6 +53,21 @@ export interface ChannelSpec {
   backend: ChannelBackend
 }
 
+/**
+ * A host device given to the guest whole through VFIO: a PCI function bound to vfio-pci, or a
+ * mediated device (a vGPU slice). The caller binds and creates them; the driver only hands them
+ * to the VMM.
+ */
+export interface PassthroughDeviceSpec {
+  /**
+   * The device's sysfs directory: `/sys/bus/pci/devices/0000:01:00.0` for a PCI function,
+   * `/sys/bus/mdev/devices/<uuid>` for an mdev.
+   */
+  sysfsPath: string
+  /** A PCI function's address (`0000:01:00.0`); absent for an mdev, which has none. */
+  pciAddress?: string
+}
+
 export interface HotplugMemorySpec {
   /** Upper bound of boot memory plus hotplugged memory, in bytes. */
   maxBytes: number
@@ -103,6 +118,8 @@ export interface VmSpec {
    * it: this host's kernel has no vhost-vsock).
    */
   vsock?: VsockSpec
+  /** Host devices passed through VFIO, for drivers with `capabilities.passthrough`. */
+  passthrough?: PassthroughDeviceSpec[]
   /** The guest's serial console (kernel messages) is appended to this file. */
   consoleLog: string
   /** The VMM's own stdout/stderr. Default `<runtimeDir>/vmm.log`. */
@@ -147,6 +164,8 @@ export interface DriverCapabilities {
   gracefulShutdown: 'acpi-power-button' | 'ctrl-alt-del' | 'none'
   /** `resizeMemory` can also give memory back (virtio-mem); otherwise it only grows. */
   memoryShrink: boolean
+  /** `VmSpec.passthrough`: VFIO devices (PCI functions, mdevs). */
+  passthrough: boolean
 }
 
 /**

@@ -113,6 +113,21 @@ describe('buildQemuArgv', () => {
       ],
     },
     {
+      name: 'a PCI function by its address, an mdev by its sysfs dir (commas doubled)',
+      spec: {
+        passthrough: [
+          { sysfsPath: '/sys/bus/pci/devices/0000:01:00.0', pciAddress: '0000:01:00.0' },
+          { sysfsPath: '/fake,sys/bus/mdev/devices/aa618089-8b16-4d01-a136-25a0f3c73123' },
+        ],
+      },
+      flag: '-device',
+      expected: [
+        'pvpanic-pci',
+        'vfio-pci,id=hostdev0,host=0000:01:00.0',
+        'vfio-pci,id=hostdev1,sysfsdev=/fake,,sys/bus/mdev/devices/aa618089-8b16-4d01-a136-25a0f3c73123',
+      ],
+    },
+    {
       name: 'throttle group object',
       spec: { disks: [{ path: '/d', serial: 's', throttle: { bytesPerSec: 1_000_000 } }] },
       flag: '-object',

@@ -79,6 +79,20 @@ describe('boot plan', () => {
     expect((create?.body as { disks: unknown[] }).disks[0]).toMatchObject({ image_type: 'Qcow2' })
   })
 
+  it('passes PCI functions and mdevs as devices by their sysfs dirs, valid against the spec', () => {
+    const spec: VmSpec = {
+      ...minimalSpec,
+      passthrough: [{ sysfsPath: '/sys/bus/pci/devices/0000:01:00.0', pciAddress: '0000:01:00.0' }, { sysfsPath: '/sys/bus/mdev/devices/u-1' }],
+    }
+    const [create] = ch.planBoot(spec, rt(spec))
+    expectValid([create as ApiCall])
+    expect((create?.body as { devices: unknown[] }).devices).toEqual([
+      { path: '/sys/bus/pci/devices/0000:01:00.0', id: 'hostdev0' },
+      { path: '/sys/bus/mdev/devices/u-1', id: 'hostdev1' },
+    ])
+    expect(ch.pinnedPaths(spec, rt(spec))).toMatchObject({ 'passthrough[1].sysfsPath': '/sys/bus/mdev/devices/u-1' })
+  })
+
   it('puts the API socket on the command line as its key=value form', () => {
     expect(ch.argv(fullSpec, rt(fullSpec))).toEqual(['--api-socket', 'path=/r/full/ch.sock'])
   })

@@ -112,6 +112,12 @@ describe('what Firecracker cannot do is refused, naming the field', () => {
     expect(() => fc.checkSpec(spec, rt(spec))).toThrow(expect.objectContaining({ field, code }))
   })
 
+  it('has no VFIO: passthrough devices are refused by the shared validation with its capabilities', () => {
+    const spec: VmSpec = { ...minimalSpec, passthrough: [{ sysfsPath: '/sys/bus/pci/devices/0000:01:00.0', pciAddress: '0000:01:00.0' }] }
+    expect(fc.capabilities.passthrough).toBe(false)
+    expect(() => validateVmSpec(spec, [], { vsock: true, passthrough: fc.capabilities.passthrough })).toThrow(expect.objectContaining({ code: 'not_supported', field: 'passthrough' }))
+  })
+
   it('has no named channels: channels are refused by the shared validation with its capabilities', () => {
     const spec: VmSpec = { ...minimalSpec, channels: [{ name: 'a', backend: { kind: 'socket', path: '/a.sock' } }] }
     expect(() => validateVmSpec(spec, [], { vsock: true, channelBackends: fc.capabilities.channelBackends })).toThrow(

@@ -68,9 +68,20 @@ describe('validateVmSpec', () => {
     ['bad name', { name: 'has space' }, 'name'],
     ['netns with a slash', { netns: '../proc/1/ns' }, 'netns'],
     ['empty netns', { netns: '' }, 'netns'],
+    ['passthrough address in capitals', { passthrough: [{ sysfsPath: '/s/0000:01:00.0', pciAddress: '0000:0A:00.0' }] }, 'passthrough[0].pciAddress'],
+    ['passthrough function 8', { passthrough: [{ sysfsPath: '/s/x', pciAddress: '0000:01:00.8' }] }, 'passthrough[0].pciAddress'],
+    ['passthrough relative path', { passthrough: [{ sysfsPath: 'sys/bus/mdev/devices/u' }] }, 'passthrough[0].sysfsPath'],
+    ['passthrough path with a comma', { passthrough: [{ sysfsPath: '/s/a,b' }] }, 'passthrough[0].sysfsPath'],
+    ['passthrough twice', { passthrough: [{ sysfsPath: '/s/a' }, { sysfsPath: '/s/a' }] }, 'passthrough[1].sysfsPath'],
   ]
   it.each(cases)('%s → ValidationError on %s', (_name, patch, field) => {
-    expect(() => validateVmSpec({ ...base, ...patch }, ['qmp.sock'])).toThrow(expect.objectContaining({ code: 'invalid_input', field }))
+    expect(() => validateVmSpec({ ...base, ...patch }, ['qmp.sock'], { passthrough: true })).toThrow(expect.objectContaining({ code: 'invalid_input', field }))
+  })
+
+  it('refuses passthrough devices on a driver without VFIO, naming the field', () => {
+    const spec = { ...base, passthrough: [{ sysfsPath: '/sys/bus/mdev/devices/u' }] }
+    expect(() => validateVmSpec(spec, [])).toThrow(expect.objectContaining({ code: 'not_supported', field: 'passthrough' }))
+    expect(() => validateVmSpec(spec, [], { passthrough: true })).not.toThrow()
   })
 })
 

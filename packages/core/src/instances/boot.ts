@@ -5,7 +5,7 @@
  */
 import { rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
-import { errorMessage, HypemanError, NotFoundError, pathExists, TimeoutError } from '@hypeman-ts/common'
+import { errorMessage, HypemanError, NotFoundError, NotSupportedError, pathExists, TimeoutError } from '@hypeman-ts/common'
 import { SNAPSHOT_META_FILE, type LiveVm, type RunningVm, type VmSpec } from '@hypeman-ts/vmm-drivers'
 import {
   DISK_SERIAL,
@@ -70,6 +70,15 @@ export function guestVolumes(record: InstanceRecord): GuestVolumeConfig[] {
     .sort((a, b) => depth(a.mountPath) - depth(b.mountPath))
 }
 
+/** The instance's passthrough devices and vGPU, as the VMM takes them. */
+async function passthroughOf(cx: InstanceContext, record: InstanceRecord): Promise<Pick<VmSpec, 'passthrough'>> {
+  const ids = record.spec.devices ?? []
+  if (!ids.length && !record.gpu) return {}
+  const devices = cx.opts.devices
+  if (!devices) throw new NotSupportedError('devices: this manager has no device support', { field: 'devices' })
+  return { passthrough: [...(await devices.passthroughSpecs(ids)), ...(record.gpu ? [devices.gpuPassthrough(record.gpu.uuid)] : [])] }
+}
+
 /**
  * Starts the VMM for the record's current disks: a restore from its standby snapshot, else a boot
  * from its shape's template when it can (template-boot.ts), else a cold boot.
@@ -102,6 +111,8 @@ export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: 
       { skipGuestAgent: spec.skipGuestAgent },
     ),
     ...(record.network ? { nics: [{ tap: record.network.tap, mac: record.network.mac }] } : {}),
+    // From the record, so a restore gets the very devices the snapshot was taken with.
+    ...(await passthroughOf(cx, record)),
     ...(record.network?.netns ? { netns: record.network.netns } : {}),
     consoleLog: paths.consoleLog,
     vmmLog: paths.vmmLog,

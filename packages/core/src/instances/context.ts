@@ -13,6 +13,7 @@ import { InstanceLookupError } from '../errors.js'
 import type { ImageManager } from '../images/manager.js'
 import type { TemplateStore } from '../templates/store.js'
 import type { VolumeManager } from '../volumes/manager.js'
+import type { DeviceManager } from '../devices/manager.js'
 import { LiveVms } from './live.js'
 import type { Hypervisor, SpecDefaults } from './params.js'
 import type { InstanceFiles, InstanceRecord } from './record.js'
@@ -22,6 +23,8 @@ export interface InstanceManagerOptions {
   images: ImageManager
   /** Volumes instances attach at create; without it a create asking for volumes is refused. */
   volumes?: VolumeManager
+  /** Passthrough devices and vGPUs; without it a create asking for `devices` or `gpu` is refused. */
+  devices?: DeviceManager
   drivers: Partial<Record<Hypervisor, VmmDriver>>
   /** The guest kernel, initrd and command line (memoised by the caller). */
   assets: () => Promise<GuestAssets>

@@ -4,10 +4,11 @@
  * finished steps newest first; `delete` and the reconcile after a crash walk the recorded steps
  * back through the same undos (`undoCreateSteps`).
  *
- *   instance_dir → volumes → [image ∥ overlay_disk] → network → egress → config_disk → vmm → guest_ready
+ *   instance_dir → volumes → devices → gpu → [image ∥ overlay_disk] → network → egress → config_disk → vmm → guest_ready
  *
  * A variant edits the list by step name: without volumes there is no `volumes` step, without
- * networking no `network` step, without mediated egress no `egress` step.
+ * passthrough devices no `devices` step, without a vGPU no `gpu` step, without networking no
+ * `network` step, without mediated egress no `egress` step.
  */
 import { mkdir, rm } from 'node:fs/promises'
 import { createId } from '@paralleldrive/cuid2'
@@ -32,7 +33,7 @@ import { boot, destroyRuntime, guestVolumes, volumeOverlayPath, waitForGuest } f
 import { nowIso, type InstanceContext } from './context.js'
 import type { Instance } from './model.js'
 import { attachNetwork, detachNetwork, guestEnv, guestNetwork, registerEgress, unregisterEgress } from './network.js'
-import { validateCreateParams, type CreateInstanceParams } from './params.js'
+import { validateCreateParams, type CreateInstanceParams, type InstanceSpec } from './params.js'
 import { newRecord, type CreateStep, type InstanceRecord } from './record.js'
 import { toInstance } from './view.js'
 
@@ -97,6 +98,34 @@ const volumes: CreateStepDef = {
   },
   // The overlay disks live in the instance dir, which `instance_dir`'s undo removes.
   undo: async ({ cx, record }) => cx.opts.volumes?.release(record.id),
+}
+
+/**
+ * Claims the registered devices (names resolved to ids, conflicts refused under the devices
+ * lock) and moves each to vfio-pci. Recorded first: a crash mid-bind must still give them back.
+ */
+const devices: CreateStepDef = {
+  name: 'devices',
+  recordFirst: true,
+  async run({ cx, record }) {
+    record.spec.devices = await cx.opts.devices!.claim(record.id, record.spec.devices ?? [])
+  },
+  undo: async ({ cx, record }) => cx.opts.devices?.release(record.id),
+}
+
+/** Makes the vGPU; its UUID is in the record before the kernel is asked, so the undo finds it. */
+const gpu: CreateStepDef = {
+  name: 'gpu',
+  recordFirst: true,
+  async run({ cx, record }) {
+    await cx.opts.devices!.createGpu(record.spec.gpu!.profile, async (mdev) => {
+      record.gpu = mdev
+      await cx.files.write(record)
+    })
+  },
+  undo: async ({ cx, record }) => {
+    if (record.gpu) await cx.opts.devices?.removeGpu(record.gpu.uuid)
+  },
 }
 
 const image: CreateStepDef = {
@@ -188,13 +217,15 @@ const guestReady: CreateStepDef = {
 }
 
 /** Every create step, in order; `delete` and reconcile undo the recorded ones through this list. */
-const ALL_STEPS: StepList<CreateRun> = [instanceDir, volumes, [image, overlayDisk], network, egress, configDisk, vmm, guestReady]
+const ALL_STEPS: StepList<CreateRun> = [instanceDir, volumes, devices, gpu, [image, overlayDisk], network, egress, configDisk, vmm, guestReady]
 
 /** The steps a create of this record runs. */
 function stepsFor(record: InstanceRecord): StepList<CreateRun> {
   const n = record.spec.network
   return withoutSteps(ALL_STEPS, [
     ...(record.spec.volumes?.length ? [] : ['volumes']),
+    ...(record.spec.devices?.length ? [] : ['devices']),
+    ...(record.spec.gpu ? [] : ['gpu']),
     ...(n.enabled ? [] : ['network']),
     ...(n.enabled && n.egress.enabled ? [] : ['egress']),
   ])
@@ -211,6 +242,18 @@ export async function undoCreateSteps(cx: InstanceContext, record: InstanceRecor
   )
 }
 
+/** Devices and the vGPU, checked before anything exists; the steps check again under the lock. */
+async function checkPassthrough(cx: InstanceContext, spec: InstanceSpec): Promise<void> {
+  if (!spec.devices?.length && !spec.gpu) return
+  const field = spec.devices?.length ? 'devices' : 'gpu'
+  if (!cx.opts.devices) throw new NotSupportedError(`${field}: this manager has no device support`, { field })
+  if (!cx.driver(spec.hypervisor).capabilities.passthrough) {
+    throw new NotSupportedError(`${field}: the ${spec.hypervisor} driver cannot pass host devices through (no VFIO)`, { field })
+  }
+  if (spec.devices?.length) await cx.opts.devices.claim('', spec.devices, { dryRun: true })
+  if (spec.gpu) await cx.opts.devices.checkGpu(spec.gpu.profile)
+}
+
 export async function createInstance(cx: InstanceContext, params: CreateInstanceParams, opts: CreateOptions = {}): Promise<Instance> {
   const spec = validateCreateParams(params, cx.opts.defaults)
   cx.driver(spec.hypervisor)
@@ -219,6 +262,7 @@ export async function createInstance(cx: InstanceContext, params: CreateInstance
     // Unknown volumes and held ones are refused before anything exists; the step checks again under the lock.
     await cx.opts.volumes.attach('', spec.volumes, { dryRun: true })
   }
+  await checkPassthrough(cx, spec)
   const record = newRecord(createId(), spec, nowIso())
   const id = record.id
   const cancel = new AbortController()

@@ -47,6 +47,8 @@ export interface Instance {
   tags?: Record<string, string>
   vcpus?: number
   volumes?: VolumeMount[]
+  /** Ids of the registered devices passed through (not in the spec's Instance). */
+  devices?: string[]
 }
 
 const drop = <T extends Record<string, unknown>>(o: T): T =>

@@ -102,6 +102,10 @@ export interface InstanceSpec {
    * resolved names. Absent in records written before volumes existed.
    */
   volumes?: VolumeMountSpec[]
+  /** Registered devices to pass through, in order; ids once the create's `devices` step resolved names. */
+  devices?: string[]
+  /** A vGPU of this profile (an mdev made at create, removed at delete). */
+  gpu?: { profile: string } | null
 }
 
 export interface SpecDefaults {
@@ -199,10 +203,9 @@ export function validateCreateParams(input: unknown, defaults: SpecDefaults): In
   const network = validateNetwork(p.network, defaults.networkAvailable)
   const credentials = validateCredentials(p.credentials, env, network)
 
-  // Subsystems that are not built yet: refuse a request that needs them, naming the field.
-  if (p.devices !== undefined && p.devices !== null && (!Array.isArray(p.devices) || p.devices.length > 0)) notYet('devices', 'PCI passthrough')
-  if (p.gpu !== undefined && p.gpu !== null) notYet('gpu', 'GPU attachment')
   const volumes = validateVolumeMounts(p.volumes)
+  const devices = validateDevices(p.devices)
+  const gpu = validateGpu(p.gpu)
 
   return {
     image,
@@ -227,7 +230,34 @@ export function validateCreateParams(input: unknown, defaults: SpecDefaults): In
     network,
     credentials,
     volumes,
+    devices,
+    gpu,
   }
+}
+
+/** Each device is one more PCI function on the guest's bus, as a volume is. */
+export const MAX_DEVICES = 16
+
+function validateDevices(input: unknown): string[] {
+  if (input === undefined || input === null) return []
+  if (!Array.isArray(input)) throw new ValidationError('devices', 'must be an array of device ids or names')
+  if (input.length > MAX_DEVICES) throw new ValidationError('devices', `at most ${MAX_DEVICES} devices, got ${input.length}`)
+  input.forEach((d: unknown, i) => {
+    if (typeof d !== 'string' || d === '') throw new ValidationError(`devices[${i}]`, 'must be a device id or name')
+    const first = input.indexOf(d)
+    if (first !== i) throw new ValidationError(`devices[${i}]`, `"${d}" is also devices[${first}]`)
+  })
+  return [...(input as string[])]
+}
+
+function validateGpu(input: unknown): { profile: string } | null {
+  if (input === undefined || input === null) return null
+  if (typeof input !== 'object' || Array.isArray(input)) throw new ValidationError('gpu', 'must be an object')
+  const g = input as Record<string, unknown>
+  for (const key of Object.keys(g)) if (key !== 'profile' && g[key] !== undefined) throw new ValidationError(`gpu.${key}`, 'is not a gpu field')
+  if (typeof g.profile !== 'string' || g.profile === '') throw new ValidationError('gpu.profile', 'is required (a vGPU profile name, e.g. "L40S-1Q"); a whole GPU is passed with devices')
+  if (g.profile.length > 128 || /[\0\n/]/.test(g.profile)) throw new ValidationError('gpu.profile', 'must be a profile name of at most 128 characters')
+  return { profile: g.profile }
 }
 
 function validateNetwork(input: unknown, available: boolean): NetworkSpec {

@@ -8,10 +8,11 @@ import { appendFile, mkdir, readdir, rmdir } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { readJsonIfExists, withFileLock, writeJsonAtomic } from '@hypeman-ts/common'
 import type { PersistedVm } from '@hypeman-ts/vmm-drivers'
+import type { MdevRecord } from '../devices/mdev.js'
 import type { InstanceSpec } from './params.js'
 
 /** The create steps, in order (create.ts runs them); each one that finished is recorded so a crash can be undone. */
-export const CREATE_STEPS = ['instance_dir', 'volumes', 'image', 'overlay_disk', 'network', 'egress', 'config_disk', 'vmm', 'guest_ready'] as const
+export const CREATE_STEPS = ['instance_dir', 'volumes', 'devices', 'gpu', 'image', 'overlay_disk', 'network', 'egress', 'config_disk', 'vmm', 'guest_ready'] as const
 export type CreateStep = (typeof CREATE_STEPS)[number]
 
 export interface InstanceRecord {
@@ -45,6 +46,8 @@ export interface InstanceRecord {
   vmmMac?: string | null
   /** The VMM runs a guest waiting at a template's point for `go` (template-boot.ts). */
   awaitingGo?: boolean
+  /** Its vGPU, from the moment its UUID is chosen (before the kernel makes it) until delete. */
+  gpu?: MdevRecord | null
 }
 
 /** A new instance's record: nothing made yet (no disk, VMM, address), its create in flight. */

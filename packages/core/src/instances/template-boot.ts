@@ -6,8 +6,9 @@
  * the guest then flushes its disks' caches and reads this instance's config, disks and NIC as a
  * cold boot does.
  *
- * Shapes a template cannot serve boot cold: volumes (the disk set differs per instance) and
- * drivers without snapshots or named channels. A template that fails to restore is dropped and
+ * Shapes a template cannot serve boot cold: volumes (the disk set differs per instance), host
+ * devices (passed through per instance), memory hotplug, and drivers without snapshots, named
+ * channels or RAM in a file. A template that fails to restore is dropped and
  * the boot goes on cold; making one that fails costs the template, never the boot.
  */
 import { randomBytes } from 'node:crypto'
@@ -44,7 +45,7 @@ export async function templatePlan(cx: InstanceContext, record: InstanceRecord, 
   const store = cx.opts.templates
   const driver = cx.driver(record.spec.hypervisor)
   if (!store || !driver.capabilities.snapshot || !driver.capabilities.namedChannels || !driver.capabilities.memoryFile) return undefined
-  if (record.spec.volumes?.length || spec.hotplugMemory) return undefined
+  if (record.spec.volumes?.length || spec.hotplugMemory || spec.passthrough?.length) return undefined
   const image = record.imageDigest ? await cx.opts.images.store.getRecord(record.imageDigest) : undefined
   if (!image) return undefined
   const flags = [spec.nics?.length ? 'net' : '', image.disk.format === 'erofs' ? 'erofs' : '', record.spec.skipGuestAgent ? '' : 'agent'].filter(Boolean)

@@ -69,6 +69,7 @@ export async function toInstance(cx: InstanceContext, record: InstanceRecord): P
     env: guestEnvShown(record),
     exitCode: exit?.code ?? null,
     exitMessage: exit?.message ?? null,
+    ...(record.gpu ? { gpu: { profile: record.gpu.profile, mdevUuid: record.gpu.uuid } } : {}),
     hasSnapshot: record.snapshot,
     ...(s.hotplugSize ? { hotplugSize: s.hotplugSize } : {}),
     hypervisor: s.hypervisor,
@@ -95,6 +96,7 @@ export async function toInstance(cx: InstanceContext, record: InstanceRecord): P
       readonly: v.readonly,
       ...(v.overlay ? { overlay: true, overlaySize: v.overlaySize! } : {}),
     })),
+    ...(s.devices?.length ? { devices: [...s.devices] } : {}),
   }
 }
 

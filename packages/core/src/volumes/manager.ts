@@ -11,7 +11,7 @@ import { createId } from '@paralleldrive/cuid2'
 import { CommandError, parseSize, run, ValidationError } from '@hypeman-ts/common'
 import { VolumeError } from '../errors.js'
 import { validateName } from '../instances/params.js'
-import { matchesTags, validateTags } from '../validate.js'
+import { findByIdOrName, matchesTags, validateTags } from '../validate.js'
 import { unpackArchive } from './archive.js'
 import type { MountField, VolumeMountSpec } from './mounts.js'
 import { VolumeStore, type VolumeAttachmentRecord, type VolumeRecord } from './store.js'
@@ -276,13 +276,8 @@ export class VolumeManager {
     }
   }
 
-  private async find(idOrName: string, field: string): Promise<VolumeRecord> {
-    if (typeof idOrName !== 'string' || idOrName === '') throw new ValidationError(field, 'is required')
-    const byId = await this.store.read(idOrName)
-    if (byId) return byId
-    const byName = (await this.store.all()).find((r) => r.name === idOrName)
-    if (byName) return byName
-    throw new VolumeError('volume_not_found', `no volume with id or name "${idOrName}"`, { field })
+  private find(idOrName: string, field: string): Promise<VolumeRecord> {
+    return findByIdOrName(this.store, idOrName, field, (ref) => new VolumeError('volume_not_found', `no volume with id or name "${ref}"`, { field }))
   }
 
   private async describe(ids: string[]): Promise<string> {

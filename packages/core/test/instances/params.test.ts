@@ -123,9 +123,30 @@ describe('validateCreateParams', () => {
   })
 
   it.each([
+    [{ devices: 'gpu0' }, 'devices'],
+    [{ devices: [''] }, 'devices[0]'],
+    [{ devices: ['a', 7] }, 'devices[1]'],
+    [{ devices: ['a', 'b', 'a'] }, 'devices[2]'],
+    [{ devices: Array.from({ length: 17 }, (_, i) => `d${i}`) }, 'devices'],
+    [{ gpu: 'L40S-1Q' }, 'gpu'],
+    [{ gpu: {} }, 'gpu.profile'],
+    [{ gpu: { profile: '' } }, 'gpu.profile'],
+    [{ gpu: { profile: 'L40S-1Q', count: 2 } }, 'gpu.count'],
+  ])('rejects devices/gpu %j naming %s', (params, field) => {
+    const err = fails(params)
+    expect(err.code).toBe('invalid_input')
+    expect(err.field).toBe(field)
+  })
+
+  it('accepts devices and a vGPU profile', () => {
+    const spec = validateCreateParams({ ...base, devices: ['l4-gpu', 'nic0'], gpu: { profile: 'L40S-1Q' } }, defaults)
+    expect(spec.devices).toEqual(['l4-gpu', 'nic0'])
+    expect(spec.gpu).toEqual({ profile: 'L40S-1Q' })
+    expect(validateCreateParams(base, defaults)).toMatchObject({ devices: [], gpu: null })
+  })
+
+  it.each([
     [{ network: { enabled: true } }, 'network.enabled'],
-    [{ devices: ['gpu0'] }, 'devices'],
-    [{ gpu: { profile: 'L40S-1Q' } }, 'gpu'],
     [{ hypervisor: 'firecracker' }, 'hypervisor'],
   ])('refuses %j as not supported yet', (params, field) => {
     const err = fails(params)

@@ -1,15 +1,16 @@
 /**
  * GET /health, GET /capabilities and GET /resources. Capabilities are core's (hypervisors and
  * their features, network model, platforms) plus what this server serves. Resources reports only what this host and core can say
- * truthfully: CPUs and memory of the host, the data directory's filesystem, and what each
- * instance that holds a VMM (or is booting one) was given. Nothing is oversubscribed (ratio 1).
+ * truthfully: CPUs and memory of the host, the data directory's filesystem, its GPUs (vGPU slots
+ * from sysfs, or the GPUs registered for passthrough), and what each instance that holds a VMM
+ * (or is booting one) was given. Nothing is oversubscribed (ratio 1).
  * Network capacity is known only when the operator configured it; otherwise it is 0 with
  * `source: "unknown"`, rather than a guess.
  */
 import { statfs } from 'node:fs/promises'
 import { availableParallelism, totalmem } from 'node:os'
 import { parseRate, parseSize } from '@hypeman-ts/common'
-import type { Capabilities, Instance } from '@hypeman-ts/core'
+import { gpuStatusToWire, type Capabilities, type Instance } from '@hypeman-ts/core'
 import { serverVersion } from '../spec.js'
 import type { Handlers, RouteContext } from './types.js'
 
@@ -45,7 +46,8 @@ function allocation(i: Instance) {
  * hypeman's server-level feature ids that this server serves. Not `builds`, `volumes`, `ingress`
  * or `devices` (501 here), though hypeman lists the first three as always present.
  */
-const SERVER_FEATURES = ['instances', 'images', 'volumes', 'exec', 'logs']
+/** `devices` (passthrough management) is the spec's Linux-only feature: it reads the host's sysfs. */
+const SERVER_FEATURES = ['instances', 'images', 'volumes', 'exec', 'logs', ...(process.platform === 'linux' ? ['devices'] : [])]
 
 function capabilitiesToWire(c: Capabilities, server: { version: string; apiVersion: string }) {
   return {
@@ -79,6 +81,7 @@ export function systemHandlers({ hm, networkCapacity, apiVersion }: RouteContext
       const fs = await statfs(hm.dataDir)
       const diskCapacity = fs.blocks * fs.bsize
       const download = networkCapacity?.downloadBitsPerSec
+      const gpu = await hm.devices.gpuStatus()
       return {
         cpu: status('cpu', availableParallelism(), sum((a) => a.cpu), 'detected'),
         memory: status('memory', totalmem(), sum((a) => a.memory_bytes), 'detected'),
@@ -87,6 +90,7 @@ export function systemHandlers({ hm, networkCapacity, apiVersion }: RouteContext
         network: download
           ? status('network', Math.floor(download / 8), sum((a) => a.network_download_bps), 'configured')
           : status('network', 0, sum((a) => a.network_download_bps), 'unknown'),
+        ...(gpu ? { gpu: gpuStatusToWire(gpu) } : {}),
         allocations: active,
       }
     },

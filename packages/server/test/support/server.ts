@@ -12,7 +12,7 @@ import Ajv2020, { type ValidateFunction } from 'ajv/dist/2020.js'
 import type { FastifyInstance } from 'fastify'
 import YAML from 'yaml'
 import HypemanClient from '@onkernel/hypeman'
-import { Hypeman } from '@hypeman-ts/core'
+import { Hypeman, type HypemanOptions } from '@hypeman-ts/core'
 import { FIXTURES } from '../../../core/test/support/registry.js'
 import { createServer, loadSpec, mintToken, type HypemanServer } from '../../src/index.js'
 import { defaultSpecPath } from '../../src/spec.js'
@@ -30,9 +30,10 @@ export interface TestServer {
   close(): Promise<void>
 }
 
-export async function startServer(): Promise<TestServer> {
+/** `hypeman`: options of the manager beyond the defaults here (a fabricated sysfs, a fake driver). */
+export async function startServer(hypeman: HypemanOptions = {}): Promise<TestServer> {
   const dataDir = await mkdtemp(join(tmpdir(), 'hm-server-'))
-  const hm = await Hypeman.open({ dataDir, network: false, defaults: { vcpus: 1, size: '256MB', overlaySize: '64MB' } })
+  const hm = await Hypeman.open({ dataDir, network: false, defaults: { vcpus: 1, size: '256MB', overlaySize: '64MB' }, ...hypeman })
   const secret = randomBytes(32)
   const server = await createServer(hm, { jwtSecret: secret, bodyLimit: 64 * 1024, allowLocalLayouts: true, metrics: true })
   const violations = checkEveryResponse(server.app)

@@ -31,6 +31,7 @@ export const CLOUD_HYPERVISOR_CAPABILITIES: DriverCapabilities = Object.freeze({
   accels: Object.freeze(['kvm'] as const),
   gracefulShutdown: 'acpi-power-button',
   memoryShrink: false,
+  passthrough: true,
 })
 
 /**
@@ -49,6 +50,7 @@ export const CLOUD_HYPERVISOR_SNAPSHOT_FILES = Object.freeze(['config.json', 'st
 
 export const diskId = (i: number) => `disk${i}`
 export const netId = (i: number) => `net${i}`
+export const hostdevId = (i: number) => `hostdev${i}`
 
 function rateLimiterConfig(t: { bytesPerSec?: number; iopsPerSec?: number } | undefined): Record<string, unknown> | undefined {
   if (!t || (t.bytesPerSec === undefined && t.iopsPerSec === undefined)) return undefined
@@ -75,6 +77,8 @@ export function cloudHypervisorVmConfig(spec: VmSpec, rt: RestRuntime): Record<s
     }
   })
   const net = (spec.nics ?? []).map((n, i) => ({ tap: n.tap, mac: n.mac.toLowerCase(), id: netId(i) }))
+  // Cloud Hypervisor takes PCI functions and mdevs alike by their sysfs directory.
+  const devices = (spec.passthrough ?? []).map((d, i) => ({ path: d.sysfsPath, id: hostdevId(i) }))
   return {
     cpus: { boot_vcpus: spec.vcpus, max_vcpus: spec.vcpus },
     memory: {
@@ -88,6 +92,7 @@ export function cloudHypervisorVmConfig(spec: VmSpec, rt: RestRuntime): Record<s
     },
     ...(disks.length > 0 ? { disks } : {}),
     ...(net.length > 0 ? { net } : {}),
+    ...(devices.length > 0 ? { devices } : {}),
     serial: { mode: 'File', file: spec.consoleLog },
     console: { mode: 'Off' },
     ...(spec.vsock ? { vsock: { cid: spec.vsock.cid ?? 3, socket: rt.vsockSocket, id: 'vsock0' } } : {}),
@@ -165,6 +170,7 @@ export const cloudHypervisorDialect: RestDialect = {
     for (const [i, d] of (spec.disks ?? []).entries()) pinned[`disks[${i}].path`] = d.path
     for (const [i, n] of (spec.nics ?? []).entries()) pinned[`nics[${i}].tap`] = n.tap
     if (spec.vsock) pinned['vsock socket (runtimeDir)'] = rt.vsockSocket
+    for (const [i, d] of (spec.passthrough ?? []).entries()) pinned[`passthrough[${i}].sysfsPath`] = d.sysfsPath
     return pinned
   },
 

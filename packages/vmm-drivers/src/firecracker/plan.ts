@@ -33,6 +33,8 @@ export const FIRECRACKER_CAPABILITIES: DriverCapabilities = Object.freeze({
   accels: Object.freeze(['kvm'] as const),
   gracefulShutdown: 'ctrl-alt-del',
   memoryShrink: true,
+  // Firecracker has no VFIO device in its API.
+  passthrough: false,
 })
 
 /**

@@ -130,6 +130,12 @@ export function buildQemuArgv(spec: VmSpec, ctx: QemuArgvContext): string[] {
     add('-device', `virtserialport,id=${id}-port,bus=vser0.0,chardev=${id},name=${ch.name}`)
   }
 
+  // A PCI function by its address (QEMU finds its sysfs dir and IOMMU group); an mdev has no
+  // address, only its sysfs dir.
+  for (const [i, d] of (spec.passthrough ?? []).entries()) {
+    add('-device', `vfio-pci,id=hostdev${i},${d.pciAddress ? `host=${d.pciAddress}` : `sysfsdev=${qemuOptValue(d.sysfsPath)}`}`)
+  }
+
   if (ctx.incoming) add('-incoming', 'defer')
   return argv
 }

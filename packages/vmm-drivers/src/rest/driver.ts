@@ -99,7 +99,7 @@ export abstract class RestVmmDriver implements VmmDriver {
   async start(spec: VmSpec, opts: StartOptions = {}): Promise<RestRunningVm> {
     throwIfAborted(opts.signal, 'start')
     const d = this.dialect
-    validateVmSpec(spec, [d.apiSocketName, REST_RUNTIME_FILES.vsock], { vsock: true, channelBackends: d.capabilities.channelBackends })
+    validateVmSpec(spec, [d.apiSocketName, REST_RUNTIME_FILES.vsock], { vsock: true, channelBackends: d.capabilities.channelBackends, passthrough: d.capabilities.passthrough })
     const rt = this.runtime(spec.runtimeDir)
     d.checkSpec(spec, rt)
     await checkSpecFiles(spec)
