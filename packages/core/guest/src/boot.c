@@ -173,7 +173,7 @@ int switch_root(char *err, size_t cap)
 
 /* The instance's own identity (systemd, D-Bus and others key on it): images ship one, or an empty file,
  * and every instance of an image would share it. A link in the image is replaced, not followed. */
-static int write_machine_id(const char *id, char *err, size_t cap)
+int write_machine_id(const char *id, char *err, size_t cap)
 {
 	struct stat st;
 	if (stat("/etc", &st) < 0 || !S_ISDIR(st.st_mode))

@@ -27,6 +27,8 @@ int load_modules(const char *list, const char *phase, char *err, size_t cap);
 int mount_root(const struct guest_config *cfg, const char *rootdev, const char *overlaydev, char *err, size_t cap);
 /* Frees the initramfs, makes /newroot the root, then mounts what a container expects in /dev. */
 int switch_root(char *err, size_t cap);
+/* /etc/machine-id of the switched root, when it has /etc (a link there is replaced). */
+int write_machine_id(const char *id, char *err, size_t cap);
 int setup_container(const struct guest_config *cfg, char *err, size_t cap);
 
 #endif

@@ -58,6 +58,8 @@ static struct {
 	int main_running;
 	int agent_restarts;
 	char agent_dev[64];
+	char cfgdev[64]; /* the config disk, read again by `identity` */
+	char ifname[32]; /* the configured NIC */
 	uint64_t oom_before;
 	int stopping, grace_over;
 	uint64_t stop_deadline;
@@ -222,10 +224,62 @@ static void ctrl_disconnected(void)
 	set_async(I.ctrl, 1);
 }
 
-/* One command per line: "stop <grace-ms>", "signal <n>", "ping". */
+static int network_files(const struct guest_config *cfg, char *err, size_t cap);
+
+/*
+ * A fork restored from its source's snapshot becomes itself: the host's clock and entropy, then
+ * the fork's own config disk (its MAC, address, hostname, machine-id, env for new processes). The
+ * processes that run keep what they had; the agent restarts with the new config.
+ */
+static int reidentify(const char *args, char *err, size_t cap)
+{
+	struct guest_config nc;
+	if (reseed_from_host(args, err, cap) < 0 || drop_block_cache(I.cfgdev, err, cap) < 0 || config_load(I.cfgdev, &nc, err, cap) < 0)
+		return -1;
+	if (nc.net.enabled != I.cfg.net.enabled) {
+		snprintf(err, cap, "a fork cannot gain or lose its network");
+		return -1;
+	}
+	if (nc.net.enabled) {
+		if (net_set_mac(I.ifname, nc.net.mac, err, cap) < 0)
+			return -1;
+		if (strcmp(nc.net.address, I.cfg.net.address) != 0 && net_del_address(I.ifname, I.cfg.net.address, I.cfg.net.prefix_len, err, cap) < 0)
+			return -1;
+		char ifname[32];
+		if (net_configure(&nc.net, NIC_WAIT_MS, LINK_WAIT_MS, ifname, sizeof ifname, err, cap) < 0 || network_files(&nc, err, cap) < 0)
+			return -1;
+		net_close();
+	}
+	if (sethostname(nc.hostname, strlen(nc.hostname)) < 0) {
+		snprintf(err, cap, "set hostname: %s", strerror(errno));
+		return -1;
+	}
+	if (nc.machine_id && write_machine_id(nc.machine_id, err, cap) < 0)
+		return -1;
+	nc.skip_agent = I.cfg.skip_agent;
+	I.cfg = nc;
+	if (I.agent_pid > 0) {
+		I.agent_restarts = 0;
+		kill(I.agent_pid, SIGKILL);
+	}
+	return 0;
+}
+
+/* One command per line: "stop <grace-ms>", "signal <n>", "ping", "identity <unix-ms> <hex-entropy>". */
 static void ctrl_command(char *line)
 {
 	uint64_t n;
+	if (strncmp(line, "identity ", 9) == 0) {
+		char err[256], reply[300];
+		if (reidentify(line + 9, err, sizeof err) == 0) {
+			ctrl_reply("ok\n");
+		} else {
+			logmsg("identity: %s", err);
+			snprintf(reply, sizeof reply, "error %s\n", err);
+			ctrl_reply(reply);
+		}
+		return;
+	}
 	if (strncmp(line, "stop ", 5) == 0 && parse_u64(line + 5, strlen(line + 5), &n) == 0) {
 		ctrl_reply("ok\n");
 		begin_stop("control", n);
@@ -455,6 +509,7 @@ static void pid1(void)
 	}
 	if (find_disk_by_serial(DISK_CONFIG, cfgdev, sizeof cfgdev, DISK_WAIT_MS) < 0)
 		fail("find_disks", "no disk with serial " DISK_CONFIG);
+	snprintf(I.cfgdev, sizeof I.cfgdev, "%s", cfgdev);
 	if (config_load(cfgdev, &I.cfg, err, sizeof err) < 0)
 		fail("read_config", err);
 	/* The NIC as soon as the config names it, so that the program, which may use the network as its
@@ -473,6 +528,7 @@ static void pid1(void)
 			fail("network", err);
 		if (net_configure(&I.cfg.net, NIC_WAIT_MS, LINK_WAIT_MS, ifname, sizeof ifname, err, sizeof err) < 0)
 			fail("network", err);
+		snprintf(I.ifname, sizeof I.ifname, "%s", ifname);
 		net_close();
 		network_ms = (int64_t)(monotonic_ms() - t0);
 	}

@@ -233,6 +233,25 @@ int net_set_mac(const char *ifname, const char *mac, char *err, size_t cap)
 	return 0;
 }
 
+int net_del_address(const char *ifname, const char *address, unsigned prefix_len, char *err, size_t cap)
+{
+	struct in_addr addr;
+	if (inet_pton(AF_INET, address, &addr) != 1)
+		FAIL("bad address %s", address);
+	int ifindex = ifindex_of(ifname);
+	if (ifindex < 0)
+		FAIL("%s: no ifindex", ifname);
+	struct nlreq r;
+	struct ifaddrmsg *ifa = nl_begin(&r, RTM_DELADDR, 0, sizeof *ifa);
+	ifa->ifa_family = AF_INET;
+	ifa->ifa_prefixlen = (uint8_t)prefix_len;
+	ifa->ifa_index = (uint32_t)ifindex;
+	nl_attr(&r, IFA_LOCAL, &addr, sizeof addr);
+	if (nl_call(&r) < 0 && errno != EADDRNOTAVAIL)
+		FAIL("remove address %s/%u from %s: %s", address, prefix_len, ifname, strerror(errno));
+	return 0;
+}
+
 int net_configure(const struct net_config *n, unsigned nic_wait_ms, unsigned carrier_wait_ms, char *ifname, size_t ifcap, char *err, size_t cap)
 {
 	struct in_addr addr, gw;

@@ -19,6 +19,8 @@ int net_configure(const struct net_config *n, unsigned nic_wait_ms, unsigned car
 int net_find_nic(unsigned wait_ms, char *ifname, size_t ifcap);
 /* Gives the NIC the instance's MAC (a copy of a template has the template's); the VMM is told through virtio-net's control queue. */
 int net_set_mac(const char *ifname, const char *mac, char *err, size_t cap);
+/* Removes an IPv4 address from the NIC (a fork drops its source's); one already gone is fine. */
+int net_del_address(const char *ifname, const char *address, unsigned prefix_len, char *err, size_t cap);
 /* Closes the rtnetlink socket the calls above share (they reopen it when needed). */
 void net_close(void);
 /* Checks (waiting up to wait_ms) that the link still has its carrier just before the program starts. */

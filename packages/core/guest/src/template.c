@@ -94,19 +94,13 @@ static int drop_block_caches(char *err, size_t cap)
 			continue;
 		char dev[300];
 		snprintf(dev, sizeof dev, "/dev/%s", e->d_name);
-		int fd = open(dev, O_RDONLY | O_CLOEXEC);
-		if (fd < 0 || ioctl(fd, BLKFLSBUF, 0) < 0) {
-			snprintf(err, cap, "drop the cache of %s: %s", dev, strerror(errno));
-			rc = -1;
-		}
-		if (fd >= 0)
-			close(fd);
+		rc = drop_block_cache(dev, err, cap);
 	}
 	closedir(d);
 	return rc;
 }
 
-int template_apply_go(const char *args, char *err, size_t cap)
+int reseed_from_host(const char *args, char *err, size_t cap)
 {
 	const char *sp = strchr(args, ' ');
 	uint64_t ms;
@@ -128,9 +122,26 @@ int template_apply_go(const char *args, char *err, size_t cap)
 		FAIL("set the clock: %s", strerror(errno));
 	int rc = reseed(bytes, hexlen / 2, err, cap);
 	memset(bytes, 0, sizeof bytes);
-	if (rc < 0)
+	return rc;
+}
+
+int template_apply_go(const char *args, char *err, size_t cap)
+{
+	if (reseed_from_host(args, err, cap) < 0)
 		return -1;
 	return drop_block_caches(err, cap);
+}
+
+int drop_block_cache(const char *dev, char *err, size_t cap)
+{
+	int fd = open(dev, O_RDONLY | O_CLOEXEC);
+	int rc = fd < 0 ? -1 : ioctl(fd, BLKFLSBUF, 0);
+	int e = errno;
+	if (fd >= 0)
+		close(fd);
+	if (rc < 0)
+		FAIL("drop the cache of %s: %s", dev, strerror(e));
+	return 0;
 }
 
 /*

@@ -28,5 +28,10 @@ void template_mode_read(struct template_mode *t);
 int template_wait_go(int fd, char *err, size_t cap);
 /* The parse-and-apply half of the above, for a `go` line without its "go " prefix. */
 int template_apply_go(const char *args, char *err, size_t cap);
+/* "<unix-ms> <hex-entropy>": sets the clock, credits the entropy and reseeds the CRNG (a copy of a
+ * snapshot: a template's at `go`, a fork's at `identity`). */
+int reseed_from_host(const char *args, char *err, size_t cap);
+/* Drops one block device's cache: its disk's content changed under the guest. */
+int drop_block_cache(const char *dev, char *err, size_t cap);
 
 #endif

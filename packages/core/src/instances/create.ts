@@ -44,7 +44,7 @@ export interface CreateOptions {
 }
 
 /** What the steps of one create share: the record, and what earlier steps found for later ones. */
-interface CreateRun {
+export interface CreateRun {
   cx: InstanceContext
   record: InstanceRecord
   waitForRunning: boolean
@@ -53,9 +53,11 @@ interface CreateRun {
   attachment?: NetworkAttachment
   guestEnv: Record<string, string>
   egress?: GuestConfig['egress']
+  /** A fork's source (fork.ts), as it was when the fork began. */
+  forkOf?: InstanceRecord
 }
 
-type CreateStepDef = Step<CreateRun> & { name: CreateStep }
+export type CreateStepDef = Step<CreateRun> & { name: CreateStep }
 
 /** The image's Entrypoint/Cmd/Env/WorkingDir/User in the shape the program resolver reads. */
 function runtimeConfig(img: ImageRecord): Parameters<typeof resolveProgram>[0] {
@@ -69,7 +71,7 @@ function runtimeConfig(img: ImageRecord): Parameters<typeof resolveProgram>[0] {
   }
 }
 
-const instanceDir: CreateStepDef = {
+export const instanceDir: CreateStepDef = {
   name: 'instance_dir',
   // Done by `reserve` under the names lock, before the run; here for its undo.
   run: async () => {},
@@ -150,7 +152,7 @@ const overlayDisk: CreateStepDef = {
   run: ({ cx, record }, signal) => createOverlayDisk(cx.files.paths(record.id).overlay, record.spec.overlayBytes, { signal }),
 }
 
-const network: CreateStepDef = {
+export const network: CreateStepDef = {
   name: 'network',
   // A crash mid-attach must still be detached by reconcile.
   recordFirst: true,
@@ -160,7 +162,7 @@ const network: CreateStepDef = {
   undo: ({ cx, record }) => detachNetwork(cx, record),
 }
 
-const egress: CreateStepDef = {
+export const egress: CreateStepDef = {
   name: 'egress',
   recordFirst: true,
   async run(c) {
@@ -264,6 +266,21 @@ export async function createInstance(cx: InstanceContext, params: CreateInstance
   }
   await checkPassthrough(cx, spec)
   const record = newRecord(createId(), spec, nowIso())
+  return runCreate(cx, record, stepsFor(record), {}, opts)
+}
+
+/**
+ * Reserves the record's name, then runs `steps` as a create (recorded, undone on failure or cancel,
+ * cancelled by a delete): the create of `createInstance`, and a fork's (fork.ts).
+ */
+export async function runCreate(
+  cx: InstanceContext,
+  record: InstanceRecord,
+  steps: StepList<CreateRun>,
+  extra: Pick<CreateRun, 'forkOf'>,
+  opts: CreateOptions = {},
+): Promise<Instance> {
+  const spec = record.spec
   const id = record.id
   const cancel = new AbortController()
   const signal = opts.signal ? AbortSignal.any([opts.signal, cancel.signal]) : cancel.signal
@@ -286,9 +303,9 @@ export async function createInstance(cx: InstanceContext, params: CreateInstance
       throw err
     })
 
-  const run: CreateRun = { cx, record, waitForRunning: opts.waitForRunning !== false, guestEnv: guestEnv(record) }
+  const run: CreateRun = { cx, record, waitForRunning: opts.waitForRunning !== false, guestEnv: guestEnv(record), ...extra }
   try {
-    await runSteps(stepsFor(record), run, stepRecord(cx, record), {
+    await runSteps(steps, run, stepRecord(cx, record), {
       signal,
       onUndoError: ({ step, cause }) => cx.logger.warn('undoing a create step failed; the next open retries it', { id, step, error: errorMessage(cause) }),
     })

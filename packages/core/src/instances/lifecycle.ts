@@ -7,6 +7,7 @@
 import { rm } from 'node:fs/promises'
 import { ConflictError, errorMessage, HypemanError, NotSupportedError } from '@hypeman-ts/common'
 import { requestGuestStop } from '../guest/index.js'
+import { sendIdentity } from './identity.js'
 import { boot, finishBoot, rootfsOf, waitForGuest } from './boot.js'
 import type { InstanceContext } from './context.js'
 import { undoCreateSteps } from './create.js'
@@ -182,6 +183,8 @@ async function restoreNow(cx: InstanceContext, id: string, signal?: AbortSignal)
     await reattachNetwork(cx, record, signal)
     await boot(cx, record, diskPath, signal, true)
     await consumeSnapshot(cx, id)
+    // A fork restored from its source's snapshot: the guest still is the source.
+    if (record.reidentify) await sendIdentity(cx, (await cx.files.read(id))!, signal)
   })
 }
 

@@ -16,6 +16,7 @@ import type { ExecOptions, ExecProcess, ExecResult, PathInfo } from '../guest/in
 import { matchesTags } from '../validate.js'
 import { InstanceContext, READ_CONCURRENCY, type InstanceManagerOptions } from './context.js'
 import { createInstance, type CreateOptions } from './create.js'
+import { fork, type ForkParams } from './fork.js'
 import { exec, execStream, logs, stat, type ExecParams, type LogOptions } from './guest-access.js'
 import { copyFrom, copyTo, type CopyToOptions, type GuestFileEntry, mkdir } from './guest-files.js'
 import { deleteInstance, kill, pause, restore, resume, standby, start, stop, type StopOptions } from './lifecycle.js'
@@ -30,6 +31,7 @@ import { attachVolume, detachVolume, type AttachVolumeParams } from './volumes.j
 
 export type { InstanceManagerOptions, NetworkProvider, EgressProvider } from './context.js'
 export type { CreateOptions } from './create.js'
+export type { ForkParams } from './fork.js'
 export type { ExecParams, LogOptions, LogSource } from './guest-access.js'
 export type { StopOptions } from './lifecycle.js'
 export type { InstanceSpec, InstanceNetworkRecord }
@@ -116,6 +118,14 @@ export class InstanceManager {
 
   restore(idOrName: string, opts: { signal?: AbortSignal } = {}): Promise<Instance> {
     return restore(this.#cx, idOrName, opts)
+  }
+
+  /**
+   * A new instance from this one's disks (Stopped), disks and memory (Standby), or, with
+   * `fromRunning`, a Running one's (standby, fork, restore). See fork.ts.
+   */
+  fork(idOrName: string, params: ForkParams): Promise<Instance> {
+    return fork(this.#cx, idOrName, params)
   }
 
   /** Removes the instance and everything it made: VMM, sockets, disks, logs, address. */

@@ -11,7 +11,7 @@ import type { InstanceContext } from './context.js'
 import { undoCreateSteps } from './create.js'
 import { consumeSnapshot } from './lifecycle.js'
 import { registerEgress } from './network.js'
-import { sendGo } from './template-boot.js'
+import { sendGo, sendIdentity } from './identity.js'
 
 /**
  * After a crash of the host process: finishes or undoes what was in flight, reattaches to VMMs
@@ -47,6 +47,7 @@ export async function reconcile(cx: InstanceContext): Promise<{ reattached: numb
         if (record.snapshot) await cx.files.withLock(id, () => consumeSnapshot(cx, id))
         // A boot from a template whose `go` never went out: the guest still waits for it.
         if (record.awaitingGo) await sendGo(cx, record)
+        if (record.reidentify && !record.snapshot) await sendIdentity(cx, record)
         stats.reattached++
         continue
       } catch (err) {

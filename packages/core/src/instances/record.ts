@@ -44,8 +44,10 @@ export interface InstanceRecord {
    * keeps the template's on the device (the guest sets its own), and a restore must pass it again.
    */
   vmmMac?: string | null
-  /** The VMM runs a guest waiting at a template's point for `go` (template-boot.ts). */
+  /** The VMM runs a guest waiting at a template's point for `go` (identity.ts). */
   awaitingGo?: boolean
+  /** A fork whose next restore must give the guest its own identity (fork.ts, identity.ts). */
+  reidentify?: boolean
   /** Its vGPU, from the moment its UUID is chosen (before the kernel makes it) until delete. */
   gpu?: MdevRecord | null
 }

@@ -11,12 +11,12 @@
  * channels or RAM in a file. A template that fails to restore is dropped and
  * the boot goes on cold; making one that fails costs the template, never the boot.
  */
-import { randomBytes } from 'node:crypto'
 import { mkdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { errorMessage } from '@hypeman-ts/common'
 import type { PersistedVm, RunningVm, VmSpec } from '@hypeman-ts/vmm-drivers'
-import { DISK_SERIAL, sendControlCommand, waitForStatusEvent } from '../guest/index.js'
+import { DISK_SERIAL, waitForStatusEvent } from '../guest/index.js'
+import { sendGo } from './identity.js'
 import type { Template, TemplateStore } from '../templates/store.js'
 import { templateKey } from '../templates/store.js'
 import type { InstanceContext } from './context.js'
@@ -24,8 +24,6 @@ import type { InstanceRecord } from './record.js'
 
 /** Bumped when what a template holds changes meaning (the guest's wait, the `go` message). */
 const TEMPLATE_FORMAT = 1
-const GO_TIMEOUT_MS = 10_000
-const ENTROPY_BYTES = 32
 /** The template's RAM, next to the stream in its snapshot dir: mapped copy-on-write by every restore. */
 const TEMPLATE_MEMORY_FILE = 'memory'
 
@@ -179,21 +177,6 @@ async function restoreTemplate(
     await plan.store.drop(t.key, `restoring it failed: ${errorMessage(err)}`)
     return undefined
   }
-}
-
-/**
- * The guest's own clock and randomness, and the word to go on. Until it is sent the record says
- * so (`awaitingGo`): a host process that dies in between leaves a guest waiting, which the next
- * open's reconcile sends it to.
- */
-export async function sendGo(cx: InstanceContext, record: InstanceRecord, signal?: AbortSignal): Promise<void> {
-  const reply = await sendControlCommand(cx.files.paths(record.id).controlSocket, `go ${Date.now()} ${randomBytes(ENTROPY_BYTES).toString('hex')}`, {
-    timeoutMs: GO_TIMEOUT_MS,
-    ...(signal ? { signal } : {}),
-  })
-  if (reply !== 'ok') throw new Error(`the guest answered "${reply}" to go`)
-  delete record.awaitingGo
-  await cx.files.write(record)
 }
 
 /** Records that the running VMM is no longer the instance's: its end then records nothing. */

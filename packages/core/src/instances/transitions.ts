@@ -11,7 +11,7 @@
 import { ConflictError } from '@hypeman-ts/common'
 import type { InstanceState } from './model.js'
 
-export type Operation = 'start' | 'stop' | 'kill' | 'pause' | 'resume' | 'standby' | 'restore' | 'exec' | 'stat' | 'copy' | 'update' | 'attach_volume' | 'detach_volume'
+export type Operation = 'start' | 'stop' | 'kill' | 'pause' | 'resume' | 'standby' | 'restore' | 'exec' | 'stat' | 'copy' | 'update' | 'attach_volume' | 'detach_volume' | 'fork'
 
 const BOOTED: readonly InstanceState[] = ['Running', 'Initializing']
 
@@ -31,6 +31,8 @@ export const ALLOWED_STATES: Readonly<Record<Operation, readonly InstanceState[]
   // Stopped only: a snapshot fixes a Standby instance's disks, and a running one would need hot-plug (instances/volumes.ts).
   attach_volume: ['Stopped'],
   detach_volume: ['Stopped'],
+  // A Running source needs `fromRunning` (fork.ts): standby, fork, restore.
+  fork: ['Stopped', 'Standby', 'Running'],
 }
 
 /** Throws `conflict` (field `state`, details `{ operation, state, allowed }`) unless `op` may run in `state`. */

@@ -1,0 +1,189 @@
+/**
+ * Fork, as hypeman defines it (`POST /instances/{id}/fork`): a new instance that starts from the
+ * source's disks, and from a Standby source also from its memory.
+ *
+ *   - Stopped source: its writable disks are copied; the fork boots like any instance (from its
+ *     shape's template when there is one).
+ *   - Standby source: its disks and its snapshot are copied; restored, the fork goes on from the
+ *     source's moment and is then given its own identity over the control port (`identity`:
+ *     clock, entropy, MAC, address, hostname, machine-id, env of new processes).
+ *   - Running source, with `fromRunning`: the source is put on standby, forked, and restored.
+ *
+ * The fork is created through the create's recorded steps (same names, so delete and the crash
+ * reconcile undo a half-made fork as they undo a create), then brought to `targetState`; a fork
+ * that cannot get there is deleted, and the source is restored whatever happened.
+ */
+import { readFile } from 'node:fs/promises'
+import { createId } from '@paralleldrive/cuid2'
+import { ConflictError, NotSupportedError, run, ValidationError } from '@hypeman-ts/common'
+import { decodeGuestConfig, writeGuestConfigDisk } from '../guest/index.js'
+import { guestVolumes, volumeOverlayPath } from './boot.js'
+import { nowIso, type InstanceContext } from './context.js'
+import { egress, instanceDir, network, runCreate, type CreateStepDef } from './create.js'
+import { deleteInstance, restore, standby, start, stop } from './lifecycle.js'
+import type { Instance, InstanceState } from './model.js'
+import { guestNetwork } from './network.js'
+import { validateName } from './params.js'
+import { newRecord, type InstanceRecord } from './record.js'
+import { assertCanRun } from './transitions.js'
+import { instanceView, toInstance } from './view.js'
+
+export interface ForkParams {
+  name: string
+  /** Fork a Running source: standby, fork, restore. Without it a Running source is a conflict. */
+  fromRunning?: boolean
+  /** Default: the source's state when the fork began (Running for a Running source). */
+  targetState?: 'Running' | 'Standby' | 'Stopped'
+}
+
+const TARGETS = ['Running', 'Standby', 'Stopped'] as const
+
+function validateForkParams(input: unknown): Required<Pick<ForkParams, 'name' | 'fromRunning'>> & Pick<ForkParams, 'targetState'> {
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) throw new ValidationError('params', 'must be an object')
+  const p = input as Record<string, unknown>
+  for (const key of Object.keys(p)) if (!['name', 'fromRunning', 'targetState'].includes(key)) throw new ValidationError(key, 'is not a fork parameter')
+  const name = validateName(p.name)
+  if (p.fromRunning !== undefined && typeof p.fromRunning !== 'boolean') throw new ValidationError('fromRunning', 'must be true or false')
+  if (p.targetState !== undefined && !TARGETS.includes(p.targetState as never)) throw new ValidationError('targetState', `must be one of ${TARGETS.join(', ')}`)
+  return { name, fromRunning: p.fromRunning === true, ...(p.targetState ? { targetState: p.targetState as ForkParams['targetState'] } : {}) }
+}
+
+/** A copy that keeps holes holes: a 10 GB overlay with 50 MB written copies 50 MB. */
+async function copySparse(from: string, to: string, signal?: AbortSignal): Promise<void> {
+  await run('cp', ['--sparse=always', '--reflink=auto', '--', from, to], { ...(signal ? { signal } : {}) })
+}
+
+/** The source's read-only volumes, attached to the fork too (an overlay mount gets a copy of the source's layer). */
+const forkVolumes: CreateStepDef = {
+  name: 'volumes',
+  recordFirst: true,
+  async run({ cx, record, forkOf }, signal) {
+    record.spec.volumes = await cx.opts.volumes!.attach(record.id, record.spec.volumes ?? [])
+    for (const v of record.spec.volumes) {
+      if (v.overlay) await copySparse(volumeOverlayPath(cx, forkOf!.id, v.volumeId), volumeOverlayPath(cx, record.id, v.volumeId), signal)
+    }
+  },
+  undo: async ({ cx, record }) => cx.opts.volumes?.release(record.id),
+}
+
+/** The writable disk, and a Standby source's snapshot with it: both from the same moment. */
+const forkDisks: CreateStepDef = {
+  name: 'overlay_disk',
+  async run({ cx, record, forkOf }, signal) {
+    const from = cx.files.paths(forkOf!.id)
+    const to = cx.files.paths(record.id)
+    await copySparse(from.overlay, to.overlay, signal)
+    if (forkOf!.snapshot) await run('cp', ['-R', '--sparse=always', '--reflink=auto', '--', from.snapshot, to.snapshot], { ...(signal ? { signal } : {}) })
+  },
+}
+
+/** The source's program and env, with the fork's name, machine-id, network and placeholders. */
+const forkConfig: CreateStepDef = {
+  name: 'config_disk',
+  async run(c) {
+    const { cx, record, forkOf } = c
+    const source = decodeGuestConfig(await readFile(cx.files.paths(forkOf!.id).config))
+    const { requires: _requires, network: _network, egress: _egress, volumes: _volumes, ...kept } = source
+    await writeGuestConfigDisk(cx.files.paths(record.id).config, {
+      ...kept,
+      env: { ...source.env, ...c.guestEnv },
+      hostname: record.spec.name,
+      ...(record.machineId ? { machineId: record.machineId } : {}),
+      ...(c.attachment ? { network: guestNetwork(c.attachment) } : {}),
+      ...(c.egress ? { egress: c.egress } : {}),
+      ...(record.spec.volumes?.length ? { volumes: guestVolumes(record) } : {}),
+    })
+  },
+}
+
+/** The fork exists whole: from here delete and reconcile treat it as any instance. */
+const forkReady: CreateStepDef = {
+  name: 'guest_ready',
+  durable: true,
+  async run({ record }) {
+    record.phase = 'ready'
+  },
+}
+
+/** The fork's record: the source's spec and image under a new id, name and identity. */
+function forkRecord(source: InstanceRecord, name: string): InstanceRecord {
+  const spec = structuredClone(source.spec)
+  spec.name = name
+  const record = newRecord(createId(), spec, nowIso())
+  record.imageDigest = source.imageDigest
+  if (source.snapshot) {
+    record.snapshot = true
+    // The snapshot's NIC is the source's: a restore passes the same MAC, and the guest takes the fork's.
+    record.vmmMac = source.vmmMac ?? source.network?.mac ?? null
+    record.reidentify = true
+  }
+  return record
+}
+
+export async function fork(cx: InstanceContext, idOrName: string, params: ForkParams): Promise<Instance> {
+  const p = validateForkParams(params)
+  const source = await cx.find(idOrName)
+  const before = await toInstance(cx, source)
+  assertCanRun('fork', before)
+  if (before.state === 'Running' && !p.fromRunning) {
+    throw new ConflictError(`cannot fork instance ${source.name}: it is Running (set fromRunning to put it on standby for the fork)`, { field: 'state' })
+  }
+  if ((source.spec.volumes ?? []).some((v) => !v.readonly)) {
+    throw new ConflictError(`cannot fork instance ${source.name}: it has a read-write volume attached (one writer at a time)`, { field: 'volumes' })
+  }
+  if (source.spec.devices?.length || source.spec.gpu) {
+    throw new NotSupportedError(`cannot fork instance ${source.name}: host devices and vGPUs are its own`, { field: source.spec.devices?.length ? 'devices' : 'gpu' })
+  }
+  if (await cx.records().then((all) => all.some((r) => r.name === p.name && r.phase !== 'deleting'))) {
+    throw new ConflictError(`an instance named "${p.name}" already exists`, { field: 'name' })
+  }
+  const target: InstanceState = p.targetState ?? (before.state === 'Standby' ? 'Standby' : before.state === 'Running' ? 'Running' : 'Stopped')
+
+  const wasRunning = before.state === 'Running'
+  if (wasRunning) await standby(cx, source.id)
+  let made: Instance
+  try {
+    made = await cx.ops.run(source.id, async () => {
+      // Under the source's queue: no lifecycle operation changes its disks while they are copied.
+      const now = (await cx.files.read(source.id))!
+      const record = forkRecord(now, p.name)
+      const n = record.spec.network
+      const steps = [
+        instanceDir,
+        ...(record.spec.volumes?.length ? [forkVolumes] : []),
+        forkDisks,
+        ...(n.enabled ? [network] : []),
+        ...(n.enabled && n.egress.enabled ? [egress] : []),
+        forkConfig,
+        forkReady,
+      ]
+      return runCreate(cx, record, steps, { forkOf: now })
+    })
+  } finally {
+    if (wasRunning) await restore(cx, source.id)
+  }
+  // From here a failure deletes the fork, as a create that fails leaves nothing.
+  await cx.files.log(made.id, `forked from ${source.name} (${source.id}), ${before.state}`)
+  try {
+    await bringTo(cx, made.id, target)
+  } catch (err) {
+    await deleteInstance(cx, made.id).catch(() => {})
+    throw err
+  }
+  return instanceView(cx, made.id)
+}
+
+async function bringTo(cx: InstanceContext, id: string, target: InstanceState): Promise<void> {
+  const state = (await instanceView(cx, id)).state
+  if (state === target) return
+  if (state === 'Stopped' && target === 'Running') await start(cx, id)
+  else if (state === 'Stopped' && target === 'Standby') {
+    await start(cx, id)
+    await standby(cx, id)
+  } else if (state === 'Standby' && target === 'Running') await restore(cx, id)
+  else if (state === 'Standby' && target === 'Stopped') {
+    await restore(cx, id)
+    await stop(cx, id)
+  }
+}
+
