@@ -13,7 +13,7 @@
 #include "util.h"
 
 /* Features this init implements; a config that requires anything else is refused, not half-applied. */
-static const char *const known_features[] = {"base", "network", "egress", "volumes", NULL};
+static const char *const known_features[] = {"base", "network", "egress", "volumes", "kernel_headers", NULL};
 
 static int push(char ***list, size_t *n, char *s)
 {
@@ -254,6 +254,8 @@ int config_parse(const uint8_t *data, size_t len, struct guest_config *cfg, char
 			if (parse_volume(&rec, &cfg->vol[cfg->nvol], err, errcap) < 0)
 				return -1;
 			cfg->nvol++;
+		} else if (tlv_key_is(&rec, "kernel_headers")) {
+			bad = set_string(&cfg->headers_serial, &rec) < 0 || !serial_ok(cfg->headers_serial);
 		} else if (tlv_key_is(&rec, "requires")) {
 			char *f = tlv_strdup(&rec);
 			if (!f)

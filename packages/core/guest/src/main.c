@@ -29,6 +29,7 @@
 #include "egress.h"
 #include "etc.h"
 #include "files.h"
+#include "headers.h"
 #include "net.h"
 #include "spawn.h"
 #include "status.h"
@@ -423,7 +424,7 @@ static void pid1(void)
 		fail("find_disks", "no disk with serial " DISK_ROOTFS);
 	if (find_disk_by_serial(DISK_OVERLAY, overlaydev, sizeof overlaydev, DISK_WAIT_MS) < 0)
 		fail("find_disks", "no disk with serial " DISK_OVERLAY);
-	if (volumes_find(&I.cfg, DISK_WAIT_MS, err, sizeof err) < 0)
+	if (volumes_find(&I.cfg, DISK_WAIT_MS, err, sizeof err) < 0 || headers_find(&I.cfg, DISK_WAIT_MS, err, sizeof err) < 0)
 		fail("find_disks", err);
 
 	int app = -1;
@@ -455,6 +456,9 @@ static void pid1(void)
 	I.overlay_fd = open("/mnt/overlay", O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (switch_root(err, sizeof err) < 0)
 		fail("switch_root", err);
+	/* Before the volumes: its links belong in the root's writable layer, never in a volume at /usr or /lib. */
+	if (headers_mount(&I.cfg, err, sizeof err) < 0)
+		fail("kernel_headers", err);
 	/* Before the container setup: a working directory inside a volume is then made in the volume. */
 	if (volumes_mount(&I.cfg, err, sizeof err) < 0)
 		fail("mount_volumes", err);
@@ -557,6 +561,8 @@ static int cli(int argc, char **argv)
 		for (size_t i = 0; i < c.nvol; i++)
 			printf("volume=%s %s%s %s\n", c.vol[i].serial, c.vol[i].overlay_serial ? "overlay=" : c.vol[i].readonly ? "ro" : "rw",
 			       c.vol[i].overlay_serial ? c.vol[i].overlay_serial : "", c.vol[i].path);
+		if (c.headers_serial)
+			printf("kernel_headers=%s\n", c.headers_serial);
 		return 0;
 	}
 	if (argc == 3 && strcmp(argv[1], "render-etc") == 0) {
