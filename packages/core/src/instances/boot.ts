@@ -5,7 +5,7 @@
  */
 import { rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
-import { errorMessage, HypemanError, NotFoundError, pathExists, TimeoutError } from '@hypeman-ts/common'
+import { errorMessage, HypemanError, NotFoundError, NotSupportedError, pathExists, TimeoutError } from '@hypeman-ts/common'
 import { SNAPSHOT_META_FILE, type LiveVm, type RunningVm, type VmSpec } from '@hypeman-ts/vmm-drivers'
 import {
   DISK_SERIAL,
@@ -69,6 +69,12 @@ export function guestVolumes(record: InstanceRecord): GuestVolumeConfig[] {
     .sort((a, b) => depth(a.mountPath) - depth(b.mountPath))
 }
 
+/** The guest kernel's headers disk (made on first use), or a refusal naming skipKernelHeaders. */
+export async function kernelHeadersDisk(cx: InstanceContext): Promise<{ path: string }> {
+  if (!cx.opts.kernelHeaders) throw new NotSupportedError('skipKernelHeaders: this manager has no kernel headers to give: set skipKernelHeaders to true', { field: 'skipKernelHeaders' })
+  return cx.opts.kernelHeaders()
+}
+
 /** Starts the VMM for the record's current disks (a cold boot, or a restore from its snapshot). */
 export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: string, signal?: AbortSignal, restore = false): Promise<RunningVm> {
   const spec = record.spec
@@ -82,6 +88,7 @@ export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: 
     record.stoppedAt = null
   }
   const throttle = spec.diskIoBytesPerSec ? { throttle: { bytesPerSec: spec.diskIoBytesPerSec } } : {}
+  const kernelHeaders = record.kernelHeaders ? (await kernelHeadersDisk(cx)).path : undefined
   const vmSpec: VmSpec = {
     name: spec.name,
     kernel: assets.kernelPath,
@@ -91,7 +98,7 @@ export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: 
     memoryBytes: spec.memoryBytes,
     ...(spec.hotplugBytes ? { hotplugMemory: { maxBytes: spec.memoryBytes + spec.hotplugBytes } } : {}),
     // diskIoBps limits every disk the workload's I/O reaches (image, overlay, volumes); not the config disk.
-    disks: guestDisks({ rootfs, overlay: paths.overlay, config: paths.config, volumes: volumeDisks(cx, record) }).map((d) =>
+    disks: guestDisks({ rootfs, overlay: paths.overlay, config: paths.config, volumes: volumeDisks(cx, record), ...(kernelHeaders ? { kernelHeaders } : {}) }).map((d) =>
       d.serial === DISK_SERIAL.config ? d : { ...d, ...throttle },
     ),
     channels: guestChannels(

@@ -26,9 +26,9 @@ import {
   type StepRecord,
 } from '@hypeman-ts/common'
 import { egressProxyEnv, type NetworkAttachment } from '@hypeman-ts/netsetup'
-import { createOverlayDisk, resolveProgram, writeGuestConfigDisk, type GuestConfig } from '../guest/index.js'
+import { createOverlayDisk, DISK_SERIAL, resolveProgram, writeGuestConfigDisk, type GuestConfig } from '../guest/index.js'
 import type { ImageRecord } from '../images/store.js'
-import { boot, destroyRuntime, guestVolumes, volumeOverlayPath, waitForGuest } from './boot.js'
+import { boot, destroyRuntime, guestVolumes, kernelHeadersDisk, volumeOverlayPath, waitForGuest } from './boot.js'
 import { nowIso, type InstanceContext } from './context.js'
 import type { Instance } from './model.js'
 import { attachNetwork, detachNetwork, guestEnv, guestNetwork, registerEgress, unregisterEgress } from './network.js'
@@ -154,6 +154,7 @@ const configDisk: CreateStepDef = {
       ...(c.attachment ? { network: guestNetwork(c.attachment) } : {}),
       ...(c.egress ? { egress: c.egress } : {}),
       ...(spec.volumes?.length ? { volumes: guestVolumes(c.record) } : {}),
+      ...(c.record.kernelHeaders ? { kernelHeadersSerial: DISK_SERIAL.headers } : {}),
     })
   },
 }
@@ -218,6 +219,9 @@ export async function createInstance(cx: InstanceContext, params: CreateInstance
     // Unknown volumes and held ones are refused before anything exists; the step checks again under the lock.
     await cx.opts.volumes.attach('', spec.volumes, { dryRun: true })
   }
+  // Before anything exists: a kernel without headers is refused here, and the first create after
+  // setup-less installs pays the download and mkfs with no instance half made.
+  if (!spec.skipKernelHeaders) await kernelHeadersDisk(cx)
   const record = newRecord(createId(), spec, nowIso())
   const id = record.id
   const cancel = new AbortController()

@@ -36,6 +36,11 @@ export interface InstanceRecord {
   snapshot: boolean
   /** The instance's place on the host network, once attached. */
   network: InstanceNetworkRecord | null
+  /**
+   * The kernel headers disk is attached (decided at create: not skipKernelHeaders). Absent in
+   * records written before headers existed: those instances booted, and must restore, without it.
+   */
+  kernelHeaders?: boolean
 }
 
 /** A new instance's record: nothing made yet (no disk, VMM, address), its create in flight. */
@@ -56,6 +61,7 @@ export function newRecord(id: string, spec: InstanceSpec, createdAt: string): In
     exit: null,
     snapshot: false,
     network: null,
+    kernelHeaders: !spec.skipKernelHeaders,
   }
 }
 

@@ -1,0 +1,109 @@
+/**
+ * `skipKernelHeaders` in real VMs: the guest kernel's headers at /lib/modules/$(uname -r)/build,
+ * read-only, unless skipped (by the create or the manager's default); kept across standby/restore;
+ * a kernel of the user's without headers refused before anything is made. Needs the headers disk
+ * in the cache (scripts/setup makes it), so no test downloads it.
+ */
+import { existsSync, readdirSync } from 'node:fs'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
+import { defaultCacheDir, HEADERS_DISK, listCachedKernels } from '../../src/assets/index.js'
+import { Hypeman } from '../../src/index.js'
+
+const reg = inject('registry')
+const BUSYBOX = `${reg.open}/busybox:latest`
+const opts = { network: false as const, defaults: { vcpus: 1, size: '256MB', overlaySize: '64MB' } }
+
+let dataDir: string
+let hm: Hypeman
+beforeAll(async () => {
+  const k = (await listCachedKernels(defaultCacheDir()))[0]
+  expect(k, 'a kernel in the cache (scripts/setup)').toBeDefined()
+  expect(existsSync(join(k!.dir, HEADERS_DISK)), 'the headers disk in the cache (scripts/setup)').toBe(true)
+  dataDir = await mkdtemp(join(tmpdir(), 'hm-headers-'))
+  hm = await Hypeman.open({ dataDir, ...opts })
+})
+afterAll(async () => {
+  for (const i of await hm.instances.list().catch(() => [])) await hm.instances.delete(i.id).catch(() => {})
+  await hm.close().catch(() => {})
+  await rm(dataDir, { recursive: true, force: true })
+})
+
+const sh = async (m: Hypeman, id: string, script: string) => {
+  const r = await m.instances.exec(id, { argv: ['sh', '-c', script] })
+  return { code: r.exitCode, out: r.stdout.toString().trim(), err: r.stderr.toString().trim() }
+}
+
+/** Exit 0 with "present" when the headers are usable as DKMS would use them, "absent" when there are none. */
+const PROBE = [
+  'b=/lib/modules/$(uname -r)/build',
+  'if [ ! -e "$b" ]; then echo absent; grep -qx hm-headers /sys/block/vd*/serial && echo disk-attached; exit 0; fi',
+  'test -f "$b/Makefile" && test -r "$b/.config" && test -r "$b/include/generated/autoconf.h" && test -r "$b/Module.symvers" || exit 11',
+  // scripts/ is a relative link into linux-kbuild; the flavour Makefile includes the common tree by its /usr/src path.
+  'test -x "$b/scripts/basic/fixdep" || exit 12',
+  'common=$(sed -n "s/^include //p" "$b/Makefile"); test -f "$common" || exit 13',
+  'test -f /lib/modules/$(uname -r)/source/Makefile || exit 14',
+  'grep -q CONFIG_VIRTIO_BLK "$b/.config" || exit 15',
+  'touch "$b/x" 2>/dev/null && exit 16',
+  'grep " /usr/src/.hypeman-headers " /proc/mounts | grep -q " ro[ ,]" || exit 17',
+  'echo present',
+].join('\n')
+
+describe('kernel headers', () => {
+  it('are there, read-only and complete by default (the spec default false), gone with skipKernelHeaders: true, and kept across standby/restore', async () => {
+    const a = await hm.instances.create({ image: BUSYBOX, name: 'hdr-default', cmd: ['sleep', '600'] })
+    const b = await hm.instances.create({ image: BUSYBOX, name: 'hdr-skipped', cmd: ['sleep', '600'], skipKernelHeaders: true })
+    expect(await sh(hm, a.id, PROBE)).toEqual({ code: 0, out: 'present', err: '' })
+    expect(await sh(hm, b.id, PROBE)).toEqual({ code: 0, out: 'absent', err: '' })
+    await hm.instances.delete(b.id)
+
+    // The disk is part of the VM's device list: a restore must bring it back the same.
+    await sh(hm, a.id, 'ls /lib/modules/$(uname -r)/build/include > /tmp/before')
+    expect(await hm.instances.standby(a.id)).toMatchObject({ state: 'Standby' })
+    expect(await hm.instances.restore(a.id)).toMatchObject({ state: 'Running' })
+    expect(await sh(hm, a.id, `${PROBE.replace('echo present', 'ls /lib/modules/$(uname -r)/build/include | cmp - /tmp/before && echo present')}`)).toEqual({ code: 0, out: 'present', err: '' })
+    // And a cold boot of the same instance finds its links (kept in its writable layer) replaced cleanly.
+    await hm.instances.stop(a.id, { timeoutMs: 3000 })
+    await hm.instances.start(a.id)
+    expect(await sh(hm, a.id, PROBE)).toEqual({ code: 0, out: 'present', err: '' })
+    await hm.instances.delete(a.id)
+  })
+
+  it("take the manager's default when the create does not say", async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'hm-headers-default-'))
+    // One manager per data dir: this one has its own.
+    const skipping = await Hypeman.open({ dataDir: dir, ...opts, defaults: { ...opts.defaults, skipKernelHeaders: true } })
+    try {
+      const c = await skipping.instances.create({ image: BUSYBOX, name: 'hdr-manager-default', cmd: ['sleep', '600'] })
+      expect(await sh(skipping, c.id, PROBE)).toEqual({ code: 0, out: 'absent', err: '' })
+      await skipping.instances.delete(c.id)
+    } finally {
+      await skipping.close()
+      await rm(dir, { recursive: true, force: true })
+    }
+    await expect(Hypeman.open({ dataDir: dir, ...opts, defaults: { skipKernelHeaders: 'no' as never } })).rejects.toMatchObject({ code: 'invalid_input', field: 'defaults.skipKernelHeaders' })
+  })
+
+  it('a kernel of your own without kernel.headers: a create that wants headers is refused naming skipKernelHeaders, nothing made', async () => {
+    const k = (await listCachedKernels(defaultCacheDir()))[0]!
+    const dir = await mkdtemp(join(tmpdir(), 'hm-headers-user-'))
+    const user = await Hypeman.open({
+      dataDir: join(dir, 'data'),
+      cacheDir: join(dir, 'cache'),
+      ...opts,
+      kernel: { image: k.vmlinux, modules: k.modulesDir!, version: k.version },
+    })
+    try {
+      const err = await user.instances.create({ image: BUSYBOX, name: 'hdr-user-kernel', cmd: ['true'] }).catch((e: unknown) => e)
+      expect(err).toMatchObject({ code: 'not_supported', field: 'skipKernelHeaders', message: expect.stringMatching(/set skipKernelHeaders to true, or give .*kernel\.headers/) })
+      expect(await user.instances.list()).toEqual([])
+      expect(readdirSync(join(dir, 'data', 'instances')).filter((n) => !n.startsWith('.'))).toEqual([])
+      expect(readdirSync(join(dir, 'cache', 'kernel', k.version)).filter((n) => n.startsWith('headers'))).toEqual([])
+    } finally {
+      await user.close()
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+})
