@@ -424,8 +424,14 @@ static void pid1(void)
 		fail("find_disks", "no disk with serial " DISK_ROOTFS);
 	if (find_disk_by_serial(DISK_OVERLAY, overlaydev, sizeof overlaydev, DISK_WAIT_MS) < 0)
 		fail("find_disks", "no disk with serial " DISK_OVERLAY);
-	if (volumes_find(&I.cfg, DISK_WAIT_MS, err, sizeof err) < 0 || headers_find(&I.cfg, DISK_WAIT_MS, err, sizeof err) < 0)
+	if (volumes_find(&I.cfg, DISK_WAIT_MS, err, sizeof err) < 0)
 		fail("find_disks", err);
+	int64_t headers_ms = -1;
+	t0 = monotonic_ms();
+	if (headers_find(&I.cfg, DISK_WAIT_MS, err, sizeof err) < 0)
+		fail("find_disks", err);
+	if (I.cfg.headers_serial)
+		headers_ms = (int64_t)(monotonic_ms() - t0);
 
 	int app = -1;
 	if (find_virtio_port(PORT_APP, dev, sizeof dev, PORT_WAIT_MS) == 0)
@@ -457,8 +463,11 @@ static void pid1(void)
 	if (switch_root(err, sizeof err) < 0)
 		fail("switch_root", err);
 	/* Before the volumes: its links belong in the root's writable layer, never in a volume at /usr or /lib. */
+	t0 = monotonic_ms();
 	if (headers_mount(&I.cfg, err, sizeof err) < 0)
 		fail("kernel_headers", err);
+	if (I.cfg.headers_serial)
+		headers_ms += (int64_t)(monotonic_ms() - t0);
 	/* Before the container setup: a working directory inside a volume is then made in the volume. */
 	if (volumes_mount(&I.cfg, err, sizeof err) < 0)
 		fail("mount_volumes", err);
@@ -504,7 +513,7 @@ static void pid1(void)
 	}
 	I.main_pid = res.pid;
 	I.main_running = 1;
-	status_started(res.pid, network_ms, egress_ms);
+	status_started(res.pid, network_ms, egress_ms, headers_ms);
 	if (!I.cfg.skip_agent)
 		start_agent();
 	net_close();
