@@ -4,32 +4,26 @@
  * a kernel of the user's without headers refused before anything is made. Needs the headers disk
  * in the cache (scripts/setup makes it), so no test downloads it.
  */
-import { existsSync, readdirSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
+import { beforeAll, describe, expect, inject, it } from 'vitest'
 import { defaultCacheDir, HEADERS_DISK, listCachedKernels } from '../../src/assets/index.js'
+import { readStatusEvents } from '../../src/guest/index.js'
 import { Hypeman } from '../../src/index.js'
+import { useVmManager } from '../support/vm-manager.js'
 
 const reg = inject('registry')
 const BUSYBOX = `${reg.open}/busybox:latest`
 const opts = { network: false as const, defaults: { vcpus: 1, size: '256MB', overlaySize: '64MB' } }
 
-let dataDir: string
-let hm: Hypeman
 beforeAll(async () => {
   const k = (await listCachedKernels(defaultCacheDir()))[0]
   expect(k, 'a kernel in the cache (scripts/setup)').toBeDefined()
   expect(existsSync(join(k!.dir, HEADERS_DISK)), 'the headers disk in the cache (scripts/setup)').toBe(true)
-  dataDir = await mkdtemp(join(tmpdir(), 'hm-headers-'))
-  hm = await Hypeman.open({ dataDir, ...opts })
 })
-afterAll(async () => {
-  for (const i of await hm.instances.list().catch(() => [])) await hm.instances.delete(i.id).catch(() => {})
-  await hm.close().catch(() => {})
-  await rm(dataDir, { recursive: true, force: true })
-})
+const t = useVmManager('headers', opts)
 
 const sh = async (m: Hypeman, id: string, script: string) => {
   const r = await m.instances.exec(id, { argv: ['sh', '-c', script] })
@@ -53,22 +47,25 @@ const PROBE = [
 
 describe('kernel headers', () => {
   it('are there, read-only and complete by default (the spec default false), gone with skipKernelHeaders: true, and kept across standby/restore', async () => {
-    const a = await hm.instances.create({ image: BUSYBOX, name: 'hdr-default', cmd: ['sleep', '600'] })
-    const b = await hm.instances.create({ image: BUSYBOX, name: 'hdr-skipped', cmd: ['sleep', '600'], skipKernelHeaders: true })
-    expect(await sh(hm, a.id, PROBE)).toEqual({ code: 0, out: 'present', err: '' })
-    expect(await sh(hm, b.id, PROBE)).toEqual({ code: 0, out: 'absent', err: '' })
-    await hm.instances.delete(b.id)
+    const a = await t.hm.instances.create({ image: BUSYBOX, name: 'hdr-default', cmd: ['sleep', '600'] })
+    const b = await t.hm.instances.create({ image: BUSYBOX, name: 'hdr-skipped', cmd: ['sleep', '600'], skipKernelHeaders: true })
+    expect(await sh(t.hm, a.id, PROBE)).toEqual({ code: 0, out: 'present', err: '' })
+    expect(await sh(t.hm, b.id, PROBE)).toEqual({ code: 0, out: 'absent', err: '' })
+    const started = async (id: string) => (await readStatusEvents(join(t.dataDir, 'instances', id, 'status.jsonl'))).find((e) => e.type === 'started')
+    expect(await started(a.id)).toMatchObject({ headersMs: expect.any(Number) })
+    expect(await started(b.id)).not.toHaveProperty('headersMs')
+    await t.hm.instances.delete(b.id)
 
     // The disk is part of the VM's device list: a restore must bring it back the same.
-    await sh(hm, a.id, 'ls /lib/modules/$(uname -r)/build/include > /tmp/before')
-    expect(await hm.instances.standby(a.id)).toMatchObject({ state: 'Standby' })
-    expect(await hm.instances.restore(a.id)).toMatchObject({ state: 'Running' })
-    expect(await sh(hm, a.id, `${PROBE.replace('echo present', 'ls /lib/modules/$(uname -r)/build/include | cmp - /tmp/before && echo present')}`)).toEqual({ code: 0, out: 'present', err: '' })
+    await sh(t.hm, a.id, 'ls /lib/modules/$(uname -r)/build/include > /tmp/before')
+    expect(await t.hm.instances.standby(a.id)).toMatchObject({ state: 'Standby' })
+    expect(await t.hm.instances.restore(a.id)).toMatchObject({ state: 'Running' })
+    expect(await sh(t.hm, a.id, `${PROBE.replace('echo present', 'ls /lib/modules/$(uname -r)/build/include | cmp - /tmp/before && echo present')}`)).toEqual({ code: 0, out: 'present', err: '' })
     // And a cold boot of the same instance finds its links (kept in its writable layer) replaced cleanly.
-    await hm.instances.stop(a.id, { timeoutMs: 3000 })
-    await hm.instances.start(a.id)
-    expect(await sh(hm, a.id, PROBE)).toEqual({ code: 0, out: 'present', err: '' })
-    await hm.instances.delete(a.id)
+    await t.hm.instances.stop(a.id, { timeoutMs: 3000 })
+    await t.hm.instances.start(a.id)
+    expect(await sh(t.hm, a.id, PROBE)).toEqual({ code: 0, out: 'present', err: '' })
+    await t.hm.instances.delete(a.id)
   })
 
   it("take the manager's default when the create does not say", async () => {
@@ -86,23 +83,34 @@ describe('kernel headers', () => {
     await expect(Hypeman.open({ dataDir: dir, ...opts, defaults: { skipKernelHeaders: 'no' as never } })).rejects.toMatchObject({ code: 'invalid_input', field: 'defaults.skipKernelHeaders' })
   })
 
-  it('a kernel of your own without kernel.headers: a create that wants headers is refused naming skipKernelHeaders, nothing made', async () => {
+  it('a kernel of your own: without kernel.headers a create that wants them is refused naming skipKernelHeaders, nothing made; with them, its build tree is the guest\'s', async () => {
     const k = (await listCachedKernels(defaultCacheDir()))[0]!
     const dir = await mkdtemp(join(tmpdir(), 'hm-headers-user-'))
-    const user = await Hypeman.open({
-      dataDir: join(dir, 'data'),
-      cacheDir: join(dir, 'cache'),
-      ...opts,
-      kernel: { image: k.vmlinux, modules: k.modulesDir!, version: k.version },
-    })
+    const own = { dataDir: join(dir, 'data'), cacheDir: join(dir, 'cache'), ...opts }
+    let user = await Hypeman.open({ ...own, kernel: { image: k.vmlinux, modules: k.modulesDir!, version: k.version } })
     try {
       const err = await user.instances.create({ image: BUSYBOX, name: 'hdr-user-kernel', cmd: ['true'] }).catch((e: unknown) => e)
       expect(err).toMatchObject({ code: 'not_supported', field: 'skipKernelHeaders', message: expect.stringMatching(/set skipKernelHeaders to true, or give .*kernel\.headers/) })
       expect(await user.instances.list()).toEqual([])
       expect(readdirSync(join(dir, 'data', 'instances')).filter((n) => !n.startsWith('.'))).toEqual([])
       expect(readdirSync(join(dir, 'cache', 'kernel', k.version)).filter((n) => n.startsWith('headers'))).toEqual([])
-    } finally {
       await user.close()
+
+      const tree = join(dir, 'build-tree')
+      mkdirSync(join(tree, 'include', 'generated'), { recursive: true })
+      writeFileSync(join(tree, 'Makefile'), '# a kernel build tree\n')
+      writeFileSync(join(tree, 'include', 'generated', 'autoconf.h'), '#define HM_USER_TREE 1\n')
+      user = await Hypeman.open({ ...own, kernel: { image: k.vmlinux, modules: k.modulesDir!, version: k.version, headers: tree } })
+      const inst = await user.instances.create({ image: BUSYBOX, name: 'hdr-user-tree', cmd: ['sleep', '600'] })
+      const b = '/lib/modules/$(uname -r)/build'
+      expect(await sh(user, inst.id, `readlink ${b}; cat ${b}/include/generated/autoconf.h; test -e /lib/modules/$(uname -r)/source || echo no-source`)).toEqual({
+        code: 0,
+        out: `/usr/src/.hypeman-headers/src/linux-headers-${k.version}\n#define HM_USER_TREE 1\nno-source`,
+        err: '',
+      })
+      await user.instances.delete(inst.id)
+    } finally {
+      await user.close().catch(() => {})
       await rm(dir, { recursive: true, force: true })
     }
   })
