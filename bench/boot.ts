@@ -13,12 +13,10 @@
  */
 import { spawn } from 'node:child_process'
 import { copyFile, mkdtemp, readFile, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { buildQemuArgv, type VmSpec } from '@hypeman-ts/vmm-drivers'
-import { Hypeman } from '@hypeman-ts/core'
 import { createOverlayDisk } from '../packages/core/src/guest/index.js'
-import { pushFixtures, startRegistries } from '../packages/core/test/support/registry.js'
+import { withBusyboxManager } from './lib/busybox-manager.js'
 import { argValue, finish, median, round, say } from './lib/report.js'
 
 const RUNS = argValue('--runs', 5)
@@ -81,15 +79,7 @@ async function bare(spec: VmSpec, dir: string): Promise<{ toInit: number; toProg
   }
 }
 
-const work = await mkdtemp(join(tmpdir(), 'bench-boot-'))
-const registries = await startRegistries(join(work, 'registry'))
-// No network: the bare baseline has none either.
-const hm = await Hypeman.open({ dataDir: join(work, 'data'), accel: 'tcg', network: false })
-try {
-  await pushFixtures(registries.open.host, ['busybox:latest'])
-  const image = `${registries.open.host}/busybox:latest`
-  await hm.images.pull(image)
-
+await withBusyboxManager('boot', async (hm, image, work) => {
   // The bare boots use the exact machine our instance gets, read from a created instance.
   const probe = await hm.instances.create({ image, name: 'bench-probe', vcpus: 1, size: SIZE, overlaySize: '1GB', cmd: CMD })
   const record = JSON.parse(await readFile(join(work, 'data', 'instances', probe.id, 'instance.json'), 'utf8'))
@@ -99,7 +89,8 @@ try {
   await rm(bareDir, { recursive: true, force: true })
   const disks = await Promise.all(
     (spec.disks ?? []).map(async (d) => {
-      if (d.serial === 'hm-rootfs') return d // the image's disk stays in the image cache
+      // Read-only and shared: the image's disk stays in the image cache, the kernel headers disk in the kernel's.
+      if (d.serial === 'hm-rootfs' || d.serial === 'hm-headers') return d
       const copy = join(work, `bare-${d.serial}`)
       await copyFile(d.path, copy)
       return { ...d, path: copy }
@@ -149,9 +140,4 @@ try {
   say(`ratio vs bare to program ${result.ratio_vs_bare_to_program} (goal ≤ 1.10); vs bare to init ${result.ratio_vs_bare_to_init}`)
   say(`host memory per instance: VMM RSS ${result.vmm_rss_mib} MiB, of which ${result.vmm_rss_beyond_guest_ram_mib} MiB beyond guest RAM`)
   finish(result)
-} finally {
-  for (const i of await hm.instances.list()) await hm.instances.delete(i.id).catch(() => {})
-  await hm.close()
-  await registries.stop()
-  await rm(work, { recursive: true, force: true })
-}
+})
