@@ -4,10 +4,12 @@
  * a kernel of the user's without headers refused before anything is made. Needs the headers disk
  * in the cache (scripts/setup makes it), so no test downloads it.
  */
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { run } from '@hypeman-ts/common'
 import { beforeAll, describe, expect, inject, it } from 'vitest'
 import { defaultCacheDir, HEADERS_DISK, listCachedKernels } from '../../src/assets/index.js'
 import { readStatusEvents } from '../../src/guest/index.js'
@@ -28,6 +30,16 @@ const t = useVmManager('headers', opts)
 const sh = async (m: Hypeman, id: string, script: string) => {
   const r = await m.instances.exec(id, { argv: ['sh', '-c', script] })
   return { code: r.exitCode, out: r.stdout.toString().trim(), err: r.stderr.toString().trim() }
+}
+
+/** Debian's kernel Makefile names its compiler (gcc-12 for bookworm's); make and unshare do the rest. */
+function hostCanBuildModules(): boolean {
+  try {
+    for (const tool of ['gcc-12', 'make', 'unshare', 'debugfs']) execFileSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' })
+    return process.getuid?.() === 0
+  } catch {
+    return false
+  }
 }
 
 /** Exit 0 with "present" when the headers are usable as DKMS would use them, "absent" when there are none. */
@@ -81,6 +93,31 @@ describe('kernel headers', () => {
       await rm(dir, { recursive: true, force: true })
     }
     await expect(Hypeman.open({ dataDir: dir, ...opts, defaults: { skipKernelHeaders: 'no' as never } })).rejects.toMatchObject({ code: 'invalid_input', field: 'defaults.skipKernelHeaders' })
+  })
+
+  // No fixture image has a compiler: the module is built on the host against the disk's own tree
+  // (with /usr/src laid out as the init lays it out, in a private mount namespace), then loaded in the guest.
+  it.skipIf(!hostCanBuildModules())('a module built against the headers disk loads into the guest kernel', async () => {
+    const k = (await listCachedKernels(defaultCacheDir()))[0]!
+    const dir = await mkdtemp(join(tmpdir(), 'hm-headers-mod-'))
+    try {
+      await run('debugfs', ['-R', `rdump / ${dir}`, join(k.dir, HEADERS_DISK)])
+      const mod = join(dir, 'mod')
+      mkdirSync(mod)
+      writeFileSync(join(mod, 'Makefile'), 'obj-m += hm_hello.o\n')
+      writeFileSync(
+        join(mod, 'hm_hello.c'),
+        '#include <linux/module.h>\nstatic int __init hi(void) { pr_info("hm_hello loaded\\n"); return 0; }\nmodule_init(hi);\nMODULE_LICENSE("GPL");\n',
+      )
+      const script = `mount -t tmpfs tmpfs /usr/src && for d in ${dir}/src/*; do ln -s "$d" /usr/src/; done && make -s -C ${dir}/lib/modules/${k.version}/build M=${mod} modules`
+      await run('unshare', ['-m', 'sh', '-c', script], { timeoutMs: 300_000 })
+      const inst = await t.hm.instances.create({ image: BUSYBOX, name: 'hdr-module', cmd: ['sleep', '600'], skipKernelHeaders: true })
+      await t.hm.instances.copyTo(inst.id, '/tmp/hm_hello.ko', readFileSync(join(mod, 'hm_hello.ko')))
+      expect(await sh(t.hm, inst.id, 'insmod /tmp/hm_hello.ko && grep -c "^hm_hello " /proc/modules && dmesg | grep -c "hm_hello loaded"')).toEqual({ code: 0, out: '1\n1', err: '' })
+      await t.hm.instances.delete(inst.id)
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
   })
 
   it('a kernel of your own: without kernel.headers a create that wants them is refused naming skipKernelHeaders, nothing made; with them, its build tree is the guest\'s', async () => {
