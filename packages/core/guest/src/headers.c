@@ -13,12 +13,6 @@
 
 #include "util.h"
 
-#define FAIL(...)                               \
-	do {                                        \
-		snprintf(err, cap, __VA_ARGS__);        \
-		return -1;                              \
-	} while (0)
-
 int headers_find(struct guest_config *cfg, unsigned wait_ms, char *err, size_t cap)
 {
 	if (cfg->headers_serial && find_disk_by_serial(cfg->headers_serial, cfg->headers_dev, sizeof cfg->headers_dev, wait_ms) < 0)
