@@ -171,9 +171,9 @@ export class Hypeman {
       const assets = new Lazy(() => ensureGuestAssets({ cacheDir, logger, ...(opts.kernel ? { kernel: opts.kernel } : {}) }))
       const headersDir = opts.kernel?.headers
       // Not memoised: a cached disk costs a stat and a small read, and one removed from the cache is made again.
-      const kernelHeaders = async () => {
+      const kernelHeaders = async (signal?: AbortSignal) => {
         const a = await assets.get()
-        return ensureKernelHeaders({ cacheDir, kernel: { version: a.kernelVersion, dir: a.kernelDir }, logger, ...(headersDir ? { headers: headersDir } : {}) })
+        return ensureKernelHeaders({ cacheDir, kernel: { version: a.kernelVersion, dir: a.kernelDir }, logger, ...(headersDir ? { headers: headersDir } : {}), ...(signal ? { signal } : {}) })
       }
       instances = new InstanceManager({
         files,

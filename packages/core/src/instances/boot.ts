@@ -70,9 +70,9 @@ export function guestVolumes(record: InstanceRecord): GuestVolumeConfig[] {
 }
 
 /** The guest kernel's headers disk (made on first use), or a refusal naming skipKernelHeaders. */
-export async function kernelHeadersDisk(cx: InstanceContext): Promise<{ path: string }> {
+export async function kernelHeadersDisk(cx: InstanceContext, signal?: AbortSignal): Promise<{ path: string }> {
   if (!cx.opts.kernelHeaders) throw new NotSupportedError('skipKernelHeaders: this manager has no kernel headers to give: set skipKernelHeaders to true', { field: 'skipKernelHeaders' })
-  return cx.opts.kernelHeaders()
+  return cx.opts.kernelHeaders(signal)
 }
 
 /** Starts the VMM for the record's current disks (a cold boot, or a restore from its snapshot). */
@@ -88,7 +88,7 @@ export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: 
     record.stoppedAt = null
   }
   const throttle = spec.diskIoBytesPerSec ? { throttle: { bytesPerSec: spec.diskIoBytesPerSec } } : {}
-  const kernelHeaders = record.kernelHeaders ? (await kernelHeadersDisk(cx)).path : undefined
+  const kernelHeaders = record.kernelHeaders ? (await kernelHeadersDisk(cx, signal)).path : undefined
   const vmSpec: VmSpec = {
     name: spec.name,
     kernel: assets.kernelPath,

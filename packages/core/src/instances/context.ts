@@ -28,7 +28,7 @@ export interface InstanceManagerOptions {
    * The headers disk of the guest kernel, made on first use (ensureKernelHeaders); without it, a
    * create that wants headers is refused naming skipKernelHeaders.
    */
-  kernelHeaders?: () => Promise<{ path: string }>
+  kernelHeaders?: (signal?: AbortSignal) => Promise<{ path: string }>
   defaults: SpecDefaults
   accel: Accel
   /** How long a boot may take to reach the program (TCG is slow). Default 120 s. */

@@ -219,9 +219,9 @@ export async function createInstance(cx: InstanceContext, params: CreateInstance
     // Unknown volumes and held ones are refused before anything exists; the step checks again under the lock.
     await cx.opts.volumes.attach('', spec.volumes, { dryRun: true })
   }
-  // Before anything exists: a kernel without headers is refused here, and the first create after
-  // setup-less installs pays the download and mkfs with no instance half made.
-  if (!spec.skipKernelHeaders) await kernelHeadersDisk(cx)
+  // Before anything of the instance exists: a kernel without headers is refused here, and on a
+  // machine setup did not prepare, the first create that wants headers pays their download and mkfs.
+  if (!spec.skipKernelHeaders) await kernelHeadersDisk(cx, opts.signal)
   const record = newRecord(createId(), spec, nowIso())
   const id = record.id
   const cancel = new AbortController()
