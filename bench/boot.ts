@@ -19,12 +19,10 @@
  */
 import { spawn } from 'node:child_process'
 import { copyFile, mkdtemp, readFile, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { buildQemuArgv, type VmSpec } from '@hypeman-ts/vmm-drivers'
-import { Hypeman } from '@hypeman-ts/core'
 import { createOverlayDisk } from '../packages/core/src/guest/index.js'
-import { pushFixtures, startRegistries } from '../packages/core/test/support/registry.js'
+import { withBusyboxManager } from './lib/busybox-manager.js'
 import { argValue, finish, median, round, say } from './lib/report.js'
 
 const RUNS = argValue('--runs', 5)
@@ -87,16 +85,8 @@ async function bare(spec: VmSpec, dir: string): Promise<{ toInit: number; toProg
   }
 }
 
-const work = await mkdtemp(join(tmpdir(), 'bench-boot-'))
-const registries = await startRegistries(join(work, 'registry'))
-// No network: the bare baseline has none either.
-const hm = await Hypeman.open({ dataDir: join(work, 'data'), accel: 'tcg', network: false, templates: false })
-const warm = await Hypeman.open({ dataDir: join(work, 'warm'), accel: 'tcg', network: false })
-try {
-  await pushFixtures(registries.open.host, ['busybox:latest'])
-  const image = `${registries.open.host}/busybox:latest`
-  await hm.images.pull(image)
-  await warm.images.pull(image)
+await withBusyboxManager('boot', async (hm, image, work, open) => {
+  const warm = await open('warm', { templates: {} })
   const shape = { image, vcpus: 1, size: SIZE, overlaySize: '1GB', cmd: CMD }
 
   // The bare boots use the exact machine our instance gets, read from a created instance.
@@ -108,7 +98,8 @@ try {
   await rm(bareDir, { recursive: true, force: true })
   const disks = await Promise.all(
     (spec.disks ?? []).map(async (d) => {
-      if (d.serial === 'hm-rootfs') return d // the image's disk stays in the image cache
+      // Read-only and shared: the image's disk stays in the image cache, the kernel headers disk in the kernel's.
+      if (d.serial === 'hm-rootfs' || d.serial === 'hm-headers') return d
       const copy = join(work, `bare-${d.serial}`)
       await copyFile(d.path, copy)
       return { ...d, path: copy }
@@ -190,11 +181,4 @@ try {
   say(`the first create of the shape made the template: ${result.template_make_create_ms} ms (${result.template_extra_ms} ms over a cold create), ${result.template_bytes} bytes`)
   say(`host memory per instance: VMM RSS ${result.vmm_rss_mib} MiB, of which ${result.vmm_rss_beyond_guest_ram_mib} MiB beyond guest RAM`)
   finish(result)
-} finally {
-  for (const m of [hm, warm]) {
-    for (const i of await m.instances.list()) await m.instances.delete(i.id).catch(() => {})
-    await m.close()
-  }
-  await registries.stop()
-  await rm(work, { recursive: true, force: true })
-}
+})

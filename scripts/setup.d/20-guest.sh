@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The guest side of every VM, cached in $HYPEMAN_TS_CACHE: Debian's current cloud kernel (vmlinux +
-# modules with depmod output), the guest init built from packages/core/guest, and the initrd.
+# modules with depmod output), its headers disk (headers.ext4, for skipKernelHeaders: false), the
+# guest init built from packages/core/guest, and the initrd.
 # Idempotent: ensureGuestAssets only builds what is missing or whose inputs changed, and this
 # script skips even that when its inputs match the last run.
 source "$(dirname "$0")/../lib.sh"
@@ -17,9 +18,9 @@ if [ -z "$meta" ]; then
 fi
 
 inputs=$( (echo "$meta"; cat packages/core/guest/Makefile packages/core/guest/src/* packages/core/src/assets/*.ts /bin/busybox) | sha256sum | cut -c1-32)
-if stamp_ok guest-assets "$inputs:$HYPEMAN_TS_CACHE" && ls "$HYPEMAN_TS_CACHE"/kernel/*/initrd-*.cpio >/dev/null 2>&1; then
+if stamp_ok guest-assets "$inputs:$HYPEMAN_TS_CACHE" && ls "$HYPEMAN_TS_CACHE"/kernel/*/initrd-*.cpio "$HYPEMAN_TS_CACHE"/kernel/*/headers.ext4 >/dev/null 2>&1; then
   exit 0
 fi
-log "guest kernel, init and initrd"
+log "guest kernel, its headers disk, init and initrd"
 npx tsx packages/core/src/assets/setup-main.ts >/dev/null
 stamp_set guest-assets "$inputs:$HYPEMAN_TS_CACHE"

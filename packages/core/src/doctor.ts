@@ -7,10 +7,11 @@
 import { constants } from 'node:fs'
 import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { errorMessage, installHint, run } from '@hypeman-ts/common'
+import { errorMessage, installHint, pathExists, run } from '@hypeman-ts/common'
 import { defaultCacheDir } from './assets/ensure.js'
 import { findGuestSourceDir, guestArch, guestSourceHash, prebuiltGuestInit } from './assets/guest-init.js'
 import { DEFAULT_BUSYBOX } from './assets/initrd.js'
+import { HEADERS_DISK } from './assets/headers.js'
 import { listCachedKernels } from './assets/kernel.js'
 import { NETWORK_TOOLS } from './preflight.js'
 
@@ -129,6 +130,23 @@ export async function doctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
             required: true,
             detail: 'none cached and no apt to fetch one',
             fix: "pass your own: Hypeman.open({ kernel: { image: '/path/to/vmlinux-or-bzImage', modules: '/lib/modules/<version>' } }) (virtio, overlay and ext4 built in or as modules)",
+          },
+  )
+
+  // Not required: a guest without headers only needs creates to say skipKernelHeaders: true.
+  const withHeaders: string[] = []
+  for (const k of kernels) if (await pathExists(join(k.dir, HEADERS_DISK))) withHeaders.push(k.version)
+  checks.push(
+    withHeaders.length > 0
+      ? { name: 'kernel headers', status: 'ok', required: false, detail: `disk cached for ${withHeaders.join(', ')}` }
+      : apt
+        ? { name: 'kernel headers', status: 'ok', required: false, detail: "not cached yet: Debian's linux-headers packages are fetched through apt at the first create that wants them (scripts/setup does it ahead)" }
+        : {
+            name: 'kernel headers',
+            status: 'warn',
+            required: false,
+            detail: 'none cached and no apt to fetch them: creates without skipKernelHeaders: true are refused',
+            fix: "create with skipKernelHeaders: true (or open with defaults: { skipKernelHeaders: true }), or give your kernel's build tree as kernel.headers",
           },
   )
 

@@ -13,7 +13,7 @@ import { ConflictError, errorMessage, Lazy, pathExists, parseRate, parseSize, st
 import { QemuDriver, type Accel, type VmmDriver } from '@hypeman-ts/vmm-drivers'
 import { HostNetwork, resolveNetworkOptions, type HostNetworkOptions } from '@hypeman-ts/netsetup'
 import { type AuditEvent, createProxy, type LookupFunction, parseHostServices, parsePorts } from '@hypeman-ts/egress-proxy'
-import { defaultCacheDir, ensureGuestAssets, type GuestAssetsOptions } from './assets/index.js'
+import { defaultCacheDir, ensureGuestAssets, ensureKernelHeaders, type GuestAssetsOptions } from './assets/index.js'
 import { type Capabilities, type CapabilitiesInput, describeCapabilities } from './capabilities.js'
 import { doctor, type DoctorOptions, type DoctorReport } from './doctor.js'
 import { checkKernelImage, checkPrograms, claimDirectory, WRITTEN_BY } from './preflight.js'
@@ -39,8 +39,12 @@ export interface HypemanOptions {
   accel?: Accel
   /** Default hypervisor for instances that name none. Default qemu. */
   hypervisor?: Hypervisor
-  /** Defaults of the create params (spec defaults: 1GB, 10GB, 2 vCPUs). */
-  defaults?: { size?: string; overlaySize?: string; vcpus?: number }
+  /**
+   * Defaults of the create params (spec defaults: 1GB, 10GB, 2 vCPUs, kernel headers attached).
+   * `skipKernelHeaders: true` spares every instance that does not ask the headers disk (see the
+   * README's "Kernel headers" for what it costs).
+   */
+  defaults?: { size?: string; overlaySize?: string; vcpus?: number; skipKernelHeaders?: boolean }
   /**
    * Boot templates: the first boot of each machine shape (image, kernel, init, vCPUs, memory,
    * disks, NIC) is snapshotted where the guest waits for its instance, and later boots of the
@@ -132,6 +136,9 @@ export class Hypeman {
     if (opts.egress?.allowPorts !== undefined) parsePorts(opts.egress.allowPorts, 'egress.allowPorts')
     if (opts.egress?.allowHostServices !== undefined) parseHostServices(opts.egress.allowHostServices, 'egress.allowHostServices')
     if (opts.egress?.onAudit !== undefined && typeof opts.egress.onAudit !== 'function') throw new ValidationError('egress.onAudit', 'must be a function')
+    if (opts.defaults?.skipKernelHeaders !== undefined && typeof opts.defaults.skipKernelHeaders !== 'boolean') {
+      throw new ValidationError('defaults.skipKernelHeaders', 'must be true or false')
+    }
     const dataDir = opts.dataDir ?? process.env.HYPEMAN_TS_DATA_DIR ?? '/var/lib/hypeman-ts'
     const cacheDir = opts.cacheDir ?? defaultCacheDir()
     const logger = opts.logger ?? stderrLogger
@@ -201,6 +208,12 @@ export class Hypeman {
         egressEvents.close()
       })
       const assets = new Lazy(() => ensureGuestAssets({ cacheDir, logger, ...(opts.kernel ? { kernel: opts.kernel } : {}) }))
+      const headersDir = opts.kernel?.headers
+      // Not memoised: a cached disk costs a stat and a small read, and one removed from the cache is made again.
+      const kernelHeaders = async (signal?: AbortSignal) => {
+        const a = await assets.get()
+        return ensureKernelHeaders({ cacheDir, kernel: { version: a.kernelVersion, dir: a.kernelDir }, logger, ...(headersDir ? { headers: headersDir } : {}), ...(signal ? { signal } : {}) })
+      }
       instances = new InstanceManager({
         files,
         images,
@@ -209,6 +222,7 @@ export class Hypeman {
         devices,
         drivers,
         assets: () => assets.get(),
+        kernelHeaders,
         defaults: {
           size: opts.defaults?.size ?? '1GB',
           overlaySize: opts.defaults?.overlaySize ?? '10GB',
@@ -217,6 +231,7 @@ export class Hypeman {
           available: Object.keys(drivers) as Hypervisor[],
           maxVcpus: Math.max(availableParallelism(), 1) * 4,
           networkAvailable: networkProvider !== undefined,
+          skipKernelHeaders: opts.defaults?.skipKernelHeaders ?? false,
         },
         ...(networkProvider ? { network: networkProvider } : {}),
         ...(egressProvider ? { egress: egressProvider } : {}),

@@ -35,6 +35,8 @@ describe('doctor', () => {
     expect(report.ok).toBe(true)
     const names = report.checks.map((c) => c.name)
     for (const n of ['node', 'qemu-system-x86_64', 'kvm', 'mkfs.ext4', 'busybox (static)', 'guest kernel', 'guest init', 'data dir', 'cache dir', 'privileges', 'nft', 'tc', 'ip']) expect(names).toContain(n)
+    // scripts/setup made the headers disk of the cached kernel.
+    expect(report.checks.find((c) => c.name === 'kernel headers')).toMatchObject({ status: 'ok', required: false, detail: expect.stringMatching(/^disk cached for /) })
   })
 
   it('names each missing tool and its package, and the CLI exits 1', async () => {
@@ -48,6 +50,7 @@ describe('doctor', () => {
     expect(by['mkfs.ext4']).toMatchObject({ status: 'missing', fix: expect.stringContaining('e2fsprogs') })
     // A fresh cache and no apt: the kernel has to be given.
     expect(by['guest kernel']).toMatchObject({ status: 'missing', fix: expect.stringContaining('kernel: { image') })
+    expect(by['kernel headers']).toMatchObject({ status: 'warn', required: false, fix: expect.stringContaining('skipKernelHeaders: true') })
     expect(by['data dir']).toMatchObject({ status: 'ok' })
   })
 

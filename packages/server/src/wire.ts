@@ -55,7 +55,9 @@ export function createInstanceFromWire(b: Body, opts: WireOptions): CreateInstan
     hypervisor: b.hypervisor as Hypervisor | undefined,
     platform: b.platform as string | undefined,
     skipGuestAgent: b.skip_guest_agent as boolean | undefined,
-    skipKernelHeaders: b.skip_kernel_headers as boolean | undefined,
+    // The spec's default (false) whatever the embedding manager's default: a client that omits the
+    // field gets what the spec promises it, the headers.
+    skipKernelHeaders: (b.skip_kernel_headers as boolean | undefined) ?? false,
     tags: b.tags as Record<string, string> | undefined,
     // Same shape on the wire and in core: { source: { env }, inject: [{ hosts, as: { header, format } }] }.
     credentials: b.credentials as CreateInstanceParams['credentials'],

@@ -44,10 +44,14 @@ describe('createInstanceFromWire', () => {
   const open = { allowLocalLayouts: true }
   it('renames snake_case fields and refuses those core cannot honour', () => {
     expect(createInstanceFromWire({ name: 'a', image: 'b', overlay_size: '1GB', network: { enabled: false, bandwidth_upload: '1Mbps' } }, open)).toEqual({
-      name: 'a', image: 'b', overlaySize: '1GB', network: { enabled: false, bandwidthUpload: '1Mbps' },
+      name: 'a', image: 'b', overlaySize: '1GB', skipKernelHeaders: false, network: { enabled: false, bandwidthUpload: '1Mbps' },
     })
     expect(() => createInstanceFromWire({ name: 'a', image: 'b', restart_policy: { policy: 'always' } }, open)).toThrow(expect.objectContaining({ code: 'not_supported', field: 'restart_policy' }))
     expect(() => createInstanceFromWire({ name: 'a', image: 'b', hypervisor: 'qemu-microvm' }, open)).toThrow(expect.objectContaining({ code: 'not_supported', field: 'hypervisor' }))
+  })
+  it("gives skip_kernel_headers the spec's default (false) when omitted, whatever the manager's default", () => {
+    expect(createInstanceFromWire({ name: 'a', image: 'b' }, open).skipKernelHeaders).toBe(false)
+    expect(createInstanceFromWire({ name: 'a', image: 'b', skip_kernel_headers: true }, open).skipKernelHeaders).toBe(true)
   })
   it('refuses local OCI layouts unless the server allows them', () => {
     const layout = { name: 'a', image: 'oci:/etc' }

@@ -12,12 +12,6 @@
 
 #include "util.h"
 
-#define FAIL(...)                               \
-	do {                                        \
-		snprintf(err, cap, __VA_ARGS__);        \
-		return -1;                              \
-	} while (0)
-
 static int mount_one(const char *src, const char *target, const char *fstype, unsigned long flags, const char *data)
 {
 	if (mkdir_p(target, 0755) < 0)

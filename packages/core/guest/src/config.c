@@ -13,7 +13,7 @@
 #include "util.h"
 
 /* Features this init implements; a config that requires anything else is refused, not half-applied. */
-static const char *const known_features[] = {"base", "network", "egress", "volumes", NULL};
+static const char *const known_features[] = {"base", "network", "egress", "volumes", "kernel_headers", NULL};
 
 static int push(char ***list, size_t *n, char *s)
 {
@@ -33,12 +33,6 @@ static int feature_known(const char *f)
 			return 1;
 	return 0;
 }
-
-#define FAIL(...)                                   \
-	do {                                            \
-		snprintf(err, errcap, __VA_ARGS__);         \
-		return -1;                                  \
-	} while (0)
 
 static int set_string(char **slot, const struct tlv_rec *rec)
 {
@@ -79,21 +73,21 @@ static int set_mac(char *out, const struct tlv_rec *rec)
 }
 
 /* Validates what the network records said as a whole, once they are all read. */
-static int check_net(struct net_config *n, char *err, size_t errcap)
+static int check_net(struct net_config *n, char *err, size_t cap)
 {
 	if (!n->enabled)
 		return 0;
 	const char *missing = !n->mac[0] ? "net.mac" : !n->address[0] ? "net.address" : !n->prefix_len ? "net.prefix_length" : !n->gateway[0] ? "net.gateway" : NULL;
 	if (missing) {
-		snprintf(err, errcap, "config disk: network config without %s", missing);
+		snprintf(err, cap, "config disk: network config without %s", missing);
 		return -1;
 	}
 	if (strcmp(n->address, n->gateway) == 0) {
-		snprintf(err, errcap, "config disk: net.gateway is the guest's own address");
+		snprintf(err, cap, "config disk: net.gateway is the guest's own address");
 		return -1;
 	}
 	if (!n->dns && !(n->dns = calloc(1, sizeof *n->dns))) {
-		snprintf(err, errcap, "out of memory");
+		snprintf(err, cap, "out of memory");
 		return -1;
 	}
 	return 0;
@@ -136,7 +130,7 @@ static int serial_ok(const char *s)
 }
 
 /* "<serial> <rw|ro|overlay=<serial>> <path>"; the path is last, so it may hold spaces. */
-static int parse_volume(const struct tlv_rec *rec, struct volume_config *v, char *err, size_t errcap)
+static int parse_volume(const struct tlv_rec *rec, struct volume_config *v, char *err, size_t cap)
 {
 	char *s = tlv_strdup(rec);
 	char *mode = s ? strchr(s, ' ') : NULL;
@@ -171,7 +165,7 @@ static int parse_volume(const struct tlv_rec *rec, struct volume_config *v, char
 	return 0;
 }
 
-int config_parse(const uint8_t *data, size_t len, struct guest_config *cfg, char *err, size_t errcap)
+int config_parse(const uint8_t *data, size_t len, struct guest_config *cfg, char *err, size_t cap)
 {
 	memset(cfg, 0, sizeof *cfg);
 	cfg->stop_grace_ms = 10000;
@@ -253,15 +247,17 @@ int config_parse(const uint8_t *data, size_t len, struct guest_config *cfg, char
 		} else if (tlv_key_is(&rec, "volume")) {
 			if (cfg->nvol == MAX_VOLUMES)
 				FAIL("config disk: more than %d volumes", MAX_VOLUMES);
-			if (parse_volume(&rec, &cfg->vol[cfg->nvol], err, errcap) < 0)
+			if (parse_volume(&rec, &cfg->vol[cfg->nvol], err, cap) < 0)
 				return -1;
 			cfg->nvol++;
+		} else if (tlv_key_is(&rec, "kernel_headers")) {
+			bad = set_string(&cfg->headers_serial, &rec) < 0 || !serial_ok(cfg->headers_serial);
 		} else if (tlv_key_is(&rec, "requires")) {
 			char *f = tlv_strdup(&rec);
 			if (!f)
 				FAIL("config disk: bad requires entry");
 			if (!feature_known(f)) {
-				snprintf(err, errcap, "config disk: requires feature \"%s\" that this guest init does not implement", f);
+				snprintf(err, cap, "config disk: requires feature \"%s\" that this guest init does not implement", f);
 				free(f);
 				return -1;
 			}
@@ -292,7 +288,7 @@ int config_parse(const uint8_t *data, size_t len, struct guest_config *cfg, char
 		FAIL("config disk: rootfs_fstype must be ext4 or erofs");
 	if (!cfg->env && !(cfg->env = calloc(1, sizeof *cfg->env)))
 		FAIL("out of memory");
-	if (check_net(&cfg->net, err, errcap) < 0)
+	if (check_net(&cfg->net, err, cap) < 0)
 		return -1;
 	if ((cfg->egress.enabled || cfg->egress.envc) && !cfg->egress.ca_bundle)
 		FAIL("config disk: egress config without ca_bundle");
@@ -301,35 +297,35 @@ int config_parse(const uint8_t *data, size_t len, struct guest_config *cfg, char
 	return 0;
 }
 
-int config_load(const char *dev, struct guest_config *cfg, char *err, size_t errcap)
+int config_load(const char *dev, struct guest_config *cfg, char *err, size_t cap)
 {
 	int fd = open(dev, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
-		snprintf(err, errcap, "config disk: open %s: %s", dev, strerror(errno));
+		snprintf(err, cap, "config disk: open %s: %s", dev, strerror(errno));
 		return -1;
 	}
 	uint8_t hdr[CONFIG_HEADER_SIZE];
 	if (pread(fd, hdr, sizeof hdr, 0) != (ssize_t)sizeof hdr) {
-		snprintf(err, errcap, "config disk: cannot read header from %s", dev);
+		snprintf(err, cap, "config disk: cannot read header from %s", dev);
 		close(fd);
 		return -1;
 	}
 	uint32_t plen = get_le32(hdr + 12);
 	if (memcmp(hdr, CONFIG_MAGIC, 8) != 0 || plen > CONFIG_MAX_PAYLOAD) {
 		close(fd);
-		return config_parse(hdr, sizeof hdr, cfg, err, errcap);
+		return config_parse(hdr, sizeof hdr, cfg, err, cap);
 	}
 	size_t total = CONFIG_HEADER_SIZE + plen;
 	uint8_t *data = malloc(total);
 	if (!data) {
 		close(fd);
-		snprintf(err, errcap, "out of memory");
+		snprintf(err, cap, "out of memory");
 		return -1;
 	}
 	/* The header was read with pread: the file position is still 0. */
 	size_t got = read_upto(fd, data, total);
 	close(fd);
-	int rc = config_parse(data, got, cfg, err, errcap);
+	int rc = config_parse(data, got, cfg, err, cap);
 	free(data);
 	return rc;
 }

@@ -58,6 +58,8 @@ struct guest_config {
 	struct egress_config egress;
 	struct volume_config vol[MAX_VOLUMES];
 	size_t nvol;
+	char *headers_serial; /* the kernel headers disk (README.md, "Kernel headers"); NULL: none */
+	char headers_dev[64];
 };
 
 /* Parses a whole config image (header + payload). On failure returns -1 and fills err. */

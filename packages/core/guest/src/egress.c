@@ -11,12 +11,6 @@
 
 #include "util.h"
 
-#define FAIL(...)                               \
-	do {                                        \
-		snprintf(err, cap, __VA_ARGS__);        \
-		return -1;                              \
-	} while (0)
-
 /* Comment lines outside PEM blocks are ignored by OpenSSL, GnuTLS, Go and Node; Fedora's own bundle has them. */
 #define MARK_BEGIN "# hypeman egress CA (begin): added at boot by hypeman-init, replaced on every boot\n"
 #define MARK_END "# hypeman egress CA (end)\n"

@@ -12,12 +12,6 @@
 
 #include "util.h"
 
-#define FAIL(...)                               \
-	do {                                        \
-		snprintf(err, cap, __VA_ARGS__);        \
-		return -1;                              \
-	} while (0)
-
 /* Where the generated files are staged: /dev is ours (devtmpfs), and the directory is gone before the program runs. */
 #define STAGE "/dev/.hypeman-files"
 

@@ -29,6 +29,7 @@
 #include "egress.h"
 #include "etc.h"
 #include "files.h"
+#include "headers.h"
 #include "net.h"
 #include "spawn.h"
 #include "status.h"
@@ -538,6 +539,13 @@ static void pid1(void)
 		fail("find_disks", "no disk with serial " DISK_OVERLAY);
 	if (volumes_find(&I.cfg, DISK_WAIT_MS, err, sizeof err) < 0)
 		fail("find_disks", err);
+	int64_t headers_ms = -1;
+	t0 = monotonic_ms();
+	if (headers_find(&I.cfg, DISK_WAIT_MS, err, sizeof err) < 0)
+		fail("find_disks", err);
+	if (I.cfg.headers_serial)
+		headers_ms = (int64_t)(monotonic_ms() - t0);
+
 	if (!tpl.on) {
 		find_ports(&app, !I.cfg.skip_agent);
 		open_late_modules(&late);
@@ -552,6 +560,12 @@ static void pid1(void)
 	I.overlay_fd = open("/mnt/overlay", O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (switch_root(err, sizeof err) < 0)
 		fail("switch_root", err);
+	/* Before the volumes: its links belong in the root's writable layer, never in a volume at /usr or /lib. */
+	t0 = monotonic_ms();
+	if (headers_mount(&I.cfg, err, sizeof err) < 0)
+		fail("kernel_headers", err);
+	if (I.cfg.headers_serial)
+		headers_ms += (int64_t)(monotonic_ms() - t0);
 	/* Before the container setup: a working directory inside a volume is then made in the volume. */
 	if (volumes_mount(&I.cfg, err, sizeof err) < 0)
 		fail("mount_volumes", err);
@@ -597,7 +611,7 @@ static void pid1(void)
 	}
 	I.main_pid = res.pid;
 	I.main_running = 1;
-	status_started(res.pid, network_ms, egress_ms);
+	status_started(res.pid, network_ms, egress_ms, headers_ms);
 	if (!I.cfg.skip_agent)
 		start_agent();
 	net_close();
@@ -656,6 +670,8 @@ static int cli(int argc, char **argv)
 		for (size_t i = 0; i < c.nvol; i++)
 			printf("volume=%s %s%s %s\n", c.vol[i].serial, c.vol[i].overlay_serial ? "overlay=" : c.vol[i].readonly ? "ro" : "rw",
 			       c.vol[i].overlay_serial ? c.vol[i].overlay_serial : "", c.vol[i].path);
+		if (c.headers_serial)
+			printf("kernel_headers=%s\n", c.headers_serial);
 		return 0;
 	}
 	if (argc == 3 && strcmp(argv[1], "render-etc") == 0) {

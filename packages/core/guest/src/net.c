@@ -16,12 +16,6 @@
 
 #include "util.h"
 
-#define FAIL(...)                               \
-	do {                                        \
-		snprintf(err, cap, __VA_ARGS__);        \
-		return -1;                              \
-	} while (0)
-
 /* One rtnetlink request with its attributes, built in place. */
 struct nlreq {
 	union {

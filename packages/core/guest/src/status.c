@@ -89,7 +89,7 @@ void status_template(void)
 	emit(&b);
 }
 
-void status_started(int pid, int64_t network_ms, int64_t egress_ms)
+void status_started(int pid, int64_t network_ms, int64_t egress_ms, int64_t headers_ms)
 {
 	struct buf b = {0};
 	begin(&b, "started");
@@ -98,6 +98,8 @@ void status_started(int pid, int64_t network_ms, int64_t egress_ms)
 		field_num(&b, "networkMs", network_ms);
 	if (egress_ms >= 0)
 		field_num(&b, "egressMs", egress_ms);
+	if (headers_ms >= 0)
+		field_num(&b, "headersMs", headers_ms);
 	emit(&b);
 }
 

@@ -15,12 +15,6 @@
 
 #include "util.h"
 
-#define FAIL(...)                               \
-	do {                                        \
-		snprintf(err, cap, __VA_ARGS__);        \
-		return -1;                              \
-	} while (0)
-
 #define MAX_ENTROPY 64
 
 void template_mode_read(struct template_mode *t)

@@ -3,8 +3,16 @@
 #define HM_UTIL_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <sys/types.h>
+
+/* The boot steps' error convention: the message into the caller's `err` (`cap` bytes), then -1. */
+#define FAIL(...)                                \
+	do {                                         \
+		snprintf(err, cap, __VA_ARGS__);         \
+		return -1;                               \
+	} while (0)
 
 #define HM_VERSION "1"
 

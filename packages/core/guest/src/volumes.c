@@ -9,12 +9,6 @@
 
 #include "util.h"
 
-#define FAIL(...)                               \
-	do {                                        \
-		snprintf(err, cap, __VA_ARGS__);        \
-		return -1;                              \
-	} while (0)
-
 int volumes_find(struct guest_config *cfg, unsigned wait_ms, char *err, size_t cap)
 {
 	for (size_t i = 0; i < cfg->nvol; i++) {

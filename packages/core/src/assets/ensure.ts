@@ -7,7 +7,7 @@ import { silentLogger, type Logger } from '@hypeman-ts/common'
 import { guestKernelCmdline, type CmdlineOptions } from './cmdline.js'
 import { ensureGuestInit } from './guest-init.js'
 import { ensureInitrd } from './initrd.js'
-import { ensureKernel, type UserKernel } from './kernel.js'
+import { ensureKernel, type CachedKernelRef, type UserKernel } from './kernel.js'
 import type { GuestModule, ModulePlan } from './modules.js'
 
 export const DEFAULT_CACHE_DIR = '/var/cache/hypeman-ts'
@@ -22,9 +22,9 @@ export interface GuestAssetsOptions {
   /**
    * Unset: Debian's current cloud kernel (apt; falls back to the newest cached one when apt cannot
    * answer). `{ version }`: a version already in the cache, without asking apt.
-   * `{ image, modules?, version? }`: a kernel of your own, imported into the cache.
+   * `{ image, modules?, version?, headers? }`: a kernel of your own, imported into the cache.
    */
-  kernel?: UserKernel | { version: string }
+  kernel?: UserKernel | CachedKernelRef
   /** A prebuilt guest init; default: built from packages/core/guest with make. */
   guestInit?: string
   /** Default /bin/busybox. */
@@ -38,6 +38,8 @@ export interface GuestAssetsOptions {
 
 export interface GuestAssets {
   kernelVersion: string
+  /** The kernel's directory in the cache (where its headers disk goes, ensureKernelHeaders). */
+  kernelDir: string
   /** ELF vmlinux for direct boot. */
   kernelPath: string
   initrdPath: string
@@ -66,6 +68,7 @@ export async function ensureGuestAssets(opts: GuestAssetsOptions = {}): Promise<
   })
   return {
     kernelVersion: kernel.version,
+    kernelDir: kernel.dir,
     kernelPath: kernel.vmlinux,
     initrdPath: initrd.path,
     cmdline: guestKernelCmdline(opts.cmdline),

@@ -8,5 +8,7 @@ export type AssetErrorCode =
   | 'module_missing' // a module the guest needs is neither in modules.dep nor built in
   | 'guest_init_build_failed'
   | 'initrd_build_failed'
+  | 'kernel_headers_download_failed' // apt could not give the headers packages of the guest kernel
+  | 'invalid_kernel_headers' // kernel.headers is not a kernel build tree, or the packages are not laid out as expected
 
 export class AssetError extends CodedError<AssetErrorCode>() {}

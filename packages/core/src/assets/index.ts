@@ -1,6 +1,7 @@
 export * from './errors.js'
 export { ensureGuestAssets, defaultCacheDir, DEFAULT_CACHE_DIR, type GuestAssets, type GuestAssetsOptions } from './ensure.js'
-export { ensureKernel, cachedKernel, listCachedKernels, extractVmlinux, checkVmlinux, kernelDir, parseCloudKernelDepends, CLOUD_KERNEL_METAPACKAGE, type KernelAssets, type UserKernel, type KernelSource, type EnsureKernelOptions } from './kernel.js'
+export { ensureKernel, cachedKernel, listCachedKernels, extractVmlinux, checkVmlinux, kernelDir, parseCloudKernelDepends, CLOUD_KERNEL_METAPACKAGE, type KernelAssets, type UserKernel, type KernelSource, type EnsureKernelOptions, type CachedKernelRef } from './kernel.js'
+export { ensureKernelHeaders, cachedKernelHeaders, parseHeadersDepends, assembleDebianHeaders, assembleUserHeaders, HEADERS_DISK, HEADERS_SOURCE, type KernelHeadersDisk, type HeadersSource, type EnsureKernelHeadersOptions } from './headers.js'
 export { ensureGuestInit, findGuestSourceDir, guestArch, guestSourceHash, prebuildGuestInit, prebuiltGuestInit, PREBUILT_ARCHES, GUEST_INIT_BINARY, type GuestInitOptions } from './guest-init.js'
 export { ensureInitrd, initrdEntries, DEFAULT_BUSYBOX, MODULES_LIST_PATH, type InitrdOptions, type InitrdAssets } from './initrd.js'
 export { GUEST_MODULES, MODULE_PHASES, parseModulesDep, parseModulesBuiltin, planModuleLoad, moduleName, type GuestModule, type ModulePhase, type ModulePlan, type PlannedModule } from './modules.js'

@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto'
 import { chmod, cp, mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { basename, join } from 'node:path'
 import { errorMessage, run, silentLogger, throwIfAborted, withFileLock, writeJsonAtomic, type Logger } from '@hypeman-ts/common'
-import { AssetError } from './errors.js'
+import { AssetError, type AssetErrorCode } from './errors.js'
 import { hasPvhEntry, isElf, locateKernelPayload } from './kernel-image.js'
 
 export const CLOUD_KERNEL_METAPACKAGE = 'linux-image-cloud-amd64'
@@ -43,12 +43,23 @@ export interface UserKernel {
   modules?: string
   /** Default: the modules directory's name. Required without `modules`. */
   version?: string
+  /**
+   * The kernel's build tree (what /lib/modules/<version>/build points to on a machine that built
+   * it), made into the guests' headers disk. Without it, creates must set skipKernelHeaders.
+   */
+  headers?: string
+}
+
+/** A kernel already in the cache, by version (and, for one of your own, its build tree). */
+export interface CachedKernelRef {
+  version: string
+  headers?: string
 }
 
 export interface EnsureKernelOptions {
   cacheDir: string
   /** Unset: Debian's current cloud kernel via apt. `{ version }`: one already in the cache. */
-  kernel?: UserKernel | { version: string }
+  kernel?: UserKernel | CachedKernelRef
   logger?: Logger
   signal?: AbortSignal
 }
@@ -171,12 +182,20 @@ async function sweepStaging(root: string): Promise<void> {
   }
 }
 
-/** Builds a version directory aside, then renames it into place. */
-async function publish(cacheDir: string, version: string, build: (staging: string) => Promise<void>): Promise<void> {
+/**
+ * A fresh staging dir under <cacheDir>/kernel, named so that a later sweep removes it if this
+ * process dies before renaming what it built into place.
+ */
+export async function kernelStagingDir(cacheDir: string, label: string): Promise<string> {
   const root = join(cacheDir, 'kernel')
   await mkdir(root, { recursive: true })
   await sweepStaging(root)
-  const staging = await mkdtemp(join(root, `.staging-${version}-`))
+  return mkdtemp(join(root, `.staging-${label}-`))
+}
+
+/** Builds a version directory aside, then renames it into place. */
+async function publish(cacheDir: string, version: string, build: (staging: string) => Promise<void>): Promise<void> {
+  const staging = await kernelStagingDir(cacheDir, version)
   try {
     await build(staging)
     await chmod(staging, 0o755)
@@ -187,22 +206,30 @@ async function publish(cacheDir: string, version: string, build: (staging: strin
   }
 }
 
+/**
+ * `apt-get download` of each `package[=version]` into `work`, then `dpkg-deb -x` of them all into
+ * `tree` (no maintainer scripts run: only the files).
+ */
+export async function aptDownloadAndUnpack(specs: string[], work: string, tree: string, code: AssetErrorCode, signal?: AbortSignal): Promise<void> {
+  try {
+    // As root apt wants to drop to _apt, which cannot write into our cache dir.
+    await run('apt-get', ['download', '-q', '-o', 'APT::Sandbox::User=root', ...specs], { cwd: work, signal, step: code })
+  } catch (err) {
+    throw new AssetError(code, `apt-get download ${specs.join(' ')} failed (is the network up, and apt-get update done?): ${errorMessage(err)}`, { cause: err })
+  }
+  const debs = (await readdir(work)).filter((f) => f.endsWith('.deb'))
+  if (debs.length !== specs.length) throw new AssetError(code, `apt-get download ${specs.join(' ')} left ${debs.length} .deb files`)
+  for (const deb of debs) await run('dpkg-deb', ['-x', join(work, deb), tree], { signal, step: code })
+}
+
 async function downloadDebianKernel(cacheDir: string, dep: { package: string; version: string; packageVersion?: string }, logger: Logger, signal?: AbortSignal): Promise<void> {
   await publish(cacheDir, dep.version, async (staging) => {
     const work = join(staging, '.work')
     await mkdir(work)
     const spec = dep.packageVersion ? `${dep.package}=${dep.packageVersion}` : dep.package
     logger.info('downloading guest kernel', { package: spec })
-    try {
-      // As root apt wants to drop to _apt, which cannot write into our cache dir.
-      await run('apt-get', ['download', '-q', '-o', 'APT::Sandbox::User=root', spec], { cwd: work, signal, step: 'download_kernel' })
-    } catch (err) {
-      throw new AssetError('kernel_download_failed', `apt-get download ${spec} failed (is the network up, and apt-get update done?): ${errorMessage(err)}`, { cause: err })
-    }
-    const deb = (await readdir(work)).find((f) => f.endsWith('.deb'))
-    if (!deb) throw new AssetError('kernel_download_failed', `apt-get download ${spec} left no .deb`)
     const tree = join(work, 'tree')
-    await run('dpkg-deb', ['-x', join(work, deb), tree], { signal, step: 'unpack_kernel' })
+    await aptDownloadAndUnpack([spec], work, tree, 'kernel_download_failed', signal)
     await extractVmlinux(join(tree, 'boot', `vmlinuz-${dep.version}`), join(staging, 'vmlinux'), { signal })
     await run('depmod', ['-b', tree, dep.version], { signal, step: 'depmod' })
     await rename(join(tree, 'lib', 'modules', dep.version), join(staging, 'modules'))

@@ -11,7 +11,7 @@
  *
  * Extensibility: the init skips keys it does not know, so a new optional key needs nothing; a key
  * the guest must not ignore is announced with a `requires` record naming its feature (`network`,
- * `egress`, `volumes`), which an older init refuses with a clear boot error instead of running
+ * `egress`, `volumes`, `kernel_headers`), which an older init refuses with a clear boot error instead of running
  * half-configured.
  */
 import { readFile } from 'node:fs/promises'
@@ -21,7 +21,7 @@ import { decodeEgress, egressEntries, type GuestEgressConfig } from './egress-co
 import { GuestError } from './errors.js'
 import { decodeNetwork, networkEntries, type GuestNetworkConfig } from './network-config.js'
 import { encodeTlv, TlvView, type TlvEntry } from './tlv.js'
-import { decodeVolumes, volumeEntries, type GuestVolumeConfig } from './volume-config.js'
+import { DISK_SERIAL_RE, decodeVolumes, volumeEntries, type GuestVolumeConfig } from './volume-config.js'
 
 export const CONFIG_MAGIC = 'HMCONFIG'
 export const CONFIG_FORMAT_VERSION = 1
@@ -60,11 +60,17 @@ export interface GuestConfig {
   egress?: GuestEgressConfig
   /** Volume disks to mount, in order, after the root is switched. */
   volumes?: GuestVolumeConfig[]
+  /**
+   * Serial of the kernel headers disk: mounted read-only, and /lib/modules/$(uname -r)/build (and
+   * source) made to point into it.
+   */
+  kernelHeadersSerial?: string
 }
 
-export interface DecodedGuestConfig extends Required<Omit<GuestConfig, 'env' | 'network' | 'egress' | 'volumes' | 'machineId'>> {
+export interface DecodedGuestConfig extends Required<Omit<GuestConfig, 'env' | 'network' | 'egress' | 'volumes' | 'machineId' | 'kernelHeadersSerial'>> {
   machineId?: string
   env: Record<string, string>
+  kernelHeadersSerial?: string
   network?: GuestNetworkConfig
   egress?: GuestEgressConfig
   volumes?: GuestVolumeConfig[]
@@ -72,6 +78,7 @@ export interface DecodedGuestConfig extends Required<Omit<GuestConfig, 'env' | '
 }
 
 const ENV_NAME = /^[^=\0]+$/
+export const KERNEL_HEADERS_FEATURE = 'kernel_headers'
 const HOSTNAME = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/
 const USER = /^[^:\0]*(:[^:\0]+)?$/
 
@@ -120,6 +127,10 @@ export function guestConfigEntries(c: GuestConfig): TlvEntry[] {
   if (c.network !== undefined) entries.push(...networkEntries(c.network))
   if (c.egress !== undefined) entries.push(...egressEntries(c.egress))
   if (c.volumes !== undefined) entries.push(...volumeEntries(c.volumes))
+  if (c.kernelHeadersSerial !== undefined) {
+    if (!DISK_SERIAL_RE.test(c.kernelHeadersSerial)) throw new ValidationError('kernelHeadersSerial', 'must be 1-20 letters, digits and dashes (a virtio-blk serial)')
+    entries.push(['requires', KERNEL_HEADERS_FEATURE], ['kernel_headers', c.kernelHeadersSerial])
+  }
   return entries
 }
 
@@ -160,6 +171,7 @@ export function decodeGuestConfig(img: Buffer): DecodedGuestConfig {
   const network = decodeNetwork(v)
   const egress = decodeEgress(v)
   const volumes = decodeVolumes(v)
+  const kernelHeadersSerial = v.str('kernel_headers')
   return {
     argv: v.all('argv'),
     env,
@@ -173,6 +185,7 @@ export function decodeGuestConfig(img: Buffer): DecodedGuestConfig {
     ...(network ? { network } : {}),
     ...(egress ? { egress } : {}),
     ...(volumes.length ? { volumes } : {}),
+    ...(kernelHeadersSerial !== undefined ? { kernelHeadersSerial } : {}),
     requires: v.all('requires'),
   }
 }

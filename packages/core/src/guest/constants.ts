@@ -11,6 +11,8 @@ export const DISK_SERIAL = {
   overlay: 'hm-overlay',
   /** The config disk written by writeGuestConfigDisk. */
   config: 'hm-config',
+  /** The guest kernel's headers (read-only ext4, shared; assets/headers.ts), unless skipKernelHeaders. */
+  headers: 'hm-headers',
 } as const
 
 /** Serial of the n-th volume's disk (the create's `volumes[n]`). */

@@ -16,6 +16,8 @@ export interface GuestDiskPaths {
   config: string
   /** The volumes, in the create's order: disk `hm-vol-<i>` (and `hm-volov-<i>` for an overlay). */
   volumes?: GuestVolumeDisk[]
+  /** The guest kernel's headers disk (read-only, shared by every instance of the kernel). */
+  kernelHeaders?: string
 }
 
 export interface GuestVolumeDisk {
@@ -35,6 +37,8 @@ export function guestDisks(paths: GuestDiskPaths): DiskSpec[] {
       { path: v.disk, serial: volumeDiskSerial(i), ...(v.readonly ? { readonly: true } : {}) },
       ...(v.overlay ? [{ path: v.overlay, serial: volumeOverlaySerial(i) }] : []),
     ]),
+    // Last, so adding it moves no other disk: a standby's device list must come back the same.
+    ...(paths.kernelHeaders ? [{ path: paths.kernelHeaders, serial: DISK_SERIAL.headers, readonly: true }] : []),
   ]
 }
 

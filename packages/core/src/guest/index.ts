@@ -1,7 +1,7 @@
 export * from './errors.js'
 export { DISK_SERIAL, PORT_NAME, volumeDiskSerial, volumeOverlaySerial, DEFAULT_PATH, GUEST_PROTOCOL_VERSION, type PortName } from './constants.js'
 export { guestDisks, guestChannels, createOverlayDisk, type GuestDiskPaths, type GuestChannelPaths, type GuestVolumeDisk } from './disks.js'
-export { VOLUMES_FEATURE, type GuestVolumeConfig } from './volume-config.js'
+export { VOLUMES_FEATURE, DISK_SERIAL_RE, type GuestVolumeConfig } from './volume-config.js'
 export {
   encodeGuestConfig,
   packConfigImage,
@@ -9,6 +9,7 @@ export {
   guestConfigEntries,
   writeGuestConfigDisk,
   rewriteGuestConfigVolumes,
+  KERNEL_HEADERS_FEATURE,
   CONFIG_MAGIC,
   CONFIG_FORMAT_VERSION,
   CONFIG_HEADER_SIZE,

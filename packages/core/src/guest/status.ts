@@ -12,8 +12,11 @@ import { watchFile } from './file-watch.js'
 export type GuestStatusEvent =
   /** Init began. initMs: uptime at that moment (kernel boot time); modulesMs: module loading. */
   | { type: 'boot'; version: string; initMs: number; modulesMs: number; uptimeMs: number }
-  /** networkMs / egressMs: boot time spent on the network (modules, NIC, link) and on the CA, when configured. */
-  | { type: 'started'; pid: number; networkMs?: number; egressMs?: number; uptimeMs: number }
+  /**
+   * networkMs / egressMs / headersMs: boot time spent on the network (modules, NIC, link), on the
+   * CA, and on the kernel headers (finding, mounting and linking their disk), when configured.
+   */
+  | { type: 'started'; pid: number; networkMs?: number; egressMs?: number; headersMs?: number; uptimeMs: number }
   /** code: exit status, or 128 + signal (docker's convention); 127/126 when the program could not run. */
   | { type: 'exited'; code: number; signal?: number; signalName?: string; oom: boolean; message: string; uptimeMs: number }
   /** Boot failed at `step` (find_disks, read_config, mount_root, ...); the program never started. */

@@ -19,18 +19,19 @@ export interface GuestVolumeConfig {
 }
 
 export const VOLUMES_FEATURE = 'volumes'
-const SERIAL = /^[A-Za-z0-9-]{1,20}$/
+/** What a virtio-blk serial may be here (QEMU keeps 20 bytes; the init checks the same). */
+export const DISK_SERIAL_RE = /^[A-Za-z0-9-]{1,20}$/
 
 export function volumeEntries(volumes: GuestVolumeConfig[]): TlvEntry[] {
   if (volumes.length === 0) return []
   const entries: TlvEntry[] = [['requires', VOLUMES_FEATURE]]
   volumes.forEach((v, i) => {
     const f = (k: string) => `volumes[${i}].${k}`
-    if (!SERIAL.test(v.serial)) throw new ValidationError(f('serial'), 'must be 1-20 letters, digits and dashes (a virtio-blk serial)')
+    if (!DISK_SERIAL_RE.test(v.serial)) throw new ValidationError(f('serial'), 'must be 1-20 letters, digits and dashes (a virtio-blk serial)')
     if (!v.mountPath.startsWith('/') || v.mountPath.includes('\0') || v.mountPath.includes('\n')) throw new ValidationError(f('mountPath'), 'must be an absolute path without NUL or newline')
     let mode: string = v.mode
     if (v.mode === 'overlay') {
-      if (!v.overlaySerial || !SERIAL.test(v.overlaySerial)) throw new ValidationError(f('overlaySerial'), 'is required with mode overlay (a virtio-blk serial)')
+      if (!v.overlaySerial || !DISK_SERIAL_RE.test(v.overlaySerial)) throw new ValidationError(f('overlaySerial'), 'is required with mode overlay (a virtio-blk serial)')
       mode = `overlay=${v.overlaySerial}`
     } else if (v.mode !== 'rw' && v.mode !== 'ro') {
       throw new ValidationError(f('mode'), 'must be rw, ro or overlay')

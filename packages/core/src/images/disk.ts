@@ -89,7 +89,7 @@ function noSpace(err: unknown): boolean {
  * Builds the disk file `out` from directory `src`; returns its size in bytes. `usage` (an upper
  * bound, e.g. counted while unpacking) saves walking the tree to size an ext4 disk.
  */
-export async function buildDisk(format: DiskFormat, src: string, out: string, opts: { signal?: AbortSignal; usage?: TreeUsage } = {}): Promise<number> {
+export async function buildDisk(format: DiskFormat, src: string, out: string, opts: { signal?: AbortSignal; usage?: TreeUsage; label?: string } = {}): Promise<number> {
   const { signal } = opts
   if (format === 'erofs') {
     await run('mkfs.erofs', mkfsErofsArgs(src, out), { signal, step: 'image.disk' })
@@ -99,7 +99,7 @@ export async function buildDisk(format: DiskFormat, src: string, out: string, op
   for (let attempt = 1; ; attempt++) {
     try {
       await truncate(out, 0).catch(() => {})
-      await run('mkfs.ext4', mkfsExt4Args(src, out, size), { signal, step: 'image.disk' })
+      await run('mkfs.ext4', mkfsExt4Args(src, out, size, opts.label), { signal, step: 'image.disk' })
       return (await stat(out)).size
     } catch (err) {
       if (attempt >= 3 || !noSpace(err)) {

@@ -70,6 +70,13 @@ export function guestVolumes(record: InstanceRecord): GuestVolumeConfig[] {
     .sort((a, b) => depth(a.mountPath) - depth(b.mountPath))
 }
 
+/** The guest kernel's headers disk (made on first use), or a refusal naming skipKernelHeaders. */
+export async function kernelHeadersDisk(cx: InstanceContext, signal?: AbortSignal): Promise<{ path: string }> {
+  if (!cx.opts.kernelHeaders) throw new NotSupportedError('skipKernelHeaders: this manager has no kernel headers to give: set skipKernelHeaders to true', { field: 'skipKernelHeaders' })
+  return cx.opts.kernelHeaders(signal)
+}
+
+
 /** The instance's passthrough devices and vGPU, as the VMM takes them. */
 async function passthroughOf(cx: InstanceContext, record: InstanceRecord): Promise<Pick<VmSpec, 'passthrough'>> {
   const ids = record.spec.devices ?? []
@@ -94,6 +101,7 @@ export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: 
     record.stoppedAt = null
   }
   const throttle = spec.diskIoBytesPerSec ? { throttle: { bytesPerSec: spec.diskIoBytesPerSec } } : {}
+  const kernelHeaders = record.kernelHeaders ? (await kernelHeadersDisk(cx, signal)).path : undefined
   const vmSpec: VmSpec = {
     name: spec.name,
     kernel: assets.kernelPath,
@@ -103,7 +111,7 @@ export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: 
     memoryBytes: spec.memoryBytes,
     ...(spec.hotplugBytes ? { hotplugMemory: { maxBytes: spec.memoryBytes + spec.hotplugBytes } } : {}),
     // diskIoBps limits every disk the workload's I/O reaches (image, overlay, volumes); not the config disk.
-    disks: guestDisks({ rootfs, overlay: paths.overlay, config: paths.config, volumes: volumeDisks(cx, record) }).map((d) =>
+    disks: guestDisks({ rootfs, overlay: paths.overlay, config: paths.config, volumes: volumeDisks(cx, record), ...(kernelHeaders ? { kernelHeaders } : {}) }).map((d) =>
       d.serial === DISK_SERIAL.config ? d : { ...d, ...throttle },
     ),
     channels: guestChannels(

@@ -28,6 +28,11 @@ export interface InstanceManagerOptions {
   drivers: Partial<Record<Hypervisor, VmmDriver>>
   /** The guest kernel, initrd and command line (memoised by the caller). */
   assets: () => Promise<GuestAssets>
+  /**
+   * The headers disk of the guest kernel, made on first use (ensureKernelHeaders); without it, a
+   * create that wants headers is refused naming skipKernelHeaders.
+   */
+  kernelHeaders?: (signal?: AbortSignal) => Promise<{ path: string }>
   defaults: SpecDefaults
   accel: Accel
   /** How long a boot may take to reach the program (TCG is slow). Default 120 s. */

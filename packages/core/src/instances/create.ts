@@ -27,9 +27,9 @@ import {
   type StepRecord,
 } from '@hypeman-ts/common'
 import { egressProxyEnv, type NetworkAttachment } from '@hypeman-ts/netsetup'
-import { createOverlayDisk, resolveProgram, writeGuestConfigDisk, type GuestConfig } from '../guest/index.js'
+import { createOverlayDisk, DISK_SERIAL, resolveProgram, writeGuestConfigDisk, type GuestConfig } from '../guest/index.js'
 import type { ImageRecord } from '../images/store.js'
-import { boot, destroyRuntime, guestVolumes, volumeOverlayPath, waitForGuest } from './boot.js'
+import { boot, destroyRuntime, guestVolumes, kernelHeadersDisk, volumeOverlayPath, waitForGuest } from './boot.js'
 import { nowIso, type InstanceContext } from './context.js'
 import type { Instance } from './model.js'
 import { attachNetwork, detachNetwork, guestEnv, guestNetwork, registerEgress, unregisterEgress } from './network.js'
@@ -186,6 +186,7 @@ const configDisk: CreateStepDef = {
       ...(c.attachment ? { network: guestNetwork(c.attachment) } : {}),
       ...(c.egress ? { egress: c.egress } : {}),
       ...(spec.volumes?.length ? { volumes: guestVolumes(c.record) } : {}),
+      ...(c.record.kernelHeaders ? { kernelHeadersSerial: DISK_SERIAL.headers } : {}),
     })
   },
 }
@@ -265,6 +266,9 @@ export async function createInstance(cx: InstanceContext, params: CreateInstance
     await cx.opts.volumes.attach('', spec.volumes, { dryRun: true })
   }
   await checkPassthrough(cx, spec)
+  // Before anything of the instance exists: a kernel without headers is refused here, and on a
+  // machine setup did not prepare, the first create that wants headers pays their download and mkfs.
+  if (!spec.skipKernelHeaders) await kernelHeadersDisk(cx, opts.signal)
   const record = newRecord(createId(), spec, nowIso())
   return runCreate(cx, record, stepsFor(record), {}, opts)
 }

@@ -118,6 +118,8 @@ export interface SpecDefaults {
   maxVcpus: number
   /** The manager has a default network (it was not opened with `network: false`). */
   networkAvailable: boolean
+  /** skipKernelHeaders when a create does not say (the spec's default: false, headers attached). */
+  skipKernelHeaders: boolean
 }
 
 const NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/
@@ -197,7 +199,7 @@ export function validateCreateParams(input: unknown, defaults: SpecDefaults): In
   if (!defaults.available.includes(hypervisor)) notYet('hypervisor', `"${hypervisor}" (no driver for it on this host; available: ${defaults.available.join(', ')})`)
 
   const skipGuestAgent = bool(p.skipGuestAgent, 'skipGuestAgent')
-  const skipKernelHeaders = bool(p.skipKernelHeaders, 'skipKernelHeaders')
+  const skipKernelHeaders = p.skipKernelHeaders === undefined || p.skipKernelHeaders === null ? defaults.skipKernelHeaders : bool(p.skipKernelHeaders, 'skipKernelHeaders')
   const tags = validateTags(p.tags, 'tags')
 
   const network = validateNetwork(p.network, defaults.networkAvailable)

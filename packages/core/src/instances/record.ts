@@ -50,6 +50,11 @@ export interface InstanceRecord {
   reidentify?: boolean
   /** Its vGPU, from the moment its UUID is chosen (before the kernel makes it) until delete. */
   gpu?: MdevRecord | null
+  /**
+   * The kernel headers disk is attached (decided at create: not skipKernelHeaders). Absent in
+   * records written before headers existed: those instances booted, and must restore, without it.
+   */
+  kernelHeaders?: boolean
 }
 
 /** A new instance's record: nothing made yet (no disk, VMM, address), its create in flight. */
@@ -71,6 +76,7 @@ export function newRecord(id: string, spec: InstanceSpec, createdAt: string): In
     snapshot: false,
     network: null,
     machineId: randomBytes(16).toString('hex'),
+    kernelHeaders: !spec.skipKernelHeaders,
   }
 }
 

@@ -35,6 +35,9 @@ export interface TemplatePlan {
   cmdline: string
 }
 
+/** Disks every instance of a shape shares (the image's, the kernel headers'): keyed by identity. */
+const SHARED_DISKS: ReadonlySet<string> = new Set([DISK_SERIAL.rootfs, DISK_SERIAL.headers])
+
 /** Starts a VMM for `spec` and records it on the instance (boot.ts). */
 export type StartVm = (spec: VmSpec) => Promise<RunningVm>
 
@@ -63,13 +66,13 @@ export async function templatePlan(cx: InstanceContext, record: InstanceRecord, 
     cmdline,
     vcpus: spec.vcpus,
     memoryBytes: spec.memoryBytes,
-    // The guest keeps each disk's size from the template: the shared image disk by identity, the instance's own by size.
+    // The guest keeps each disk's size from the template: the shared disks by identity, the instance's own by size.
     disks: await Promise.all(
       (spec.disks ?? []).map(async (d) => ({
         serial: d.serial,
         readonly: d.readonly === true,
         throttled: !!d.throttle,
-        file: d.serial === DISK_SERIAL.rootfs ? await file(d.path) : (await stat(d.path)).size,
+        file: SHARED_DISKS.has(d.serial) ? await file(d.path) : (await stat(d.path)).size,
       })),
     ),
     channels: (spec.channels ?? []).map((c) => c.name),

@@ -311,3 +311,24 @@ describe('volumes in the config disk', () => {
     expect(() => encodeGuestConfig({ ...base, volumes: [{ serial: 'hm-vol-0', mountPath: '/d', mode: 'overlay' }] })).toThrow(/overlaySerial/)
   })
 })
+
+describe('kernel headers in the config disk', () => {
+  const base: GuestConfig = { argv: ['/bin/true'], env: {} }
+
+  it('round-trips with a requires record, and the init reads the same serial', async () => {
+    const img = encodeGuestConfig({ ...base, kernelHeadersSerial: 'hm-headers' })
+    const back = decodeGuestConfig(img)
+    expect(back.kernelHeadersSerial).toBe('hm-headers')
+    expect(back.requires).toEqual(['kernel_headers'])
+    expect(await parseInGuestCode(img)).toContain('kernel_headers=hm-headers\n')
+    expect(decodeGuestConfig(encodeGuestConfig(base)).kernelHeadersSerial).toBeUndefined()
+    expect(await parseInGuestCode(encodeGuestConfig(base))).not.toContain('kernel_headers=')
+  })
+
+  it('the init and the host refuse a serial that is not one', async () => {
+    const path = join(dir, 'headers-bad-serial')
+    await writeFile(path, packConfigImage(encodeTlv([['argv', '/bin/true'], ['requires', 'kernel_headers'], ['kernel_headers', 'bad/serial']])))
+    await expect(run(init, ['parse-config', path])).rejects.toThrow('bad value for key kernel_headers')
+    expect(() => encodeGuestConfig({ ...base, kernelHeadersSerial: 'bad/serial' })).toThrow(/kernelHeadersSerial/)
+  })
+})

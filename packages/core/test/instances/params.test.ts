@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest'
 import { NotSupportedError, ValidationError } from '@hypeman-ts/common'
 import { validateCreateParams, type SpecDefaults } from '../../src/instances/params.js'
 
-const defaults: SpecDefaults = { size: '1GB', overlaySize: '10GB', vcpus: 2, hypervisor: 'qemu', available: ['qemu'], maxVcpus: 8, networkAvailable: false }
+const defaults: SpecDefaults = { size: '1GB', overlaySize: '10GB', vcpus: 2, hypervisor: 'qemu', available: ['qemu'], maxVcpus: 8, networkAvailable: false, skipKernelHeaders: false }
 const base = { image: 'alpine', name: 'my-workload-1' }
 
 function fails(params: Record<string, unknown>): ValidationError | NotSupportedError {
@@ -26,6 +26,7 @@ describe('validateCreateParams', () => {
       vcpus: 2,
       hypervisor: 'qemu',
       skipGuestAgent: false,
+      skipKernelHeaders: false,
       hotplugBytes: 0,
       diskIoBytesPerSec: null,
       cmd: null,
@@ -43,6 +44,15 @@ describe('validateCreateParams', () => {
     // Just under the per-string limit (NAME=value plus its NUL is 128 KiB) passes.
     expect(validateCreateParams({ ...base, env: { AB: 'z'.repeat(128 * 1024 - 4) } }, defaults).env.AB).toHaveLength(128 * 1024 - 4)
     expect(fails({ env: { AB: 'z'.repeat(128 * 1024 - 3) } })).toMatchObject({ field: 'env.AB' })
+  })
+
+  it('takes skipKernelHeaders from the create, else from the manager default', () => {
+    const skipping = { ...defaults, skipKernelHeaders: true }
+    expect(validateCreateParams(base, defaults).skipKernelHeaders).toBe(false)
+    expect(validateCreateParams(base, skipping).skipKernelHeaders).toBe(true)
+    expect(validateCreateParams({ ...base, skipKernelHeaders: null }, skipping).skipKernelHeaders).toBe(true)
+    expect(validateCreateParams({ ...base, skipKernelHeaders: false }, skipping).skipKernelHeaders).toBe(false)
+    expect(validateCreateParams({ ...base, skipKernelHeaders: true }, defaults).skipKernelHeaders).toBe(true)
   })
 
   it('parses sizes and rates', () => {
@@ -75,6 +85,7 @@ describe('validateCreateParams', () => {
     [{ tags: { 'no!': 'x' } }, 'tags.no!'],
     [{ hypervisor: 'xen' }, 'hypervisor'],
     [{ skipGuestAgent: 'yes' }, 'skipGuestAgent'],
+    [{ skipKernelHeaders: 1 }, 'skipKernelHeaders'],
     [{ platform: 'windows/amd64' }, 'platform'],
     [{ bogus: 1 }, 'bogus'],
     [{ network: { bandwidthUpload: 'fast' } }, 'network.bandwidthUpload'],
