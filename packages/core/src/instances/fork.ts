@@ -13,7 +13,7 @@
  * reconcile undo a half-made fork as they undo a create), then brought to `targetState`; a fork
  * that cannot get there is deleted, and the source is restored whatever happened.
  */
-import { readFile } from 'node:fs/promises'
+import { copyFile, readFile } from 'node:fs/promises'
 import { createId } from '@paralleldrive/cuid2'
 import { ConflictError, NotSupportedError, run, ValidationError } from '@hypeman-ts/common'
 import { decodeGuestConfig, writeGuestConfigDisk } from '../guest/index.js'
@@ -73,7 +73,12 @@ const forkDisks: CreateStepDef = {
     const from = cx.files.paths(forkOf!.id)
     const to = cx.files.paths(record.id)
     await copySparse(from.overlay, to.overlay, signal)
-    if (forkOf!.snapshot) await run('cp', ['-R', '--sparse=always', '--reflink=auto', '--', from.snapshot, to.snapshot], { ...(signal ? { signal } : {}) })
+    if (forkOf!.snapshot) {
+      await run('cp', ['-R', '--sparse=always', '--reflink=auto', '--', from.snapshot, to.snapshot], { ...(signal ? { signal } : {}) })
+      // The program in the snapshot was started in the source's boot: its events are the fork's history too.
+      await copyFile(from.statusLog, to.statusLog)
+      record.statusMark = forkOf!.statusMark
+    }
   },
 }
 

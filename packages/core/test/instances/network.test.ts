@@ -84,6 +84,17 @@ describe('networking', () => {
     expect(results.templates.guestMacs).toEqual([plainMac, medMac])
   })
 
+  it('a fork of a running instance has its own address and MAC in the guest, and both reach out', () => {
+    const f = results.fork
+    expect(f).toMatchObject({ state: 'Running', hostname: 'net-fork', guestMac: f.mac })
+    expect(f.ip).not.toBe(results.plainInstance.ip)
+    expect(f.mac).not.toBe(results.plainInstance.mac)
+    expect(f.guestIp).toBe(f.ip)
+    expect(f.sourceGuestIp).toBe(results.plainInstance.ip)
+    expect(f.http).toMatchObject({ url: '/hello' })
+    expect(f.sourceHttp).toMatchObject({ url: '/hello' })
+  })
+
   it('shapes the guest to its configured rates, both ways (±15%)', () => {
     const [dBytes, dTime] = String(results.shaping.down).split(' ').map(Number) as [number, number]
     const [uBytes, uTime] = String(results.shaping.up).split(' ').map(Number) as [number, number]

@@ -138,6 +138,23 @@ try {
   const up = await sh(plain.id, `head -c 8000000 /dev/zero > /tmp/up && curl -s --max-time 60 -o /dev/null -w '%{size_upload} %{time_total}' --data-binary @/tmp/up http://${cfg.serverIp}/sink`)
   results.shaping = { down: down.out, up: up.out }
 
+  // 1f. A fork of the running instance: the source's memory, the fork's own address and MAC in the
+  // guest (given over the control port after the restore), and the way out works for both.
+  const macOf = async (id: string) => (await sh(id, 'for n in /sys/class/net/*; do [ -e $n/device ] && cat $n/address; done')).out.trim()
+  const forked = await hm.instances.fork(plain.id, { name: 'net-fork', fromRunning: true })
+  results.fork = {
+    state: forked.state,
+    ip: forked.network?.ip,
+    mac: forked.network?.mac,
+    guestIp: (await sh(forked.id, 'hostname -I')).out.trim(),
+    guestMac: await macOf(forked.id),
+    hostname: (await sh(forked.id, 'hostname')).out.trim(),
+    http: json((await sh(forked.id, `curl -s --max-time 20 http://${cfg.serverIp}/hello`)).out),
+    sourceGuestIp: (await sh(plain.id, 'hostname -I')).out.trim(),
+    sourceHttp: json((await sh(plain.id, `curl -s --max-time 20 http://${cfg.serverIp}/hello`)).out),
+  }
+  await hm.instances.delete(forked.id)
+
   // 2. Mediated egress, mode all, with a brokered credential.
   const med = await hm.instances.create({
     image: cfg.image,
