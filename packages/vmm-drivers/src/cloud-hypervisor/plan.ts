@@ -30,6 +30,7 @@ export const CLOUD_HYPERVISOR_CAPABILITIES: DriverCapabilities = Object.freeze({
   accels: Object.freeze(['kvm'] as const),
   gracefulShutdown: 'acpi-power-button',
   memoryShrink: false,
+  diskHotplug: false,
 })
 
 /**

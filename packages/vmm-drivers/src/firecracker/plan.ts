@@ -32,6 +32,7 @@ export const FIRECRACKER_CAPABILITIES: DriverCapabilities = Object.freeze({
   accels: Object.freeze(['kvm'] as const),
   gracefulShutdown: 'ctrl-alt-del',
   memoryShrink: true,
+  diskHotplug: false,
 })
 
 /**

@@ -49,6 +49,7 @@ export const QEMU_CAPABILITIES: DriverCapabilities = Object.freeze({
   accels: Object.freeze(['kvm', 'tcg'] as const),
   gracefulShutdown: 'acpi-power-button',
   memoryShrink: false,
+  diskHotplug: true,
 })
 
 /** The steps only a restore has. */
@@ -92,7 +93,7 @@ export class QemuDriver implements VmmDriver {
 
   async start(spec: VmSpec, opts: StartOptions = {}): Promise<QemuRunningVm> {
     throwIfAborted(opts.signal, 'start')
-    validateVmSpec(spec, [RUNTIME_FILES.qmp])
+    validateVmSpec(spec, [RUNTIME_FILES.qmp], { diskHotplug: true })
     await checkSpecFiles(spec)
     const restore = spec.restoreFrom ? await loadSnapshotForRestore(spec) : undefined
     const accel = await this.resolveAccel(spec.accel ?? 'auto')
