@@ -40,6 +40,12 @@ export interface HypemanOptions {
   defaults?: { size?: string; overlaySize?: string; vcpus?: number }
   /** How long a boot may take to start the program. Default 120 s (TCG is slow). */
   bootTimeoutMs?: number
+  /**
+   * Attach and detach volumes while instances run (QEMU): each cold boot gets a SCSI controller
+   * for them. Default true (its boot cost is in the core README); false refuses those with
+   * `invalid_state` on instances booted without it.
+   */
+  volumeHotplug?: boolean
   images?: Omit<ImageManagerOptions, 'dir' | 'inUse' | 'logger'>
   /**
    * The default network instances attach to (set up on first use: a bridge, NAT, our nftables
@@ -181,11 +187,12 @@ export class Hypeman {
         ...(egressProvider ? { egress: egressProvider } : {}),
         accel: opts.accel ?? 'auto',
         ...(opts.bootTimeoutMs ? { bootTimeoutMs: opts.bootTimeoutMs } : {}),
+        ...(opts.volumeHotplug !== undefined ? { volumeHotplug: opts.volumeHotplug } : {}),
         logger,
       })
       await instances.reconcile()
-      const orphans = await volumes.releaseOrphans(async (id) => (await files.read(id)) !== undefined)
-      if (orphans.length) logger.warn('released volume attachments of instances that no longer exist', { instances: orphans })
+      const orphans = await volumes.releaseOrphans(async (id, volumeId) => !!(await files.read(id))?.spec.volumes?.some((v) => v.volumeId === volumeId))
+      if (orphans.length) logger.warn('released volume attachments no instance holds (gone, or a crash mid-attach or detach)', { instances: orphans })
       const capabilities: CapabilitiesInput = {
         drivers: Object.keys(drivers) as Hypervisor[],
         defaultHypervisor: opts.hypervisor ?? 'qemu',

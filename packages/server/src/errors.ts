@@ -26,6 +26,7 @@ const STATUS: Record<string, number> = {
   ambiguous: 409,
   image_in_use: 409,
   volume_in_use: 409,
+  volume_busy: 409,
   volume_exists: 409,
   agent_disabled: 409,
   address_pool_exhausted: 409, // hypeman's 409 for insufficient resources

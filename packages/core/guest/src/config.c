@@ -254,6 +254,8 @@ int config_parse(const uint8_t *data, size_t len, struct guest_config *cfg, char
 			if (parse_volume(&rec, &cfg->vol[cfg->nvol], err, errcap) < 0)
 				return -1;
 			cfg->nvol++;
+		} else if (tlv_key_is(&rec, "volume.scsi")) {
+			cfg->vol_scsi = 1;
 		} else if (tlv_key_is(&rec, "requires")) {
 			char *f = tlv_strdup(&rec);
 			if (!f)

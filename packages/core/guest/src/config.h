@@ -57,6 +57,7 @@ struct guest_config {
 	struct egress_config egress;
 	struct volume_config vol[MAX_VOLUMES];
 	size_t nvol;
+	int vol_scsi; /* some volume is a SCSI disk: its driver loads before the volumes are looked for */
 };
 
 /* Parses a whole config image (header + payload). On failure returns -1 and fills err. */

@@ -45,6 +45,8 @@
 #define DISK_OVERLAY "hm-overlay"
 #define PORT_WAIT_MS 3000
 #define DISK_WAIT_MS 3000
+/* virtio device type of a SCSI host (virtio spec, "Device Types"), as sysfs writes it. */
+#define VIRTIO_ID_SCSI "0x0008"
 #define NIC_WAIT_MS 3000
 #define LINK_WAIT_MS 5000
 #define MAX_AGENT_RESTARTS 5
@@ -419,6 +421,19 @@ static void pid1(void)
 		net_close();
 		network_ms = (int64_t)(monotonic_ms() - t0);
 	}
+	/* A SCSI controller is there for volumes hot-plugged while the program runs; its driver costs
+	 * boot time, so it loads after the program started, unless a volume is on it already. */
+	static struct module_set scsi;
+	int scsi_late = 0;
+	if (I.cfg.vol_scsi) {
+		if (load_modules(MODULES_LIST, "scsi", err, sizeof err) < 0)
+			fail("load_modules", err);
+	} else if (virtio_device_present(VIRTIO_ID_SCSI)) {
+		if (modules_open(MODULES_LIST, "scsi", &scsi, err, sizeof err) < 0)
+			logmsg("scsi modules: %s", err);
+		else
+			scsi_late = 1;
+	}
 	if (find_disk_by_serial(DISK_ROOTFS, rootdev, sizeof rootdev, DISK_WAIT_MS) < 0)
 		fail("find_disks", "no disk with serial " DISK_ROOTFS);
 	if (find_disk_by_serial(DISK_OVERLAY, overlaydev, sizeof overlaydev, DISK_WAIT_MS) < 0)
@@ -507,6 +522,8 @@ static void pid1(void)
 	/* Off the path to "started": what only matters once the program runs (power button, vsock). */
 	if (modules_load(&late, err, sizeof err) < 0)
 		logmsg("late modules: %s", err);
+	if (scsi_late && modules_load(&scsi, err, sizeof err) < 0)
+		logmsg("scsi modules: %s", err);
 	open_power_buttons();
 	supervise();
 }
@@ -611,7 +628,7 @@ static int cli(int argc, char **argv)
 		return rc;
 	}
 	fprintf(stderr, "usage: hypeman-init (as PID 1) | parse-config FILE | resolve-user ROOT SPEC | render-etc FILE | "
-			"mount-target PATH | apply-egress FILE | builtin write-file|mkdir|read-tree ARGS...\n");
+			"mount-target PATH | apply-egress FILE | builtin write-file|mkdir|read-tree|mount-volume|umount-volume ARGS...\n");
 	return 2;
 }
 

@@ -139,8 +139,8 @@ describe('volumes attached at create', () => {
   })
 
   it('attach and detach on a Stopped instance take effect at its next start', async () => {
+    // (Attach and detach while running: hotplug.test.ts.)
     const c = await hm.instances.create({ image: BUSYBOX, name: 'vol-c', cmd: ['sleep', '600'] })
-    await expect(hm.instances.attachVolume(c.id, 'data', { mountPath: '/late' })).rejects.toMatchObject({ code: 'conflict', field: 'state' })
     await hm.instances.stop(c.id)
     await expect(hm.instances.attachVolume(c.id, 'data', { mountPath: 'late' })).rejects.toMatchObject({ code: 'invalid_input', field: 'mountPath' })
     await expect(hm.instances.attachVolume(c.id, 'nope', { mountPath: '/late' })).rejects.toMatchObject({ code: 'volume_not_found', field: 'volumeId' })
@@ -150,7 +150,8 @@ describe('volumes attached at create', () => {
     await hm.instances.attachVolume(c.id, 'shared', { mountPath: '/late/shared', readonly: true, overlay: true, overlaySize: '16MB' })
     await hm.instances.start(c.id)
     expect(await sh(c.id, 'cat /late/f /late/shared/hello.txt && echo w > /late/shared/w')).toMatchObject({ code: 0, out: 'persisted\nhello from the archive\n' })
-    await expect(hm.instances.detachVolume(c.id, 'data')).rejects.toMatchObject({ code: 'conflict', field: 'state' })
+    // Attached while stopped, it is a virtio-blk PCI disk, which cannot be unplugged while running.
+    await expect(hm.instances.detachVolume(c.id, 'data')).rejects.toMatchObject({ code: 'conflict', field: 'state', message: expect.stringContaining('virtio-blk') })
     await hm.instances.stop(c.id)
     expect((await hm.instances.detachVolume(c.id, 'data')).volumes).toMatchObject([{ mountPath: '/late/shared' }])
     expect((await hm.volumes.get('data')).attachments).toEqual([])

