@@ -81,4 +81,64 @@ describe('volumes attached while running', { timeout: 600_000 }, () => {
     expect((await hm.instances.detachVolume(b, 'hdata')).volumes).toEqual([])
     expect(await mounted(b, '/again')).toBe('0')
   })
+
+  it('read-only is EROFS (the VMM opens it read-only too); an overlay takes writes that never reach the volume', async () => {
+    await hm.instances.attachVolume(b, 'hdata', { mountPath: '/ro', readonly: true })
+    expect(record(b).vmm.spec.disks.find((d: { serial: string }) => d.serial === 'hm-hvol-0')).toMatchObject({ readonly: true })
+    expect(await sh(b, 'cat /ro/f')).toMatchObject({ code: 0, out: 'hot\n' })
+    const ro = await sh(b, 'echo x > /ro/g')
+    expect(ro.code).not.toBe(0)
+    expect(ro.err).toContain('Read-only file system')
+
+    // Read-only attachments are shared: the overlay one beside b's.
+    const ov = await hm.instances.attachVolume(a, 'hdata', { mountPath: '/ov', readonly: true, overlay: true, overlaySize: '16MB' })
+    expect(ov.volumes).toMatchObject([{ mountPath: '/ov', readonly: true, overlay: true, overlaySize: '16MB' }])
+    expect(await sh(a, 'echo ov > /ov/f && echo new > /ov/n && sync && cat /ov/f /ov/n')).toMatchObject({ code: 0, out: 'ov\nnew\n' })
+    const disk = hm.volumes.diskPath((await hm.volumes.get('hdata')).id)
+    expect(debugfs(disk, 'cat /f')).toBe('hot\n')
+    expect(debugfs(disk, 'ls -l /')).not.toContain(' n\n')
+  })
+
+  it('standby/restore keeps it mounted; so does stop/start (mounted at boot from the SCSI bus)', async () => {
+    await hm.instances.standby(a)
+    expect((await hm.instances.get(a)).state).toBe('Standby')
+    // The snapshot fixes the device set: no attach or detach on a Standby instance.
+    await expect(hm.instances.detachVolume(a, 'hdata')).rejects.toMatchObject({ code: 'conflict', field: 'state' })
+    expect((await hm.instances.start(a)).state).toBe('Running')
+    expect(await sh(a, 'cat /ov/f /ov/n')).toMatchObject({ code: 0, out: 'ov\nnew\n' })
+
+    await hm.instances.stop(a)
+    await hm.instances.start(a)
+    expect(await sh(a, 'cat /ov/f /ov/n; grep -c " /ov " /proc/mounts')).toMatchObject({ code: 0, out: 'ov\nnew\n1\n' })
+  })
+
+  it('after a reopen of the manager, a detach unplugs it; standby/restore afterwards works', async () => {
+    await hm.close()
+    hm = await Hypeman.open({ dataDir, ...opts })
+    expect((await hm.instances.detachVolume(a, 'hdata')).volumes).toEqual([])
+    expect(await mounted(a, '/ov')).toBe('0')
+    await hm.instances.standby(a)
+    await hm.instances.start(a)
+    expect(await sh(a, 'echo alive')).toMatchObject({ code: 0, out: 'alive\n' })
+    // A new attach takes the freed slot again.
+    await hm.instances.attachVolume(a, 'hdata', { mountPath: '/back', readonly: true })
+    expect(await sh(a, 'cat /back/f')).toMatchObject({ code: 0, out: 'hot\n' })
+  })
+
+  it('an attachment a crash left behind (recorded in the volume, not in the instance) is released at the next open', async () => {
+    const orphan = await hm.volumes.create({ name: 'horphan', size: '16MB' })
+    // What a crash between the volume's record and the instance's leaves.
+    await hm.volumes.attach(b, [{ volumeId: orphan.id, mountPath: '/z', readonly: true, overlay: false, overlaySize: null, overlayBytes: null }])
+    await hm.close()
+    hm = await Hypeman.open({ dataDir, ...opts })
+    expect((await hm.volumes.get('horphan')).attachments).toEqual([])
+    expect((await hm.volumes.get('hdata')).attachments.map((x) => x.instanceId).sort()).toEqual([a, b].sort())
+  })
+
+  it('volumes attached at create stay virtio-blk: detaching one while running is refused as a wrong state', async () => {
+    const c = await hm.instances.create({ image: BUSYBOX, name: 'hot-c', cmd: ['sleep', '600'], volumes: [{ volumeId: 'horphan', mountPath: '/boot' }] })
+    await expect(hm.instances.detachVolume(c.id, 'horphan')).rejects.toMatchObject({ code: 'conflict', field: 'state', message: expect.stringContaining('virtio-blk') })
+    expect(await mounted(c.id, '/boot')).toBe('1')
+    await hm.instances.delete(c.id)
+  })
 })
