@@ -574,6 +574,8 @@ static int cli(int argc, char **argv)
 		for (size_t i = 0; i < c.nvol; i++)
 			printf("volume=%s %s%s %s\n", c.vol[i].serial, c.vol[i].overlay_serial ? "overlay=" : c.vol[i].readonly ? "ro" : "rw",
 			       c.vol[i].overlay_serial ? c.vol[i].overlay_serial : "", c.vol[i].path);
+		if (c.vol_scsi)
+			printf("volume.scsi=1\n");
 		return 0;
 	}
 	if (argc == 3 && strcmp(argv[1], "render-etc") == 0) {

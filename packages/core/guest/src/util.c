@@ -200,8 +200,12 @@ static int scan_scsi_serial(const char *want, char *dev, size_t cap)
 	while (found < 0 && (e = readdir(d)) != NULL) {
 		if (strncmp(e->d_name, "sd", 2) != 0)
 			continue;
-		char path[512];
+		char path[512], state[32];
 		uint8_t page[256];
+		/* A disk being removed (a detach just before) keeps its serial until the kernel is done. */
+		snprintf(path, sizeof path, "/sys/block/%s/device/state", e->d_name);
+		if (read_small_file(path, state, sizeof state) >= 0 && strcmp(state, "running") != 0)
+			continue;
 		snprintf(path, sizeof path, "/sys/block/%s/device/vpd_pg80", e->d_name);
 		int fd = open(path, O_RDONLY | O_CLOEXEC);
 		if (fd < 0)

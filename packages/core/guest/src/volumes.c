@@ -122,14 +122,24 @@ int volume_mount_cmd(char *const *argv)
 		return 2;
 	}
 	struct guest_config one = {.nvol = 1};
-	one.vol[0] = v;
 	/* The disk appears once the SCSI driver saw the hot-plug event (or, right after boot, once
-	 * init loaded that driver after starting the program). */
-	if (volumes_find(&one, HOTPLUG_WAIT_MS, err, sizeof err) < 0 || volume_mount(&one.vol[0], err, sizeof err) < 0) {
-		fprintf(stderr, "%s\n", err);
-		return 1;
+	 * init loaded that driver after starting the program). A disk of the same serial detached just
+	 * before may still be listed until the kernel handled its removal (its I/O already fails): a
+	 * failed mount looks again, until the deadline. */
+	uint64_t deadline = monotonic_ms() + HOTPLUG_WAIT_MS;
+	for (;;) {
+		one.vol[0] = v;
+		uint64_t now = monotonic_ms();
+		if (volumes_find(&one, now < deadline ? (unsigned)(deadline - now) : 0, err, sizeof err) < 0)
+			break;
+		if (volume_mount(&one.vol[0], err, sizeof err) == 0)
+			return 0;
+		if (monotonic_ms() >= deadline)
+			break;
+		sleep_ms(50);
 	}
-	return 0;
+	fprintf(stderr, "%s\n", err);
+	return 1;
 }
 
 int volume_umount_cmd(char *const *argv)

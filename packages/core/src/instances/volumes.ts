@@ -27,7 +27,7 @@ import { ConflictError, errorMessage, NotSupportedError, ValidationError } from 
 import type { DiskSpec, LiveVm } from '@hypeman-ts/vmm-drivers'
 import { VolumeError } from '../errors.js'
 import { createOverlayDisk, GuestAgentClient, hotVolumeDisks, rewriteGuestConfigVolumes } from '../guest/index.js'
-import { validateVolumeMounts } from '../volumes/mounts.js'
+import { MAX_VOLUME_MOUNTS, validateVolumeMounts } from '../volumes/mounts.js'
 import type { VolumeManager } from '../volumes/manager.js'
 import { diskThrottle, guestVolume, guestVolumes, volumeDisk, volumeOverlayPath } from './boot.js'
 import type { InstanceContext } from './context.js'
@@ -44,8 +44,6 @@ export interface AttachVolumeParams {
   overlaySize?: string
 }
 
-/** Slots give SCSI targets 2·slot and 2·slot+1; virtio-scsi has 256 targets. */
-const MAX_HOTPLUG_SLOT = 127
 /** The guest's `umount-volume` exit when the mount is busy (guest/src/volumes.h). */
 const VOLUME_BUSY_EXIT = 16
 /** How long the agent may take to answer (it is up once the instance is Running). */
@@ -86,10 +84,12 @@ async function guestVolumeCommand(cx: InstanceContext, record: InstanceRecord, n
   }
 }
 
-function freeSlot(volumes: readonly InstanceVolume[]): number | undefined {
+function freeSlot(volumes: readonly InstanceVolume[]): number {
   const used = new Set(volumes.map((v) => v.hotplugSlot))
-  for (let slot = 0; slot <= MAX_HOTPLUG_SLOT; slot++) if (!used.has(slot)) return slot
-  return undefined
+  // Fewer volumes than MAX_VOLUME_MOUNTS: one of that many slots is free (targets 2·slot, 2·slot+1 stay well under virtio-scsi's 256).
+  let slot = 0
+  while (used.has(slot)) slot++
+  return slot
 }
 
 async function unplugAll(vm: LiveVm, disks: readonly DiskSpec[]): Promise<void> {
@@ -104,6 +104,7 @@ export async function attachVolume(cx: InstanceContext, idOrName: string, volume
     cx.files.withLock(id, async () => {
       const record = (await cx.files.read(id))!
       const current = record.spec.volumes ?? []
+      if (current.length >= MAX_VOLUME_MOUNTS) throw new ValidationError('volumeId', `instance ${record.name} has ${current.length} volumes, the most it can have`)
       const atPath = current.findIndex((v) => v.mountPath === mount!.mountPath)
       if (atPath >= 0) throw new ValidationError('mountPath', `"${mount!.mountPath}" is already the mount path of volume ${current[atPath]!.volumeId}`)
       const resolved: InstanceVolume = (await volumes.attach(id, [mount!], { dryRun: true, fieldOf: () => 'volumeId' }))[0]!
@@ -111,9 +112,7 @@ export async function attachVolume(cx: InstanceContext, idOrName: string, volume
       const vm = record.vmm ? liveVm(cx, record, 'attach_volume') : undefined
       if (vm) {
         if (!vm.spec.scsiController) throw cannot('attach_volume', record, 'it was booted without the SCSI controller for hot-plugged disks (volumeHotplug); stop and start it first')
-        const slot = freeSlot(current)
-        if (slot === undefined) throw cannot('attach_volume', record, `all ${MAX_HOTPLUG_SLOT + 1} hot-plug slots are in use`)
-        resolved.hotplugSlot = slot
+        resolved.hotplugSlot = freeSlot(current)
       }
       await volumes.attach(id, [mount!], { fieldOf: () => 'volumeId' })
       const overlay = volumeOverlayPath(cx, id, resolved.volumeId)

@@ -82,6 +82,16 @@ describe('volumes attached while running', { timeout: 600_000 }, () => {
     expect(await mounted(b, '/again')).toBe('0')
   })
 
+  it('attach and detach back to back reuse the slot: the guest never takes the disk it is still removing for the new one', async () => {
+    const cycle = await hm.volumes.create({ name: 'hcycle', size: '16MB' })
+    for (let i = 0; i < 4; i++) {
+      await hm.instances.attachVolume(b, cycle.id, { mountPath: '/cycle' })
+      expect(await sh(b, `cat /cycle/n 2>/dev/null; echo ${i} > /cycle/n`)).toMatchObject({ code: 0, out: i ? `${i - 1}\n` : '' })
+      await hm.instances.detachVolume(b, cycle.id)
+    }
+    await hm.volumes.delete(cycle.id)
+  })
+
   it('read-only is EROFS (the VMM opens it read-only too); an overlay takes writes that never reach the volume', async () => {
     await hm.instances.attachVolume(b, 'hdata', { mountPath: '/ro', readonly: true })
     expect(record(b).vmm.spec.disks.find((d: { serial: string }) => d.serial === 'hm-hvol-0')).toMatchObject({ readonly: true })
