@@ -84,28 +84,29 @@ try {
   await on.instances.delete(inst.id)
 
   const m = (xs: number[]) => round(median(xs), 1)
-  const result = {
+  /** `<name>_with_controller_ms`, `<name>_without_ms` and `<name>_ratio` of one series. */
+  const compare = (name: string, key: keyof ReturnType<typeof series>) => ({
+    [`${name}_with_controller_ms`]: m(times.on[key]),
+    [`${name}_without_ms`]: m(times.off[key]),
+    [`${name}_ratio`]: round(median(times.on[key]) / median(times.off[key])),
+  })
+  const result: Record<string, number | string> = {
     benchmark: 'volume-hotplug',
     runs: RUNS,
     accel: 'tcg',
-    create_to_running_with_controller_ms: m(times.on.running),
-    create_to_running_without_ms: m(times.off.running),
-    boot_ratio: round(median(times.on.running) / median(times.off.running)),
-    create_to_first_exec_with_controller_ms: m(times.on.exec),
-    create_to_first_exec_without_ms: m(times.off.exec),
-    first_exec_ratio: round(median(times.on.exec) / median(times.off.exec)),
-    vmm_cpu_to_running_with_controller_ms: m(times.on.cpuRunning),
-    vmm_cpu_to_running_without_ms: m(times.off.cpuRunning),
-    vmm_cpu_to_running_ratio: round(median(times.on.cpuRunning) / median(times.off.cpuRunning)),
-    vmm_cpu_to_first_exec_with_controller_ms: m(times.on.cpuExec),
-    vmm_cpu_to_first_exec_without_ms: m(times.off.cpuExec),
-    vmm_cpu_to_first_exec_ratio: round(median(times.on.cpuExec) / median(times.off.cpuExec)),
+    ...compare('create_to_running', 'running'),
+    ...compare('create_to_first_exec', 'exec'),
+    ...compare('vmm_cpu_to_running', 'cpuRunning'),
+    ...compare('vmm_cpu_to_first_exec', 'cpuExec'),
     hot_attach_ms: m(attachMs),
     hot_detach_ms: m(detachMs),
   }
-  say(`median create → Running: with the controller ${result.create_to_running_with_controller_ms} ms, without ${result.create_to_running_without_ms} ms (ratio ${result.boot_ratio})`)
-  say(`median create → first exec done: with ${result.create_to_first_exec_with_controller_ms} ms, without ${result.create_to_first_exec_without_ms} ms (ratio ${result.first_exec_ratio})`)
-  say(`median VMM CPU to Running: with ${result.vmm_cpu_to_running_with_controller_ms} ms, without ${result.vmm_cpu_to_running_without_ms} ms (ratio ${result.vmm_cpu_to_running_ratio}); to the first exec: with ${result.vmm_cpu_to_first_exec_with_controller_ms} ms, without ${result.vmm_cpu_to_first_exec_without_ms} ms (ratio ${result.vmm_cpu_to_first_exec_ratio})`)
+  const line = (what: string, name: string) =>
+    say(`median ${what}: with the controller ${result[`${name}_with_controller_ms`]} ms, without ${result[`${name}_without_ms`]} ms (ratio ${result[`${name}_ratio`]})`)
+  line('create → Running', 'create_to_running')
+  line('create → first exec done', 'create_to_first_exec')
+  line('VMM CPU time to Running', 'vmm_cpu_to_running')
+  line('VMM CPU time to the first exec', 'vmm_cpu_to_first_exec')
   say(`median hot attach (plug + mount) ${result.hot_attach_ms} ms, detach (unmount + unplug) ${result.hot_detach_ms} ms`)
   finish(result)
 } finally {

@@ -151,6 +151,9 @@ int volume_umount_cmd(char *const *argv)
 	/* Never lazily: a busy mount stays, so the host can refuse the detach and keep the disk. */
 	if (umount2(argv[0], 0) < 0) {
 		int e = errno;
+		/* Nothing mounted there (a detach cut short after the unmount, tried again): done. */
+		if (e == EINVAL || e == ENOENT)
+			return 0;
 		fprintf(stderr, "unmount %s: %s\n", argv[0], strerror(e));
 		return e == EBUSY ? VOLUME_BUSY_EXIT : 1;
 	}

@@ -15,7 +15,7 @@ void volumes_quiesce(const struct guest_config *cfg);
 
 /* Agent built-ins for volumes attached and detached while the program runs (files.h lists them all). */
 #define HOTPLUG_WAIT_MS 20000
-#define VOLUME_BUSY_EXIT 16 /* umount-volume: the mount is in use (EBUSY); nothing changed */
+#define VOLUME_BUSY_EXIT 16 /* umount-volume: the mount is in use (EBUSY); nothing changed. Nothing mounted: 0 */
 int volume_mount_cmd(char *const *argv);
 int volume_umount_cmd(char *const *argv);
 

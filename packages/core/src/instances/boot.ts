@@ -1,7 +1,9 @@
 /**
  * One boot of an instance's VMM: start it (cold, or from the standby snapshot), wait for the
  * guest's program, watch it, and record its end (the guest's exit report, or why the VMM ended,
- * or the standby snapshot it left).
+ * or the standby snapshot it left). A cold boot decides whether the VM gets the SCSI controller
+ * that volumes attached while running need (and always when some are); a restore rebuilds the
+ * machine its snapshot came from, hot-plugged disks included (their SCSI targets follow their slots).
  */
 import { rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -74,7 +76,7 @@ export function volumeOverlayPath(cx: InstanceContext, id: string, volumeId: str
   return join(cx.files.paths(id).dir, `volume-${volumeId}-overlay.ext4`)
 }
 
-/** The volumes as the guest mounts them: parents before paths inside them; serials follow the spec's order. */
+/** The volumes as the guest mounts them: parents before paths inside them; serials follow the spec's order (hot-attached ones: their slot). */
 export function guestVolumes(record: InstanceRecord): GuestVolumeConfig[] {
   const depth = (p: string) => p.split('/').length
   return (record.spec.volumes ?? []).map((v, i) => guestVolume(v, i)).sort((a, b) => depth(a.mountPath) - depth(b.mountPath))

@@ -16,11 +16,13 @@
  * Standby stays refused (`conflict` on `state`, the server's `invalid_state`): the snapshot fixes
  * the device set, and a disk added to the restored VM afterwards would be a hot-plug anyway.
  *
- * Crashes: a running attach records the instance's spec last, after the guest mounted; a
- * running detach first, after the guest unmounted and the VMM let go. The volume's attachment
- * record is written before an attach and dropped after a detach, so a crash in between leaves at
- * most an attachment the instance's spec does not list, which the next open releases
- * (`VolumeManager.releaseOrphans`).
+ * Crashes: the volume's attachment record is written before an attach and dropped after a
+ * detach, so a crash in between leaves at most an attachment the instance's spec does not list,
+ * which the next open releases (`VolumeManager.releaseOrphans`). A running attach writes the
+ * instance's record (its spec, and its VMM's disks) before the hot-plug, so the guest never has a
+ * volume mounted that the host thinks free; a running detach writes it after the guest unmounted
+ * and the VMM let go. What a crash cuts short in between, a detach finishes: the guest's unmount
+ * of nothing and the VMM's unplug of a disk already gone both succeed.
  */
 import { rm } from 'node:fs/promises'
 import { ConflictError, errorMessage, NotSupportedError, ValidationError } from '@hypeman-ts/common'
@@ -118,11 +120,23 @@ export async function attachVolume(cx: InstanceContext, idOrName: string, volume
       const overlay = volumeOverlayPath(cx, id, resolved.volumeId)
       try {
         if (resolved.overlay) await createOverlayDisk(overlay, resolved.overlayBytes!)
-        if (vm) await plugAndMount(cx, record, vm, resolved, current.length)
         record.spec.volumes = [...current, resolved]
-        if (vm) record.vmm = vm.persisted
-        await saveVolumes(cx, record)
+        if (vm) {
+          // The record first, disks included: a crash from here on leaves the volume attached (and
+          // at worst not mounted, which a detach finishes), never mounted without its attachment.
+          const disks = hotDisks(cx, record, resolved)
+          record.vmm = { ...vm.persisted, spec: { ...vm.persisted.spec, disks: [...(vm.persisted.spec.disks ?? []), ...disks] } }
+          await saveVolumes(cx, record)
+          await plugAndMount(cx, record, vm, disks, resolved, current.length)
+          record.vmm = vm.persisted
+          await cx.files.write(record)
+        } else {
+          await saveVolumes(cx, record)
+        }
       } catch (err) {
+        record.spec.volumes = current
+        if (vm) record.vmm = vm.persisted
+        await saveVolumes(cx, record).catch((e) => cx.logger.warn('undoing an attach in the record', { id, error: errorMessage(e) }))
         await rm(overlay, { force: true })
         await volumes.release(id, resolved.volumeId)
         throw err
@@ -132,9 +146,13 @@ export async function attachVolume(cx: InstanceContext, idOrName: string, volume
   )
 }
 
+/** A hot-attached volume's disks, throttled as the instance's boot disks are. */
+function hotDisks(cx: InstanceContext, record: InstanceRecord, v: InstanceVolume): DiskSpec[] {
+  return hotVolumeDisks({ ...volumeDisk(cx, record.id, v), hotplugSlot: v.hotplugSlot! }).map((d) => ({ ...d, ...diskThrottle(record) }))
+}
+
 /** Hot-plugs the volume's disks and has the guest mount them; on failure nothing stays plugged. */
-async function plugAndMount(cx: InstanceContext, record: InstanceRecord, vm: LiveVm, v: InstanceVolume, position: number): Promise<void> {
-  const disks = hotVolumeDisks({ ...volumeDisk(cx, record.id, v), hotplugSlot: v.hotplugSlot! }).map((d) => ({ ...d, ...diskThrottle(record) }))
+async function plugAndMount(cx: InstanceContext, record: InstanceRecord, vm: LiveVm, disks: DiskSpec[], v: InstanceVolume, position: number): Promise<void> {
   const plugged: DiskSpec[] = []
   try {
     for (const d of disks) {
@@ -185,5 +203,5 @@ async function unmountAndUnplug(cx: InstanceContext, record: InstanceRecord, vm:
     })
   }
   if (r.exitCode !== 0) throw new VolumeError('volume_busy', `the guest could not unmount volume ${v.volumeId} at ${v.mountPath}: ${r.said}; it stays attached`, { field: 'volumeId' })
-  await unplugAll(vm, hotVolumeDisks({ ...volumeDisk(cx, record.id, v), hotplugSlot: v.hotplugSlot }))
+  await unplugAll(vm, hotDisks(cx, record, v))
 }

@@ -283,7 +283,8 @@ export class QemuMachine extends ProcessMachine {
   /**
    * `device_del`, then the block nodes once QEMU says the device is gone (DEVICE_DELETED): before
    * that the drive is still in use and `blockdev-del` fails. virtio-scsi unplugs without waiting
-   * for the guest, so this is quick.
+   * for the guest, so this is quick. What is already gone is skipped, so an unplug cut short (a
+   * crash of the caller) can be finished by calling it again.
    */
   async unplugDisk(serial: string, opts: WaitOptions = {}): Promise<void> {
     this.assertUsable('unplugDisk')
@@ -300,13 +301,21 @@ export class QemuMachine extends ProcessMachine {
       })
     })
     try {
-      await this.#qmp('device_del', { id })
-      await withDeadline(deleted, opts.timeoutMs ?? 10_000, `QEMU to remove disk ${serial}`, 'unplugDisk', opts.signal)
+      const present = await this.#qmp<unknown>('device_del', { id }).then(
+        () => true,
+        (err: unknown) => {
+          if (err instanceof QmpCommandError && err.qmpClass === 'DeviceNotFound') return false
+          throw err
+        },
+      )
+      if (present) await withDeadline(deleted, opts.timeoutMs ?? 10_000, `QEMU to remove disk ${serial}`, 'unplugDisk', opts.signal)
     } finally {
       off()
     }
-    await this.#qmp('blockdev-del', { 'node-name': q.node })
-    if (q.throttleGroup) await this.#qmp('object-del', { id: q.throttleGroup.id })
+    const nodes = await this.#qmp<{ 'node-name': string }[]>('query-named-block-nodes', { flat: true })
+    if (nodes.some((n) => n['node-name'] === q.node)) await this.#qmp('blockdev-del', { 'node-name': q.node })
+    const objects = await this.#qmp<{ name: string }[]>('qom-list', { path: '/objects' })
+    if (q.throttleGroup && objects.some((o) => o.name === q.throttleGroup!.id)) await this.#qmp('object-del', { id: q.throttleGroup.id })
     this.persisted.spec = { ...spec, disks: (spec.disks ?? []).filter((d) => d !== disk) }
   }
 
