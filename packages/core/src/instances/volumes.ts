@@ -113,6 +113,7 @@ export async function attachVolume(cx: InstanceContext, idOrName: string, volume
       if (current.some((v) => v.volumeId === resolved.volumeId)) throw new ValidationError('volumeId', `volume "${volumeId}" is already attached to instance ${record.name}`)
       const vm = record.vmm ? liveVm(cx, record, 'attach_volume') : undefined
       if (vm) {
+        if (!cx.driver(record.spec.hypervisor).capabilities.diskHotplug) throw cannot('attach_volume', record, `its hypervisor (${record.spec.hypervisor}) cannot hot-plug disks here`)
         if (!vm.spec.scsiController) throw cannot('attach_volume', record, 'it was booted without the SCSI controller for hot-plugged disks (volumeHotplug); stop and start it first')
         resolved.hotplugSlot = freeSlot(current)
       }

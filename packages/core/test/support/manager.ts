@@ -13,7 +13,8 @@ import { Hypeman, type HypemanOptions } from '../../src/index.js'
 export interface FileManager {
   readonly hm: Hypeman
   readonly dataDir: string
-  open(): Promise<Hypeman>
+  /** Opens the manager again on the same dir, with `overrides` on top of the file's options. */
+  open(overrides?: Omit<HypemanOptions, 'dataDir'>): Promise<Hypeman>
   /** `sh -c script` in the instance: exit code, stdout, stderr. */
   sh(id: string, script: string): Promise<{ code: number; out: string; err: string }>
 }
@@ -22,8 +23,8 @@ export function fileManager(prefix: string, opts: Omit<HypemanOptions, 'dataDir'
   const t = {
     hm: undefined as unknown as Hypeman,
     dataDir: '',
-    async open() {
-      t.hm = await Hypeman.open({ dataDir: t.dataDir, ...opts })
+    async open(overrides: Omit<HypemanOptions, 'dataDir'> = {}) {
+      t.hm = await Hypeman.open({ dataDir: t.dataDir, ...opts, ...overrides })
       return t.hm
     },
     async sh(id: string, script: string) {

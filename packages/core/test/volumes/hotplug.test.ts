@@ -153,10 +153,21 @@ describe('volumes attached while running', { timeout: 600_000 }, () => {
     expect((await t.hm.volumes.get('hdata')).attachments.map((x) => x.instanceId).sort()).toEqual([a, b].sort())
   })
 
-  it('volumes attached at create stay virtio-blk: detaching one while running is refused as a wrong state', async () => {
+  it('volumes attached at create stay virtio-blk: detaching one while running is refused as a wrong state; volumeHotplug: false boots without the controller', async () => {
+    await t.hm.close()
+    await t.open({ volumeHotplug: false })
     const c = await t.hm.instances.create({ image: BUSYBOX, name: 'hot-c', cmd: ['sleep', '600'], volumes: [{ volumeId: 'horphan', mountPath: '/boot' }] })
     await expect(t.hm.instances.detachVolume(c.id, 'horphan')).rejects.toMatchObject({ code: 'conflict', field: 'state', message: expect.stringContaining('virtio-blk') })
     expect(await mounted(c.id, '/boot')).toBe('1')
+    expect(record(c.id).vmm.spec.scsiController).toBeUndefined()
+    await expect(t.hm.instances.attachVolume(c.id, 'hdata', { mountPath: '/late', readonly: true })).rejects.toMatchObject({
+      code: 'conflict',
+      field: 'state',
+      message: expect.stringContaining('SCSI controller'),
+    })
+    expect((await t.hm.volumes.get('hdata')).attachments.map((x) => x.instanceId)).not.toContain(c.id)
+    // An instance booted with it keeps it at its restore whatever the option says now.
+    expect(record(a).scsiController).toBe(true)
     await t.hm.instances.delete(c.id)
   })
 })
