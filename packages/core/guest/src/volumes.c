@@ -122,8 +122,8 @@ int volume_mount_cmd(char *const *argv)
 		return 2;
 	}
 	struct guest_config one = {.nvol = 1};
-	/* The disk appears once the SCSI driver saw the hot-plug event (or, right after boot, once
-	 * init loaded that driver after starting the program). A disk of the same serial detached just
+	/* The disk appears once the SCSI driver (loaded by the agent before the first of these) saw
+	 * the hot-plug event and scanned the target. A disk of the same serial detached just
 	 * before may still be listed until the kernel handled its removal (its I/O already fails): a
 	 * failed mount looks again, until the deadline. */
 	uint64_t deadline = monotonic_ms() + HOTPLUG_WAIT_MS;

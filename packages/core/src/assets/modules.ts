@@ -9,8 +9,8 @@ import { AssetError } from './errors.js'
  * When the guest init loads a module: `boot` before anything else; `erofs` only for erofs image
  * disks; `net` only when the config has a network (before the program, which may use it at once);
  * `scsi` only when the VM has a SCSI controller (for hot-plugged volumes): before the volumes when
- * one is on it already, else after the program started; `late` after the program started, off
- * the boot's critical path.
+ * one is on it already, else by the agent at the first hot mount (a VM that never gets one never
+ * loads it); `late` after the program started, off the boot's critical path.
  */
 export type ModulePhase = 'boot' | 'erofs' | 'net' | 'scsi' | 'late'
 export const MODULE_PHASES: readonly ModulePhase[] = ['boot', 'erofs', 'net', 'scsi', 'late']
