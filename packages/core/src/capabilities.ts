@@ -39,12 +39,14 @@ const OCI_ARCH: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'a
 /**
  * hypeman's runtime feature ids, only where core uses the driver's flag: `standby` (snapshot and
  * restore), `pause`, `disk-io-limit`, `vsock` (the agent's transport), `gpu-passthrough` (create's
- * `devices` and `gpu`). Not `snapshots`, `fork`, `hotplug-memory`, `balloon-control` or
- * `disk-resize`: core has no operation for them yet, whatever the VMM could do.
+ * `devices` and `gpu`), and `fork` (of a Stopped source with any driver; of a Standby or Running
+ * one where `standby` is listed too, as the spec says). Not `snapshots`, `hotplug-memory`,
+ * `balloon-control` or `disk-resize`: core has no operation for them yet, whatever the VMM could do.
  */
 export function hypervisorFeatures(c: DriverCapabilities): string[] {
   return [
     ...(c.snapshot ? ['standby'] : []),
+    'fork',
     ...(c.pause ? ['pause'] : []),
     ...(c.diskThrottle ? ['disk-io-limit'] : []),
     ...(c.agentTransport === 'vsock' ? ['vsock'] : []),

@@ -30,6 +30,8 @@ export type VolumeErrorCode =
   | 'unsafe_archive' // an archive entry would land outside the volume, or is malformed
   | 'archive_too_large' // the archive's content exceeds sizeLimit
   | 'volume_build_failed'
+  | 'volume_busy' // a detach while running: the guest could not unmount it (in use); it stays attached
+  | 'volume_mount_failed' // an attach while running: the guest could not mount it; nothing stays attached
 
 export class VolumeError extends CodedError<VolumeErrorCode>() {}
 

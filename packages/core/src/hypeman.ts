@@ -54,6 +54,12 @@ export interface HypemanOptions {
   templates?: false | { maxSize?: string }
   /** How long a boot may take to start the program. Default 120 s (TCG is slow). */
   bootTimeoutMs?: number
+  /**
+   * Attach and detach volumes while instances run (QEMU): each cold boot gets a SCSI controller
+   * for them. Default true (its boot cost is in the core README); false refuses those with
+   * `invalid_state` on instances booted without it.
+   */
+  volumeHotplug?: boolean
   images?: Omit<ImageManagerOptions, 'dir' | 'inUse' | 'logger'>
   /**
    * The default network instances attach to (set up on first use: a bridge, NAT, our nftables
@@ -237,11 +243,12 @@ export class Hypeman {
         ...(egressProvider ? { egress: egressProvider } : {}),
         accel: opts.accel ?? 'auto',
         ...(opts.bootTimeoutMs ? { bootTimeoutMs: opts.bootTimeoutMs } : {}),
+        ...(opts.volumeHotplug !== undefined ? { volumeHotplug: opts.volumeHotplug } : {}),
         logger,
       })
       await instances.reconcile()
-      const orphans = await volumes.releaseOrphans(async (id) => (await files.read(id)) !== undefined)
-      if (orphans.length) logger.warn('released volume attachments of instances that no longer exist', { instances: orphans })
+      const orphans = await volumes.releaseOrphans(async (id, volumeId) => !!(await files.read(id))?.spec.volumes?.some((v) => v.volumeId === volumeId))
+      if (orphans.length) logger.warn('released volume attachments no instance holds (gone, or a crash mid-attach or detach)', { instances: orphans })
       // A device stays with vfio-pci while its claim lasts: one of an instance that is gone goes back to its driver.
       try {
         const released = await devices.releaseOrphans(async (id) => (await files.read(id)) !== undefined)

@@ -17,7 +17,7 @@ afterAll(async () => {
 
 describe('hypervisorFeatures', () => {
   it('names only what core offers of each driver', () => {
-    expect(hypervisorFeatures(QEMU_CAPABILITIES)).toEqual(['standby', 'pause', 'disk-io-limit', 'gpu-passthrough'])
+    expect(hypervisorFeatures(QEMU_CAPABILITIES)).toEqual(['standby', 'fork', 'pause', 'disk-io-limit', 'gpu-passthrough'])
     expect(hypervisorFeatures(CLOUD_HYPERVISOR_CAPABILITIES)).toEqual(expect.arrayContaining(['vsock']))
     expect(hypervisorFeatures(FIRECRACKER_CAPABILITIES)).toEqual(expect.arrayContaining(['vsock']))
     expect(hypervisorFeatures({ ...QEMU_CAPABILITIES, snapshot: false, pause: false, diskThrottle: false, passthrough: false })).toEqual([])

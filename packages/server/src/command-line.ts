@@ -16,6 +16,7 @@ serve:
   --data-dir DIR              images and instances (default $HYPEMAN_TS_DATA_DIR or /var/lib/hypeman-ts)
   --jwt-secret-file FILE      the HS256 secret (default: $JWT_SECRET)
   --no-network                no host network (instances get none)
+  --no-volume-hotplug         boot instances without the SCSI controller that attaching volumes to running ones needs
   --subnet CIDR               the instances' network (default netsetup's)
   --uplink IFACE              the interface NAT goes out of (default: the default route's)
   --dns ADDR                  DNS server for guests (repeatable)
@@ -75,6 +76,7 @@ export function parseCommandLine(argv: string[]): Command {
       'data-dir': { type: 'string' },
       'jwt-secret-file': { type: 'string' },
       'no-network': { type: 'boolean' },
+      'no-volume-hotplug': { type: 'boolean' },
       subnet: { type: 'string' },
       uplink: { type: 'string' },
       dns: { type: 'string', multiple: true },
@@ -136,6 +138,7 @@ export function parseCommandLine(argv: string[]): Command {
     hypeman: {
       ...(values['data-dir'] ? { dataDir: values['data-dir'] } : {}),
       network,
+      ...(values['no-volume-hotplug'] ? { volumeHotplug: false } : {}),
       ...(Object.keys(egress).length ? { egress } : {}),
     },
     server: {

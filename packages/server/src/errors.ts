@@ -29,6 +29,7 @@ const STATUS: Record<string, number> = {
   ambiguous: 409,
   image_in_use: 409,
   volume_in_use: 409,
+  volume_busy: 409,
   volume_exists: 409,
   device_exists: 409,
   device_in_use: 409,

@@ -218,7 +218,7 @@ describe('capabilities', () => {
     expect(c.host).toEqual({ os: 'linux', arch: process.arch === 'x64' ? 'amd64' : process.arch })
     expect(c.default_runtime).toEqual({ name: 'qemu', available: true })
     expect(c.runtimes.map((r) => r.name)).toEqual(['cloud-hypervisor', 'firecracker', 'qemu'])
-    expect(c.runtimes.find((r) => r.name === 'qemu')).toEqual({ name: 'qemu', available: true, features: ['standby', 'pause', 'disk-io-limit', 'gpu-passthrough'] })
+    expect(c.runtimes.find((r) => r.name === 'qemu')).toEqual({ name: 'qemu', available: true, features: ['standby', 'fork', 'pause', 'disk-io-limit', 'gpu-passthrough'] })
     expect(c.runtimes.filter((r) => r.available).map((r) => r.name)).toEqual(['qemu'])
     // The test server has no host network: the model, and no gateway or subnet to tell.
     expect(c.network).toEqual({ model: 'bridge', guest_to_guest: false })

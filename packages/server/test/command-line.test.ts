@@ -37,6 +37,8 @@ describe('parseCommandLine', () => {
 
   it('turns the network off with --no-network', () => {
     expect(parseCommandLine(['serve', '--no-network'])).toMatchObject({ hypeman: { network: false } })
+    expect(parseCommandLine(['serve', '--no-volume-hotplug'])).toMatchObject({ hypeman: { volumeHotplug: false } })
+    expect(parseCommandLine(['serve'])).not.toMatchObject({ hypeman: { volumeHotplug: false } })
   })
 
   it('reads token options', () => {

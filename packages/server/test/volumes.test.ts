@@ -2,7 +2,8 @@
  * Volumes through the official SDK against a real server: create, from an archive (a tar.gz made
  * by GNU tar, streamed as the request body), list by tags, get, an instance created with the
  * volume mounted (its file seen through the guest's stat), delete refused while attached,
- * detach/attach on a stopped instance, an escaping archive refused, and every body checked
+ * detach/attach on a stopped instance, attach/detach on a running one (hot-plug; a volume mounted
+ * at boot cannot be unplugged: invalid_state), an escaping archive refused, and every body checked
  * against the spec's Volume schema.
  */
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
@@ -68,7 +69,7 @@ describe('volumes over the API', () => {
     expect(refused).toBeInstanceOf(ConflictError)
     expect((refused as ConflictError).error).toMatchObject({ code: 'volume_in_use' })
 
-    // Detach and attach again while stopped (core refuses both on a running instance).
+    // Detach and attach again while stopped.
     await t.client.instances.stop(inst.id)
     const detached = await t.client.instances.volumes.detach(v.id, { id: inst.id })
     valid('Instance', detached)
@@ -77,8 +78,23 @@ describe('volumes over the API', () => {
     valid('Instance', attached)
     await t.client.instances.start(inst.id, {})
     expect(await t.client.instances.stat(inst.id, { path: '/again/hello.txt' })).toMatchObject({ exists: true, size: 22 })
+
+    // Running: a new volume is hot-plugged and mounted, and unplugged again.
+    const hot = await t.client.volumes.create({ name: 'hot', size_gb: 1 })
+    const plugged = await t.client.instances.volumes.attach(hot.id, { id: inst.id, mount_path: '/hot' })
+    valid('Instance', plugged)
+    expect(plugged.state).toBe('Running')
+    expect(await t.client.instances.stat(inst.id, { path: '/hot/lost+found' })).toMatchObject({ exists: true })
+    expect((await t.client.volumes.get(hot.id)).attachments).toEqual([{ instance_id: inst.id, mount_path: '/hot', readonly: false }])
+    valid('Instance', await t.client.instances.volumes.detach(hot.id, { id: inst.id }))
+    expect(await t.client.instances.stat(inst.id, { path: '/hot/lost+found' })).toMatchObject({ exists: false })
+    // The volume mounted at boot is a PCI disk this machine cannot unplug: a wrong state.
+    const refusedDetach = await t.client.instances.volumes.detach(v.id, { id: inst.id }).catch((e: unknown) => e)
+    expect(refusedDetach).toBeInstanceOf(ConflictError)
+    expect((refusedDetach as ConflictError).error).toMatchObject({ code: 'invalid_state' })
     await t.client.instances.delete(inst.id)
     await t.client.volumes.delete(v.id)
+    await t.client.volumes.delete(hot.id)
   })
 
   it('refuses an archive that escapes the volume, and creates nothing', async () => {

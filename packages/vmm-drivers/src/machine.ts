@@ -14,7 +14,7 @@ import type { Socket } from 'node:net'
 import { errorMessage, Listeners, NotSupportedError, TimeoutError, withDeadline, type Logger } from '@hypeman-ts/common'
 import { isControlClosed, VmmError } from './errors.js'
 import { killAndWait, type ProcessExit, type ProcessWatch } from './process.js'
-import type { DriverName, ExitInfo, ExitReason, PausedVm, PersistedVm, RunningVm, ShutdownOptions, SnapshotInfo, VmEvent, VmState, VmTimings, WaitOptions } from './types.js'
+import type { DiskSpec, DriverName, ExitInfo, ExitReason, PausedVm, PersistedVm, RunningVm, ShutdownOptions, SnapshotInfo, VmEvent, VmState, VmTimings, WaitOptions } from './types.js'
 import type { PhasedMachine } from './view.js'
 
 /** How long a VMM gets to end after its own quit before it is killed. */
@@ -80,6 +80,8 @@ export abstract class ProcessMachine implements PhasedMachine<RunningVm, PausedV
   /** Sockets and the pidfile, which mean nothing once the process is gone; logs are kept. */
   protected abstract removeRuntimeFiles(): Promise<void>
   abstract resizeMemory(totalBytes: number): Promise<{ memoryBytes: number }>
+  abstract hotplugDisk(disk: DiskSpec): Promise<void>
+  abstract unplugDisk(serial: string, opts?: WaitOptions): Promise<void>
   abstract connectChannel(name: string, opts?: WaitOptions): Promise<Socket>
   /** The driver's handles over this machine. */
   abstract runningView(): RunningVm

@@ -6,7 +6,7 @@
 import { access, constants } from 'node:fs/promises'
 import { isAbsolute } from 'node:path'
 import { checkNetnsName, netnsPath, NotSupportedError, run, ValidationError } from '@hypeman-ts/common'
-import type { VmSpec } from './types.js'
+import type { DiskSpec, VmSpec } from './types.js'
 
 const MiB = 1024 * 1024
 export const SOCKET_PATH_MAX = 107
@@ -32,9 +32,9 @@ function socketPath(field: string, value: unknown): string {
   return p
 }
 
-function positiveInt(field: string, value: unknown, max: number): number {
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1 || value > max) {
-    throw new ValidationError(field, `expected a whole number from 1 to ${max}, got ${String(value)}`)
+function positiveInt(field: string, value: unknown, max: number, min = 1): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > max) {
+    throw new ValidationError(field, `expected a whole number from ${min} to ${max}, got ${String(value)}`)
   }
   return value
 }
@@ -57,10 +57,40 @@ export interface SpecSupport {
   memoryFile?: boolean
   /** `VmSpec.passthrough` (default false: refused with not_supported). */
   passthrough?: boolean
+  /** `VmSpec.scsiController` and `bus: 'scsi'` disks (default false). */
+  diskHotplug?: boolean
 }
 
 /** A PCI address as sysfs names it: domain:bus:slot.function. */
 export const PCI_ADDRESS_RE = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$/
+
+/** One disk (`field` names it, e.g. `disks[2]`), beside the disks the VM has already: serials and SCSI targets are unique. */
+export function validateDisk(disk: DiskSpec, field: string, others: readonly DiskSpec[]): void {
+  if (disk === null || typeof disk !== 'object') throw new ValidationError(field, 'expected an object')
+  path(`${field}.path`, disk.path)
+  if (typeof disk.serial !== 'string' || !SERIAL_RE.test(disk.serial)) {
+    throw new ValidationError(`${field}.serial`, 'expected 1-20 characters of letters, digits, ".", "_" or "-"')
+  }
+  if (others.some((o) => o.serial === disk.serial)) throw new ValidationError(`${field}.serial`, `"${disk.serial}" is used twice`)
+  if (disk.format !== undefined && disk.format !== 'raw' && disk.format !== 'qcow2') {
+    throw new ValidationError(`${field}.format`, 'expected "raw" or "qcow2"')
+  }
+  if (disk.bus !== undefined && disk.bus !== 'virtio-blk' && disk.bus !== 'scsi') throw new ValidationError(`${field}.bus`, 'expected "virtio-blk" or "scsi"')
+  if (disk.bus === 'scsi') {
+    positiveInt(`${field}.scsiId`, disk.scsiId, SCSI_TARGET_MAX, 0)
+    if (others.some((o) => o.bus === 'scsi' && o.scsiId === disk.scsiId)) throw new ValidationError(`${field}.scsiId`, `SCSI target ${disk.scsiId} is used twice`)
+  } else if (disk.scsiId !== undefined) {
+    throw new ValidationError(`${field}.scsiId`, 'is only for disks with bus "scsi"')
+  }
+  const t = disk.throttle
+  if (t !== undefined) {
+    if (t.bytesPerSec !== undefined) positiveInt(`${field}.throttle.bytesPerSec`, t.bytesPerSec, Number.MAX_SAFE_INTEGER)
+    if (t.iopsPerSec !== undefined) positiveInt(`${field}.throttle.iopsPerSec`, t.iopsPerSec, Number.MAX_SAFE_INTEGER)
+  }
+}
+
+/** virtio-scsi addresses targets 0-255. */
+const SCSI_TARGET_MAX = 255
 
 /** Guest vsock ports are 32-bit; 0xFFFFFFFF is VMADDR_PORT_ANY. */
 const VSOCK_PORT_MAX = 0xfffffffe
@@ -98,23 +128,12 @@ export function validateVmSpec(spec: VmSpec, controlFiles: readonly string[] = [
     if (typeof spec.memoryFile.shared !== 'boolean') throw new ValidationError('memoryFile.shared', 'expected true or false')
   }
 
-  const serials = new Set<string>()
-  for (const [i, disk] of (spec.disks ?? []).entries()) {
-    path(`disks[${i}].path`, disk.path)
-    if (typeof disk.serial !== 'string' || !SERIAL_RE.test(disk.serial)) {
-      throw new ValidationError(`disks[${i}].serial`, 'expected 1-20 characters of letters, digits, ".", "_" or "-"')
-    }
-    if (serials.has(disk.serial)) throw new ValidationError(`disks[${i}].serial`, `"${disk.serial}" is used twice`)
-    serials.add(disk.serial)
-    if (disk.format !== undefined && disk.format !== 'raw' && disk.format !== 'qcow2') {
-      throw new ValidationError(`disks[${i}].format`, 'expected "raw" or "qcow2"')
-    }
-    const t = disk.throttle
-    if (t !== undefined) {
-      if (t.bytesPerSec !== undefined) positiveInt(`disks[${i}].throttle.bytesPerSec`, t.bytesPerSec, Number.MAX_SAFE_INTEGER)
-      if (t.iopsPerSec !== undefined) positiveInt(`disks[${i}].throttle.iopsPerSec`, t.iopsPerSec, Number.MAX_SAFE_INTEGER)
-    }
+  const disks = spec.disks ?? []
+  if (disks.some((d) => d?.bus === 'scsi') && !spec.scsiController) throw new ValidationError('scsiController', 'is required by the disks with bus "scsi"')
+  if (spec.scsiController && !support.diskHotplug) {
+    throw new NotSupportedError('this driver has no SCSI controller for hot-pluggable disks', { field: 'scsiController' })
   }
+  for (const [i, disk] of disks.entries()) validateDisk(disk, `disks[${i}]`, disks.slice(0, i))
 
   const taps = new Set<string>()
   for (const [i, nic] of (spec.nics ?? []).entries()) {

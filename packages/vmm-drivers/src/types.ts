@@ -31,6 +31,15 @@ export interface DiskSpec {
   /** Default `raw`. */
   format?: 'raw' | 'qcow2'
   throttle?: DiskThrottle
+  /**
+   * `scsi`: a disk on the VM's SCSI controller (`VmSpec.scsiController`) at target `scsiId`, the
+   * kind `hotplugDisk` adds and `unplugDisk` removes while the VM runs. The guest finds it by the
+   * same serial (SCSI VPD page 0x80). A restore must list it with the same `scsiId`: the saved
+   * device state is matched by SCSI address. Default `virtio-blk` (one PCI device per disk).
+   */
+  bus?: 'virtio-blk' | 'scsi'
+  /** SCSI target, 0-255, unique on the controller; required with `bus: 'scsi'`. */
+  scsiId?: number
 }
 
 export interface NicSpec {
@@ -111,6 +120,11 @@ export interface VmSpec {
   memoryFile?: { path: string; shared: boolean }
   hotplugMemory?: HotplugMemorySpec
   disks?: DiskSpec[]
+  /**
+   * A SCSI controller for `bus: 'scsi'` disks, present from boot so that disks can be added and
+   * removed while the VM runs without PCI hot-plug (drivers with `capabilities.diskHotplug`).
+   */
+  scsiController?: boolean
   nics?: NicSpec[]
   channels?: ChannelSpec[]
   /**
@@ -166,6 +180,8 @@ export interface DriverCapabilities {
   memoryShrink: boolean
   /** `VmSpec.passthrough`: VFIO devices (PCI functions, mdevs). */
   passthrough: boolean
+  /** `scsiController`, `bus: 'scsi'` disks, and `hotplugDisk`/`unplugDisk` on a live VM. */
+  diskHotplug: boolean
 }
 
 /**
@@ -272,6 +288,17 @@ export interface VmHandleBase extends AsyncDisposable {
    * `memhp_default_state=online`, or virtio-mem for Firecracker).
    */
   resizeMemory(totalBytes: number): Promise<{ memoryBytes: number }>
+  /**
+   * Adds a `bus: 'scsi'` disk to the running (or paused) VM, throttled as `disk.throttle` says;
+   * `persisted.spec.disks` lists it afterwards, so persist `persisted` again. Needs
+   * `capabilities.diskHotplug` and a VM started with `scsiController`.
+   */
+  hotplugDisk(disk: DiskSpec): Promise<void>
+  /**
+   * Removes the hot-pluggable disk with this serial and waits until the VMM let go of its file
+   * (the guest should have stopped using it: it sees the disk vanish). Persist `persisted` again.
+   */
+  unplugDisk(serial: string, opts?: WaitOptions): Promise<void>
   /**
    * Connects to a socket-backed channel (or, on vsock drivers, a named `VmSpec.vsock` port) by
    * name, retrying until `timeoutMs` (default 5 s).

@@ -6,7 +6,7 @@
  * VMMs' raw API calls).
  */
 import type { Socket } from 'node:net'
-import type { ExitInfo, PausedVm, PersistedVm, RunningVm, ShutdownOptions, SnapshotInfo, VmEvent, VmHandleBase, VmState, VmTimings, WaitOptions } from './types.js'
+import type { DiskSpec, ExitInfo, PausedVm, PersistedVm, RunningVm, ShutdownOptions, SnapshotInfo, VmEvent, VmHandleBase, VmState, VmTimings, WaitOptions } from './types.js'
 
 /** What a driver's machine object offers its views: the handle's members that are not derived from `persisted`. */
 export type VmMachine = Omit<VmHandleBase, 'accel' | 'spec' | typeof Symbol.asyncDispose> &
@@ -65,6 +65,12 @@ export abstract class VmView<M extends VmMachine> implements VmHandleBase {
   }
   resizeMemory(totalBytes: number): Promise<{ memoryBytes: number }> {
     return this.m.resizeMemory(totalBytes)
+  }
+  hotplugDisk(disk: DiskSpec): Promise<void> {
+    return this.m.hotplugDisk(disk)
+  }
+  unplugDisk(serial: string, opts?: WaitOptions): Promise<void> {
+    return this.m.unplugDisk(serial, opts)
   }
   detach(): Promise<void> {
     return this.m.detach()

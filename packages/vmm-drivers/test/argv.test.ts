@@ -140,6 +140,29 @@ describe('buildQemuArgv', () => {
       expected: ['pvpanic-pci', 'virtio-blk-pci,id=disk0-dev,drive=disk0,serial=hm-rootfs', 'virtio-blk-pci,id=disk1-dev,drive=disk1,serial=hm-config'],
     },
     {
+      name: 'SCSI disks on the controller, named by serial and addressed by target',
+      spec: {
+        scsiController: true,
+        disks: [
+          { path: '/a', serial: 'hm-rootfs', readonly: true },
+          { path: '/v', serial: 'hm-hvol-3', bus: 'scsi', scsiId: 6, readonly: true },
+        ],
+      },
+      flag: '-device',
+      expected: [
+        'pvpanic-pci',
+        'virtio-scsi-pci,id=scsi0',
+        'virtio-blk-pci,id=disk0-dev,drive=disk0,serial=hm-rootfs',
+        'scsi-hd,id=hd-hm-hvol-3-dev,bus=scsi0.0,channel=0,scsi-id=6,lun=0,drive=hd-hm-hvol-3,serial=hm-hvol-3',
+      ],
+    },
+    {
+      name: 'a throttled SCSI disk has a group of its own, named by serial',
+      spec: { scsiController: true, disks: [{ path: '/v', serial: 'hm-hvol-0', bus: 'scsi', scsiId: 0, throttle: { bytesPerSec: 5 } }] },
+      flag: '-object',
+      expected: [JSON.stringify({ 'qom-type': 'throttle-group', id: 'hd-hm-hvol-0-throttle', limits: { 'bps-total': 5 } })],
+    },
+    {
       name: 'tap netdev without scripts',
       spec: { nics: [{ tap: 'hm-abc', mac: '02:AA:00:00:00:01' }] },
       flag: '-netdev',

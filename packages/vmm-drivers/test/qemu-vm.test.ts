@@ -303,6 +303,70 @@ describe('memory hotplug', { timeout: 120_000 }, () => {
   })
 })
 
+describe('disk hotplug', { timeout: 120_000 }, () => {
+  it('adds and removes SCSI disks while running, and a standby of a VM with one restores with the spec it reports', async () => {
+    const boot = join(guest.dir, 'hp-boot.img')
+    const hot = join(guest.dir, 'hp-hot.img')
+    for (const f of [boot, hot]) {
+      await writeFile(f, '')
+      await truncate(f, 4 * MiB)
+    }
+    const spec = await guestSpec(guest, 'diskhp', {
+      scsiController: true,
+      disks: [{ path: boot, serial: 'hm-blk' }],
+    })
+    specs.push(spec)
+    let vm: QemuRunningVm = await driver.start(spec)
+    try {
+      await waitForText(spec.consoleLog, /HM-READY/)
+      const nodes = async () => (await vm.execute<{ device: string; inserted?: { 'node-name': string } }[]>('query-block')).map((b) => b.inserted?.['node-name'])
+      const disk = { path: hot, serial: 'hm-hot', bus: 'scsi' as const, scsiId: 3, readonly: true, throttle: { bytesPerSec: 2_000_000 } }
+      await vm.hotplugDisk(disk)
+      expect(vm.spec.disks?.map((d) => d.serial)).toEqual(['hm-blk', 'hm-hot'])
+      expect(await nodes()).toContain('hd-hm-hot')
+      const limits = await vm.execute<Record<string, number>>('qom-get', { path: '/objects/hd-hm-hot-throttle', property: 'limits' })
+      expect(limits['bps-total']).toBe(2_000_000)
+      // A serial or target taken, a disk not on the SCSI bus, a virtio-blk disk to unplug: refused, nothing added.
+      await expect(vm.hotplugDisk({ ...disk, scsiId: 4 })).rejects.toMatchObject({ code: 'invalid_input', field: 'disk.serial' })
+      await expect(vm.hotplugDisk({ ...disk, serial: 'hm-other' })).rejects.toMatchObject({ code: 'invalid_input', field: 'disk.scsiId' })
+      await expect(vm.hotplugDisk({ path: hot, serial: 'hm-pci' })).rejects.toMatchObject({ code: 'invalid_input', field: 'disk.bus' })
+      await expect(vm.unplugDisk('hm-blk')).rejects.toMatchObject({ code: 'invalid_state' })
+      await expect(vm.unplugDisk('hm-none')).rejects.toMatchObject({ code: 'invalid_input', field: 'serial' })
+      expect(vm.spec.disks).toHaveLength(2)
+
+      // The restore gets the spec the VM reports (the hot disk on its command line) and loads the snapshot.
+      const snap = join(guest.dir, 'diskhp-snap')
+      await vm.standby(snap)
+      await expect(driver.start({ ...spec, restoreFrom: snap })).rejects.toMatchObject({ field: 'restoreFrom' })
+      vm = await driver.start({ ...spec, disks: [{ path: boot, serial: 'hm-blk' }, disk], restoreFrom: snap })
+      expect(await vm.state()).toBe('running')
+      expect(await nodes()).toContain('hd-hm-hot')
+
+      await vm.unplugDisk('hm-hot')
+      expect(await nodes()).not.toContain('hd-hm-hot')
+      expect(vm.spec.disks?.map((d) => d.serial)).toEqual(['hm-blk'])
+      const objects = await vm.execute<{ name: string }[]>('qom-list', { path: '/objects' })
+      expect(objects.map((o) => o.name)).not.toContain('hd-hm-hot-throttle')
+      // The same serial and target again: nothing of the first one is left in the way.
+      await vm.hotplugDisk(disk)
+      await vm.unplugDisk('hm-hot')
+      const snap2 = join(guest.dir, 'diskhp-snap2')
+      await vm.standby(snap2)
+      vm = await driver.start({ ...spec, restoreFrom: snap2 })
+      expect(await vm.state()).toBe('running')
+    } finally {
+      await vm.kill().catch(() => {})
+    }
+  })
+
+  it('refuses a hot-plug on a VM started without the controller', async () => {
+    const spec = await guestSpec(guest, 'nohp', {})
+    specs.push(spec)
+    await using vm = await driver.start(spec)
+    await expect(vm.hotplugDisk({ path: '/dev/null', serial: 'x', bus: 'scsi', scsiId: 0 })).rejects.toMatchObject({ code: 'invalid_state' })
+  })
+})
+
 describe('failed starts leave nothing behind', { timeout: 60_000 }, () => {
   it('names a missing kernel without spawning anything', async () => {
     const spec = await guestSpec(guest, 'nokernel', { kernel: join(guest.dir, 'no-such-vmlinux') })

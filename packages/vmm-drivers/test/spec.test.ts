@@ -144,4 +144,28 @@ describe('snapshot helpers', () => {
     expect(machineFingerprint({ ...a, disks: [{ path: '/a', serial: 'hm-other', readonly: true }] })).not.toBe(machineFingerprint(a))
     expect(machineFingerprint({ ...a, channels: [{ name: 'x', backend: { kind: 'file', path: '/x' } }] })).not.toBe(machineFingerprint(a))
   })
+
+  it('matches SCSI disks by target whatever their order (hot-plug appends), and tells the controller apart', () => {
+    const x = { path: '/x', serial: 'hm-hvol-0', bus: 'scsi' as const, scsiId: 0 }
+    const y = { path: '/y', serial: 'hm-hvol-1', bus: 'scsi' as const, scsiId: 2, readonly: true }
+    const a: VmSpec = { ...base, scsiController: true, disks: [{ path: '/a', serial: 'hm-rootfs', readonly: true }, x, y] }
+    expect(machineFingerprint({ ...a, disks: [y, { path: '/a', serial: 'hm-rootfs', readonly: true }, x] })).toBe(machineFingerprint(a))
+    expect(machineFingerprint({ ...a, disks: [{ path: '/a', serial: 'hm-rootfs', readonly: true }, x, { ...y, scsiId: 4 }] })).not.toBe(machineFingerprint(a))
+    const plain: VmSpec = { ...base, disks: [{ path: '/a', serial: 'hm-rootfs', readonly: true }] }
+    expect(machineFingerprint({ ...plain, scsiController: true })).not.toBe(machineFingerprint(plain))
+  })
+})
+
+describe('SCSI disks', () => {
+  it('need the controller, a target each, and a driver that has it', () => {
+    const disk = { path: '/v', serial: 'hm-hvol-0', bus: 'scsi' as const, scsiId: 0 }
+    expect(() => validateVmSpec({ ...base, disks: [disk] }, [], { diskHotplug: true })).toThrow(expect.objectContaining({ field: 'scsiController' }))
+    expect(() => validateVmSpec({ ...base, scsiController: true, disks: [disk] })).toThrow(expect.objectContaining({ code: 'not_supported', field: 'scsiController' }))
+    expect(() => validateVmSpec({ ...base, scsiController: true, disks: [disk, { ...disk, serial: 'hm-hvol-1' }] }, [], { diskHotplug: true })).toThrow(
+      expect.objectContaining({ field: 'disks[1].scsiId' }),
+    )
+    expect(() => validateVmSpec({ ...base, scsiController: true, disks: [{ ...disk, scsiId: 256 }] }, [], { diskHotplug: true })).toThrow(expect.objectContaining({ field: 'disks[0].scsiId' }))
+    expect(() => validateVmSpec({ ...base, disks: [{ path: '/v', serial: 's', scsiId: 1 }] })).toThrow(expect.objectContaining({ field: 'disks[0].scsiId' }))
+    expect(() => validateVmSpec({ ...base, scsiController: true, disks: [disk] }, [], { diskHotplug: true })).not.toThrow()
+  })
 })

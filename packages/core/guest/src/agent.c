@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "boot.h"
 #include "spawn.h"
 #include "tlv.h"
 #include "util.h"
@@ -44,6 +45,7 @@ static struct {
 	struct buf rx, tx;
 	struct session s[MAX_SESSIONS];
 	const struct guest_config *cfg;
+	struct module_set *scsi;
 } A;
 
 static void send_frame(uint8_t type, uint32_t id, const void *payload, size_t len)
@@ -263,6 +265,12 @@ static void handle_exec(uint32_t id, const uint8_t *p, size_t len)
 		goto out;
 	}
 
+	if (builtin && strcmp(builtin, "mount-volume") == 0 && A.scsi && A.scsi->n > 0) {
+		char err[256];
+		/* Once: the set is empty afterwards (a failure shows as the disk never appearing). */
+		if (modules_load(A.scsi, err, sizeof err) < 0)
+			logmsg("scsi modules: %s", err);
+	}
 	char **env = merged_env(A.cfg->env, extra, nextra, tty);
 	struct spawn_opts o = {
 		.argv = argv,
@@ -633,9 +641,10 @@ static void finish_sessions(uint64_t now)
 	}
 }
 
-void agent_main(const char *port_dev, const struct guest_config *cfg)
+void agent_main(const char *port_dev, const struct guest_config *cfg, struct module_set *scsi)
 {
 	A.cfg = cfg;
+	A.scsi = scsi;
 	for (int i = 0; i < MAX_SESSIONS; i++)
 		A.s[i].in_fd = A.s[i].out_fd = A.s[i].err_fd = -1;
 	(void)write_file("/proc/self/oom_score_adj", "-1000");

@@ -25,7 +25,14 @@ enum frame_type {
 	F_ERROR = 0x8f,
 };
 
-/* Runs in its own process (forked by init after the switch into the image's root); never returns. */
-void agent_main(const char *port_dev, const struct guest_config *cfg) __attribute__((noreturn));
+struct module_set;
+
+/*
+ * Runs in its own process (forked by init after the switch into the image's root); never returns.
+ * `scsi`: the SCSI driver's modules, opened at boot and not loaded (NULL when there is nothing to
+ * load): the agent loads them before its first `mount-volume`, so that a VM whose volumes are
+ * never hot-plugged never spends the CPU on them.
+ */
+void agent_main(const char *port_dev, const struct guest_config *cfg, struct module_set *scsi) __attribute__((noreturn));
 
 #endif

@@ -252,6 +252,8 @@ int config_parse(const uint8_t *data, size_t len, struct guest_config *cfg, char
 			cfg->nvol++;
 		} else if (tlv_key_is(&rec, "kernel_headers")) {
 			bad = set_string(&cfg->headers_serial, &rec) < 0 || !serial_ok(cfg->headers_serial);
+		} else if (tlv_key_is(&rec, "volume.scsi")) {
+			cfg->vol_scsi = 1;
 		} else if (tlv_key_is(&rec, "requires")) {
 			char *f = tlv_strdup(&rec);
 			if (!f)

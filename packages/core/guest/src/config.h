@@ -60,6 +60,7 @@ struct guest_config {
 	size_t nvol;
 	char *headers_serial; /* the kernel headers disk (README.md, "Kernel headers"); NULL: none */
 	char headers_dev[64];
+	int vol_scsi; /* some volume is a SCSI disk: its driver loads before the volumes are looked for */
 };
 
 /* Parses a whole config image (header + payload). On failure returns -1 and fills err. */

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "util.h"
+#include "volumes.h"
 
 #define BLOCK 512
 
@@ -262,7 +263,8 @@ static int read_tree_cmd(char *const *argv)
 
 int builtin_known(const char *name)
 {
-	return !strcmp(name, "write-file") || !strcmp(name, "mkdir") || !strcmp(name, "read-tree");
+	return !strcmp(name, "write-file") || !strcmp(name, "mkdir") || !strcmp(name, "read-tree") || !strcmp(name, "mount-volume") ||
+	       !strcmp(name, "umount-volume");
 }
 
 int run_builtin(const char *name, char *const *argv)
@@ -273,5 +275,9 @@ int run_builtin(const char *name, char *const *argv)
 		return mkdir_cmd(argv);
 	if (!strcmp(name, "read-tree"))
 		return read_tree_cmd(argv);
+	if (!strcmp(name, "mount-volume"))
+		return volume_mount_cmd(argv);
+	if (!strcmp(name, "umount-volume"))
+		return volume_umount_cmd(argv);
 	return 127;
 }

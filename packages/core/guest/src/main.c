@@ -47,6 +47,8 @@
 #define DISK_OVERLAY "hm-overlay"
 #define PORT_WAIT_MS 3000
 #define DISK_WAIT_MS 3000
+/* virtio device type of a SCSI host (virtio spec, "Device Types"), as sysfs writes it. */
+#define VIRTIO_ID_SCSI "0x0008"
 #define NIC_WAIT_MS 3000
 #define LINK_WAIT_MS 5000
 #define MAX_AGENT_RESTARTS 5
@@ -66,6 +68,7 @@ static struct {
 	uint64_t stop_deadline;
 	int ctrl, ctrl_connected;
 	int overlay_fd; /* the writable disk's mount, hidden after the switch: remounted read-only at power off */
+	struct module_set scsi; /* the SCSI driver, opened and not loaded: the agent loads it at the first hot mount */
 	struct buf ctrl_rx;
 	int inputs[MAX_INPUTS];
 	int ninputs;
@@ -162,7 +165,7 @@ static void start_agent(void)
 {
 	pid_t pid = fork();
 	if (pid == 0)
-		agent_main(I.agent_dev, &I.cfg);
+		agent_main(I.agent_dev, &I.cfg, I.scsi.n > 0 ? &I.scsi : NULL);
 	if (pid < 0)
 		logmsg("cannot fork the agent: %s", strerror(errno));
 	I.agent_pid = pid;
@@ -533,6 +536,17 @@ static void pid1(void)
 		net_close();
 		network_ms = (int64_t)(monotonic_ms() - t0);
 	}
+	/* A SCSI controller is there for volumes hot-plugged while the program runs. Its driver
+	 * (≈ 0.8 MB of modules, a few hundred ms of TCG CPU to load) loads now when a volume is on it
+	 * already; otherwise only its files are kept open (pinning them in memory once the initramfs
+	 * is gone) for the agent to load before the first hot mount. */
+	if (I.cfg.vol_scsi) {
+		if (load_modules(MODULES_LIST, "scsi", err, sizeof err) < 0)
+			fail("load_modules", err);
+	} else if (virtio_device_present(VIRTIO_ID_SCSI)) {
+		if (modules_open(MODULES_LIST, "scsi", &I.scsi, err, sizeof err) < 0)
+			logmsg("scsi modules: %s", err);
+	}
 	if (find_disk_by_serial(DISK_ROOTFS, rootdev, sizeof rootdev, DISK_WAIT_MS) < 0)
 		fail("find_disks", "no disk with serial " DISK_ROOTFS);
 	if (find_disk_by_serial(DISK_OVERLAY, overlaydev, sizeof overlaydev, DISK_WAIT_MS) < 0)
@@ -672,6 +686,8 @@ static int cli(int argc, char **argv)
 			       c.vol[i].overlay_serial ? c.vol[i].overlay_serial : "", c.vol[i].path);
 		if (c.headers_serial)
 			printf("kernel_headers=%s\n", c.headers_serial);
+		if (c.vol_scsi)
+			printf("volume.scsi=1\n");
 		return 0;
 	}
 	if (argc == 3 && strcmp(argv[1], "render-etc") == 0) {
@@ -726,7 +742,7 @@ static int cli(int argc, char **argv)
 		return rc;
 	}
 	fprintf(stderr, "usage: hypeman-init (as PID 1) | parse-config FILE | resolve-user ROOT SPEC | render-etc FILE | "
-			"mount-target PATH | apply-egress FILE | builtin write-file|mkdir|read-tree ARGS...\n");
+			"mount-target PATH | apply-egress FILE | builtin write-file|mkdir|read-tree|mount-volume|umount-volume ARGS...\n");
 	return 2;
 }
 

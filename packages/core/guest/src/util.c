@@ -185,12 +185,55 @@ static int scan_attr(const char *dir, const char *attr, const char *want, char *
 	return found;
 }
 
+/*
+ * A SCSI disk's serial is its VPD page 0x80 (unit serial number), which sysfs gives as the raw
+ * page: a 4-byte header whose last two bytes are the length, then the serial (QEMU's scsi-hd
+ * puts its `serial=` there). /dev/disk/by-id would need udev, which the guest does not run.
+ */
+static int scan_scsi_serial(const char *want, char *dev, size_t cap)
+{
+	DIR *d = opendir("/sys/block");
+	if (!d)
+		return -1;
+	struct dirent *e;
+	int found = -1;
+	while (found < 0 && (e = readdir(d)) != NULL) {
+		if (strncmp(e->d_name, "sd", 2) != 0)
+			continue;
+		char path[512], state[32];
+		uint8_t page[256];
+		/* A disk being removed (a detach just before) keeps its serial until the kernel is done. */
+		snprintf(path, sizeof path, "/sys/block/%s/device/state", e->d_name);
+		if (read_small_file(path, state, sizeof state) >= 0 && strcmp(state, "running") != 0)
+			continue;
+		snprintf(path, sizeof path, "/sys/block/%s/device/vpd_pg80", e->d_name);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		size_t n = read_upto(fd, (char *)page, sizeof page);
+		close(fd);
+		if (n < 4 || page[1] != 0x80)
+			continue;
+		size_t len = ((size_t)page[2] << 8) | page[3];
+		if (len > n - 4)
+			len = n - 4;
+		while (len > 0 && (page[4 + len - 1] == ' ' || page[4 + len - 1] == 0))
+			len--;
+		if (len == strlen(want) && memcmp(page + 4, want, len) == 0) {
+			snprintf(dev, cap, "/dev/%s", e->d_name);
+			found = 0;
+		}
+	}
+	closedir(d);
+	return found;
+}
+
 /* Devices and port names appear asynchronously after the drivers load: poll, bounded. */
-static int wait_for(const char *dir, const char *attr, const char *want, char *dev, size_t cap, unsigned wait_ms)
+static int wait_for(const char *dir, const char *attr, const char *want, int scsi, char *dev, size_t cap, unsigned wait_ms)
 {
 	uint64_t deadline = monotonic_ms() + wait_ms;
 	for (;;) {
-		if (scan_attr(dir, attr, want, dev, cap) == 0 && access(dev, F_OK) == 0)
+		if ((scan_attr(dir, attr, want, dev, cap) == 0 || (scsi && scan_scsi_serial(want, dev, cap) == 0)) && access(dev, F_OK) == 0)
 			return 0;
 		if (monotonic_ms() >= deadline)
 			return -1;
@@ -200,12 +243,18 @@ static int wait_for(const char *dir, const char *attr, const char *want, char *d
 
 int find_disk_by_serial(const char *serial, char *dev, size_t cap, unsigned wait_ms)
 {
-	return wait_for("/sys/block", "serial", serial, dev, cap, wait_ms);
+	return wait_for("/sys/block", "serial", serial, 1, dev, cap, wait_ms);
+}
+
+int virtio_device_present(const char *id)
+{
+	char scratch[300];
+	return scan_attr("/sys/bus/virtio/devices", "device", id, scratch, sizeof scratch) == 0;
 }
 
 int find_virtio_port(const char *name, char *dev, size_t cap, unsigned wait_ms)
 {
-	return wait_for("/sys/class/virtio-ports", "name", name, dev, cap, wait_ms);
+	return wait_for("/sys/class/virtio-ports", "name", name, 0, dev, cap, wait_ms);
 }
 
 void buf_reserve(struct buf *b, size_t extra)

@@ -39,6 +39,8 @@ const char *signal_abbrev(int sig, char *scratch, size_t cap);
 
 /* /dev/vdX of the virtio disk whose serial is `serial`; 0 when found. Waits up to wait_ms. */
 int find_disk_by_serial(const char *serial, char *dev, size_t cap, unsigned wait_ms);
+/* A virtio device of this type (sysfs `device`, e.g. "0x0008" for SCSI) is on the bus (its transport driver loaded). */
+int virtio_device_present(const char *id);
 /* /dev/vportNpM of the virtio-serial port named `name`; 0 when found. Waits up to wait_ms. */
 int find_virtio_port(const char *name, char *dev, size_t cap, unsigned wait_ms);
 

@@ -13,4 +13,10 @@ int volumes_mount(struct guest_config *cfg, char *err, size_t cap);
 /* At power off, after sync: read-write volumes remounted read-only, so their journals are clean. */
 void volumes_quiesce(const struct guest_config *cfg);
 
+/* Agent built-ins for volumes attached and detached while the program runs (files.h lists them all). */
+#define HOTPLUG_WAIT_MS 20000
+#define VOLUME_BUSY_EXIT 16 /* umount-volume: the mount is in use (EBUSY); nothing changed. Nothing mounted: 0 */
+int volume_mount_cmd(char *const *argv);
+int volume_umount_cmd(char *const *argv);
+
 #endif

@@ -8,10 +8,12 @@ import { AssetError } from './errors.js'
 /**
  * When the guest init loads a module: `boot` before anything else; `erofs` only for erofs image
  * disks; `net` only when the config has a network (before the program, which may use it at once);
- * `late` after the program started, off the boot's critical path.
+ * `scsi` only when the VM has a SCSI controller (for hot-plugged volumes): before the volumes when
+ * one is on it already, else by the agent at the first hot mount (a VM that never gets one never
+ * loads it); `late` after the program started, off the boot's critical path.
  */
-export type ModulePhase = 'boot' | 'erofs' | 'net' | 'late'
-export const MODULE_PHASES: readonly ModulePhase[] = ['boot', 'erofs', 'net', 'late']
+export type ModulePhase = 'boot' | 'erofs' | 'net' | 'scsi' | 'late'
+export const MODULE_PHASES: readonly ModulePhase[] = ['boot', 'erofs', 'net', 'scsi', 'late']
 
 export interface GuestModule {
   name: string
@@ -28,6 +30,8 @@ export const GUEST_MODULES: readonly GuestModule[] = [
   { name: 'virtio_console', phase: 'boot', required: true, why: 'named ports: agent, app log, status, control' },
   { name: 'overlay', phase: 'boot', required: true, why: 'writable overlay over the read-only image' },
   { name: 'erofs', phase: 'erofs', required: false, why: 'erofs image disks' },
+  { name: 'virtio_scsi', phase: 'scsi', required: false, why: 'the SCSI controller of volumes attached while running' },
+  { name: 'sd_mod', phase: 'scsi', required: false, why: 'SCSI disks (volumes attached while running)' },
   { name: 'virtio_net', phase: 'net', required: false, why: 'the NIC, when the instance has a network' },
   { name: 'vmw_vsock_virtio_transport', phase: 'late', required: false, why: 'agent over vsock on VMMs that offer it' },
   { name: 'button', phase: 'late', required: false, why: 'ACPI power button: graceful stop from the VMM' },

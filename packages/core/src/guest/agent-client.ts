@@ -247,7 +247,7 @@ export class GuestAgentClient {
   }
 
   /**
-   * Runs a built-in of the agent (file copy: guest/src/files.h) as an exec session, as root in
+   * Runs a built-in of the agent (file copy, volume mounts: guest/src/files.h) as an exec session, as root in
    * `/`, so it works on images with no shell or tools; `args` are its arguments.
    */
   builtin(name: AgentBuiltin, args: string[], opts: { stdin?: boolean; signal?: AbortSignal; timeoutMs?: number } = {}): ExecProcess {

@@ -97,7 +97,7 @@ export interface ExecRequest {
 }
 
 /** The agent's built-in programs (guest/src/files.h): file copy without tools in the image. */
-export type AgentBuiltin = 'write-file' | 'mkdir' | 'read-tree'
+export type AgentBuiltin = 'write-file' | 'mkdir' | 'read-tree' | 'mount-volume' | 'umount-volume'
 
 /** `builtin`: run that built-in of the agent with `argv` as its arguments instead of a program. */
 export function encodeExecRequest(r: ExecRequest, builtin?: AgentBuiltin): Buffer {

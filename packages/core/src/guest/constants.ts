@@ -19,6 +19,12 @@ export const DISK_SERIAL = {
 export const volumeDiskSerial = (n: number): string => `hm-vol-${n}`
 /** Serial of the instance's writable disk over the n-th volume, when it is mounted with `overlay`. */
 export const volumeOverlaySerial = (n: number): string => `hm-volov-${n}`
+/**
+ * Serials of a volume attached while running (a SCSI disk) and of its overlay disk: by the slot it
+ * got then, which no other attach or detach changes (positions shift; the guest saw this serial).
+ */
+export const hotVolumeSerial = (slot: number): string => `hm-hvol-${slot}`
+export const hotVolumeOverlaySerial = (slot: number): string => `hm-hvolov-${slot}`
 
 /** virtio-serial port names (QEMU `virtserialport name=`), found in the guest under /sys/class/virtio-ports. */
 export const PORT_NAME = {

@@ -5,7 +5,7 @@
 import { rm, truncate, writeFile } from 'node:fs/promises'
 import { run } from '@hypeman-ts/common'
 import type { ChannelSpec, DiskSpec } from '@hypeman-ts/vmm-drivers'
-import { DISK_SERIAL, PORT_NAME, volumeDiskSerial, volumeOverlaySerial } from './constants.js'
+import { DISK_SERIAL, hotVolumeOverlaySerial, hotVolumeSerial, PORT_NAME, volumeDiskSerial, volumeOverlaySerial } from './constants.js'
 
 export interface GuestDiskPaths {
   /** The image's read-only ext4/erofs disk (shared by instances of the image). */
@@ -26,6 +26,21 @@ export interface GuestVolumeDisk {
   readonly: boolean
   /** This instance's writable disk over a read-only volume (createOverlayDisk). */
   overlay?: string
+  /** Attached while running: SCSI disks named by this slot (hotVolumeDisks), not by position. */
+  hotplugSlot?: number
+}
+
+/**
+ * The disks of a volume attached while running: SCSI disks at targets 2·slot (the volume) and
+ * 2·slot+1 (its overlay), the same at the hot-plug, at a restore (which must rebuild the device
+ * set the snapshot saw) and at later cold boots (so a detach while running works there too).
+ */
+export function hotVolumeDisks(v: GuestVolumeDisk & { hotplugSlot: number }): DiskSpec[] {
+  const slot = v.hotplugSlot
+  return [
+    { path: v.disk, serial: hotVolumeSerial(slot), bus: 'scsi', scsiId: 2 * slot, ...(v.readonly ? { readonly: true } : {}) },
+    ...(v.overlay ? [{ path: v.overlay, serial: hotVolumeOverlaySerial(slot), bus: 'scsi' as const, scsiId: 2 * slot + 1 }] : []),
+  ]
 }
 
 export function guestDisks(paths: GuestDiskPaths): DiskSpec[] {
@@ -33,10 +48,14 @@ export function guestDisks(paths: GuestDiskPaths): DiskSpec[] {
     { path: paths.rootfs, serial: DISK_SERIAL.rootfs, readonly: true },
     { path: paths.overlay, serial: DISK_SERIAL.overlay },
     { path: paths.config, serial: DISK_SERIAL.config, readonly: true },
-    ...(paths.volumes ?? []).flatMap((v, i): DiskSpec[] => [
-      { path: v.disk, serial: volumeDiskSerial(i), ...(v.readonly ? { readonly: true } : {}) },
-      ...(v.overlay ? [{ path: v.overlay, serial: volumeOverlaySerial(i) }] : []),
-    ]),
+    ...(paths.volumes ?? []).flatMap((v, i): DiskSpec[] =>
+      v.hotplugSlot !== undefined
+        ? hotVolumeDisks({ ...v, hotplugSlot: v.hotplugSlot })
+        : [
+            { path: v.disk, serial: volumeDiskSerial(i), ...(v.readonly ? { readonly: true } : {}) },
+            ...(v.overlay ? [{ path: v.overlay, serial: volumeOverlaySerial(i) }] : []),
+          ],
+    ),
     // Last, so adding it moves no other disk: a standby's device list must come back the same.
     ...(paths.kernelHeaders ? [{ path: paths.kernelHeaders, serial: DISK_SERIAL.headers, readonly: true }] : []),
   ]

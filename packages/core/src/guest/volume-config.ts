@@ -3,7 +3,8 @@
  * mode is `rw`, `ro`, or `overlay=<serial of the upper disk>` (a read-only volume under a
  * per-instance writable layer). The path comes last, so it may hold spaces. The init mounts them
  * in record order after the root is switched (guest/README.md, "Volumes"); the host orders them
- * so a path inside another volume's is mounted after it.
+ * so a path inside another volume's is mounted after it. A `volume.scsi` record names each volume
+ * whose disks are SCSI disks (attached while running), so the init loads that driver first.
  */
 import { ValidationError } from '@hypeman-ts/common'
 import type { TlvEntry, TlvView } from './tlv.js'
@@ -16,6 +17,8 @@ export interface GuestVolumeConfig {
   mode: 'rw' | 'ro' | 'overlay'
   /** With mode overlay: the serial of the instance's writable disk over the volume. */
   overlaySerial?: string
+  /** Its disks are on the SCSI controller (default virtio-blk). */
+  bus?: 'scsi'
 }
 
 export const VOLUMES_FEATURE = 'volumes'
@@ -37,11 +40,13 @@ export function volumeEntries(volumes: GuestVolumeConfig[]): TlvEntry[] {
       throw new ValidationError(f('mode'), 'must be rw, ro or overlay')
     }
     entries.push(['volume', `${v.serial} ${mode} ${v.mountPath}`])
+    if (v.bus === 'scsi') entries.push(['volume.scsi', v.serial])
   })
   return entries
 }
 
 export function decodeVolumes(v: TlvView): GuestVolumeConfig[] {
+  const scsi = new Set(v.all('volume.scsi'))
   return v.all('volume').map((line) => {
     const [serial, mode, ...rest] = line.split(' ')
     const overlay = mode!.startsWith('overlay=')
@@ -50,6 +55,7 @@ export function decodeVolumes(v: TlvView): GuestVolumeConfig[] {
       mountPath: rest.join(' '),
       mode: overlay ? 'overlay' : (mode as 'rw' | 'ro'),
       ...(overlay ? { overlaySerial: mode!.slice('overlay='.length) } : {}),
+      ...(scsi.has(serial!) ? { bus: 'scsi' as const } : {}),
     }
   })
 }

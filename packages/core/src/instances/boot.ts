@@ -1,12 +1,14 @@
 /**
  * One boot of an instance's VMM: start it (cold, or from the standby snapshot), wait for the
  * guest's program, watch it, and record its end (the guest's exit report, or why the VMM ended,
- * or the standby snapshot it left).
+ * or the standby snapshot it left). A cold boot decides whether the VM gets the SCSI controller
+ * that volumes attached while running need (and always when some are); a restore rebuilds the
+ * machine its snapshot came from, hot-plugged disks included (their SCSI targets follow their slots).
  */
 import { rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { errorMessage, HypemanError, NotFoundError, NotSupportedError, pathExists, TimeoutError } from '@hypeman-ts/common'
-import { SNAPSHOT_META_FILE, type LiveVm, type RunningVm, type VmSpec } from '@hypeman-ts/vmm-drivers'
+import { SNAPSHOT_META_FILE, type DiskSpec, type LiveVm, type RunningVm, type VmSpec } from '@hypeman-ts/vmm-drivers'
 import {
   DISK_SERIAL,
   guestChannels,
@@ -19,10 +21,13 @@ import {
   type GuestStatusSummary,
   type GuestVolumeConfig,
   type GuestVolumeDisk,
+  hotVolumeOverlaySerial,
+  hotVolumeSerial,
   volumeDiskSerial,
   volumeOverlaySerial,
 } from '../guest/index.js'
 import { nowIso, type InstanceContext } from './context.js'
+import type { InstanceVolume } from './params.js'
 import { bootWithTemplate, templatePlan } from './template-boot.js'
 import type { InstanceRecord } from './record.js'
 import { exitFromGuest } from './state.js'
@@ -40,13 +45,28 @@ export async function rootfsOf(cx: InstanceContext, record: InstanceRecord): Pro
   return { diskPath: cx.opts.images.store.diskPath(img) }
 }
 
-/** The instance's volume disks, in its spec's order (serials `hm-vol-<i>` follow it). */
-function volumeDisks(cx: InstanceContext, record: InstanceRecord): GuestVolumeDisk[] {
-  return (record.spec.volumes ?? []).map((v) => ({
+/** A volume's disk files as the VMM gets them. */
+export function volumeDisk(cx: InstanceContext, id: string, v: InstanceVolume): GuestVolumeDisk {
+  return {
     disk: cx.opts.volumes!.diskPath(v.volumeId),
     readonly: v.readonly,
-    ...(v.overlay ? { overlay: volumeOverlayPath(cx, record.id, v.volumeId) } : {}),
-  }))
+    ...(v.overlay ? { overlay: volumeOverlayPath(cx, id, v.volumeId) } : {}),
+    ...(v.hotplugSlot !== undefined ? { hotplugSlot: v.hotplugSlot } : {}),
+  }
+}
+
+/** diskIoBps limits every disk the workload's I/O reaches (image, overlay, volumes, hot-plugged ones too); not the config disk. */
+export function diskThrottle(record: InstanceRecord): Pick<DiskSpec, 'throttle'> {
+  return record.spec.diskIoBytesPerSec ? { throttle: { bytesPerSec: record.spec.diskIoBytesPerSec } } : {}
+}
+
+/**
+ * Whether a cold boot gets the SCSI controller that volumes attached while running need (a
+ * restore rebuilds what the snapshotted boot had: `record.scsiController`).
+ */
+function wantsScsiController(cx: InstanceContext, record: InstanceRecord): boolean {
+  if ((record.spec.volumes ?? []).some((v) => v.hotplugSlot !== undefined)) return true
+  return !!cx.opts.volumes && cx.opts.volumeHotplug !== false && cx.driver(record.spec.hypervisor).capabilities.diskHotplug
 }
 
 /**
@@ -57,17 +77,22 @@ export function volumeOverlayPath(cx: InstanceContext, id: string, volumeId: str
   return join(cx.files.paths(id).dir, `volume-${volumeId}-overlay.ext4`)
 }
 
-/** The volumes as the guest mounts them: parents before paths inside them; serials follow the spec's order. */
+/** The volumes as the guest mounts them: parents before paths inside them; serials follow the spec's order (hot-attached ones: their slot). */
 export function guestVolumes(record: InstanceRecord): GuestVolumeConfig[] {
   const depth = (p: string) => p.split('/').length
-  return (record.spec.volumes ?? [])
-    .map((v, i): GuestVolumeConfig => ({
-      serial: volumeDiskSerial(i),
-      mountPath: v.mountPath,
-      mode: v.overlay ? 'overlay' : v.readonly ? 'ro' : 'rw',
-      ...(v.overlay ? { overlaySerial: volumeOverlaySerial(i) } : {}),
-    }))
-    .sort((a, b) => depth(a.mountPath) - depth(b.mountPath))
+  return (record.spec.volumes ?? []).map((v, i) => guestVolume(v, i)).sort((a, b) => depth(a.mountPath) - depth(b.mountPath))
+}
+
+/** How the guest mounts the volume at position `i` of the spec. */
+export function guestVolume(v: InstanceVolume, i: number): GuestVolumeConfig {
+  const hot = v.hotplugSlot
+  return {
+    serial: hot === undefined ? volumeDiskSerial(i) : hotVolumeSerial(hot),
+    mountPath: v.mountPath,
+    mode: v.overlay ? 'overlay' : v.readonly ? 'ro' : 'rw',
+    ...(v.overlay ? { overlaySerial: hot === undefined ? volumeOverlaySerial(i) : hotVolumeOverlaySerial(hot) } : {}),
+    ...(hot === undefined ? {} : { bus: 'scsi' as const }),
+  }
 }
 
 /** The guest kernel's headers disk (made on first use), or a refusal naming skipKernelHeaders. */
@@ -100,7 +125,8 @@ export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: 
     record.startedAt = nowIso()
     record.stoppedAt = null
   }
-  const throttle = spec.diskIoBytesPerSec ? { throttle: { bytesPerSec: spec.diskIoBytesPerSec } } : {}
+  const throttle = diskThrottle(record)
+  if (!restore) record.scsiController = wantsScsiController(cx, record)
   const kernelHeaders = record.kernelHeaders ? (await kernelHeadersDisk(cx, signal)).path : undefined
   const vmSpec: VmSpec = {
     name: spec.name,
@@ -110,10 +136,14 @@ export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: 
     vcpus: spec.vcpus,
     memoryBytes: spec.memoryBytes,
     ...(spec.hotplugBytes ? { hotplugMemory: { maxBytes: spec.memoryBytes + spec.hotplugBytes } } : {}),
-    // diskIoBps limits every disk the workload's I/O reaches (image, overlay, volumes); not the config disk.
-    disks: guestDisks({ rootfs, overlay: paths.overlay, config: paths.config, volumes: volumeDisks(cx, record), ...(kernelHeaders ? { kernelHeaders } : {}) }).map((d) =>
-      d.serial === DISK_SERIAL.config ? d : { ...d, ...throttle },
-    ),
+    disks: guestDisks({
+      rootfs,
+      overlay: paths.overlay,
+      config: paths.config,
+      volumes: (spec.volumes ?? []).map((v) => volumeDisk(cx, record.id, v)),
+      ...(kernelHeaders ? { kernelHeaders } : {}),
+    }).map((d) => (d.serial === DISK_SERIAL.config ? d : { ...d, ...throttle })),
+    ...(record.scsiController ? { scsiController: true } : {}),
     channels: guestChannels(
       { agentSocket: paths.agentSocket, controlSocket: paths.controlSocket, appLog: paths.appLog, statusLog: paths.statusLog },
       { skipGuestAgent: spec.skipGuestAgent },

@@ -39,6 +39,12 @@ export interface InstanceManagerOptions {
   bootTimeoutMs?: number
   /** Boot templates; absent when the manager boots every instance cold. */
   templates?: TemplateStore
+  /**
+   * Give cold boots a SCSI controller, so volumes can be attached and detached while instances
+   * run (drivers with `capabilities.diskHotplug`). Default true; false refuses those with
+   * `invalid_state` on instances booted without it.
+   */
+  volumeHotplug?: boolean
   /** The host network (opened on first use); absent when the manager has none. */
   network?: NetworkProvider
   /** The embedded egress proxy (started on first use); needs `network`. */

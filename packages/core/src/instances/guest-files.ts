@@ -98,7 +98,8 @@ export async function mkdir(cx: InstanceContext, idOrName: string, path: string,
   }
 }
 
-async function collect(proc: ExecProcess): Promise<{ exitCode: number; message: string; stderr: string }> {
+/** Runs a built-in to its end: its exit and what it said on stderr. */
+export async function collect(proc: ExecProcess): Promise<{ exitCode: number; message: string; stderr: string }> {
   const err: Buffer[] = []
   proc.stdout.resume()
   proc.stderr.on('data', (d: Buffer) => err.push(d))

@@ -98,14 +98,24 @@ export interface InstanceSpec {
   /** Guest-visible env var name → policy; the real values stay in `env` on the host only. */
   credentials: Record<string, CredentialPolicy>
   /**
-   * Volumes to attach, in order (disk `hm-vol-<i>`); ids once the create's `volumes` step
-   * resolved names. Absent in records written before volumes existed.
+   * Volumes to attach, in order (disk `hm-vol-<i>`, or `hm-hvol-<slot>` for one attached while
+   * running); ids once the create's `volumes` step resolved names. Absent in records written
+   * before volumes existed.
    */
-  volumes?: VolumeMountSpec[]
+  volumes?: InstanceVolume[]
   /** Registered devices to pass through, in order; ids once the create's `devices` step resolved names. */
   devices?: string[]
   /** A vGPU of this profile (an mdev made at create, removed at delete). */
   gpu?: { profile: string } | null
+}
+
+/** A volume of an instance's spec. */
+export interface InstanceVolume extends VolumeMountSpec {
+  /**
+   * Set when it was attached while the instance ran: its disks are SCSI disks (hot-pluggable,
+   * also at later boots) at targets 2·slot and 2·slot+1, with serials by slot (guest/constants.ts).
+   */
+  hotplugSlot?: number
 }
 
 export interface SpecDefaults {

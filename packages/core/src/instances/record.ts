@@ -55,6 +55,12 @@ export interface InstanceRecord {
    * records written before headers existed: those instances booted, and must restore, without it.
    */
   kernelHeaders?: boolean
+  /**
+   * The last cold boot gave the VM a SCSI controller (for volumes attached while running); a
+   * restore rebuilds the machine its snapshot came from, so it follows this, not today's options.
+   * Absent in records of boots from before it existed: no controller.
+   */
+  scsiController?: boolean
 }
 
 /** A new instance's record: nothing made yet (no disk, VMM, address), its create in flight. */

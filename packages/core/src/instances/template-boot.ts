@@ -75,6 +75,7 @@ export async function templatePlan(cx: InstanceContext, record: InstanceRecord, 
         file: SHARED_DISKS.has(d.serial) ? await file(d.path) : (await stat(d.path)).size,
       })),
     ),
+    scsiController: !!spec.scsiController,
     channels: (spec.channels ?? []).map((c) => c.name),
     nics: spec.nics?.length ?? 0,
   }

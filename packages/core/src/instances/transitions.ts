@@ -28,9 +28,9 @@ export const ALLOWED_STATES: Readonly<Record<Operation, readonly InstanceState[]
   copy: BOOTED,
   // Anything but a create in flight: a stopped or standby instance takes the change at its next boot.
   update: ['Initializing', 'Running', 'Paused', 'Shutdown', 'Stopped', 'Standby', 'Unknown'],
-  // Stopped only: a snapshot fixes a Standby instance's disks, and a running one would need hot-plug (instances/volumes.ts).
-  attach_volume: ['Stopped'],
-  detach_volume: ['Stopped'],
+  // A snapshot fixes a Standby instance's disks; a running one gets them hot-plugged (instances/volumes.ts).
+  attach_volume: ['Stopped', 'Running'],
+  detach_volume: ['Stopped', 'Running'],
   // A Running source needs `fromRunning` (fork.ts): standby, fork, restore.
   fork: ['Stopped', 'Standby', 'Running'],
 }

@@ -202,16 +202,17 @@ export class VolumeManager {
   }
 
   /**
-   * Drops attachments of instances that no longer exist (run at open, after the instances'
-   * reconcile): whatever window a crash found, an attachment never outlives its instance.
+   * Drops attachments that no instance holds (run at open, after the instances' reconcile):
+   * `holds` says whether the instance exists and its spec lists the volume. Whatever window a
+   * crash found (a create, a delete, an attach or detach), an attachment never outlives its use.
    */
-  async releaseOrphans(instanceExists: (id: string) => Promise<boolean>): Promise<string[]> {
+  async releaseOrphans(holds: (instanceId: string, volumeId: string) => Promise<boolean>): Promise<string[]> {
     const released: string[] = []
     await this.store.withLock(async () => {
       for (const r of await this.store.all()) {
         const kept: VolumeAttachmentRecord[] = []
         for (const a of r.attachments) {
-          if (await instanceExists(a.instanceId)) kept.push(a)
+          if (await holds(a.instanceId, r.id)) kept.push(a)
           else released.push(a.instanceId)
         }
         if (kept.length === r.attachments.length) continue

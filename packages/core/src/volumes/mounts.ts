@@ -30,8 +30,9 @@ const SYSTEM_TREES = ['/proc', '/sys', '/dev']
 const INIT_FILES = ['/etc/hosts', '/etc/hostname', '/etc/resolv.conf']
 const MIB = 1024 * 1024
 /**
- * Each volume is a virtio-blk PCI device (two with an overlay) on a bus of 32 slots that the
- * VM's own devices share; the guest init reads at most 64.
+ * Each volume attached at create is a virtio-blk PCI device (two with an overlay) on a bus of 32
+ * slots that the VM's own devices share; the guest init reads at most 64. The same cap holds for
+ * an instance's volumes however attached (instances/volumes.ts).
  */
 export const MAX_VOLUME_MOUNTS = 16
 

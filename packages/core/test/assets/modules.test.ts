@@ -76,5 +76,7 @@ describe('module load plan', () => {
       for (const p of [path, ...dep.get(path)!]) closure.add(p)
     }
     expect(new Set(plan.load.filter((m) => m.phase === 'boot').map((m) => m.path))).toEqual(closure)
+    // The SCSI driver of hot-plugged volumes stays off the boot: its own phase, after what it needs.
+    expect(plan.load.filter((m) => m.phase === 'scsi').map((m) => moduleName(m.path))).toEqual(['scsi_common', 'scsi_mod', 'virtio_scsi', 'sd_mod'])
   })
 })

@@ -287,6 +287,19 @@ describe('volumes in the config disk', () => {
     expect(out).toContain('volume=hm-vol-1 ro /srv/my share\n')
     expect(out).toContain('volume=hm-vol-2 overlay=hm-volov-2 /cache\n')
     expect(decodeGuestConfig(encodeGuestConfig(base)).volumes).toBeUndefined()
+    expect(out).not.toContain('volume.scsi')
+  })
+
+  it('marks the volumes on the SCSI bus (hot-plugged ones), so the init loads that driver before it looks for them', async () => {
+    const hot: GuestConfig['volumes'] = [
+      { serial: 'hm-vol-0', mountPath: '/data', mode: 'rw' },
+      { serial: 'hm-hvol-3', mountPath: '/hot', mode: 'overlay', overlaySerial: 'hm-hvolov-3', bus: 'scsi' },
+    ]
+    const img = encodeGuestConfig({ ...base, volumes: hot })
+    expect(decodeGuestConfig(img).volumes).toEqual(hot)
+    const out = await parseInGuestCode(img)
+    expect(out).toContain('volume=hm-hvol-3 overlay=hm-hvolov-3 /hot\n')
+    expect(out).toContain('volume.scsi=1\n')
   })
 
   it('the init refuses malformed volume records', async () => {

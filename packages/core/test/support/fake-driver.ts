@@ -79,6 +79,8 @@ export class FakeDriver implements VmmDriver {
       detach: async () => {},
       pause: unsupported,
       snapshot: unsupported,
+      hotplugDisk: unsupported,
+      unplugDisk: unsupported,
       standby: async (dir: string) => {
         await mkdir(dir, { recursive: true })
         await writeFile(join(dir, SNAPSHOT_META_FILE), '{}')

@@ -1,6 +1,6 @@
 /**
  * The instance operations of the spec that core supports: create, list, get, update (credential
- * rotation), delete, start, stop, standby, restore, stat, stats, wait. Core resolves every `{id}`
+ * rotation), delete, start, stop, standby, restore, fork, stat, stats, wait. Core resolves every `{id}`
  * (id, name or unique prefix) and checks the state (409 otherwise).
  */
 import type { FastifyRequest } from 'fastify'
@@ -61,6 +61,16 @@ export function instanceHandlers({ hm, shutdown, allowLocalLayouts }: RouteConte
     stopInstance: lifecycle('stop'),
     standbyInstance: lifecycle('standby', ['compression', 'compression_delay'], 'snapshot compression'),
     restoreInstance: lifecycle('restore'),
+    async forkInstance(req, reply) {
+      noIdleTimeout(req, reply)
+      const b = body(req)
+      const forked = await hm.instances.fork(idOf(req), {
+        name: b.name as string,
+        ...(b.from_running !== undefined ? { fromRunning: b.from_running as boolean } : {}),
+        ...(b.target_state !== undefined ? { targetState: b.target_state as 'Running' | 'Standby' | 'Stopped' } : {}),
+      })
+      return reply.code(201).send(instanceToWire(forked))
+    },
     async statInstancePath(req) {
       const q = query(req)
       const info = await hm.instances.stat(idOf(req), q.path as string, { followLinks: q.follow_links === true })

@@ -1,6 +1,7 @@
 /**
  * /volumes (create, from-archive, list, get, delete) and /instances/{id}/volumes/{volumeId}
- * (attach, detach: core does these for a Stopped instance). Sizes are in GB, 1024-based as
+ * (attach, detach: core does these for a Stopped instance, and for a Running one by hot-plug; a
+ * busy mount is `volume_busy`, a wrong state `invalid_state`, both 409). Sizes are in GB, 1024-based as
  * everywhere in this API. The archive of from-archive is the raw `application/gzip` body,
  * streamed into core's safe unpack, which stops at `size_gb`.
  */

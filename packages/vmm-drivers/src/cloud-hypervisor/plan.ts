@@ -32,6 +32,7 @@ export const CLOUD_HYPERVISOR_CAPABILITIES: DriverCapabilities = Object.freeze({
   gracefulShutdown: 'acpi-power-button',
   memoryShrink: false,
   passthrough: true,
+  diskHotplug: false,
 })
 
 /**

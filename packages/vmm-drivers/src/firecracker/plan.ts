@@ -35,6 +35,7 @@ export const FIRECRACKER_CAPABILITIES: DriverCapabilities = Object.freeze({
   memoryShrink: true,
   // Firecracker has no VFIO device in its API.
   passthrough: false,
+  diskHotplug: false,
 })
 
 /**

@@ -8,7 +8,7 @@
  * that only take key=value (-chardev, -netdev) get QEMU's comma doubling.
  */
 import { composeCmdline } from '../cmdline.js'
-import type { ResolvedAccel, VmSpec } from '../types.js'
+import type { DiskSpec, ResolvedAccel, VmSpec } from '../types.js'
 
 /**
  * The machine-specific head of the kernel command line. console=ttyS0 is the one serial port we
@@ -56,6 +56,51 @@ const MiB = 1024 * 1024
 
 export { composeCmdline }
 
+/** The qdev id of the virtio-scsi controller; its bus is `scsi0.0`. */
+export const SCSI_CONTROLLER = 'scsi0'
+
+/** One disk as QEMU objects: the same on the command line and in QMP (hotplug), so a restore's argv rebuilds what a hot-plug added. */
+export interface QemuDisk {
+  /** The top block node (the throttle filter when there is one); `blockdev-del` of it removes the nodes under it too. */
+  node: string
+  throttleGroup?: { id: string; limits: Record<string, number> }
+  blockdev: Record<string, unknown>
+  /** `device_add` arguments, `driver` first. */
+  device: Record<string, string | number>
+}
+
+/**
+ * virtio-blk disks are named by position (as before SCSI disks existed); SCSI disks by serial,
+ * since they come and go while the VM runs and another disk's removal must not rename them.
+ */
+export function qemuDisk(disk: DiskSpec, index: number): QemuDisk {
+  const scsi = disk.bus === 'scsi'
+  const node = scsi ? `hd-${disk.serial}` : `disk${index}`
+  const readOnly = disk.readonly === true
+  const limits: Record<string, number> = {}
+  if (disk.throttle?.bytesPerSec !== undefined) limits['bps-total'] = disk.throttle.bytesPerSec
+  if (disk.throttle?.iopsPerSec !== undefined) limits['iops-total'] = disk.throttle.iopsPerSec
+  const throttled = Object.keys(limits).length > 0
+  const format = throttled ? `${node}-fmt` : node
+  let blockdev: Record<string, unknown> = {
+    driver: disk.format ?? 'raw',
+    'node-name': format,
+    'read-only': readOnly,
+    ...(readOnly ? {} : { discard: 'unmap' }),
+    file: { driver: 'file', filename: disk.path, 'read-only': readOnly, ...(readOnly ? {} : { discard: 'unmap' }) },
+  }
+  if (throttled) blockdev = { driver: 'throttle', 'node-name': node, 'throttle-group': `${node}-throttle`, 'read-only': readOnly, file: blockdev }
+  const device: Record<string, string | number> = scsi
+    ? { driver: 'scsi-hd', id: `${node}-dev`, bus: `${SCSI_CONTROLLER}.0`, channel: 0, 'scsi-id': disk.scsiId!, lun: 0, drive: node, serial: disk.serial }
+    : { driver: 'virtio-blk-pci', id: `${node}-dev`, drive: node, serial: disk.serial }
+  return {
+    node,
+    ...(throttled ? { throttleGroup: { id: `${node}-throttle`, limits } } : {}),
+    blockdev,
+    device,
+  }
+}
+
 export function buildQemuArgv(spec: VmSpec, ctx: QemuArgvContext): string[] {
   const argv: string[] = []
   const add = (...args: string[]) => argv.push(...args)
@@ -92,25 +137,12 @@ export function buildQemuArgv(spec: VmSpec, ctx: QemuArgvContext): string[] {
   // A guest that loads pvpanic-pci reports its panic, so the exit says "panic" and not "reboot".
   add('-device', 'pvpanic-pci')
 
+  if (spec.scsiController) add('-device', `virtio-scsi-pci,id=${SCSI_CONTROLLER}`)
   for (const [i, disk] of (spec.disks ?? []).entries()) {
-    const node = `disk${i}`
-    const readOnly = disk.readonly === true
-    let blockdev: Record<string, unknown> = {
-      driver: disk.format ?? 'raw',
-      'node-name': disk.throttle ? `${node}-fmt` : node,
-      'read-only': readOnly,
-      ...(readOnly ? {} : { discard: 'unmap' }),
-      file: { driver: 'file', filename: disk.path, 'read-only': readOnly, ...(readOnly ? {} : { discard: 'unmap' }) },
-    }
-    const limits: Record<string, number> = {}
-    if (disk.throttle?.bytesPerSec !== undefined) limits['bps-total'] = disk.throttle.bytesPerSec
-    if (disk.throttle?.iopsPerSec !== undefined) limits['iops-total'] = disk.throttle.iopsPerSec
-    if (Object.keys(limits).length > 0) {
-      add('-object', JSON.stringify({ 'qom-type': 'throttle-group', id: `${node}-throttle`, limits }))
-      blockdev = { driver: 'throttle', 'node-name': node, 'throttle-group': `${node}-throttle`, 'read-only': readOnly, file: blockdev }
-    }
-    add('-blockdev', JSON.stringify(blockdev))
-    add('-device', `virtio-blk-pci,id=${node}-dev,drive=${node},serial=${disk.serial}`)
+    const q = qemuDisk(disk, i)
+    if (q.throttleGroup) add('-object', JSON.stringify({ 'qom-type': 'throttle-group', ...q.throttleGroup }))
+    add('-blockdev', JSON.stringify(q.blockdev))
+    add('-device', Object.entries(q.device).map(([k, v]) => `${k === 'driver' ? '' : `${k}=`}${v}`).join(','))
   }
 
   for (const [i, nic] of (spec.nics ?? []).entries()) {

@@ -51,6 +51,7 @@ export const QEMU_CAPABILITIES: DriverCapabilities = Object.freeze({
   gracefulShutdown: 'acpi-power-button',
   memoryShrink: false,
   passthrough: true,
+  diskHotplug: true,
 })
 
 /** The steps only a restore has. */
@@ -94,7 +95,7 @@ export class QemuDriver implements VmmDriver {
 
   async start(spec: VmSpec, opts: StartOptions = {}): Promise<QemuRunningVm> {
     throwIfAborted(opts.signal, 'start')
-    validateVmSpec(spec, [RUNTIME_FILES.qmp], { memoryFile: true, passthrough: true })
+    validateVmSpec(spec, [RUNTIME_FILES.qmp], { memoryFile: true, passthrough: true, diskHotplug: true })
     await checkSpecFiles(spec)
     const restore = spec.restoreFrom ? await loadSnapshotForRestore(spec) : undefined
     const accel = await this.resolveAccel(spec.accel ?? 'auto')

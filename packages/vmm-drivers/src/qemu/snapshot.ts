@@ -37,8 +37,21 @@ export interface QemuSnapshotMeta {
 
 /** The parts of a spec that the migration stream depends on (not paths: those may move). */
 export function machineFingerprint(spec: VmSpec): string {
-  const disks = (spec.disks ?? []).map((d) => ({ serial: d.serial, readonly: d.readonly === true, format: d.format ?? 'raw', throttled: !!d.throttle }))
-  return machineShapeFingerprint(spec, disks, { channels: (spec.channels ?? []).map((c) => [c.name, c.backend.kind]) })
+  // SCSI disks are matched by address, not by order (they are hot-plugged in any order), so they
+  // go last, by target. Disks and specs without SCSI hash as they did before it existed.
+  const all = spec.disks ?? []
+  const scsi = all.filter((d) => d.bus === 'scsi').sort((a, b) => a.scsiId! - b.scsiId!)
+  const disks = [...all.filter((d) => d.bus !== 'scsi'), ...scsi].map((d) => ({
+    serial: d.serial,
+    readonly: d.readonly === true,
+    format: d.format ?? 'raw',
+    throttled: !!d.throttle,
+    ...(d.bus === 'scsi' ? { scsiId: d.scsiId } : {}),
+  }))
+  return machineShapeFingerprint(spec, disks, {
+    channels: (spec.channels ?? []).map((c) => [c.name, c.backend.kind]),
+    ...(spec.scsiController ? { scsiController: true } : {}),
+  })
 }
 
 /** Single-quotes a path for /bin/sh. */
@@ -65,7 +78,7 @@ export async function loadSnapshotForRestore(spec: VmSpec): Promise<{ meta: Qemu
   if (meta.fingerprint !== expected) {
     throw new ValidationError(
       'restoreFrom',
-      `snapshot ${dir} was taken from a VM with different vCPUs, memory, disks, NICs or channels than this spec`,
+      `snapshot ${dir} was taken from a VM with different vCPUs, memory, disks (hot-plugged ones included), NICs or channels than this spec`,
     )
   }
   if (meta.ramInFile && !spec.memoryFile) {

@@ -8,11 +8,12 @@
 import { mkdir, rm, stat } from 'node:fs/promises'
 import { createConnection, type Socket } from 'node:net'
 import { basename, join } from 'node:path'
-import { errorMessage, NotSupportedError, pollUntil, TimeoutError, ValidationError, writeJsonAtomic, type Logger } from '@hypeman-ts/common'
+import { errorMessage, NotSupportedError, pollUntil, TimeoutError, ValidationError, withDeadline, writeJsonAtomic, type Logger } from '@hypeman-ts/common'
 import { QmpCommandError, VmmError } from '../errors.js'
 import { ProcessMachine, type EndRequest, type GuestStop } from '../machine.js'
 import type { ProcessExit, ProcessWatch } from '../process.js'
-import type { ExitReason, PersistedVm, SnapshotInfo, VmState, VmTimings, WaitOptions } from '../types.js'
+import type { DiskSpec, ExitReason, PersistedVm, SnapshotInfo, VmState, VmTimings, WaitOptions } from '../types.js'
+import { validateDisk } from '../spec.js'
 import type { QmpClient } from './qmp-client.js'
 import type { QmpEvent } from './qmp-codec.js'
 import {
@@ -24,7 +25,7 @@ import {
   type QemuSnapshotMeta,
 } from './snapshot.js'
 import { removeRuntimeFiles as removeQemuRuntimeFiles } from './runtime.js'
-import { DEFAULT_HOTPLUG_SLOTS } from './argv.js'
+import { DEFAULT_HOTPLUG_SLOTS, qemuDisk } from './argv.js'
 import { PausedView, RunningView } from '../view.js'
 
 const MiB = 1024 * 1024
@@ -255,6 +256,74 @@ export class QemuMachine extends ProcessMachine {
       throw err
     }
     return { memoryBytes: totalBytes }
+  }
+
+  /**
+   * A SCSI disk through QMP (`blockdev-add` + `device_add` on the controller), which needs no PCI
+   * hot-plug: q35's root bus has none, and the guest scans only bus 0 (`pci=lastbus=0`). The
+   * objects are the ones the command line would make (argv.ts, `qemuDisk`), so a restore rebuilds them.
+   */
+  async hotplugDisk(disk: DiskSpec): Promise<void> {
+    this.assertUsable('hotplugDisk')
+    const spec = this.persisted.spec
+    if (!spec.scsiController) throw new VmmError('invalid_state', 'this VM was started without a SCSI controller: disks cannot be hot-plugged', { step: 'hotplugDisk' })
+    if (disk?.bus !== 'scsi') throw new ValidationError('disk.bus', 'a hot-plugged disk must have bus "scsi"')
+    validateDisk(disk, 'disk', spec.disks ?? [])
+    const q = qemuDisk(disk, 0)
+    const undo: (() => Promise<unknown>)[] = []
+    try {
+      if (q.throttleGroup) {
+        await this.#qmp('object-add', { 'qom-type': 'throttle-group', ...q.throttleGroup })
+        undo.push(() => this.#qmp('object-del', { id: q.throttleGroup!.id }))
+      }
+      await this.#qmp('blockdev-add', q.blockdev)
+      undo.push(() => this.#qmp('blockdev-del', { 'node-name': q.node }))
+      await this.#qmp('device_add', q.device)
+    } catch (err) {
+      // Nothing half-added stays: a later add of the same serial would clash with its leftovers.
+      for (const step of undo.reverse()) await step().catch((e) => this.logger.warn(`undoing a disk hot-plug: ${errorMessage(e)}`))
+      throw err
+    }
+    this.persisted.spec = { ...spec, disks: [...(spec.disks ?? []), disk] }
+  }
+
+  /**
+   * `device_del`, then the block nodes once QEMU says the device is gone (DEVICE_DELETED): before
+   * that the drive is still in use and `blockdev-del` fails. virtio-scsi unplugs without waiting
+   * for the guest, so this is quick. What is already gone is skipped, so an unplug cut short (a
+   * crash of the caller) can be finished by calling it again.
+   */
+  async unplugDisk(serial: string, opts: WaitOptions = {}): Promise<void> {
+    this.assertUsable('unplugDisk')
+    const spec = this.persisted.spec
+    const disk = (spec.disks ?? []).find((d) => d.serial === serial)
+    if (!disk) throw new ValidationError('serial', `this VM has no disk with serial "${serial}"`)
+    if (disk.bus !== 'scsi') throw new VmmError('invalid_state', `disk "${serial}" is a virtio-blk PCI device, which cannot be unplugged on this machine`, { step: 'unplugDisk' })
+    const q = qemuDisk(disk, 0)
+    const id = String(q.device.id)
+    let off = (): void => {}
+    const deleted = new Promise<void>((resolve) => {
+      off = this.qmp.onEvent((e) => {
+        if (e.name === 'DEVICE_DELETED' && e.data.device === id) resolve()
+      })
+    })
+    try {
+      const present = await this.#qmp<unknown>('device_del', { id }).then(
+        () => true,
+        (err: unknown) => {
+          if (err instanceof QmpCommandError && err.qmpClass === 'DeviceNotFound') return false
+          throw err
+        },
+      )
+      if (present) await withDeadline(deleted, opts.timeoutMs ?? 10_000, `QEMU to remove disk ${serial}`, 'unplugDisk', opts.signal)
+    } finally {
+      off()
+    }
+    const nodes = await this.#qmp<{ 'node-name': string }[]>('query-named-block-nodes', { flat: true })
+    if (nodes.some((n) => n['node-name'] === q.node)) await this.#qmp('blockdev-del', { 'node-name': q.node })
+    const objects = await this.#qmp<{ name: string }[]>('qom-list', { path: '/objects' })
+    if (q.throttleGroup && objects.some((o) => o.name === q.throttleGroup!.id)) await this.#qmp('object-del', { id: q.throttleGroup.id })
+    this.persisted.spec = { ...spec, disks: (spec.disks ?? []).filter((d) => d !== disk) }
   }
 
   async connectChannel(name: string, opts: WaitOptions = {}): Promise<Socket> {

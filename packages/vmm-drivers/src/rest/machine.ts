@@ -14,7 +14,7 @@ import { errorMessage, NotSupportedError, ValidationError, writeJsonAtomic, type
 import { VmmError } from '../errors.js'
 import { ProcessMachine, type EndRequest, type GuestStop } from '../machine.js'
 import type { ProcessExit, ProcessWatch } from '../process.js'
-import type { DriverName, ExitReason, PersistedVm, SnapshotInfo, VmState, VmTimings, WaitOptions } from '../types.js'
+import type { DiskSpec, DriverName, ExitReason, PersistedVm, SnapshotInfo, VmState, VmTimings, WaitOptions } from '../types.js'
 import { PausedView, RunningView } from '../view.js'
 import { connectVsock } from '../vsock/connect.js'
 import type { ApiCall, CallOptions, RestClient } from './client.js'
@@ -169,6 +169,14 @@ export class RestMachine extends ProcessMachine {
     }
     await this.#run(this.dialect.planResizeMemory(spec, totalBytes))
     return { memoryBytes: totalBytes }
+  }
+
+  async hotplugDisk(_disk: DiskSpec): Promise<void> {
+    throw new NotSupportedError(`disk hot-plug is not implemented for ${this.dialect.label}`, { field: 'disk' })
+  }
+
+  async unplugDisk(_serial: string): Promise<void> {
+    throw new NotSupportedError(`disk hot-plug is not implemented for ${this.dialect.label}`, { field: 'serial' })
   }
 
   async connectChannel(name: string, opts: WaitOptions = {}): Promise<Socket> {
