@@ -175,10 +175,10 @@ describe('errors', () => {
 
   it('answers what the spec has and we do not with 501 not_implemented, never a fake', async () => {
     for (const [method, path, body] of [
-      ['POST', '/instances/x/fork', '{"name":"y"}'],
-      ['GET', '/snapshots'],
-      ['GET', '/builds'],
-      ['GET', '/ingresses'],
+      ['POST', '/snapshots/x/fork', '{"name":"y"}'],
+      ['GET', '/snapshots', undefined],
+      ['GET', '/builds', undefined],
+      ['GET', '/ingresses', undefined],
     ] as const) {
       const r = await http(method, path, body ? { body } : {})
       expect(r.status, `${method} ${path}`).toBe(501)

@@ -203,6 +203,19 @@ describe('an instance through the API', () => {
     expect(started.state).toBe('Running')
   })
 
+  it('is forked through the SDK: 409 while Running without from_running, then a Running fork of its own', async () => {
+    const refused = await t.client.instances.fork('srv-one', { name: 'srv-fork' }).catch((e: { status: number; error: unknown }) => e)
+    expect(refused).toMatchObject({ status: 409 })
+    const forked = await t.client.instances.fork('srv-one', { name: 'srv-fork', from_running: true })
+    valid('Instance', forked)
+    expect(forked).toMatchObject({ name: 'srv-fork', state: 'Running' })
+    expect((await t.client.instances.get('srv-one')).state).toBe('Running')
+    expect((await execWs('srv-fork', { command: ['hostname'] })).output).toBe('srv-fork\n')
+    const stopped = await t.client.instances.fork('srv-fork', { name: 'srv-fork-2', from_running: true, target_state: 'Stopped' })
+    expect(stopped.state).toBe('Stopped')
+    for (const name of ['srv-fork', 'srv-fork-2']) await t.client.instances.delete(name)
+  })
+
   it('is deleted with 204, and is gone', async () => {
     const res = await t.client.instances.delete(inst.id.slice(0, 8)).asResponse()
     expect(res.status).toBe(204)

@@ -116,6 +116,9 @@ function forkRecord(source: InstanceRecord, name: string): InstanceRecord {
   spec.name = name
   const record = newRecord(createId(), spec, nowIso())
   record.imageDigest = source.imageDigest
+  // The machine's device set as the source's last boot had it: a restore of its snapshot rebuilds that machine.
+  if (source.kernelHeaders !== undefined) record.kernelHeaders = source.kernelHeaders
+  if (source.scsiController !== undefined) record.scsiController = source.scsiController
   if (source.snapshot) {
     record.snapshot = true
     // The snapshot's NIC is the source's: a restore passes the same MAC, and the guest takes the fork's.
