@@ -13,6 +13,8 @@
  * shape; two managers on two data dirs, one with templates off):
  *   - warm_create_vs_cold: create → Running restored from the shape's template vs a cold create;
  *   - restore_vs_cold: restore from standby through the API vs a cold create;
+ *   - fork_vs_cold: fork of a Running instance to Running (fromRunning: standby, copy, restore
+ *     the fork and give it its identity, restore the source) vs a cold create;
  *   - template_extra_ms: what the first create of a shape pays to make the template.
  *
  *   npm run bench:boot [-- --runs 5] [-- --json]
@@ -117,6 +119,7 @@ await withBusyboxManager('boot', async (hm, image, work, open) => {
   const warmMs: number[] = []
   const standbyMs: number[] = []
   const restoreMs: number[] = []
+  const forkMs: number[] = []
   let templateMakeMs = 0
   for (let i = 0; i <= RUNS; i++) {
     // From a template (the warm-up run makes it).
@@ -130,6 +133,10 @@ await withBusyboxManager('boot', async (hm, image, work, open) => {
     t0 = performance.now()
     await warm.instances.restore(w.id)
     const restore = performance.now() - t0
+    t0 = performance.now()
+    const f = await warm.instances.fork(w.id, { name: `fork-${i}`, fromRunning: true })
+    const forkTime = performance.now() - t0
+    await warm.instances.delete(f.id)
     await warm.instances.delete(w.id)
 
     t0 = performance.now()
@@ -147,11 +154,12 @@ await withBusyboxManager('boot', async (hm, image, work, open) => {
     warmMs.push(warmCreate)
     standbyMs.push(standby)
     restoreMs.push(restore)
+    forkMs.push(forkTime)
     bareProgramMs.push(b.toProgram)
     bareInitMs.push(b.toInit)
     overhead.push(mem.overhead)
     rss.push(mem.total)
-    say(`  run ${i}: from a template ${warmCreate.toFixed(0)} ms, standby ${standby.toFixed(0)} ms, restore ${restore.toFixed(0)} ms`)
+    say(`  run ${i}: from a template ${warmCreate.toFixed(0)} ms, standby ${standby.toFixed(0)} ms, restore ${restore.toFixed(0)} ms, fork of a running one ${forkTime.toFixed(0)} ms`)
     say(`  run ${i}: ours cold ${ours.toFixed(0)} ms, bare to program ${b.toProgram.toFixed(0)} ms, bare to init ${b.toInit.toFixed(0)} ms, VMM RSS ${(mem.total / 2 ** 20).toFixed(0)} MiB (${(mem.overhead / 2 ** 20).toFixed(0)} MiB beyond guest RAM)`)
   }
   const result = {
@@ -170,6 +178,8 @@ await withBusyboxManager('boot', async (hm, image, work, open) => {
     standby_ms: round(median(standbyMs), 1),
     restore_ms: round(median(restoreMs), 1),
     restore_vs_cold: round(median(restoreMs) / median(oursMs)),
+    fork_ms: round(median(forkMs), 1),
+    fork_vs_cold: round(median(forkMs) / median(oursMs)),
     template_make_create_ms: round(templateMakeMs, 1),
     template_extra_ms: round(templateMakeMs - median(oursMs), 1),
     template_bytes: (await warm.templates!.list())[0]?.bytes ?? null,
@@ -178,6 +188,7 @@ await withBusyboxManager('boot', async (hm, image, work, open) => {
   say(`ratio vs bare to program ${result.ratio_vs_bare_to_program} (goal ≤ 1.10); vs bare to init ${result.ratio_vs_bare_to_init}`)
   say(`from a template: ${result.warm_create_to_running_ms} ms, ratio vs cold ${result.warm_create_vs_cold} (goal ≤ 0.2)`)
   say(`restore from standby: ${result.restore_ms} ms (standby ${result.standby_ms} ms), ratio vs cold ${result.restore_vs_cold} (goal ≤ 0.1)`)
+  say(`fork of a running instance to Running: ${result.fork_ms} ms, ratio vs cold ${result.fork_vs_cold} (goal ≤ 0.25)`)
   say(`the first create of the shape made the template: ${result.template_make_create_ms} ms (${result.template_extra_ms} ms over a cold create), ${result.template_bytes} bytes`)
   say(`host memory per instance: VMM RSS ${result.vmm_rss_mib} MiB, of which ${result.vmm_rss_beyond_guest_ram_mib} MiB beyond guest RAM`)
   finish(result)

@@ -168,6 +168,7 @@ export class Hypeman {
         dir: join(dataDir, 'images'),
         logger,
         inUse: async () => (instances ? instances.digestsInUse() : new Set()),
+        prepareTemplate: (image, shape, signal) => instances!.prepareTemplate(image, shape, signal ? { signal } : {}),
       })
       await images.init()
       const volumes = new VolumeManager({

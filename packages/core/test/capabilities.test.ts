@@ -20,7 +20,7 @@ describe('hypervisorFeatures', () => {
     expect(hypervisorFeatures(QEMU_CAPABILITIES)).toEqual(['standby', 'fork', 'pause', 'disk-io-limit', 'gpu-passthrough'])
     expect(hypervisorFeatures(CLOUD_HYPERVISOR_CAPABILITIES)).toEqual(expect.arrayContaining(['vsock']))
     expect(hypervisorFeatures(FIRECRACKER_CAPABILITIES)).toEqual(expect.arrayContaining(['vsock']))
-    expect(hypervisorFeatures({ ...QEMU_CAPABILITIES, snapshot: false, pause: false, diskThrottle: false, passthrough: false })).toEqual([])
+    expect(hypervisorFeatures({ ...QEMU_CAPABILITIES, snapshot: false, pause: false, diskThrottle: false, passthrough: false })).toEqual(['fork'])
   })
 })
 

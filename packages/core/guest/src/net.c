@@ -151,8 +151,8 @@ int net_loopback_up(char *err, size_t cap)
 	return 0;
 }
 
-/* The interface whose address is mac (lowercase), polling while the driver registers it. */
-static int find_by_mac(const char *mac, unsigned wait_ms, char *ifname, size_t ifcap)
+/* The first interface `match` accepts, polling while the drivers register them. */
+static int find_iface(int (*match)(const char *name, const void *arg), const void *arg, unsigned wait_ms, char *ifname, size_t ifcap)
 {
 	uint64_t deadline = monotonic_ms() + wait_ms;
 	for (;;) {
@@ -160,14 +160,10 @@ static int find_by_mac(const char *mac, unsigned wait_ms, char *ifname, size_t i
 		struct dirent *e;
 		int found = 0;
 		while (d && !found && (e = readdir(d)) != NULL) {
-			if (e->d_name[0] == '.')
+			if (e->d_name[0] == '.' || !match(e->d_name, arg))
 				continue;
-			char path[300], value[64];
-			snprintf(path, sizeof path, "/sys/class/net/%s/address", e->d_name);
-			if (read_small_file(path, value, sizeof value) == 17 && strcmp(value, mac) == 0) {
-				snprintf(ifname, ifcap, "%s", e->d_name);
-				found = 1;
-			}
+			snprintf(ifname, ifcap, "%s", e->d_name);
+			found = 1;
 		}
 		if (d)
 			closedir(d);
@@ -179,31 +175,31 @@ static int find_by_mac(const char *mac, unsigned wait_ms, char *ifname, size_t i
 	}
 }
 
+/* Its address is arg (a lowercase MAC). */
+static int has_mac(const char *name, const void *arg)
+{
+	char path[300], value[64];
+	snprintf(path, sizeof path, "/sys/class/net/%s/address", name);
+	return read_small_file(path, value, sizeof value) == 17 && strcmp(value, (const char *)arg) == 0;
+}
+
+/* A device behind it: a NIC, not lo or a virtual link. */
+static int has_device(const char *name, const void *arg)
+{
+	char path[300];
+	struct stat st;
+	snprintf(path, sizeof path, "/sys/class/net/%s/device", name);
+	return lstat(path, &st) == 0;
+}
+
+static int find_by_mac(const char *mac, unsigned wait_ms, char *ifname, size_t ifcap)
+{
+	return find_iface(has_mac, mac, wait_ms, ifname, ifcap);
+}
+
 int net_find_nic(unsigned wait_ms, char *ifname, size_t ifcap)
 {
-	uint64_t deadline = monotonic_ms() + wait_ms;
-	for (;;) {
-		DIR *d = opendir("/sys/class/net");
-		struct dirent *e;
-		int found = 0;
-		while (d && !found && (e = readdir(d)) != NULL) {
-			char path[300];
-			struct stat st;
-			/* A device link: a NIC, not lo or a virtual link. */
-			snprintf(path, sizeof path, "/sys/class/net/%s/device", e->d_name);
-			if (e->d_name[0] != '.' && lstat(path, &st) == 0) {
-				snprintf(ifname, ifcap, "%s", e->d_name);
-				found = 1;
-			}
-		}
-		if (d)
-			closedir(d);
-		if (found)
-			return 0;
-		if (monotonic_ms() >= deadline)
-			return -1;
-		sleep_ms(5);
-	}
+	return find_iface(has_device, NULL, wait_ms, ifname, ifcap);
 }
 
 int net_set_mac(const char *ifname, const char *mac, char *err, size_t cap)

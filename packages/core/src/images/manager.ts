@@ -6,8 +6,10 @@
  * once (a lock per digest, then a second look in the cache). Builds (unpack + mkfs) run a few at
  * a time; the rest wait in a queue whose position the Image reports.
  */
-import { ConflictError, errorMessage, Listeners, NotFoundError, type Logger, silentLogger, ValidationError } from '@hypeman-ts/common'
+import { ConflictError, errorMessage, Listeners, NotFoundError, NotSupportedError, type Logger, silentLogger, ValidationError } from '@hypeman-ts/common'
 import { ImageError } from '../errors.js'
+import type { TemplateShape } from '../instances/prepare.js'
+import type { Template } from '../templates/store.js'
 import { matchesTags, validateTags } from '../validate.js'
 import type { RegistryCredentials } from './auth.js'
 import { DISK_FORMATS, type DiskFormat } from './disk.js'
@@ -98,6 +100,8 @@ export interface ImageManagerOptions {
   maxUnpackedBytes?: number
   /** Digests that must not be deleted (images that instances use). */
   inUse?: () => Promise<ReadonlySet<string>>
+  /** Makes the boot template of an image for a machine shape (the instances' side of `prepare`). */
+  prepareTemplate?: (image: string, shape: TemplateShape, signal?: AbortSignal) => Promise<Template>
   logger?: Logger
 }
 
@@ -336,6 +340,15 @@ export class ImageManager {
   }
 
   /** The image by name (any form of the reference); an in-flight or failed pull shows its status. */
+  /**
+   * Makes the boot template of `image` for instances of `shape` ahead of time (pulling the image if
+   * needed), so that even the first create of that shape restores instead of booting the kernel.
+   */
+  async prepare(image: string, shape: TemplateShape = {}, opts: { signal?: AbortSignal } = {}): Promise<Template> {
+    if (!this.opts.prepareTemplate) throw new NotSupportedError('prepare: this image manager has no instances to boot a template with', { field: 'image' })
+    return this.opts.prepareTemplate(image, shape, opts.signal)
+  }
+
   async get(name: string): Promise<Image> {
     const key = this.normalize(name)
     const job = this.jobs.get(key)

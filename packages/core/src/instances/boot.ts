@@ -185,6 +185,7 @@ export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: 
   const fromTemplate = plan ? await bootWithTemplate(cx, record, vmSpec, plan, startVm, signal) : undefined
   if (fromTemplate) return fromTemplate
   delete record.vmmMac
+  delete record.template
   return startVm(vmSpec)
 }
 

@@ -17,6 +17,8 @@ import { matchesTags } from '../validate.js'
 import { InstanceContext, READ_CONCURRENCY, type InstanceManagerOptions } from './context.js'
 import { createInstance, type CreateOptions } from './create.js'
 import { fork, type ForkParams } from './fork.js'
+import { prepareTemplate, type TemplateShape } from './prepare.js'
+import type { Template } from '../templates/store.js'
 import { exec, execStream, logs, stat, type ExecParams, type LogOptions } from './guest-access.js'
 import { copyFrom, copyTo, type CopyToOptions, type GuestFileEntry, mkdir } from './guest-files.js'
 import { deleteInstance, kill, pause, restore, resume, standby, start, stop, type StopOptions } from './lifecycle.js'
@@ -32,6 +34,7 @@ import { attachVolume, detachVolume, type AttachVolumeParams } from './volumes.j
 export type { InstanceManagerOptions, NetworkProvider, EgressProvider } from './context.js'
 export type { CreateOptions } from './create.js'
 export type { ForkParams } from './fork.js'
+export type { TemplateShape } from './prepare.js'
 export type { ExecParams, LogOptions, LogSource } from './guest-access.js'
 export type { StopOptions } from './lifecycle.js'
 export type { InstanceSpec, InstanceNetworkRecord }
@@ -118,6 +121,11 @@ export class InstanceManager {
 
   restore(idOrName: string, opts: { signal?: AbortSignal } = {}): Promise<Instance> {
     return restore(this.#cx, idOrName, opts)
+  }
+
+  /** The boot template of `image` for instances of `shape`, made ahead of time (`hm.images.prepare`). */
+  prepareTemplate(image: string, shape?: TemplateShape, opts: { signal?: AbortSignal } = {}): Promise<Template> {
+    return prepareTemplate(this.#cx, image, shape, opts.signal)
   }
 
   /**

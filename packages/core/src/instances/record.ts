@@ -44,6 +44,8 @@ export interface InstanceRecord {
    * keeps the template's on the device (the guest sets its own), and a restore must pass it again.
    */
   vmmMac?: string | null
+  /** The key of the boot template its last boot was restored from (none: a cold boot). */
+  template?: string
   /** The VMM runs a guest waiting at a template's point for `go` (identity.ts). */
   awaitingGo?: boolean
   /** A fork whose next restore must give the guest its own identity (fork.ts, identity.ts). */

@@ -160,6 +160,7 @@ async function restoreTemplate(
     const size = await stat(memory).then((st) => st.size, () => -1)
     if (size !== spec.memoryBytes) throw new Error(`its RAM file ${memory} is missing or has the wrong size (${size} bytes)`)
     record.vmmMac = t.mac
+    record.template = t.key
     record.awaitingGo = true
     vm = await startVm({
       ...spec,
@@ -174,6 +175,7 @@ async function restoreTemplate(
     return vm
   } catch (err) {
     delete record.vmmMac
+    delete record.template
     delete record.awaitingGo
     if (vm) await discardVm(cx, record, vm)
     else await cx.files.write(record)

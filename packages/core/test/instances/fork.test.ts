@@ -3,33 +3,21 @@
  * (standby, fork, restore); each fork its own machine, the source undisturbed; bad input leaves
  * nothing behind.
  */
-import { mkdtemp, readdir, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { readdir } from 'node:fs/promises'
 import { join } from 'node:path'
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
-import { Hypeman } from '../../src/index.js'
+import { describe, expect, inject, it } from 'vitest'
+import { fileManager } from '../support/manager.js'
 
 const reg = inject('registry')
 const BUSYBOX = `${reg.open}/busybox:latest`
-let hm: Hypeman
-let dataDir: string
 
 // A program with state only in memory: a counter it prints to a file each tick.
 const COUNTER = ['sh', '-c', 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done']
 
-beforeAll(async () => {
-  dataDir = await mkdtemp(join(tmpdir(), 'hm-fork-'))
-  hm = await Hypeman.open({ dataDir, network: false, defaults: { vcpus: 1, size: '256MB', overlaySize: '64MB', skipKernelHeaders: true } })
-})
-
-afterAll(async () => {
-  for (const i of await hm.instances.list()) await hm.instances.delete(i.id)
-  await hm.close()
-  await rm(dataDir, { recursive: true, force: true })
-})
+const t = fileManager('hm-fork-', { network: false, defaults: { vcpus: 1, size: '256MB', overlaySize: '64MB', skipKernelHeaders: true } })
 
 const sh = async (id: string, script: string) => {
-  const r = await hm.instances.exec(id, { argv: ['sh', '-c', script] })
+  const r = await t.hm.instances.exec(id, { argv: ['sh', '-c', script] })
   expect(r.exitCode, r.stderr.toString()).toBe(0)
   return r.stdout.toString().trim()
 }
@@ -38,30 +26,30 @@ const identity = (id: string) => sh(id, 'echo "$(hostname) $(cat /etc/machine-id
 
 describe('fork', () => {
   it('from Stopped: copies the disks; the fork boots with them, the source keeps its own', async () => {
-    const src = await hm.instances.create({ image: BUSYBOX, name: 'stopped-src', cmd: ['sleep', '600'] })
+    const src = await t.hm.instances.create({ image: BUSYBOX, name: 'stopped-src', cmd: ['sleep', '600'] })
     await sh(src.id, 'echo from-source > /data.txt; sync')
-    await hm.instances.stop(src.id)
-    const f = await hm.instances.fork('stopped-src', { name: 'stopped-fork', targetState: 'Running' })
+    await t.hm.instances.stop(src.id)
+    const f = await t.hm.instances.fork('stopped-src', { name: 'stopped-fork', targetState: 'Running' })
     expect(f).toMatchObject({ name: 'stopped-fork', state: 'Running' })
     expect(await sh(f.id, 'cat /data.txt')).toBe('from-source')
     await sh(f.id, 'echo from-fork > /data.txt; sync')
     const [host, machineId] = (await identity(f.id)).split(' ')
     expect(host).toBe('stopped-fork')
-    expect((await hm.instances.get(src.id)).state).toBe('Stopped')
-    await hm.instances.start(src.id)
+    expect((await t.hm.instances.get(src.id)).state).toBe('Stopped')
+    await t.hm.instances.start(src.id)
     expect(await sh(src.id, 'cat /data.txt')).toBe('from-source')
     expect((await identity(src.id)).split(' ')[1]).not.toBe(machineId)
     // Default target: the source's state (Stopped).
-    await hm.instances.stop(src.id)
-    const g = await hm.instances.fork(src.id, { name: 'stopped-fork-2' })
+    await t.hm.instances.stop(src.id)
+    const g = await t.hm.instances.fork(src.id, { name: 'stopped-fork-2' })
     expect(g.state).toBe('Stopped')
   })
 
   it('from Standby: the fork goes on from the source\'s memory, as a machine of its own', async () => {
-    const src = await hm.instances.create({ image: BUSYBOX, name: 'standby-src', cmd: COUNTER })
+    const src = await t.hm.instances.create({ image: BUSYBOX, name: 'standby-src', cmd: COUNTER })
     await new Promise((r) => setTimeout(r, 1500))
-    await hm.instances.standby(src.id)
-    const f = await hm.instances.fork(src.id, { name: 'standby-fork', targetState: 'Running' })
+    await t.hm.instances.standby(src.id)
+    const f = await t.hm.instances.fork(src.id, { name: 'standby-fork', targetState: 'Running' })
     expect(f.state).toBe('Running')
     // The same program, carried on from the source's count (a cold boot would start from 1).
     const n1 = Number(await sh(f.id, 'cat /tmp/count'))
@@ -70,43 +58,43 @@ describe('fork', () => {
     expect(n1).toBeGreaterThan(3)
     expect(n2).toBeGreaterThan(n1)
     // The source: still on standby, then restored as it was.
-    expect((await hm.instances.get(src.id)).state).toBe('Standby')
-    await hm.instances.restore(src.id)
+    expect((await t.hm.instances.get(src.id)).state).toBe('Standby')
+    await t.hm.instances.restore(src.id)
     const [srcHost, srcMachine, srcRandom] = (await identity(src.id)).split(' ')
     const [forkHost, forkMachine, forkRandom] = (await identity(f.id)).split(' ')
     expect([srcHost, forkHost]).toEqual(['standby-src', 'standby-fork'])
     expect(forkMachine).toMatch(/^[0-9a-f]{32}$/)
     expect(forkMachine).not.toBe(srcMachine)
     expect(forkRandom).not.toBe(srcRandom)
-    const log = await hm.instances.logs(f.id, { source: 'hypeman', tail: 50 })
+    const log = await t.hm.instances.logs(f.id, { source: 'hypeman', tail: 50 })
     const lines: string[] = []
     for await (const l of log) lines.push(l)
     expect(lines.join('\n')).toMatch(/identity: reseeded/)
   })
 
   it('from Running with fromRunning: standby, fork, restore; both run', async () => {
-    const src = await hm.instances.create({ image: BUSYBOX, name: 'running-src', cmd: COUNTER })
-    await expect(hm.instances.fork(src.id, { name: 'running-fork' })).rejects.toMatchObject({ code: 'conflict', field: 'state' })
-    const f = await hm.instances.fork(src.id, { name: 'running-fork', fromRunning: true })
+    const src = await t.hm.instances.create({ image: BUSYBOX, name: 'running-src', cmd: COUNTER })
+    await expect(t.hm.instances.fork(src.id, { name: 'running-fork' })).rejects.toMatchObject({ code: 'conflict', field: 'state' })
+    const f = await t.hm.instances.fork(src.id, { name: 'running-fork', fromRunning: true })
     expect(f.state).toBe('Running')
-    expect((await hm.instances.get(src.id)).state).toBe('Running')
+    expect((await t.hm.instances.get(src.id)).state).toBe('Running')
     expect(Number(await sh(src.id, 'cat /tmp/count'))).toBeGreaterThan(0)
     expect(Number(await sh(f.id, 'cat /tmp/count'))).toBeGreaterThan(0)
-    const fs = await hm.instances.fork(src.id, { name: 'running-fork-standby', fromRunning: true, targetState: 'Standby' })
+    const fs = await t.hm.instances.fork(src.id, { name: 'running-fork-standby', fromRunning: true, targetState: 'Standby' })
     expect(fs.state).toBe('Standby')
   })
 
   it('refuses bad input with a typed error and leaves nothing behind', async () => {
-    const before = (await readdir(join(dataDir, 'instances'))).sort()
-    await expect(hm.instances.fork('no-such-instance', { name: 'x' })).rejects.toMatchObject({ code: 'not_found' })
-    await expect(hm.instances.fork('stopped-src', { name: 'stopped-fork' })).rejects.toMatchObject({ code: 'conflict', field: 'name' })
-    await expect(hm.instances.fork('stopped-src', { name: 'Bad_Name' })).rejects.toMatchObject({ code: 'invalid_input', field: 'name' })
-    await expect(hm.instances.fork('stopped-src', { name: 'ok-name', targetState: 'Paused' as never })).rejects.toMatchObject({ field: 'targetState' })
+    const before = (await readdir(join(t.dataDir, 'instances'))).sort()
+    await expect(t.hm.instances.fork('no-such-instance', { name: 'x' })).rejects.toMatchObject({ code: 'not_found' })
+    await expect(t.hm.instances.fork('stopped-src', { name: 'stopped-fork' })).rejects.toMatchObject({ code: 'conflict', field: 'name' })
+    await expect(t.hm.instances.fork('stopped-src', { name: 'Bad_Name' })).rejects.toMatchObject({ code: 'invalid_input', field: 'name' })
+    await expect(t.hm.instances.fork('stopped-src', { name: 'ok-name', targetState: 'Paused' as never })).rejects.toMatchObject({ field: 'targetState' })
     // A source still being created.
-    const creating = hm.instances.create({ image: BUSYBOX, name: 'creating-src', cmd: ['sleep', '600'] })
+    const creating = t.hm.instances.create({ image: BUSYBOX, name: 'creating-src', cmd: ['sleep', '600'] })
     let refused: unknown
     for (let i = 0; i < 200 && !refused; i++) {
-      refused = await hm.instances.fork('creating-src', { name: 'creating-fork' }).then(
+      refused = await t.hm.instances.fork('creating-src', { name: 'creating-fork' }).then(
         () => new Error('forked a Creating instance'),
         (e: { code?: string }) => (e.code === 'not_found' ? undefined : e),
       )
@@ -114,7 +102,7 @@ describe('fork', () => {
     }
     expect(refused).toMatchObject({ code: 'conflict', field: 'state' })
     const made = await creating
-    await hm.instances.delete(made.id)
-    expect((await readdir(join(dataDir, 'instances'))).sort()).toEqual(before)
+    await t.hm.instances.delete(made.id)
+    expect((await readdir(join(t.dataDir, 'instances'))).sort()).toEqual(before)
   })
 })

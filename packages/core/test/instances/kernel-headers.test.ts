@@ -14,7 +14,7 @@ import { beforeAll, describe, expect, inject, it } from 'vitest'
 import { defaultCacheDir, HEADERS_DISK, listCachedKernels } from '../../src/assets/index.js'
 import { readStatusEvents } from '../../src/guest/index.js'
 import { Hypeman } from '../../src/index.js'
-import { useVmManager } from '../support/vm-manager.js'
+import { fileManager } from '../support/manager.js'
 
 const reg = inject('registry')
 const BUSYBOX = `${reg.open}/busybox:latest`
@@ -25,7 +25,7 @@ beforeAll(async () => {
   expect(k, 'a kernel in the cache (scripts/setup)').toBeDefined()
   expect(existsSync(join(k!.dir, HEADERS_DISK)), 'the headers disk in the cache (scripts/setup)').toBe(true)
 })
-const t = useVmManager('headers', opts)
+const t = fileManager('hm-headers-', opts)
 
 const sh = async (m: Hypeman, id: string, script: string) => {
   const r = await m.instances.exec(id, { argv: ['sh', '-c', script] })

@@ -7,13 +7,12 @@ import { statSync } from 'node:fs'
 import { mkdtemp, readFile, rm, truncate, utimes } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
+import { describe, expect, inject, it } from 'vitest'
 import { Hypeman, type Instance } from '../../src/index.js'
+import { fileManager } from '../support/manager.js'
 
 const reg = inject('registry')
 const BUSYBOX = `${reg.open}/busybox:latest`
-let hm: Hypeman
-let dataDir: string
 
 // What makes each guest itself: printed by the program, one `key=value` per line.
 const IDENTITY = [
@@ -23,16 +22,7 @@ const IDENTITY = [
     'echo "hostname=$(hostname)"; echo "foo=$FOO"; echo "clock=$(date +%s)"; exit 3',
 ]
 
-beforeAll(async () => {
-  dataDir = await mkdtemp(join(tmpdir(), 'hm-templates-'))
-  hm = await Hypeman.open({ dataDir, network: false, defaults: { vcpus: 1, size: '256MB', overlaySize: '64MB' } })
-})
-
-afterAll(async () => {
-  for (const i of await hm.instances.list()) await hm.instances.delete(i.id)
-  await hm.close()
-  await rm(dataDir, { recursive: true, force: true })
-})
+const t = fileManager('hm-templates-', { network: false, defaults: { vcpus: 1, size: '256MB', overlaySize: '64MB' } })
 
 interface Ran {
   inst: Instance
@@ -42,17 +32,17 @@ interface Ran {
 }
 
 async function runToEnd(name: string, env: Record<string, string> = {}): Promise<Ran> {
-  const created = await hm.instances.create({ image: BUSYBOX, name, cmd: IDENTITY, env })
-  const waited = await hm.instances.waitForState(created.id, 'Stopped', { timeout: '120s' })
+  const created = await t.hm.instances.create({ image: BUSYBOX, name, cmd: IDENTITY, env })
+  const waited = await t.hm.instances.waitForState(created.id, 'Stopped', { timeout: '120s' })
   expect(waited.timedOut).toBe(false)
-  const inst = await hm.instances.get(created.id)
+  const inst = await t.hm.instances.get(created.id)
   const out: Record<string, string> = {}
-  for await (const line of hm.instances.logs(created.id, { tail: 100 })) {
+  for await (const line of t.hm.instances.logs(created.id, { tail: 100 })) {
     const eq = line.indexOf('=')
     if (eq > 0) out[line.slice(0, eq)] = line.slice(eq + 1)
   }
-  const hypemanLog = await readFile(join(dataDir, 'instances', created.id, 'hypeman.log'), 'utf8')
-  await hm.instances.delete(created.id)
+  const hypemanLog = await readFile(join(t.dataDir, 'instances', created.id, 'hypeman.log'), 'utf8')
+  await t.hm.instances.delete(created.id)
   return { inst, out, hypemanLog }
 }
 
@@ -67,7 +57,7 @@ describe('boot templates', () => {
     expect(first.hypemanLog).toMatch(/restored from template [0-9a-f]{32}/)
     expect(first.inst).toMatchObject({ state: 'Stopped', exitCode: 3 })
     expect(first.out.foo).toBe('first')
-    const templates = await hm.templates!.list()
+    const templates = await t.hm.templates!.list()
     expect(templates).toHaveLength(1)
     expect(templates[0]!.bytes).toBeGreaterThan(1024 * 1024)
   })
@@ -98,21 +88,21 @@ describe('boot templates', () => {
     ['a truncated stream', 'vmstate'],
     ['a truncated RAM file', 'memory'],
   ])('a corrupted template (%s) falls back to a cold boot, is dropped, and a new one is made', async (_what, file) => {
-    const [t] = await hm.templates!.list()
-    await truncate(join(t!.snapshotDir, file), 100)
+    const [before] = await t.hm.templates!.list()
+    await truncate(join(before!.snapshotDir, file), 100)
     const r = await runToEnd(`tpl-after-corrupt-${file}`, { FOO: 'recovered' })
     expect(r.inst).toMatchObject({ state: 'Stopped', exitCode: 3 })
     expect(r.out.foo).toBe('recovered')
     // Dropped, made anew by this boot (its instance then restored from the new one).
     expect(r.hypemanLog).toMatch(/template [0-9a-f]{32} made/)
-    const after = await hm.templates!.list()
+    const after = await t.hm.templates!.list()
     expect(after).toHaveLength(1)
-    expect(after[0]!.createdAt > t!.createdAt).toBe(true)
+    expect(after[0]!.createdAt > before!.createdAt).toBe(true)
     expect(statSync(join(after[0]!.snapshotDir, file)).size).toBeGreaterThan(100)
   })
 
   it('a template made for another init or kernel is not used', async () => {
-    const [before] = await hm.templates!.list()
+    const [before] = await t.hm.templates!.list()
     // A rebuilt initrd (it carries the init) has another identity: the same shape otherwise.
     const initrd = (before!.shape.initrd as [string, number, number])[0]
     const now = new Date()
@@ -120,19 +110,34 @@ describe('boot templates', () => {
     const r = await runToEnd('tpl-new-initrd')
     expect(r.hypemanLog).not.toMatch(new RegExp(`restored from template ${before!.key}`))
     expect(r.hypemanLog).toMatch(/template [0-9a-f]{32} made/)
-    const keys = (await hm.templates!.list()).map((t) => t.key)
+    const keys = (await t.hm.templates!.list()).map((t) => t.key)
     expect(keys).toContain(before!.key)
     expect(keys).toHaveLength(2)
   })
 
+  it('hm.images.prepare makes a shape\'s template ahead of time: its first create restores it', async () => {
+    const shape = { vcpus: 1, size: '192MB', overlaySize: '64MB' }
+    const made = await t.hm.images.prepare(BUSYBOX, shape)
+    expect(made.key).toMatch(/^[0-9a-f]{32}$/)
+    expect((await t.hm.instances.list()).filter((i) => i.name.startsWith('template-'))).toEqual([])
+    const created = await t.hm.instances.create({ image: BUSYBOX, name: 'tpl-prepared', cmd: ['true'], ...shape })
+    await t.hm.instances.waitForState(created.id, 'Stopped', { timeout: '120s' })
+    const log = await readFile(join(t.dataDir, 'instances', created.id, 'hypeman.log'), 'utf8')
+    expect(log).toContain(`restored from template ${made.key}`)
+    expect(log).not.toMatch(/template [0-9a-f]{32} made/)
+    await t.hm.instances.delete(created.id)
+    // A shape that boots cold has no template to make.
+    await expect(t.hm.images.prepare(BUSYBOX, { ...shape, hotplugSize: '256MB' } as never)).rejects.toMatchObject({ code: 'not_supported' })
+  })
+
   it('a shape with volumes boots cold', async () => {
-    const vol = await hm.volumes.create({ name: 'tpl-vol', size: '16MB' })
-    const created = await hm.instances.create({ image: BUSYBOX, name: 'tpl-vol-user', cmd: ['true'], volumes: [{ volumeId: vol.id, mountPath: '/data' }] })
-    await hm.instances.waitForState(created.id, 'Stopped', { timeout: '120s' })
-    const log = await readFile(join(dataDir, 'instances', created.id, 'hypeman.log'), 'utf8')
+    const vol = await t.hm.volumes.create({ name: 'tpl-vol', size: '16MB' })
+    const created = await t.hm.instances.create({ image: BUSYBOX, name: 'tpl-vol-user', cmd: ['true'], volumes: [{ volumeId: vol.id, mountPath: '/data' }] })
+    await t.hm.instances.waitForState(created.id, 'Stopped', { timeout: '120s' })
+    const log = await readFile(join(t.dataDir, 'instances', created.id, 'hypeman.log'), 'utf8')
     expect(log).not.toMatch(/template/)
-    await hm.instances.delete(created.id)
-    await hm.volumes.delete(vol.id)
+    await t.hm.instances.delete(created.id)
+    await t.hm.volumes.delete(vol.id)
   })
 })
 
