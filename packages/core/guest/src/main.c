@@ -262,9 +262,14 @@ static int reidentify(const char *args, char *err, size_t cap)
 		return -1;
 	nc.skip_agent = I.cfg.skip_agent;
 	I.cfg = nc;
+	/* The agent again with the new config, before the host hears `ok`: a host message the old agent
+	 * had received but not read would be lost with it (the port drops unread data on close). */
 	if (I.agent_pid > 0) {
-		I.agent_restarts = 0;
 		kill(I.agent_pid, SIGKILL);
+		while (waitpid(I.agent_pid, NULL, 0) < 0 && errno == EINTR) {
+		}
+		I.agent_pid = 0;
+		start_agent();
 	}
 	return 0;
 }

@@ -13,7 +13,8 @@
  * reconcile undo a half-made fork as they undo a create), then brought to `targetState`; a fork
  * that cannot get there is deleted, and the source is restored whatever happened.
  */
-import { copyFile, readFile } from 'node:fs/promises'
+import { copyFile, link, mkdir, readdir, readFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import { createId } from '@paralleldrive/cuid2'
 import { ConflictError, NotSupportedError, run, ValidationError } from '@hypeman-ts/common'
 import { decodeGuestConfig, writeGuestConfigDisk } from '../guest/index.js'
@@ -74,7 +75,10 @@ const forkDisks: CreateStepDef = {
     const to = cx.files.paths(record.id)
     await copySparse(from.overlay, to.overlay, signal)
     if (forkOf!.snapshot) {
-      await run('cp', ['-R', '--sparse=always', '--reflink=auto', '--', from.snapshot, to.snapshot], { ...(signal ? { signal } : {}) })
+      // Links, not copies: a snapshot's files are never written again (a standby writes a new dir,
+      // a restore removes its dir), so source and fork can share them until each has restored.
+      await mkdir(to.snapshot)
+      for (const name of await readdir(from.snapshot)) await link(join(from.snapshot, name), join(to.snapshot, name))
       // The program in the snapshot was started in the source's boot: its events are the fork's history too.
       await copyFile(from.statusLog, to.statusLog)
       record.statusMark = forkOf!.statusMark
@@ -167,16 +171,26 @@ export async function fork(cx: InstanceContext, idOrName: string, params: ForkPa
       ]
       return runCreate(cx, record, steps, { forkOf: now })
     })
-  } finally {
+  } catch (err) {
     if (wasRunning) await restore(cx, source.id)
+    throw err
   }
-  // From here a failure deletes the fork, as a create that fails leaves nothing.
   await cx.files.log(made.id, `forked from ${source.name} (${source.id}), ${before.state}`)
+  // The source comes back while the fork gets to its state: two restores at once, not one after the other.
+  const sourceBack = wasRunning ? restore(cx, source.id).then(() => undefined, (err: unknown) => err) : Promise.resolve(undefined)
   try {
     await bringTo(cx, made.id, target)
   } catch (err) {
+    // From here a failure deletes the fork, as a create that fails leaves nothing.
     await deleteInstance(cx, made.id).catch(() => {})
+    await sourceBack
     throw err
+  }
+  const sourceErr = await sourceBack
+  if (sourceErr) {
+    // The source stays on Standby (a failed restore keeps its snapshot); the fork goes, as a failed fork leaves nothing.
+    await deleteInstance(cx, made.id).catch(() => {})
+    throw sourceErr
   }
   return instanceView(cx, made.id)
 }
