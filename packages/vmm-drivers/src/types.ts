@@ -364,4 +364,31 @@ export interface VmmDriver {
   destroy(target: DestroyTarget): Promise<void>
   /** Resolves `auto` to what this host can run (probing KVM with a deadline, cached). */
   resolveAccel(accel: Accel): Promise<ResolvedAccel>
+  /**
+   * Spawns a VMM before it is needed, paused, on files of its own (a pool's slot), with
+   * `spec.restoreFrom` loaded already when given; `WarmVm.adopt` later makes it another spec's
+   * VM. Drivers without it start every VM with `start`.
+   */
+  spawnWarm?(spec: VmSpec, opts?: Pick<StartOptions, 'signal' | 'readyTimeoutMs'>): Promise<WarmVm>
+}
+
+/**
+ * A VMM waiting to become some VM (VmmDriver.spawnWarm). Its process carries the mark of the
+ * runtime dir it was spawned with, not of the VM it becomes: a caller that pools them reaps the
+ * ones no VM record names.
+ */
+export interface WarmVm {
+  readonly pid: number
+  /** The spec it was spawned with (its own paths). */
+  readonly spec: VmSpec
+  /** Resolves when the process ended (before or after its adoption). */
+  readonly exited: Promise<unknown>
+  /**
+   * Makes it `spec`'s VM and runs it: `spec` may differ from the spawned one only in its own
+   * files (the paths of disks, channels, logs, runtime dir) and in `restoreFrom` when nothing was
+   * loaded at spawn. Once it throws the process is gone; a warm VM is adopted at most once.
+   */
+  adopt(spec: VmSpec, opts?: StartOptions): Promise<RunningVm>
+  /** Ends the process and removes its runtime files. */
+  discard(): Promise<void>
 }

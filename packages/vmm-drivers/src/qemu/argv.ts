@@ -45,6 +45,8 @@ export interface QemuArgvContext {
   bios?: string
   /** Start with `-incoming defer` so a snapshot can be loaded over QMP. */
   incoming?: boolean
+  /** `-S`: the guest stays paused after start (or after the snapshot loads) until `cont`. */
+  paused?: boolean
 }
 
 /** QEMU's escaping for a value inside a key=value option list: a comma is written twice. */
@@ -168,6 +170,7 @@ export function buildQemuArgv(spec: VmSpec, ctx: QemuArgvContext): string[] {
     add('-device', `vfio-pci,id=hostdev${i},${d.pciAddress ? `host=${d.pciAddress}` : `sysfsdev=${qemuOptValue(d.sysfsPath)}`}`)
   }
 
+  if (ctx.paused) add('-S')
   if (ctx.incoming) add('-incoming', 'defer')
   return argv
 }

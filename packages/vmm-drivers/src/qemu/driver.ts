@@ -5,7 +5,7 @@
  * before the error (with QEMU's own last words) is thrown.
  */
 import { join } from 'node:path'
-import { pollUntil, stderrLogger, throwIfAborted, ValidationError, withoutSteps, type Logger, type Step } from '@hypeman-ts/common'
+import { stderrLogger, throwIfAborted, ValidationError, withoutSteps, type Logger, type Step } from '@hypeman-ts/common'
 import { attachVmm } from '../attach.js'
 import { VmmError } from '../errors.js'
 import { vmmCommand } from '../netns.js'
@@ -17,8 +17,9 @@ import { AccelResolver } from './accel.js'
 import { buildQemuArgv, DEFAULT_QBOOT, QEMU_MACHINE_CMDLINE, RUNTIME_FILES } from './argv.js'
 import { QmpClient } from './qmp-client.js'
 import { pidFilePath, processMark, qmpSocketPath, removeRuntimeFiles } from './runtime.js'
-import { loadSnapshotForRestore, migrateFromFileUri } from './snapshot.js'
+import { loadSnapshot, loadSnapshotForRestore } from './snapshot.js'
 import { mapQemuStatus, QemuMachine, QemuPausedVm, QemuRunningVm } from './vm.js'
+import { QemuWarmVm, vmmLogOf, warmUnsupported } from './warm.js'
 
 export interface QemuDriverOptions {
   /** Default `qemu-system-x86_64` (from PATH). */
@@ -121,22 +122,7 @@ export class QemuDriver implements VmmDriver {
       },
       {
         name: 'restore.incoming',
-        run: async (r, signal) => {
-          const c = qmp as QmpClient
-          // A stream written with the RAM in a shared file has no RAM pages: they are in the file this VM maps.
-          if (restore!.meta.ramInFile) await c.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] })
-          await c.execute('migrate-incoming', { uri: migrateFromFileUri(restore!.statePath) })
-          const final = await pollUntil(
-            async () => {
-              const info = await c.execute<{ status?: string; 'error-desc'?: string }>('query-migrate')
-              return info.status === 'completed' || info.status === 'failed' || info.status === 'cancelled' ? info : undefined
-            },
-            { deadline: r.deadline, signal, intervalMs: 5, maxIntervalMs: 50, what: 'the snapshot to load', step: 'restore.incoming' },
-          )
-          if (final.status !== 'completed') {
-            throw new VmmError('restore_failed', `loading the snapshot ${final.status}: ${final['error-desc'] ?? 'no reason given'}`, { step: 'restore.incoming' })
-          }
-        },
+        run: (r, signal) => loadSnapshot(qmp as QmpClient, restore!, r.deadline, signal),
       },
       {
         name: 'restore.cont',
@@ -166,7 +152,7 @@ export class QemuDriver implements VmmDriver {
         controlSocket: qmpSocket,
         command,
         args,
-        vmmLog: spec.vmmLog ?? join(spec.runtimeDir, RUNTIME_FILES.vmmLog),
+        vmmLog: vmmLogOf(spec),
         pidFile,
         mark: processMark(spec.runtimeDir),
         removeRuntimeFiles: () => removeRuntimeFiles(spec),
@@ -181,6 +167,62 @@ export class QemuDriver implements VmmDriver {
       restore ? steps : withoutSteps(steps, RESTORE_STEPS),
     )
     return new QemuMachine(run.vmm.persisted, qmp as QmpClient, run.vmm.watch, run.timings, this.#logger).runningView()
+  }
+
+  /**
+   * A QEMU for `spec`, spawned and left paused (`-incoming defer -S`), the snapshot of
+   * `spec.restoreFrom` loaded when given (warm.ts). No onSpawn: the caller finds a warm VM it lost
+   * by the mark of `spec.runtimeDir`.
+   */
+  async spawnWarm(spec: VmSpec, opts: Pick<StartOptions, 'signal' | 'readyTimeoutMs'> = {}): Promise<QemuWarmVm> {
+    throwIfAborted(opts.signal, 'spawnWarm')
+    validateVmSpec(spec, [RUNTIME_FILES.qmp], { memoryFile: true })
+    const refused = warmUnsupported(spec)
+    if (refused) throw new ValidationError('spec', `no warm VM for this spec: ${refused}`)
+    await checkSpecFiles(spec)
+    const restore = spec.restoreFrom ? await loadSnapshotForRestore(spec) : undefined
+    const accel = await this.resolveAccel(spec.accel ?? 'auto')
+    if (restore && restore.meta.accel !== accel) throw new ValidationError('restoreFrom', `snapshot was taken under ${restore.meta.accel}, this start resolved to ${accel}`)
+    const qmpSocket = qmpSocketPath(spec.runtimeDir)
+    const pidFile = pidFilePath(spec.runtimeDir)
+    const argv = buildQemuArgv(spec, { accel, qmpSocket, pidFile, bios: this.#opts.bios ?? DEFAULT_QBOOT, incoming: true, paused: true })
+    const [command, args] = vmmCommand(this.qemuBinary, argv, spec.netns)
+    let qmp: QmpClient | undefined
+    const readyTimeoutMs = opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000
+    const steps: Step<StartRun>[] = [
+      spawnStep('qemu'),
+      {
+        name: 'qmp.connect',
+        run: async (r, signal) => {
+          qmp = await QmpClient.connect(qmpSocket, { deadline: r.deadline, signal })
+          r.ready()
+        },
+        undo: async () => qmp?.destroy(),
+      },
+      ...(restore ? [{ name: 'restore.incoming', run: (r: StartRun, signal: AbortSignal) => loadSnapshot(qmp as QmpClient, restore, r.deadline, signal) }] : []),
+    ]
+    const run = await startVmm(
+      {
+        driver: 'qemu',
+        label: 'QEMU',
+        spec,
+        accel,
+        controlSocket: qmpSocket,
+        command,
+        args,
+        vmmLog: vmmLogOf(spec),
+        pidFile,
+        mark: processMark(spec.runtimeDir),
+        removeRuntimeFiles: () => removeRuntimeFiles(spec),
+        restore: !!restore,
+        readyTimeoutMs,
+        isReadyTimeout: () => true,
+        opts,
+        logger: this.#logger,
+      },
+      steps,
+    )
+    return new QemuWarmVm(run.vmm.persisted, qmp as QmpClient, run.vmm.watch, spec.restoreFrom, readyTimeoutMs, this.#logger)
   }
 
   async attach(persisted: PersistedVm, opts: AttachOptions = {}): Promise<QemuRunningVm | QemuPausedVm> {

@@ -9,10 +9,11 @@
  */
 import { stat } from 'node:fs/promises'
 import { join } from 'node:path'
-import { ValidationError } from '@hypeman-ts/common'
+import { pollUntil, ValidationError } from '@hypeman-ts/common'
 import { VmmError } from '../errors.js'
 import { machineShapeFingerprint, readSnapshotMeta, SNAPSHOT_META_FILE } from '../snapshot-meta.js'
 import type { ResolvedAccel, VmSpec } from '../types.js'
+import type { QmpClient } from './qmp-client.js'
 
 export { SNAPSHOT_META_FILE }
 export const SNAPSHOT_STATE_FILE = 'vmstate'
@@ -95,4 +96,24 @@ export async function loadSnapshotForRestore(spec: VmSpec): Promise<{ meta: Qemu
     })
   }
   return { meta, statePath }
+}
+
+/**
+ * Loads a checked snapshot (loadSnapshotForRestore) into a QEMU waiting with `-incoming defer`.
+ * The load of a small stream takes tens of milliseconds: polled often, so the wait adds little.
+ */
+export async function loadSnapshot(qmp: QmpClient, restore: { meta: QemuSnapshotMeta; statePath: string }, deadline: number, signal?: AbortSignal): Promise<void> {
+  // A stream written with the RAM in a shared file has no RAM pages: they are in the file this VM maps.
+  if (restore.meta.ramInFile) await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] })
+  await qmp.execute('migrate-incoming', { uri: migrateFromFileUri(restore.statePath) })
+  const final = await pollUntil(
+    async () => {
+      const info = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate')
+      return info.status === 'completed' || info.status === 'failed' || info.status === 'cancelled' ? info : undefined
+    },
+    { deadline, ...(signal ? { signal } : {}), intervalMs: 5, maxIntervalMs: 10, what: 'the snapshot to load', step: 'restore.incoming' },
+  )
+  if (final.status !== 'completed') {
+    throw new VmmError('restore_failed', `loading the snapshot ${final.status}: ${final['error-desc'] ?? 'no reason given'}`, { step: 'restore.incoming' })
+  }
 }

@@ -1,0 +1,154 @@
+/**
+ * A QEMU spawned before it is needed (`-incoming defer -S`) on files of its own, with a snapshot
+ * already loaded when its spec names one (a boot template's). Starting QEMU costs ≈ 80 ms before
+ * QMP answers whatever the machine (dynamic linking of ≈ 50 libraries: even `-version` takes
+ * 60 ms here), plus the load of the snapshot's device state; a warm VM has paid both.
+ *
+ * `adopt` makes it another spec's VM without the guest seeing a difference:
+ * - a disk whose file differs is re-pointed: `blockdev-add` of the new file, `blockdev-reopen` of
+ *   the format node onto it (the old file node goes with its last reference);
+ * - logs and sockets are renamed to the spec's paths (QEMU keeps its descriptors); what an earlier
+ *   boot left in a log is put ahead of this one's, as an append would have kept it;
+ * - the snapshot is loaded unless it already was, and the VM runs.
+ * QEMU cannot swap a virtio-serial port's chardev (`chardev-change`: "Chardev user does not
+ * support chardev hotswap"), hence the renames; a NIC's TAP cannot be swapped either, so NICs
+ * must be the same.
+ */
+import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { errorMessage, type Logger } from '@hypeman-ts/common'
+import { VmmError } from '../errors.js'
+import { killAndWait, type ProcessWatch } from '../process.js'
+import type { DiskSpec, PersistedVm, RunningVm, StartOptions, VmSpec, WarmVm } from '../types.js'
+import { qemuDisk, RUNTIME_FILES } from './argv.js'
+import type { QmpClient } from './qmp-client.js'
+import { pidFilePath, qmpSocketPath, removeRuntimeFiles } from './runtime.js'
+import { loadSnapshot, loadSnapshotForRestore } from './snapshot.js'
+import { mapQemuStatus, QemuMachine } from './vm.js'
+
+/** The spec without what adopt may change: two specs with the same shape make the same machine. */
+export function warmShape(spec: VmSpec): string {
+  const { name: _n, consoleLog: _c, vmmLog: _v, runtimeDir: _r, restoreFrom: _s, disks, channels, ...rest } = spec
+  return JSON.stringify({
+    ...rest,
+    disks: (disks ?? []).map(({ path: _p, ...d }) => d),
+    channels: (channels ?? []).map((c) => ({ name: c.name, kind: c.backend.kind })),
+  })
+}
+
+/** What spawnWarm refuses: parts that are an instance's own and cannot be re-pointed. */
+export function warmUnsupported(spec: VmSpec): string | undefined {
+  if (spec.passthrough?.length) return 'host devices are passed through per VM'
+  if ((spec.disks ?? []).some((d) => d.throttle)) return 'a throttled disk cannot be re-pointed'
+  if ((spec.disks ?? []).some((d) => d.bus === 'scsi')) return 'hot-plugged disks are added per VM'
+  return undefined
+}
+
+export function vmmLogOf(spec: VmSpec): string {
+  return spec.vmmLog ?? join(spec.runtimeDir, RUNTIME_FILES.vmmLog)
+}
+
+export class QemuWarmVm implements WarmVm {
+  #adopted = false
+
+  constructor(
+    readonly persisted: PersistedVm,
+    readonly qmp: QmpClient,
+    readonly watch: ProcessWatch,
+    /** The snapshot dir loaded at spawn, if any. */
+    readonly loaded: string | undefined,
+    readonly readyTimeoutMs: number,
+    readonly logger: Logger,
+  ) {}
+
+  get pid(): number {
+    return this.persisted.pid
+  }
+
+  get spec(): VmSpec {
+    return this.persisted.spec
+  }
+
+  get exited(): Promise<unknown> {
+    return this.watch.exited
+  }
+
+  async adopt(spec: VmSpec, opts: StartOptions = {}): Promise<RunningVm> {
+    if (this.#adopted) throw new VmmError('invalid_state', 'this warm VM was adopted already', { step: 'adopt' })
+    this.#adopted = true
+    const t0 = Date.now()
+    const deadline = t0 + (opts.readyTimeoutMs ?? this.readyTimeoutMs)
+    const own = this.persisted.spec
+    try {
+      if (warmShape(spec) !== warmShape(own)) throw new VmmError('invalid_state', 'the spec makes another machine than this warm VM', { step: 'adopt' })
+      if (this.watch.done) throw new VmmError('vmm_start_failed', 'the warm QEMU has exited', { step: 'adopt' })
+      if (this.loaded !== undefined && spec.restoreFrom !== this.loaded) {
+        throw new VmmError('invalid_state', `this warm VM holds the snapshot of ${this.loaded}, not ${spec.restoreFrom ?? 'a cold boot'}`, { step: 'adopt' })
+      }
+      if (this.loaded === undefined && !spec.restoreFrom) throw new VmmError('invalid_state', 'a warm VM without a snapshot can only restore one', { step: 'adopt' })
+      const restore = this.loaded === undefined ? await loadSnapshotForRestore(spec) : undefined
+      await this.#repointDisks(own.disks ?? [], spec.disks ?? [])
+      await this.#moveFiles(own, spec)
+      const persisted: PersistedVm = { ...this.persisted, spec, controlSocket: qmpSocketPath(spec.runtimeDir) }
+      await opts.onSpawn?.(persisted)
+      if (restore) await loadSnapshot(this.qmp, restore, deadline, opts.signal)
+      opts.signal?.throwIfAborted()
+      await this.qmp.execute('cont')
+      const status = await this.qmp.execute<{ status: string }>('query-status')
+      if (mapQemuStatus(status.status) !== 'running') throw new VmmError('vmm_start_failed', `QEMU is ${status.status} after cont`, { step: 'adopt' })
+      const ms = Date.now() - t0
+      return new QemuMachine(persisted, this.qmp, this.watch, { readyMs: ms, restoreMs: ms }, this.logger).runningView()
+    } catch (err) {
+      await this.discard()
+      await removeRuntimeFiles(spec).catch(() => {})
+      if (err instanceof VmmError) throw err
+      throw new VmmError('vmm_start_failed', `adopting a warm QEMU failed: ${errorMessage(err)}`, { step: 'adopt', cause: err })
+    }
+  }
+
+  async discard(): Promise<void> {
+    this.qmp.destroy()
+    await killAndWait(this.persisted.pid, this.persisted.pidStartTime)
+    await removeRuntimeFiles(this.persisted.spec).catch(() => {})
+  }
+
+  /** Disks of the same size only: the guest read each one's capacity before the snapshot. */
+  async #repointDisks(own: DiskSpec[], wanted: DiskSpec[]): Promise<void> {
+    for (const [i, disk] of wanted.entries()) {
+      const before = own[i]!
+      if (disk.path === before.path) continue
+      const [a, b] = await Promise.all([stat(before.path), stat(disk.path)])
+      if (a.size !== b.size) throw new VmmError('invalid_state', `disk ${disk.serial}: ${disk.path} has ${b.size} bytes, the warm VM's ${a.size}`, { step: 'adopt' })
+      const q = qemuDisk(disk, i)
+      const { file, ...format } = q.blockdev as { file: Record<string, unknown> } & Record<string, unknown>
+      const fileNode = `${q.node}-adopted`
+      await this.qmp.execute('blockdev-add', { ...file, 'node-name': fileNode })
+      await this.qmp.execute('blockdev-reopen', { options: [{ ...format, file: fileNode }] })
+    }
+  }
+
+  /** Logs keep what earlier boots wrote; sockets and the pidfile just move. */
+  async #moveFiles(own: VmSpec, spec: VmSpec): Promise<void> {
+    await removeRuntimeFiles(spec)
+    await mkdir(spec.runtimeDir, { recursive: true })
+    const moves: [string, string, 'log' | 'move'][] = [
+      [own.consoleLog, spec.consoleLog, 'log'],
+      [vmmLogOf(own), vmmLogOf(spec), 'log'],
+      [qmpSocketPath(own.runtimeDir), qmpSocketPath(spec.runtimeDir), 'move'],
+      [pidFilePath(own.runtimeDir), pidFilePath(spec.runtimeDir), 'move'],
+    ]
+    for (const [i, ch] of (spec.channels ?? []).entries()) {
+      moves.push([own.channels![i]!.backend.path, ch.backend.path, ch.backend.kind === 'file' ? 'log' : 'move'])
+    }
+    for (const [from, to, kind] of moves) {
+      if (from === to) continue
+      if (kind === 'log') {
+        const earlier = await readFile(to).catch(() => undefined)
+        // QEMU appends (O_APPEND): after this rewrite its next write still lands at the end.
+        if (earlier?.length) await writeFile(from, Buffer.concat([earlier, await readFile(from)]))
+      }
+      await rename(from, to)
+    }
+    await rm(own.runtimeDir, { recursive: true, force: true })
+  }
+}
