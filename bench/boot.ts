@@ -10,8 +10,11 @@
  * Also the host memory per instance: the VMM's RSS beyond the guest RAM it touched (from smaps).
  *
  * Boots from a template, against the cold create, in the same run (alternating, same image and
- * shape; two managers on two data dirs, one with templates off):
- *   - warm_create_vs_cold: create → Running restored from the shape's template vs a cold create;
+ * shape; three managers on three data dirs: templates off, templates without warm VMMs, and the
+ * default, templates with a warm VMM per shape):
+ *   - warm_create_vs_cold: create → Running from the shape's template, adopting the warm VMM the
+ *     previous create left (the default) vs a cold create;
+ *   - template_create_vs_cold: the same without warm VMMs (QEMU started, template loaded);
  *   - restore_vs_cold: restore from standby through the API vs a cold create;
  *   - fork_vs_cold: fork of a Running instance to Running (fromRunning: standby, copy, restore
  *     the fork and give it its identity, restore the source) vs a cold create;
@@ -20,7 +23,7 @@
  *   npm run bench:boot [-- --runs 5] [-- --json]
  */
 import { spawn } from 'node:child_process'
-import { copyFile, mkdtemp, readFile, rm } from 'node:fs/promises'
+import { copyFile, mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { buildQemuArgv, type VmSpec } from '@hypeman-ts/vmm-drivers'
 import { createOverlayDisk } from '../packages/core/src/guest/index.js'
@@ -50,6 +53,18 @@ async function vmmMemory(pid: number): Promise<{ overhead: number; guest: number
     }
   }
   return { overhead: total - guest, guest, total }
+}
+
+/** RSS of each warm VMM whose files are under `dir` (the manager's warm/), in bytes. */
+async function warmVmmRss(dir: string): Promise<number[]> {
+  const sizes: number[] = []
+  for (const pid of (await readdir('/proc')).filter((p) => /^\d+$/.test(p))) {
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
+    if (!cmdline.includes(`${dir}/`)) continue
+    const rss = /VmRSS:\s+(\d+) kB/.exec(await readFile(`/proc/${pid}/status`, 'utf8').catch(() => ''))
+    if (rss) sizes.push(Number(rss[1]) * 1024)
+  }
+  return sizes
 }
 
 async function waitForStatus(file: string, type: string, since: number, timeoutMs = 120_000): Promise<number> {
@@ -89,6 +104,7 @@ async function bare(spec: VmSpec, dir: string): Promise<{ toInit: number; toProg
 
 await withBusyboxManager('boot', async (hm, image, work, open) => {
   const warm = await open('warm', { templates: {} })
+  const noWarm = await open('tpl', { templates: { warm: 0 } })
   const shape = { image, vcpus: 1, size: SIZE, overlaySize: '1GB', cmd: CMD }
 
   // The bare boots use the exact machine our instance gets, read from a created instance.
@@ -117,6 +133,8 @@ await withBusyboxManager('boot', async (hm, image, work, open) => {
   const overhead: number[] = []
   const rss: number[] = []
   const warmMs: number[] = []
+  const noWarmMs: number[] = []
+  let adopted = 0
   const standbyMs: number[] = []
   const restoreMs: number[] = []
   const forkMs: number[] = []
@@ -127,6 +145,7 @@ await withBusyboxManager('boot', async (hm, image, work, open) => {
     const w = await warm.instances.create({ ...shape, name: `warm-${i}` })
     const warmCreate = performance.now() - t0
     if (i === 0) templateMakeMs = warmCreate
+    const wasWarm = (await readFile(join(work, 'warm', 'instances', w.id, 'hypeman.log'), 'utf8')).includes('a warm VMM')
     t0 = performance.now()
     await warm.instances.standby(w.id)
     const standby = performance.now() - t0
@@ -138,6 +157,11 @@ await withBusyboxManager('boot', async (hm, image, work, open) => {
     const forkTime = performance.now() - t0
     await warm.instances.delete(f.id)
     await warm.instances.delete(w.id)
+
+    t0 = performance.now()
+    const nw = await noWarm.instances.create({ ...shape, name: `tpl-${i}` })
+    const noWarmCreate = performance.now() - t0
+    await noWarm.instances.delete(nw.id)
 
     t0 = performance.now()
     const inst = await hm.instances.create({ ...shape, name: `bench-${i}` })
@@ -152,6 +176,8 @@ await withBusyboxManager('boot', async (hm, image, work, open) => {
     if (i === 0) continue // warm-up: page cache, accel probe, assets, the template
     oursMs.push(ours)
     warmMs.push(warmCreate)
+    noWarmMs.push(noWarmCreate)
+    if (wasWarm) adopted++
     standbyMs.push(standby)
     restoreMs.push(restore)
     forkMs.push(forkTime)
@@ -159,7 +185,7 @@ await withBusyboxManager('boot', async (hm, image, work, open) => {
     bareInitMs.push(b.toInit)
     overhead.push(mem.overhead)
     rss.push(mem.total)
-    say(`  run ${i}: from a template ${warmCreate.toFixed(0)} ms, standby ${standby.toFixed(0)} ms, restore ${restore.toFixed(0)} ms, fork of a running one ${forkTime.toFixed(0)} ms`)
+    say(`  run ${i}: from a template ${warmCreate.toFixed(0)} ms (${wasWarm ? 'a warm VMM' : 'QEMU started'}), without warm VMMs ${noWarmCreate.toFixed(0)} ms, standby ${standby.toFixed(0)} ms, restore ${restore.toFixed(0)} ms, fork of a running one ${forkTime.toFixed(0)} ms`)
     say(`  run ${i}: ours cold ${ours.toFixed(0)} ms, bare to program ${b.toProgram.toFixed(0)} ms, bare to init ${b.toInit.toFixed(0)} ms, VMM RSS ${(mem.total / 2 ** 20).toFixed(0)} MiB (${(mem.overhead / 2 ** 20).toFixed(0)} MiB beyond guest RAM)`)
   }
   const result = {
@@ -175,6 +201,10 @@ await withBusyboxManager('boot', async (hm, image, work, open) => {
     vmm_rss_beyond_guest_ram_mib: round(median(overhead) / 2 ** 20, 1),
     warm_create_to_running_ms: round(median(warmMs), 1),
     warm_create_vs_cold: round(median(warmMs) / median(oursMs)),
+    warm_vmm_adopted_runs: adopted,
+    template_create_to_running_ms: round(median(noWarmMs), 1),
+    template_create_vs_cold: round(median(noWarmMs) / median(oursMs)),
+    warm_vmm_rss_mib: round(median(await warmVmmRss(join(work, 'warm', 'warm'))) / 2 ** 20, 1),
     standby_ms: round(median(standbyMs), 1),
     restore_ms: round(median(restoreMs), 1),
     restore_vs_cold: round(median(restoreMs) / median(oursMs)),
@@ -186,7 +216,8 @@ await withBusyboxManager('boot', async (hm, image, work, open) => {
   }
   say(`median: ours ${result.ours_create_to_running_ms} ms; bare qemu to program ${result.bare_to_program_ms} ms, to init ${result.bare_to_init_ms} ms`)
   say(`ratio vs bare to program ${result.ratio_vs_bare_to_program} (goal ≤ 1.10); vs bare to init ${result.ratio_vs_bare_to_init}`)
-  say(`from a template: ${result.warm_create_to_running_ms} ms, ratio vs cold ${result.warm_create_vs_cold} (goal ≤ 0.2)`)
+  say(`from a template: ${result.warm_create_to_running_ms} ms, ratio vs cold ${result.warm_create_vs_cold} (goal ≤ 0.2); a warm VMM adopted in ${adopted} of ${RUNS} runs`)
+  say(`from a template without warm VMMs: ${result.template_create_to_running_ms} ms, ratio vs cold ${result.template_create_vs_cold}; a warm VMM's RSS ${result.warm_vmm_rss_mib} MiB`)
   say(`restore from standby: ${result.restore_ms} ms (standby ${result.standby_ms} ms), ratio vs cold ${result.restore_vs_cold} (goal ≤ 0.1)`)
   say(`fork of a running instance to Running: ${result.fork_ms} ms, ratio vs cold ${result.fork_vs_cold} (goal ≤ 0.25)`)
   say(`the first create of the shape made the template: ${result.template_make_create_ms} ms (${result.template_extra_ms} ms over a cold create), ${result.template_bytes} bytes`)

@@ -24,6 +24,7 @@ import type { Instance } from './instances/model.js'
 import type { CreateInstanceParams, Hypervisor } from './instances/params.js'
 import { InstanceFiles } from './instances/record.js'
 import { TemplateStore } from './templates/store.js'
+import { WarmPool } from './templates/warm-pool.js'
 import { VolumeManager } from './volumes/manager.js'
 import { DeviceManager } from './devices/manager.js'
 import type { SysfsOptions } from './devices/sysfs.js'
@@ -50,8 +51,12 @@ export interface HypemanOptions {
    * disks, NIC) is snapshotted where the guest waits for its instance, and later boots of the
    * shape restore that snapshot instead of booting the kernel. `false` boots every instance cold.
    * Default on, with at most 4GB of templates (least recently used go first).
+   *
+   * `warm`: VMMs kept spawned per shape, paused with the template loaded, for boots without a NIC
+   * to adopt instead of starting QEMU (templates/warm-pool.ts); refilled after each use, for the
+   * 4 shapes used last. Default 1; 0 spawns none ahead.
    */
-  templates?: false | { maxSize?: string }
+  templates?: false | { maxSize?: string; warm?: number }
   /** How long a boot may take to start the program. Default 120 s (TCG is slow). */
   bootTimeoutMs?: number
   /**
@@ -125,6 +130,8 @@ export class Hypeman {
     readonly egress: HypemanEgress,
     /** Boot templates (list, drop); undefined when opened with `templates: false`. */
     readonly templates: TemplateStore | undefined,
+    /** The VMMs kept spawned for template boots (`ready`: how many per shape); undefined when none are. */
+    readonly warm: WarmPool | undefined,
     private readonly lockPath: string,
     private readonly closers: (() => Promise<void>)[],
     private readonly network: { exists(): Promise<boolean>; get(): Promise<HostNetwork> } | undefined,
@@ -181,6 +188,10 @@ export class Hypeman {
           ? undefined
           : new TemplateStore({ dir: join(dataDir, 'templates'), maxBytes: parseSize(opts.templates?.maxSize ?? '4GB', 'templates.maxSize'), logger })
       await templates?.init()
+      const warmCount = opts.templates === false ? 0 : (opts.templates?.warm ?? 1)
+      if (!Number.isInteger(warmCount) || warmCount < 0 || warmCount > 16) throw new ValidationError('templates.warm', 'expected a whole number from 0 to 16')
+      const warm = warmCount > 0 ? new WarmPool({ dir: join(dataDir, 'warm'), runDir: join(files.runBase, 'warm'), perShape: warmCount, maxShapes: 4, logger }) : undefined
+      if (warm) closers.push(() => warm.close())
       const devices = new DeviceManager({
         dir: join(dataDir, 'devices'),
         ...(opts.devices?.sysfsRoot ? { root: opts.devices.sysfsRoot } : {}),
@@ -226,6 +237,7 @@ export class Hypeman {
         images,
         volumes,
         ...(templates ? { templates } : {}),
+        ...(warm ? { warm } : {}),
         devices,
         drivers,
         assets: () => assets.get(),
@@ -248,6 +260,9 @@ export class Hypeman {
         logger,
       })
       await instances.reconcile()
+      // After the reconcile: a warm VMM an instance adopted before a crash is that instance's now.
+      const reaped = await warm?.reap(new Set(await instances.vmmPids()))
+      if (reaped) logger.warn('ended warm VMMs a previous manager left', { count: reaped })
       const orphans = await volumes.releaseOrphans(async (id, volumeId) => !!(await files.read(id))?.spec.volumes?.some((v) => v.volumeId === volumeId))
       if (orphans.length) logger.warn('released volume attachments no instance holds (gone, or a crash mid-attach or detach)', { instances: orphans })
       // A device stays with vfio-pci while its claim lasts: one of an instance that is gone goes back to its driver.
@@ -264,7 +279,7 @@ export class Hypeman {
         // From the options, as netsetup will read them: answering must not create the network.
         ...(opts.network === false ? {} : { network: networkSummary(dataDir, opts.network ?? {}) }),
       }
-      return new Hypeman(dataDir, images, instances, volumes, devices, egressEvents, templates, lockPath, closers, networkProvider, capabilities)
+      return new Hypeman(dataDir, images, instances, volumes, devices, egressEvents, templates, warm, lockPath, closers, networkProvider, capabilities)
     } catch (err) {
       for (const close of closers) await close().catch(() => {})
       await rm(lockPath, { force: true })

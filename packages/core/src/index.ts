@@ -11,3 +11,4 @@ export { GuestError, MAX_ARG_STRLEN, MAX_EXEC_ARGS_BYTES, type ExecResult, type 
 export { doctor, formatDoctorReport, type DoctorCheck, type DoctorOptions, type DoctorReport, type CheckStatus } from './doctor.js'
 export { describeCapabilities, hypervisorFeatures, type Capabilities, type HypervisorCapabilities } from './capabilities.js'
 export { TemplateStore, type Template, type TemplateMeta } from './templates/store.js'
+export { WarmPool } from './templates/warm-pool.js'

@@ -31,4 +31,4 @@ export {
 } from './cloud-hypervisor/plan.js'
 export { connectVsock, type VsockConnectOptions } from './vsock/connect.js'
 // Protocol codecs and pure planners for tests and tools: '@hypeman-ts/vmm-drivers/testing'.
-export { processUsage, type ProcessUsage } from './process.js'
+export { findProcessesByArg, killAndWait, processUsage, readStartTime, type ProcessUsage } from './process.js'

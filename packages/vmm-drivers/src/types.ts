@@ -372,6 +372,14 @@ export interface VmmDriver {
   spawnWarm?(spec: VmSpec, opts?: Pick<StartOptions, 'signal' | 'readyTimeoutMs'>): Promise<WarmVm>
 }
 
+export interface AdoptOptions extends StartOptions {
+  /**
+   * Serials of disks whose warm file becomes the VM's: moved to the spec's path (replacing what
+   * is there) rather than the VM re-pointed at the file already there.
+   */
+  moveDisks?: readonly string[]
+}
+
 /**
  * A VMM waiting to become some VM (VmmDriver.spawnWarm). Its process carries the mark of the
  * runtime dir it was spawned with, not of the VM it becomes: a caller that pools them reaps the
@@ -388,7 +396,7 @@ export interface WarmVm {
    * files (the paths of disks, channels, logs, runtime dir) and in `restoreFrom` when nothing was
    * loaded at spawn. Once it throws the process is gone; a warm VM is adopted at most once.
    */
-  adopt(spec: VmSpec, opts?: StartOptions): Promise<RunningVm>
+  adopt(spec: VmSpec, opts?: AdoptOptions): Promise<RunningVm>
   /** Ends the process and removes its runtime files. */
   discard(): Promise<void>
 }

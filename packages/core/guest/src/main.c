@@ -44,6 +44,8 @@
 #define PORT_AGENT "hypeman.agent"
 #define DISK_CONFIG "hm-config"
 #define DISK_ROOTFS "hm-rootfs"
+/* The host names it in the config too; a template knows it is attached from its flags. */
+#define DISK_HEADERS "hm-headers"
 #define DISK_OVERLAY "hm-overlay"
 #define PORT_WAIT_MS 3000
 #define DISK_WAIT_MS 3000
@@ -466,10 +468,56 @@ static void open_late_modules(struct module_set *late)
 		logmsg("late modules: %s", err);
 }
 
+/* A SCSI controller is there for volumes hot-plugged while the program runs. Its driver
+ * (≈ 0.8 MB of modules, a few hundred ms of TCG CPU to load) loads now when a volume is on it
+ * already (`now`); otherwise only its files are kept open (pinning them in memory once the
+ * initramfs is gone) for the agent to load before the first hot mount. */
+static void open_scsi_modules(int now)
+{
+	char err[512];
+	if (now) {
+		if (load_modules(MODULES_LIST, "scsi", err, sizeof err) < 0)
+			fail("load_modules", err);
+	} else if (virtio_device_present(VIRTIO_ID_SCSI)) {
+		if (modules_open(MODULES_LIST, "scsi", &I.scsi, err, sizeof err) < 0)
+			logmsg("scsi modules: %s", err);
+	}
+}
+
+/*
+ * The image under the overlay disk as the new root, the kernel headers in it when `disks` names
+ * their disk (found into `disks->headers_dev`); the failing step's name is in `err`. A template
+ * does this before it waits (with what the cmdline and the disks say); a cold boot with its config.
+ */
+static int enter_root(struct guest_config *disks, const struct guest_config *cfg, int64_t *headers_ms, char *err, size_t cap)
+{
+	char rootdev[64], overlaydev[64], why[448];
+	uint64_t t0 = monotonic_ms(), t1;
+	if (find_disk_by_serial(DISK_ROOTFS, rootdev, sizeof rootdev, DISK_WAIT_MS) < 0)
+		FAIL("find_disks: no disk with serial " DISK_ROOTFS);
+	if (find_disk_by_serial(DISK_OVERLAY, overlaydev, sizeof overlaydev, DISK_WAIT_MS) < 0)
+		FAIL("find_disks: no disk with serial " DISK_OVERLAY);
+	if (headers_find(disks, DISK_WAIT_MS, why, sizeof why) < 0)
+		FAIL("find_disks: %s", why);
+	t1 = monotonic_ms();
+	if (mount_root(cfg, rootdev, overlaydev, why, sizeof why) < 0)
+		FAIL("mount_root: %s", why);
+	I.overlay_fd = open("/mnt/overlay", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (switch_root(why, sizeof why) < 0)
+		FAIL("switch_root: %s", why);
+	/* Before the volumes: its links belong in the root's writable layer, never in a volume at /usr or /lib. */
+	uint64_t t2 = monotonic_ms();
+	if (headers_mount(disks, why, sizeof why) < 0)
+		FAIL("kernel_headers: %s", why);
+	if (disks->headers_serial)
+		*headers_ms = (int64_t)(t1 - t0 + monotonic_ms() - t2);
+	return 0;
+}
+
 static void pid1(void) __attribute__((noreturn));
 static void pid1(void)
 {
-	char err[512], dev[64], rootdev[64], overlaydev[64], cfgdev[64];
+	char err[512], dev[64], cfgdev[64];
 	uint64_t init_ms = uptime_ms();
 	sigset_t mask;
 	sigfillset(&mask);
@@ -500,6 +548,7 @@ static void pid1(void)
 	/* A template waits here, before anything of the instance's, for the host's snapshot and `go`. */
 	static struct module_set late;
 	char nic[32] = "";
+	int64_t headers_ms = -1;
 	if (tpl.on) {
 		if (tpl.net && load_modules(MODULES_LIST, "net", err, sizeof err) < 0)
 			fail("template", err);
@@ -511,12 +560,24 @@ static void pid1(void)
 		open_late_modules(&late);
 		if (I.ctrl < 0)
 			fail("template", "no " PORT_CONTROL " port to wait on");
+		/* The root too: the image and headers disks are every instance's, and the host gives each
+		 * instance a copy of this overlay disk as the template leaves it. */
+		open_scsi_modules(0);
+		static char headers_serial[] = DISK_HEADERS;
+		struct guest_config root = {.rootfs_fstype = tpl.erofs ? "erofs" : "ext4", .headers_serial = tpl.headers ? headers_serial : NULL};
+		if (enter_root(&root, &root, &headers_ms, err, sizeof err) < 0)
+			fail("template", err);
+		/* The config disk is the same device in every copy (only its content is the instance's). */
+		if (find_disk_by_serial(DISK_CONFIG, cfgdev, sizeof cfgdev, DISK_WAIT_MS) < 0)
+			fail("template", "no disk with serial " DISK_CONFIG);
+		if (net_loopback_up(err, sizeof err) < 0)
+			fail("template", err);
 		status_template();
 		if (template_wait_go(I.ctrl, err, sizeof err) < 0)
 			fail("template", err);
 		status_boot(init_ms, modules_ms);
 	}
-	if (find_disk_by_serial(DISK_CONFIG, cfgdev, sizeof cfgdev, DISK_WAIT_MS) < 0)
+	if (!tpl.on && find_disk_by_serial(DISK_CONFIG, cfgdev, sizeof cfgdev, DISK_WAIT_MS) < 0)
 		fail("find_disks", "no disk with serial " DISK_CONFIG);
 	snprintf(I.cfgdev, sizeof I.cfgdev, "%s", cfgdev);
 	if (config_load(cfgdev, &I.cfg, err, sizeof err) < 0)
@@ -528,7 +589,7 @@ static void pid1(void)
 	uint64_t t0 = monotonic_ms();
 	/* lo before the program, network or not: a program may bind 127.0.0.1 as its first act, as in
 	 * docker (≈ 15 ms under TCG). */
-	if (net_loopback_up(err, sizeof err) < 0)
+	if (!tpl.on && net_loopback_up(err, sizeof err) < 0)
 		fail("network", err);
 	if (I.cfg.net.enabled) {
 		if (!tpl.net && load_modules(MODULES_LIST, "net", err, sizeof err) < 0)
@@ -541,50 +602,19 @@ static void pid1(void)
 		net_close();
 		network_ms = (int64_t)(monotonic_ms() - t0);
 	}
-	/* A SCSI controller is there for volumes hot-plugged while the program runs. Its driver
-	 * (≈ 0.8 MB of modules, a few hundred ms of TCG CPU to load) loads now when a volume is on it
-	 * already; otherwise only its files are kept open (pinning them in memory once the initramfs
-	 * is gone) for the agent to load before the first hot mount. */
-	if (I.cfg.vol_scsi) {
-		if (load_modules(MODULES_LIST, "scsi", err, sizeof err) < 0)
-			fail("load_modules", err);
-	} else if (virtio_device_present(VIRTIO_ID_SCSI)) {
-		if (modules_open(MODULES_LIST, "scsi", &I.scsi, err, sizeof err) < 0)
-			logmsg("scsi modules: %s", err);
-	}
-	if (find_disk_by_serial(DISK_ROOTFS, rootdev, sizeof rootdev, DISK_WAIT_MS) < 0)
-		fail("find_disks", "no disk with serial " DISK_ROOTFS);
-	if (find_disk_by_serial(DISK_OVERLAY, overlaydev, sizeof overlaydev, DISK_WAIT_MS) < 0)
-		fail("find_disks", "no disk with serial " DISK_OVERLAY);
 	if (volumes_find(&I.cfg, DISK_WAIT_MS, err, sizeof err) < 0)
 		fail("find_disks", err);
-	int64_t headers_ms = -1;
-	t0 = monotonic_ms();
-	if (headers_find(&I.cfg, DISK_WAIT_MS, err, sizeof err) < 0)
-		fail("find_disks", err);
-	if (I.cfg.headers_serial)
-		headers_ms = (int64_t)(monotonic_ms() - t0);
-
 	if (!tpl.on) {
+		open_scsi_modules(I.cfg.vol_scsi);
 		find_ports(&app, !I.cfg.skip_agent);
 		open_late_modules(&late);
+		if (strcmp(I.cfg.rootfs_fstype, "erofs") == 0 && load_modules(MODULES_LIST, "erofs", err, sizeof err) < 0)
+			fail("load_modules", err);
+		if (enter_root(&I.cfg, &I.cfg, &headers_ms, err, sizeof err) < 0)
+			fail("mount_root", err);
 	}
 	if (!I.agent_dev[0])
 		I.cfg.skip_agent = 1;
-
-	if (!tpl.erofs && strcmp(I.cfg.rootfs_fstype, "erofs") == 0 && load_modules(MODULES_LIST, "erofs", err, sizeof err) < 0)
-		fail("load_modules", err);
-	if (mount_root(&I.cfg, rootdev, overlaydev, err, sizeof err) < 0)
-		fail("mount_root", err);
-	I.overlay_fd = open("/mnt/overlay", O_PATH | O_DIRECTORY | O_CLOEXEC);
-	if (switch_root(err, sizeof err) < 0)
-		fail("switch_root", err);
-	/* Before the volumes: its links belong in the root's writable layer, never in a volume at /usr or /lib. */
-	t0 = monotonic_ms();
-	if (headers_mount(&I.cfg, err, sizeof err) < 0)
-		fail("kernel_headers", err);
-	if (I.cfg.headers_serial)
-		headers_ms += (int64_t)(monotonic_ms() - t0);
 	/* Before the container setup: a working directory inside a volume is then made in the volume. */
 	if (volumes_mount(&I.cfg, err, sizeof err) < 0)
 		fail("mount_volumes", err);

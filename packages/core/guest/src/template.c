@@ -37,6 +37,8 @@ void template_mode_read(struct template_mode *t)
 			t->erofs = 1;
 		else if (n == 5 && strncmp(f, "agent", 5) == 0)
 			t->agent = 1;
+		else if (n == 7 && strncmp(f, "headers", 7) == 0)
+			t->headers = 1;
 		f += n + (f[n] == '+');
 	}
 }

@@ -14,16 +14,17 @@ struct template_mode {
 	int on;
 	int net;   /* the template has a NIC: the net modules are loaded and the NIC found before the wait */
 	int erofs; /* the image is erofs: its module is loaded before the wait */
-	int agent; /* the template has the agent's port */
+	int agent;   /* the template has the agent's port */
+	int headers; /* the kernel headers disk is attached: the template mounts it with the root */
 };
 
-/* Reads `hypeman.template=FLAGS` (FLAGS: `+`-separated `net`, `erofs`, `agent`, or `1`) from /proc/cmdline. */
+/* Reads `hypeman.template=FLAGS` (FLAGS: `+`-separated `net`, `erofs`, `agent`, `headers`, or `1`) from /proc/cmdline. */
 void template_mode_read(struct template_mode *t);
 /*
  * Waits for "go <unix-ms> <hex-entropy>" on the control port fd (blocking; other lines get an
  * error reply), replies "ok", then sets the clock, mixes the entropy into the kernel's pool and
- * reseeds it, and drops the block devices' caches (the disks behind them are this instance's,
- * not the template's). -1 with err on a malformed `go`.
+ * reseeds it, and drops the block devices' caches (the config disk behind them is this
+ * instance's, not the template's; the others are the same files, or copies of them). -1 with err on a malformed `go`.
  */
 int template_wait_go(int fd, char *err, size_t cap);
 /* The parse-and-apply half of the above, for a `go` line without its "go " prefix. */

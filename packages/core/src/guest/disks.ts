@@ -79,6 +79,11 @@ export function guestChannels(paths: GuestChannelPaths, opts: { skipGuestAgent?:
   return channels
 }
 
+/** A copy that keeps holes holes: a 10 GB overlay with 50 MB written copies 50 MB. */
+export async function copyDiskSparse(from: string, to: string, signal?: AbortSignal): Promise<void> {
+  await run('cp', ['--sparse=always', '--reflink=auto', '--', from, to], { ...(signal ? { signal } : {}) })
+}
+
 /**
  * The writable disk: a sparse file of `sizeBytes` formatted ext4. The guest puts the overlay's
  * upper and work dirs on it and mounts it with noinit_itable, so the lazy inode-table

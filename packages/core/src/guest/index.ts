@@ -1,6 +1,6 @@
 export * from './errors.js'
 export { DISK_SERIAL, PORT_NAME, volumeDiskSerial, volumeOverlaySerial, hotVolumeSerial, hotVolumeOverlaySerial, DEFAULT_PATH, GUEST_PROTOCOL_VERSION, type PortName } from './constants.js'
-export { guestDisks, guestChannels, createOverlayDisk, hotVolumeDisks, type GuestDiskPaths, type GuestChannelPaths, type GuestVolumeDisk } from './disks.js'
+export { guestDisks, guestChannels, copyDiskSparse, createOverlayDisk, hotVolumeDisks, type GuestDiskPaths, type GuestChannelPaths, type GuestVolumeDisk } from './disks.js'
 export { VOLUMES_FEATURE, DISK_SERIAL_RE, type GuestVolumeConfig } from './volume-config.js'
 export {
   encodeGuestConfig,

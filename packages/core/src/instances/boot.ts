@@ -8,7 +8,7 @@
 import { rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { errorMessage, HypemanError, NotFoundError, NotSupportedError, pathExists, TimeoutError } from '@hypeman-ts/common'
-import { SNAPSHOT_META_FILE, type DiskSpec, type LiveVm, type RunningVm, type VmSpec } from '@hypeman-ts/vmm-drivers'
+import { SNAPSHOT_META_FILE, type DiskSpec, type LiveVm, type PersistedVm, type RunningVm, type VmSpec } from '@hypeman-ts/vmm-drivers'
 import {
   DISK_SERIAL,
   guestChannels,
@@ -28,7 +28,7 @@ import {
 } from '../guest/index.js'
 import { nowIso, type InstanceContext } from './context.js'
 import type { InstanceVolume } from './params.js'
-import { bootWithTemplate, templatePlan } from './template-boot.js'
+import { bootWithTemplate, templatePlan, type StartVm } from './template-boot.js'
 import type { InstanceRecord } from './record.js'
 import { exitFromGuest } from './state.js'
 
@@ -112,10 +112,19 @@ async function passthroughOf(cx: InstanceContext, record: InstanceRecord): Promi
 }
 
 /**
- * Starts the VMM for the record's current disks: a restore from its standby snapshot, else a boot
- * from its shape's template when it can (template-boot.ts), else a cold boot.
+ * What a boot starts from: a fresh overlay disk (`create`), the overlay of earlier boots
+ * (`start`), or the standby snapshot (`restore`).
  */
-export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: string, signal?: AbortSignal, restore = false): Promise<RunningVm> {
+export type BootMode = 'create' | 'start' | 'restore'
+
+/**
+ * Starts the VMM for the record's current disks: a restore from its standby snapshot, else (a
+ * create) a boot from its shape's template when it can (template-boot.ts), else a cold boot. A
+ * template's guest has its root mounted already, on a copy of the template's own overlay disk:
+ * an instance whose overlay holds earlier boots' files boots cold.
+ */
+export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: string, signal: AbortSignal | undefined, mode: BootMode): Promise<RunningVm> {
+  const restore = mode === 'restore'
   const spec = record.spec
   const paths = cx.files.paths(record.id)
   const assets = await cx.opts.assets()
@@ -157,20 +166,23 @@ export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: 
     runtimeDir: paths.runtimeDir,
     accel: cx.opts.accel,
   }
-  const startVm = async (s: VmSpec): Promise<RunningVm> => {
+  const startVm: StartVm = async (s, how = {}) => {
     // Each attempt's events are read from where it began (a failed template restore may have left some).
     if (!restore) record.statusMark = await statusMark(paths.statusLog)
-    const vm = await driver.start(s, {
+    const opts = {
       ...(signal ? { signal } : {}),
-      onSpawn: async (persisted) => {
+      onSpawn: async (persisted: PersistedVm) => {
         record.vmm = persisted
         await cx.files.write(record)
       },
-    })
+    }
+    const warm = how.adopt ? await how.adopt(opts) : undefined
+    if (!warm) await how.beforeStart?.()
+    const vm = warm ?? (await driver.start(s, opts))
     record.vmm = vm.persisted
     await cx.files.write(record)
     watch(cx, record.id, vm)
-    await cx.files.log(record.id, `${s.restoreFrom ? 'restored' : 'booted'}: VMM pid ${vm.pid} (${vm.accel})`)
+    await cx.files.log(record.id, `${s.restoreFrom ? 'restored' : 'booted'}: VMM pid ${vm.pid} (${vm.accel}${warm ? ', a warm VMM' : ''})`)
     return vm
   }
   if (restore) {
@@ -178,7 +190,7 @@ export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: 
     const nics = vmSpec.nics?.map((n) => ({ ...n, mac: record.vmmMac ?? n.mac }))
     return startVm({ ...vmSpec, ...(nics ? { nics } : {}), restoreFrom: paths.snapshot })
   }
-  const plan = await templatePlan(cx, record, vmSpec).catch((err: unknown) => {
+  const plan = mode !== 'create' ? undefined : await templatePlan(cx, record, vmSpec).catch((err: unknown) => {
     cx.logger.warn('no boot template for this shape', { id: record.id, error: errorMessage(err) })
     return undefined
   })

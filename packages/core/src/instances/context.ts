@@ -12,6 +12,7 @@ import type { GuestAssets } from '../assets/index.js'
 import { InstanceLookupError } from '../errors.js'
 import type { ImageManager } from '../images/manager.js'
 import type { TemplateStore } from '../templates/store.js'
+import type { WarmPool } from '../templates/warm-pool.js'
 import type { VolumeManager } from '../volumes/manager.js'
 import type { DeviceManager } from '../devices/manager.js'
 import { LiveVms } from './live.js'
@@ -39,6 +40,8 @@ export interface InstanceManagerOptions {
   bootTimeoutMs?: number
   /** Boot templates; absent when the manager boots every instance cold. */
   templates?: TemplateStore
+  /** VMMs spawned ahead for template boots; absent when templates are off or `templates.warm` is 0. */
+  warm?: WarmPool
   /**
    * Give cold boots a SCSI controller, so volumes can be attached and detached while instances
    * run (drivers with `capabilities.diskHotplug`). Default true; false refuses those with

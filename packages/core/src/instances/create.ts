@@ -200,7 +200,7 @@ const vmm: CreateStepDef = {
     const { cx, record } = c
     const spec = record.spec
     await cx.files.log(record.id, `create: image ${spec.image} (${c.img!.digest}), ${spec.vcpus} vCPU, ${spec.size} memory`)
-    await boot(cx, record, c.diskPath!, signal)
+    await boot(cx, record, c.diskPath!, signal, 'create')
   },
   undo: async ({ cx, record }) => {
     const vm = cx.live.forget(record.id)

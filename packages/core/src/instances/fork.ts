@@ -16,8 +16,8 @@
 import { copyFile, link, mkdir, readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createId } from '@paralleldrive/cuid2'
-import { ConflictError, NotSupportedError, run, ValidationError } from '@hypeman-ts/common'
-import { decodeGuestConfig, writeGuestConfigDisk } from '../guest/index.js'
+import { ConflictError, NotSupportedError, ValidationError } from '@hypeman-ts/common'
+import { copyDiskSparse, decodeGuestConfig, writeGuestConfigDisk } from '../guest/index.js'
 import { guestVolumes, volumeOverlayPath } from './boot.js'
 import { nowIso, type InstanceContext } from './context.js'
 import { egress, instanceDir, network, runCreate, type CreateStepDef } from './create.js'
@@ -49,11 +49,6 @@ function validateForkParams(input: unknown): Required<Pick<ForkParams, 'name' | 
   return { name, fromRunning: p.fromRunning === true, ...(p.targetState ? { targetState: p.targetState as ForkParams['targetState'] } : {}) }
 }
 
-/** A copy that keeps holes holes: a 10 GB overlay with 50 MB written copies 50 MB. */
-async function copySparse(from: string, to: string, signal?: AbortSignal): Promise<void> {
-  await run('cp', ['--sparse=always', '--reflink=auto', '--', from, to], { ...(signal ? { signal } : {}) })
-}
-
 /** The source's read-only volumes, attached to the fork too (an overlay mount gets a copy of the source's layer). */
 const forkVolumes: CreateStepDef = {
   name: 'volumes',
@@ -61,7 +56,7 @@ const forkVolumes: CreateStepDef = {
   async run({ cx, record, forkOf }, signal) {
     record.spec.volumes = await cx.opts.volumes!.attach(record.id, record.spec.volumes ?? [])
     for (const v of record.spec.volumes) {
-      if (v.overlay) await copySparse(volumeOverlayPath(cx, forkOf!.id, v.volumeId), volumeOverlayPath(cx, record.id, v.volumeId), signal)
+      if (v.overlay) await copyDiskSparse(volumeOverlayPath(cx, forkOf!.id, v.volumeId), volumeOverlayPath(cx, record.id, v.volumeId), signal)
     }
   },
   undo: async ({ cx, record }) => cx.opts.volumes?.release(record.id),
@@ -73,7 +68,7 @@ const forkDisks: CreateStepDef = {
   async run({ cx, record, forkOf }, signal) {
     const from = cx.files.paths(forkOf!.id)
     const to = cx.files.paths(record.id)
-    await copySparse(from.overlay, to.overlay, signal)
+    await copyDiskSparse(from.overlay, to.overlay, signal)
     if (forkOf!.snapshot) {
       // Links, not copies: a snapshot's files are never written again (a standby writes a new dir,
       // a restore removes its dir), so source and fork can share them until each has restored.

@@ -47,7 +47,7 @@ export async function start(cx: InstanceContext, idOrName: string, opts: { signa
       if (r.vmm) await finishBoot(cx, r, 'killed')
       const { diskPath } = await rootfsOf(cx, r)
       await reattachNetwork(cx, r, opts.signal)
-      await boot(cx, r, diskPath, opts.signal)
+      await boot(cx, r, diskPath, opts.signal, 'start')
     })
     return true
   })
@@ -181,7 +181,7 @@ async function restoreNow(cx: InstanceContext, id: string, signal?: AbortSignal)
     const record = (await cx.files.read(id))!
     const { diskPath } = await rootfsOf(cx, record)
     await reattachNetwork(cx, record, signal)
-    await boot(cx, record, diskPath, signal, true)
+    await boot(cx, record, diskPath, signal, 'restore')
     await consumeSnapshot(cx, id)
     // A fork restored from its source's snapshot: the guest still is the source.
     if (record.reidentify) await sendIdentity(cx, (await cx.files.read(id))!, signal)

@@ -214,6 +214,11 @@ export class InstanceManager {
   }
 
   /** After a crash of the host process: finishes or undoes what was in flight (see reconcile.ts). */
+  /** The pids of the VMMs instance records name. */
+  async vmmPids(): Promise<number[]> {
+    return (await this.#cx.records()).flatMap((r) => (r.vmm ? [r.vmm.pid] : []))
+  }
+
   reconcile(): Promise<{ reattached: number; stopped: number; removed: number }> {
     return reconcile(this.#cx)
   }

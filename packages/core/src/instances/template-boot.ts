@@ -14,18 +14,20 @@
 import { mkdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { errorMessage } from '@hypeman-ts/common'
-import type { PersistedVm, RunningVm, VmSpec } from '@hypeman-ts/vmm-drivers'
-import { DISK_SERIAL, waitForStatusEvent } from '../guest/index.js'
+import type { PersistedVm, RunningVm, StartOptions, VmSpec } from '@hypeman-ts/vmm-drivers'
+import { copyDiskSparse, DISK_SERIAL, waitForStatusEvent } from '../guest/index.js'
 import { sendGo } from './identity.js'
 import type { Template, TemplateStore } from '../templates/store.js'
 import { templateKey } from '../templates/store.js'
 import type { InstanceContext } from './context.js'
 import type { InstanceRecord } from './record.js'
 
-/** Bumped when what a template holds changes meaning (the guest's wait, the `go` message). */
-const TEMPLATE_FORMAT = 1
+/** Bumped when what a template holds changes meaning (the guest's wait, the `go` message, the root mounted before it). */
+const TEMPLATE_FORMAT = 2
 /** The template's RAM, next to the stream in its snapshot dir: mapped copy-on-write by every restore. */
 const TEMPLATE_MEMORY_FILE = 'memory'
+/** The overlay disk as the template's guest left it, root mounted: each instance boots on a copy. */
+const TEMPLATE_OVERLAY_FILE = 'overlay.ext4'
 
 export interface TemplatePlan {
   store: TemplateStore
@@ -38,8 +40,14 @@ export interface TemplatePlan {
 /** Disks every instance of a shape shares (the image's, the kernel headers'): keyed by identity. */
 const SHARED_DISKS: ReadonlySet<string> = new Set([DISK_SERIAL.rootfs, DISK_SERIAL.headers])
 
-/** Starts a VMM for `spec` and records it on the instance (boot.ts). */
-export type StartVm = (spec: VmSpec) => Promise<RunningVm>
+/**
+ * Starts a VMM for `spec` and records it on the instance (boot.ts): `adopt` may give one (a warm
+ * VMM); otherwise `beforeStart` runs, then the driver starts one.
+ */
+export type StartVm = (
+  spec: VmSpec,
+  how?: { adopt?: (opts: StartOptions) => Promise<RunningVm | undefined>; beforeStart?: () => Promise<void> },
+) => Promise<RunningVm>
 
 /** The template plan of a cold boot of `spec`, or undefined when its shape cannot use one. */
 export async function templatePlan(cx: InstanceContext, record: InstanceRecord, spec: VmSpec): Promise<TemplatePlan | undefined> {
@@ -49,7 +57,8 @@ export async function templatePlan(cx: InstanceContext, record: InstanceRecord, 
   if (record.spec.volumes?.length || spec.hotplugMemory || spec.passthrough?.length) return undefined
   const image = record.imageDigest ? await cx.opts.images.store.getRecord(record.imageDigest) : undefined
   if (!image) return undefined
-  const flags = [spec.nics?.length ? 'net' : '', image.disk.format === 'erofs' ? 'erofs' : '', record.spec.skipGuestAgent ? '' : 'agent'].filter(Boolean)
+  const headers = (spec.disks ?? []).some((d) => d.serial === DISK_SERIAL.headers)
+  const flags = [spec.nics?.length ? 'net' : '', image.disk.format === 'erofs' ? 'erofs' : '', record.spec.skipGuestAgent ? '' : 'agent', headers ? 'headers' : ''].filter(Boolean)
   const cmdline = `${spec.cmdline} hypeman.template=${flags.join('+') || '1'}`
   // A file's identity: rebuilt assets (a new init, another kernel) are another template.
   const file = async (path: string) => {
@@ -97,14 +106,14 @@ export async function bootWithTemplate(
 ): Promise<RunningVm | undefined> {
   const existing = await plan.store.get(plan.key)
   if (existing) {
-    const restored = await restoreTemplate(cx, record, spec, plan, existing, startVm, signal)
+    const restored = await restoreTemplate(cx, record, spec, plan, existing, false, startVm, signal)
     if (restored) return restored
   }
   const making = plan.store.beginMaking(plan.key)
   if (!making) return undefined
   const made = await makeTemplate(cx, record, spec, plan, making, startVm, signal)
   if (!made) return undefined
-  return restoreTemplate(cx, record, spec, plan, made, startVm, signal)
+  return restoreTemplate(cx, record, spec, plan, made, true, startVm, signal)
 }
 
 /**
@@ -132,6 +141,7 @@ async function makeTemplate(
     await disown(cx, record)
     await vm.standby(making.snapshotDir)
     vm = undefined
+    await copyDiskSparse(cx.files.paths(record.id).overlay, join(making.snapshotDir, TEMPLATE_OVERLAY_FILE), signal)
     const t = await plan.store.commit(plan.key, { shape: plan.shape, mac: spec.nics?.[0]?.mac ?? null })
     await cx.files.log(record.id, `template ${t.key} made (${t.bytes} bytes)`)
     return t
@@ -144,12 +154,14 @@ async function makeTemplate(
   }
 }
 
+/** `made`: this instance made the template, so its overlay disk is the template's own. */
 async function restoreTemplate(
   cx: InstanceContext,
   record: InstanceRecord,
   spec: VmSpec,
   plan: TemplatePlan,
   t: Template,
+  made: boolean,
   startVm: StartVm,
   signal?: AbortSignal,
 ): Promise<RunningVm | undefined> {
@@ -159,19 +171,36 @@ async function restoreTemplate(
     const memory = join(t.snapshotDir, TEMPLATE_MEMORY_FILE)
     const size = await stat(memory).then((st) => st.size, () => -1)
     if (size !== spec.memoryBytes) throw new Error(`its RAM file ${memory} is missing or has the wrong size (${size} bytes)`)
+    const overlay = join(t.snapshotDir, TEMPLATE_OVERLAY_FILE)
+    const paths = cx.files.paths(record.id)
+    const [have, want] = await Promise.all([stat(overlay).then((st) => st.size, () => -1), stat(paths.overlay).then((st) => st.size)])
+    if (have !== want) throw new Error(`its overlay disk ${overlay} is missing or has the wrong size (${have} bytes)`)
     record.vmmMac = t.mac
     record.template = t.key
     record.awaitingGo = true
-    vm = await startVm({
+    const restoreSpec: VmSpec = {
       ...spec,
       cmdline: plan.cmdline,
       ...(spec.nics ? { nics: spec.nics.map((n) => ({ ...n, mac: t.mac ?? n.mac })) } : {}),
       memoryFile: { path: memory, shared: false },
       restoreFrom: t.snapshotDir,
+    }
+    // A warm VMM opened its TAP when it was spawned: one with a NIC would hold another instance's.
+    const warmKey = cx.opts.warm && !spec.nics?.length ? plan.key : undefined
+    const moveDisks = [DISK_SERIAL.overlay]
+    vm = await startVm(restoreSpec, {
+      // A warm VMM has a copy of the template's overlay of its own: it becomes this instance's.
+      ...(warmKey ? { adopt: (opts: StartOptions) => cx.opts.warm!.adopt(warmKey, restoreSpec, { ...opts, moveDisks }) } : {}),
+      ...(made ? {} : { beforeStart: () => copyDiskSparse(overlay, paths.overlay, signal) }),
     })
     await sendGo(cx, record, signal)
     await plan.store.touch(t)
     await cx.files.log(record.id, `restored from template ${t.key}`)
+    if (warmKey) {
+      // The next one is spawned once this guest's program runs, not while it boots.
+      const settled = waitForStatusEvent(paths.statusLog, ['started', 'exited', 'error'], { since: record.statusMark, timeoutMs: cx.bootTimeoutMs, signal: cx.opts.warm!.closing })
+      cx.opts.warm!.refill(warmKey, cx.driver(record.spec.hypervisor), restoreSpec, { sharedDisks: SHARED_DISKS, seed: { [DISK_SERIAL.overlay]: overlay }, after: settled })
+    }
     return vm
   } catch (err) {
     delete record.vmmMac
@@ -181,6 +210,7 @@ async function restoreTemplate(
     else await cx.files.write(record)
     if (signal?.aborted) throw err
     await plan.store.drop(t.key, `restoring it failed: ${errorMessage(err)}`)
+    await cx.opts.warm?.drop(t.key)
     return undefined
   }
 }

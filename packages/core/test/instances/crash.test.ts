@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, describe, expect, inject, it } from 'vitest'
 import { Hypeman } from '../../src/index.js'
+import { warmQemus } from '../support/manager.js'
 
 const reg = inject('registry')
 const BUSYBOX = `${reg.open}/busybox:latest`
@@ -92,13 +93,17 @@ describe('kill -9 of the host process', () => {
     const child = startChild(dataDir, 'crash-run')
     let out = ''
     child.stdout!.on('data', (d) => (out += d))
-    await until('create to return', () => (out.includes('created') ? true : undefined))
+    await until('create to return and a warm VMM to wait', () => (out.includes('warm {"') ? true : undefined))
     const [rec] = records(dataDir)
+    const warm = warmQemus(dataDir)
+    expect(warm).toHaveLength(1)
     child.kill('SIGKILL')
     await new Promise((r) => child.once('exit', r))
 
-    // Reopen: the VM still runs and is ours again.
+    // Reopen: the VM still runs and is ours again; the warm VMM the crash left is ended.
     let hm = await Hypeman.open({ dataDir, network: false })
+    await until('the warm VMM to be gone', () => (existsSync(`/proc/${warm[0]}`) ? undefined : true), 10_000)
+    expect(existsSync(join(dataDir, 'warm'))).toBe(false)
     const inst = await hm.instances.get('crash-run')
     expect(inst.state).toBe('Running')
     expect((await hm.instances.exec(inst.id, { argv: ['echo', 'still here'] })).stdout.toString()).toBe('still here\n')

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, inject, it } from 'vitest'
 import { Hypeman, type Instance } from '../../src/index.js'
-import { fileManager } from '../support/manager.js'
+import { fileManager, warmQemus } from '../support/manager.js'
 
 const reg = inject('registry')
 const BUSYBOX = `${reg.open}/busybox:latest`
@@ -82,6 +82,34 @@ describe('boot templates', () => {
     for (const r of all) expect(r.out.machineid).toMatch(/^[0-9a-f]{32}$/)
     // The clock is the host's, not the template's moment.
     for (const r of restored) expect(Math.abs(Number(r.out.clock) - Date.now() / 1000)).toBeLessThan(60)
+  })
+
+  it('a warm VMM waits for the shape once a template boot ran, and the next create adopts it', async () => {
+    const deadline = Date.now() + 60_000
+    while (!Object.values(t.hm.warm!.ready).some((n) => n > 0)) {
+      expect(Date.now() < deadline, 'no warm VMM within 60 s').toBe(true)
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    const waiting = warmQemus(t.dataDir)
+    expect(waiting).toHaveLength(1)
+    const r = await runToEnd('tpl-warm', { FOO: 'warm' })
+    expect(r.hypemanLog).toMatch(/restored: VMM pid \d+ \(tcg, a warm VMM\)/)
+    expect(r.hypemanLog).toContain(`VMM pid ${waiting[0]} `)
+    expect(r.inst).toMatchObject({ state: 'Stopped', exitCode: 3 })
+    expect(r.out.foo).toBe('warm')
+    expect(r.out.hostname).toBe('tpl-warm')
+  })
+
+  it('a started-again instance boots cold on its own overlay (a template holds a root on another disk)', async () => {
+    const created = await t.hm.instances.create({ image: BUSYBOX, name: 'tpl-restart', cmd: ['sh', '-c', 'sleep 600'] })
+    expect((await t.sh(created.id, 'echo kept > /kept && sync')).code).toBe(0)
+    await t.hm.instances.stop(created.id)
+    await t.hm.instances.start(created.id)
+    expect((await t.sh(created.id, 'cat /kept')).out).toBe('kept\n')
+    const log = await readFile(join(t.dataDir, 'instances', created.id, 'hypeman.log'), 'utf8')
+    expect(log.match(/restored from template/g)).toHaveLength(1)
+    expect(log).toMatch(/booted: VMM/)
+    await t.hm.instances.delete(created.id)
   })
 
   it.each([

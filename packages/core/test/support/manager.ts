@@ -4,6 +4,7 @@
  * the same dir (after the test closed it: a restart of the host process).
  */
 import { execFileSync } from 'node:child_process'
+import { readdirSync, readFileSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -46,3 +47,17 @@ export function fileManager(prefix: string, opts: Omit<HypemanOptions, 'dataDir'
 
 /** A debugfs request against an ext4 disk file (read-only): what the volume itself holds. */
 export const debugfs = (disk: string, cmd: string): string => execFileSync('debugfs', ['-R', cmd, disk], { stdio: ['ignore', 'pipe', 'ignore'] }).toString()
+
+/** Pids of the warm QEMUs of the manager of `dataDir` (their files are in its warm/). */
+export function warmQemus(dataDir: string): number[] {
+  return readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p))
+    .filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(`${dataDir}/warm/`)
+      } catch {
+        return false
+      }
+    })
+    .map(Number)
+}

@@ -176,7 +176,7 @@ export class QemuDriver implements VmmDriver {
    */
   async spawnWarm(spec: VmSpec, opts: Pick<StartOptions, 'signal' | 'readyTimeoutMs'> = {}): Promise<QemuWarmVm> {
     throwIfAborted(opts.signal, 'spawnWarm')
-    validateVmSpec(spec, [RUNTIME_FILES.qmp], { memoryFile: true })
+    validateVmSpec(spec, [RUNTIME_FILES.qmp], { memoryFile: true, diskHotplug: true })
     const refused = warmUnsupported(spec)
     if (refused) throw new ValidationError('spec', `no warm VM for this spec: ${refused}`)
     await checkSpecFiles(spec)

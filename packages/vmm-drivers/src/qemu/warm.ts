@@ -6,7 +6,8 @@
  *
  * `adopt` makes it another spec's VM without the guest seeing a difference:
  * - a disk whose file differs is re-pointed: `blockdev-add` of the new file, `blockdev-reopen` of
- *   the format node onto it (the old file node goes with its last reference);
+ *   the format node onto it (the old file node goes with its last reference); or, named in
+ *   `moveDisks`, its warm file is moved to the spec's path;
  * - logs and sockets are renamed to the spec's paths (QEMU keeps its descriptors); what an earlier
  *   boot left in a log is put ahead of this one's, as an append would have kept it;
  * - the snapshot is loaded unless it already was, and the VM runs.
@@ -19,7 +20,7 @@ import { join } from 'node:path'
 import { errorMessage, type Logger } from '@hypeman-ts/common'
 import { VmmError } from '../errors.js'
 import { killAndWait, type ProcessWatch } from '../process.js'
-import type { DiskSpec, PersistedVm, RunningVm, StartOptions, VmSpec, WarmVm } from '../types.js'
+import type { AdoptOptions, DiskSpec, PersistedVm, RunningVm, VmSpec, WarmVm } from '../types.js'
 import { qemuDisk, RUNTIME_FILES } from './argv.js'
 import type { QmpClient } from './qmp-client.js'
 import { pidFilePath, qmpSocketPath, removeRuntimeFiles } from './runtime.js'
@@ -73,7 +74,7 @@ export class QemuWarmVm implements WarmVm {
     return this.watch.exited
   }
 
-  async adopt(spec: VmSpec, opts: StartOptions = {}): Promise<RunningVm> {
+  async adopt(spec: VmSpec, opts: AdoptOptions = {}): Promise<RunningVm> {
     if (this.#adopted) throw new VmmError('invalid_state', 'this warm VM was adopted already', { step: 'adopt' })
     this.#adopted = true
     const t0 = Date.now()
@@ -86,8 +87,10 @@ export class QemuWarmVm implements WarmVm {
         throw new VmmError('invalid_state', `this warm VM holds the snapshot of ${this.loaded}, not ${spec.restoreFrom ?? 'a cold boot'}`, { step: 'adopt' })
       }
       if (this.loaded === undefined && !spec.restoreFrom) throw new VmmError('invalid_state', 'a warm VM without a snapshot can only restore one', { step: 'adopt' })
-      const restore = this.loaded === undefined ? await loadSnapshotForRestore(spec) : undefined
-      await this.#repointDisks(own.disks ?? [], spec.disks ?? [])
+      // Checked even when loaded at spawn: a snapshot broken since then is no longer the one to run.
+      const checked = await loadSnapshotForRestore(spec)
+      const restore = this.loaded === undefined ? checked : undefined
+      await this.#repointDisks(own.disks ?? [], spec.disks ?? [], new Set(opts.moveDisks ?? []))
       await this.#moveFiles(own, spec)
       const persisted: PersistedVm = { ...this.persisted, spec, controlSocket: qmpSocketPath(spec.runtimeDir) }
       await opts.onSpawn?.(persisted)
@@ -113,10 +116,14 @@ export class QemuWarmVm implements WarmVm {
   }
 
   /** Disks of the same size only: the guest read each one's capacity before the snapshot. */
-  async #repointDisks(own: DiskSpec[], wanted: DiskSpec[]): Promise<void> {
+  async #repointDisks(own: DiskSpec[], wanted: DiskSpec[], move: ReadonlySet<string>): Promise<void> {
     for (const [i, disk] of wanted.entries()) {
       const before = own[i]!
       if (disk.path === before.path) continue
+      if (move.has(disk.serial)) {
+        await rename(before.path, disk.path)
+        continue
+      }
       const [a, b] = await Promise.all([stat(before.path), stat(disk.path)])
       if (a.size !== b.size) throw new VmmError('invalid_state', `disk ${disk.serial}: ${disk.path} has ${b.size} bytes, the warm VM's ${a.size}`, { step: 'adopt' })
       const q = qemuDisk(disk, i)

@@ -1,0 +1,223 @@
+/**
+ * VMMs spawned ahead of need for the shapes boot templates serve (VmmDriver.spawnWarm): each
+ * waits paused with its template's snapshot loaded, on files of its own (a slot), and a template
+ * boot adopts one instead of starting QEMU and loading the template — ≈ 80 ms of QEMU's own start
+ * plus the load, off the path of a create. After each use the shape gets a new one, spawned once
+ * the boot that used it has its program running (not to compete with it for the CPU).
+ *
+ *   <dataDir>/warm/<slot>/    the slot's disks (sparse, of the instance's sizes) and logs
+ *   <runBase>/warm/<slot>/    its sockets and pidfile; the QMP socket path marks the process
+ *
+ * Nothing of the pool outlives the manager: close ends every slot, and an open ends the ones a
+ * crash left (a warm VMM no instance record names) and removes the slot dirs.
+ */
+import { randomBytes } from 'node:crypto'
+import { mkdir, open, rm, stat } from 'node:fs/promises'
+import { basename, join } from 'node:path'
+import { errorMessage, silentLogger, type Logger } from '@hypeman-ts/common'
+import { findProcessesByArg, killAndWait, readStartTime, type AdoptOptions, type RunningVm, type VmmDriver, type VmSpec, type WarmVm } from '@hypeman-ts/vmm-drivers'
+import { copyDiskSparse } from '../guest/index.js'
+
+export interface WarmPoolOptions {
+  /** Slot files: `<dataDir>/warm`. */
+  dir: string
+  /** Slot sockets: `<runBase>/warm`. */
+  runDir: string
+  /** Warm VMMs kept per shape. */
+  perShape: number
+  /** Shapes kept; the least recently used one's VMMs end first. */
+  maxShapes: number
+  logger?: Logger
+}
+
+export interface RefillOptions {
+  /** Disks every instance shares (by serial): the slot uses the same files. */
+  sharedDisks: ReadonlySet<string>
+  /** Disks (by serial) the slot gets a copy of, for an adoption to move in (`moveDisks`); the others are sparse and empty. */
+  seed?: Record<string, string>
+  /** Spawning waits for it to settle. */
+  after?: Promise<unknown>
+}
+
+interface Slot {
+  id: string
+  vm: WarmVm
+}
+
+export class WarmPool {
+  readonly #o: WarmPoolOptions
+  readonly #logger: Logger
+  /** Ready slots by shape key; Map order is use order (least recent first). */
+  readonly #ready = new Map<string, Slot[]>()
+  readonly #spawning = new Map<string, number>()
+  readonly #refills = new Set<Promise<void>>()
+  readonly #closing = new AbortController()
+  #closed = false
+
+  constructor(opts: WarmPoolOptions) {
+    this.#o = opts
+    this.#logger = opts.logger ?? silentLogger
+  }
+
+  /** Aborted when the pool closes: what a refill waits for (`after`) should end with it. */
+  get closing(): AbortSignal {
+    return this.#closing.signal
+  }
+
+  /** Warm VMMs ready now, by shape key. */
+  get ready(): Record<string, number> {
+    return Object.fromEntries([...this.#ready].map(([k, v]) => [k, v.length]))
+  }
+
+  /**
+   * `spec`'s VM from a warm VMM of shape `key`, or undefined when none is ready or the adoption
+   * failed (the caller starts one; a failure is logged). The slot's files go either way.
+   */
+  async adopt(key: string, spec: VmSpec, opts: AdoptOptions): Promise<RunningVm | undefined> {
+    const slots = this.#ready.get(key)
+    const slot = slots?.shift()
+    if (!slot) return undefined
+    this.#touch(key)
+    try {
+      return await slot.vm.adopt(spec, opts)
+    } catch (err) {
+      if (opts.signal?.aborted) throw err
+      this.#logger.warn('adopting a warm VMM failed; starting one', { key, error: errorMessage(err) })
+      return undefined
+    } finally {
+      await this.#removeSlotFiles(slot.id)
+    }
+  }
+
+  /**
+   * Spawns warm VMMs of shape `key` up to the pool's size, for specs like `spec` (its own files
+   * replaced by the slot's), once `after` settles. Failures are logged; the boots go on without.
+   */
+  refill(key: string, driver: VmmDriver, spec: VmSpec, opts: RefillOptions): void {
+    if (this.#closed || !driver.spawnWarm || this.#o.perShape <= 0) return
+    const have = (this.#ready.get(key)?.length ?? 0) + (this.#spawning.get(key) ?? 0)
+    const wanted = this.#o.perShape - have
+    if (wanted <= 0) return
+    this.#spawning.set(key, (this.#spawning.get(key) ?? 0) + wanted)
+    const refill = (opts.after ?? Promise.resolve())
+      .catch(() => {})
+      .then(async () => {
+        for (let i = 0; i < wanted; i++) {
+          try {
+            if (!this.#closed) await this.#spawn(key, driver, spec, opts)
+          } catch (err) {
+            if (!this.#closed) this.#logger.warn('spawning a warm VMM failed; boots of this shape start their own', { key, error: errorMessage(err) })
+            break
+          } finally {
+            this.#spawning.set(key, (this.#spawning.get(key) ?? 1) - 1)
+          }
+        }
+        this.#spawning.delete(key)
+      })
+    this.#refills.add(refill)
+    void refill.finally(() => this.#refills.delete(refill))
+  }
+
+  /** Ends the warm VMMs of `key` (its template is gone). */
+  async drop(key: string): Promise<void> {
+    const slots = this.#ready.get(key) ?? []
+    this.#ready.delete(key)
+    await Promise.all(slots.map((s) => this.#end(s)))
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true
+    this.#closing.abort()
+    await Promise.all([...this.#refills])
+    await Promise.all([...this.#ready.keys()].map((k) => this.drop(k)))
+    await rm(this.#o.dir, { recursive: true, force: true })
+    await rm(this.#o.runDir, { recursive: true, force: true })
+  }
+
+  /** At open: ends warm VMMs a crashed manager left (those no instance record names, `known`) and removes the slots. */
+  async reap(known: ReadonlySet<number>): Promise<number> {
+    let ended = 0
+    for (const pid of await findProcessesByArg(`path=${this.#o.runDir}/`)) {
+      if (known.has(pid)) continue // adopted: an instance's VMM now
+      await killAndWait(pid, readStartTime(pid))
+      ended++
+    }
+    await rm(this.#o.dir, { recursive: true, force: true })
+    await rm(this.#o.runDir, { recursive: true, force: true })
+    return ended
+  }
+
+  async #spawn(key: string, driver: VmmDriver, spec: VmSpec, opts: RefillOptions): Promise<void> {
+    const id = randomBytes(6).toString('hex')
+    const dir = join(this.#o.dir, id)
+    const runtimeDir = join(this.#o.runDir, id)
+    await mkdir(dir, { recursive: true })
+    try {
+      const own = (p: string) => join(dir, basename(p))
+      const disks = await Promise.all(
+        (spec.disks ?? []).map(async (d, i) => {
+          if (opts.sharedDisks.has(d.serial)) return d
+          const path = join(dir, `disk${i}.img`)
+          const seed = opts.seed?.[d.serial]
+          if (seed) {
+            await copyDiskSparse(seed, path)
+          } else {
+            const f = await open(path, 'w', 0o600)
+            await f.truncate((await stat(d.path)).size).finally(() => f.close())
+          }
+          return { ...d, path }
+        }),
+      )
+      const vm = await driver.spawnWarm!({
+        ...spec,
+        name: `warm-${id}`,
+        disks,
+        channels: (spec.channels ?? []).map((c) => ({ ...c, backend: { ...c.backend, path: c.backend.kind === 'socket' ? join(runtimeDir, basename(c.backend.path)) : own(c.backend.path) } })),
+        consoleLog: own(spec.consoleLog),
+        vmmLog: join(dir, 'vmm.log'),
+        runtimeDir,
+      }, { signal: this.#closing.signal })
+      const slot = { id, vm }
+      // A warm VMM that dies waiting leaves the pool.
+      void vm.exited.then(() => {
+        const slots = this.#ready.get(key)
+        const at = slots?.indexOf(slot) ?? -1
+        if (at >= 0) {
+          slots!.splice(at, 1)
+          void this.#removeSlotFiles(id)
+        }
+      })
+      if (this.#closed) {
+        await this.#end(slot)
+        return
+      }
+      this.#ready.set(key, [...(this.#ready.get(key) ?? []), slot])
+      this.#touch(key)
+      await this.#evict()
+    } catch (err) {
+      await this.#removeSlotFiles(id)
+      throw err
+    }
+  }
+
+  #touch(key: string): void {
+    const slots = this.#ready.get(key)
+    if (!slots) return
+    this.#ready.delete(key)
+    this.#ready.set(key, slots)
+  }
+
+  async #evict(): Promise<void> {
+    while (this.#ready.size > this.#o.maxShapes) await this.drop(this.#ready.keys().next().value as string)
+  }
+
+  async #end(slot: Slot): Promise<void> {
+    await slot.vm.discard().catch((err) => this.#logger.warn('ending a warm VMM failed', { error: errorMessage(err) }))
+    await this.#removeSlotFiles(slot.id)
+  }
+
+  async #removeSlotFiles(id: string): Promise<void> {
+    await rm(join(this.#o.dir, id), { recursive: true, force: true })
+    await rm(join(this.#o.runDir, id), { recursive: true, force: true })
+  }
+}
