@@ -5,15 +5,18 @@
  * tell our links from anyone else's by the pattern alone. The alias (`ip link` shows it) names
  * the bridge and the instance for humans.
  */
-import { createHash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { ValidationError } from '@hypeman-ts/common'
 
-/** `t`: the guest's port on the bridge (TAP, or veth host end); `i`: its ifb (upload shaping); `p`: a veth's guest end. */
-export type LinkRole = 'tap' | 'ifb' | 'peer'
+/**
+ * `t`: the guest's port on the bridge (TAP, or veth host end); `i`: its ifb (upload shaping); `p`:
+ * a veth's guest end; `w`: a spare TAP, made before its instance (random hex, not an instance's).
+ */
+export type LinkRole = 'tap' | 'ifb' | 'peer' | 'spare'
 
-const ROLE_LETTER: Record<LinkRole, string> = { tap: 't', ifb: 'i', peer: 'p' }
-const LETTER_ROLE: Record<string, LinkRole> = { t: 'tap', i: 'ifb', p: 'peer' }
-const LINK_RE = /^hm([tip])([0-9a-f]{12})$/
+const ROLE_LETTER: Record<LinkRole, string> = { tap: 't', ifb: 'i', peer: 'p', spare: 'w' }
+const LETTER_ROLE: Record<string, LinkRole> = { t: 'tap', i: 'ifb', p: 'peer', w: 'spare' }
+const LINK_RE = /^hm([tipw])([0-9a-f]{12})$/
 const INSTANCE_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/
 
 export interface LinkNames {
@@ -52,4 +55,14 @@ export function parseLinkName(name: string): { role: LinkRole; short: string } |
 
 export function linkAlias(bridge: string, instanceId: string): string {
   return `hypeman:${bridge}:${instanceId}`
+}
+
+/** A new spare TAP's name (`hmw` + 12 random hex digits). */
+export function spareTapName(): string {
+  return linkName('spare', randomBytes(6).toString('hex'))
+}
+
+/** The alias of a spare TAP: the bridge it is for, so another network's reconcile leaves it alone. */
+export function spareAlias(bridge: string): string {
+  return `hypeman:${bridge}:spare`
 }

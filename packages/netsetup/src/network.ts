@@ -14,6 +14,7 @@
 import { access } from 'node:fs/promises'
 import {
   ConflictError,
+  NotFoundError,
   NotSupportedError,
   ValidationError,
   errorMessage,
@@ -30,7 +31,7 @@ import { defaultRate } from './bandwidth.js'
 import { NetworkError } from './errors.js'
 import { netnsPath, NetnsRunner } from './exec.js'
 import { linkMap, orphanLinks, parseLinks, planDeleteLinks, planGuestLinks, type LinkState } from './links.js'
-import { checkInstanceId, linkAlias, linkName, linkNames, parseLinkName } from './names.js'
+import { checkInstanceId, linkAlias, linkName, linkNames, parseLinkName, spareAlias, spareTapName } from './names.js'
 import { buildRuleset, buildTeardown } from './nft.js'
 import {
   resolveAttachOptions,
@@ -281,6 +282,52 @@ export class HostNetwork implements AsyncDisposable {
       }
       if (had || lines.length > 0) this.#log.debug('netsetup: detached', { instanceId })
       return had || lines.length > 0
+    })
+  }
+
+  /**
+   * A TAP of no instance yet (`hmw` + 12 random hex digits), for a VMM started before its
+   * instance exists (a warm VMM); `adoptTap` later makes it an attached instance's port. Down and
+   * on no bridge, it carries nothing until then. Ours by name: a reconcile removes one that is left.
+   */
+  async addSpareTap(): Promise<string> {
+    this.#assertOpen()
+    const name = spareTapName()
+    await this.#step('links', () => this.#sh.ipBatch([`tuntap add dev ${name} mode tap vnet_hdr`, `link set dev ${name} alias ${spareAlias(this.config.bridge)}`], 'links'))
+    return name
+  }
+
+  /** Deletes a spare TAP (addSpareTap) if it is still there under its name. */
+  async removeSpareTap(name: string): Promise<void> {
+    if (parseLinkName(name)?.role !== 'spare') throw new ValidationError('name', `${name} is not a spare TAP`)
+    this.#assertOpen()
+    await this.#step('links', async () => this.#sh.ipBatch(planDeleteLinks(linkMap(await this.#links()), [name]), 'links'))
+  }
+
+  /**
+   * Makes `spare` (addSpareTap) the port of the attached instance: the instance's own TAP goes,
+   * the spare takes its name, and the port is set up again (bridge, isolation, up, shaping) under
+   * the network's lock; the rules match the name, so they hold as they were. A VMM that opened the
+   * spare keeps it by descriptor. Whatever fails, the instance has a port after (made anew).
+   */
+  async adoptTap(instanceId: string, spare: string): Promise<void> {
+    checkInstanceId(instanceId)
+    if (parseLinkName(spare)?.role !== 'spare') throw new ValidationError('spare', `${spare} is not a spare TAP`)
+    this.#assertOpen()
+    const n = linkNames(instanceId)
+    await this.#store.withLock(async () => {
+      const state = await this.#readState()
+      const alloc = state.allocations[instanceId]
+      if (!alloc) throw new NotFoundError(`instance ${instanceId} is not attached`, { field: 'instanceId' })
+      if (alloc.device !== 'tap') throw new ValidationError('spare', `instance ${instanceId}'s port is a ${alloc.device}, not a TAP`)
+      try {
+        const links = linkMap(await this.#links())
+        if (!links.has(spare)) throw new NetworkError('network_setup_failed', `no spare TAP ${spare}`, { field: 'spare', step: 'adopt' })
+        await this.#sh.ipBatch([...planDeleteLinks(links, [n.tap]), `link set dev ${spare} name ${n.tap}`], 'links')
+      } finally {
+        await this.#ensureLinks(alloc, state)
+        await this.#ensureShaping(alloc)
+      }
     })
   }
 

@@ -29,6 +29,7 @@ describe('names', () => {
     ['hmt0123456789ab', { role: 'tap', short: '0123456789ab' }],
     ['hmi0123456789ab', { role: 'ifb', short: '0123456789ab' }],
     ['hmp0123456789ab', { role: 'peer', short: '0123456789ab' }],
+    ['hmw0123456789ab', { role: 'spare', short: '0123456789ab' }],
     ['hmbr0', undefined],
     ['hmx0123456789ab', undefined],
     ['hmt0123456789AB', undefined],

@@ -244,6 +244,48 @@ describe('allocation', () => {
   })
 })
 
+describe('spare TAPs (a VMM started before its instance)', () => {
+  const link = async (name: string) => (await ip(lab.hostNs, ['-d', 'link', 'show'])).find((l: { ifname: string }) => l.ifname === name)
+
+  it('a spare is a down TAP on no bridge; adopting it makes it the instance\'s port, set up as attach sets one', async () => {
+    const att = await net.attach('spare-user', { vcpus: 1, bandwidthDownloadBitsPerSec: 8_000_000 })
+    const spare = await net.addSpareTap()
+    expect(spare).toMatch(/^hmw[0-9a-f]{12}$/)
+    const before = await link(spare)
+    expect(before).toMatchObject({ linkinfo: { info_kind: 'tun' }, ifalias: 'hypeman:hmbr0:spare' })
+    expect(before.master).toBeUndefined()
+    expect(before.flags).not.toContain('UP')
+
+    await net.adoptTap('spare-user', spare)
+    expect(await link(spare)).toBeUndefined()
+    const port = await link(att.tap)
+    // The same device (the one a VMM holds), under the instance's name, on the bridge, up, shaped.
+    expect(port.ifindex).toBe(before.ifindex)
+    expect(port).toMatchObject({ master: 'hmbr0', ifalias: `hypeman:hmbr0:spare-user` })
+    expect(port.flags).toContain('UP')
+    const qdiscs = (await net.inspect()).qdiscs.filter((q) => q.dev === att.tap).map((q) => q.kind)
+    expect(qdiscs).toEqual(expect.arrayContaining(['htb']))
+    await net.detach('spare-user')
+  })
+
+  it('refuses what it cannot adopt, and the instance keeps a port; a reconcile removes a spare left behind', async () => {
+    const att = await net.attach('spare-refused', { vcpus: 1 })
+    await expect(net.adoptTap('spare-refused', 'hmw000000000000')).rejects.toMatchObject({ code: 'network_setup_failed' })
+    expect((await link(att.tap))?.master).toBe('hmbr0')
+    await expect(net.adoptTap('spare-refused', 'eth0')).rejects.toMatchObject({ code: 'invalid_input', field: 'spare' })
+    const spare = await net.addSpareTap()
+    await expect(net.adoptTap('nobody', spare)).rejects.toMatchObject({ code: 'not_found' })
+    expect(await link(spare)).toBeDefined()
+    const r = await net.reconcile((await net.list()).map((a) => a.instanceId))
+    expect(r.removedLinks).toContain(spare)
+    expect(await link(spare)).toBeUndefined()
+    const other = await net.addSpareTap()
+    await net.removeSpareTap(other)
+    expect(await link(other)).toBeUndefined()
+    await net.detach('spare-refused')
+  })
+})
+
 describe('detach and destroy', () => {
   it('detach is idempotent and says whether it removed anything', async () => {
     await net.attach('short-lived', { vcpus: 1 })

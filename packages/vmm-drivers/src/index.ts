@@ -4,7 +4,7 @@ export { validateVmSpec, checkSpecFiles, PCI_ADDRESS_RE, type SpecSupport } from
 export { composeCmdline } from './cmdline.js'
 export { QemuDriver, QEMU_CAPABILITIES, type QemuDriverOptions } from './qemu/driver.js'
 export { QemuRunningVm, QemuPausedVm } from './qemu/vm.js'
-export { QemuWarmVm, warmShape } from './qemu/warm.js'
+export { QemuWarmVm, warmShape, warmUnsupported } from './qemu/warm.js'
 export { buildQemuArgv, QEMU_MACHINE_CMDLINE, DEFAULT_QBOOT, type QemuArgvContext } from './qemu/argv.js'
 export { QmpClient, type QmpConnectOptions, type QmpExecuteOptions } from './qemu/qmp-client.js'
 export { probeAccel, type ProbeResult, type ProbeOptions } from './qemu/accel.js'

@@ -393,7 +393,8 @@ export interface WarmVm {
   readonly exited: Promise<unknown>
   /**
    * Makes it `spec`'s VM and runs it: `spec` may differ from the spawned one only in its own
-   * files (the paths of disks, channels, logs, runtime dir) and in `restoreFrom` when nothing was
+   * files (the paths of disks, channels, logs, runtime dir), in its NICs' TAP names (the caller
+   * renamed the TAP the VMM holds to the spec's), and in `restoreFrom` when nothing was
    * loaded at spawn. Once it throws the process is gone; a warm VM is adopted at most once.
    */
   adopt(spec: VmSpec, opts?: AdoptOptions): Promise<RunningVm>

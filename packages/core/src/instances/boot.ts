@@ -5,10 +5,11 @@
  * that volumes attached while running need (and always when some are); a restore rebuilds the
  * machine its snapshot came from, hot-plugged disks included (their SCSI targets follow their slots).
  */
+import { createHash } from 'node:crypto'
 import { rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { errorMessage, HypemanError, NotFoundError, NotSupportedError, pathExists, TimeoutError } from '@hypeman-ts/common'
-import { SNAPSHOT_META_FILE, type DiskSpec, type LiveVm, type PersistedVm, type RunningVm, type VmSpec } from '@hypeman-ts/vmm-drivers'
+import { SNAPSHOT_META_FILE, warmShape, warmUnsupported, type DiskSpec, type LiveVm, type PersistedVm, type RunningVm, type VmSpec } from '@hypeman-ts/vmm-drivers'
 import {
   DISK_SERIAL,
   guestChannels,
@@ -28,7 +29,8 @@ import {
 } from '../guest/index.js'
 import { nowIso, type InstanceContext } from './context.js'
 import type { InstanceVolume } from './params.js'
-import { bootWithTemplate, templatePlan, type StartVm } from './template-boot.js'
+import { bootWithTemplate, SHARED_DISKS, templatePlan, type StartVm } from './template-boot.js'
+import { adoptSpareTap, spareTaps } from './network.js'
 import type { InstanceRecord } from './record.js'
 import { exitFromGuest } from './state.js'
 
@@ -111,33 +113,14 @@ async function passthroughOf(cx: InstanceContext, record: InstanceRecord): Promi
   return { passthrough: [...(await devices.passthroughSpecs(ids)), ...(record.gpu ? [devices.gpuPassthrough(record.gpu.uuid)] : [])] }
 }
 
-/**
- * What a boot starts from: a fresh overlay disk (`create`), the overlay of earlier boots
- * (`start`), or the standby snapshot (`restore`).
- */
-export type BootMode = 'create' | 'start' | 'restore'
-
-/**
- * Starts the VMM for the record's current disks: a restore from its standby snapshot, else (a
- * create) a boot from its shape's template when it can (template-boot.ts), else a cold boot. A
- * template's guest has its root mounted already, on a copy of the template's own overlay disk:
- * an instance whose overlay holds earlier boots' files boots cold.
- */
-export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: string, signal: AbortSignal | undefined, mode: BootMode): Promise<RunningVm> {
-  const restore = mode === 'restore'
+/** The VMM spec of the record's machine as it stands (its SCSI controller decided, `record.scsiController`). */
+async function vmSpecOf(cx: InstanceContext, record: InstanceRecord, rootfs: string, signal?: AbortSignal): Promise<VmSpec> {
   const spec = record.spec
   const paths = cx.files.paths(record.id)
   const assets = await cx.opts.assets()
-  const driver = cx.driver(spec.hypervisor)
-  if (!restore) {
-    record.exit = null
-    record.startedAt = nowIso()
-    record.stoppedAt = null
-  }
   const throttle = diskThrottle(record)
-  if (!restore) record.scsiController = wantsScsiController(cx, record)
   const kernelHeaders = record.kernelHeaders ? (await kernelHeadersDisk(cx, signal)).path : undefined
-  const vmSpec: VmSpec = {
+  return {
     name: spec.name,
     kernel: assets.kernelPath,
     initrd: assets.initrdPath,
@@ -166,6 +149,61 @@ export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: 
     runtimeDir: paths.runtimeDir,
     accel: cx.opts.accel,
   }
+}
+
+/** The spec a restore from standby starts: the NIC as the snapshot's VMM had it (a VM once restored from a template keeps the template's MAC). */
+function restoreSpec(cx: InstanceContext, record: InstanceRecord, vmSpec: VmSpec): VmSpec {
+  const nics = vmSpec.nics?.map((n) => ({ ...n, mac: record.vmmMac ?? n.mac }))
+  return { ...vmSpec, ...(nics ? { nics } : {}), restoreFrom: cx.files.paths(record.id).snapshot }
+}
+
+/**
+ * The warm-VMM shape of a restore, when one can serve it: not with parts the driver cannot
+ * re-point (hot-plugged or throttled disks, devices); with a NIC only on the host network (the
+ * warm VMM's spare TAP becomes the instance's).
+ */
+function warmRestoreKey(cx: InstanceContext, s: VmSpec): string | undefined {
+  if (!cx.opts.warm || (s.nics?.length && !cx.opts.network) || warmUnsupported(s)) return undefined
+  return `restore-${createHash('sha256').update(warmShape(s)).digest('hex').slice(0, 32)}`
+}
+
+/**
+ * After a standby: a warm VMM for the instance's restore, so that it skips QEMU's start. Nothing
+ * when none can serve it; a failure is the pool's to log.
+ */
+export async function warmForRestore(cx: InstanceContext, record: InstanceRecord): Promise<void> {
+  if (!cx.opts.warm) return
+  const s = restoreSpec(cx, record, await vmSpecOf(cx, record, (await rootfsOf(cx, record)).diskPath))
+  const key = warmRestoreKey(cx, s)
+  const { restoreFrom: _loadedAtAdoption, ...empty } = s
+  const taps = spareTaps(cx)
+  if (key) cx.opts.warm.refill(key, cx.driver(record.spec.hypervisor), empty, { sharedDisks: SHARED_DISKS, ...(taps ? { taps } : {}) })
+}
+
+/**
+ * What a boot starts from: a fresh overlay disk (`create`), the overlay of earlier boots
+ * (`start`), or the standby snapshot (`restore`).
+ */
+export type BootMode = 'create' | 'start' | 'restore'
+
+/**
+ * Starts the VMM for the record's current disks: a restore from its standby snapshot, else (a
+ * create) a boot from its shape's template when it can (template-boot.ts), else a cold boot. A
+ * template's guest has its root mounted already, on a copy of the template's own overlay disk:
+ * an instance whose overlay holds earlier boots' files boots cold.
+ */
+export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: string, signal: AbortSignal | undefined, mode: BootMode): Promise<RunningVm> {
+  const restore = mode === 'restore'
+  const spec = record.spec
+  const paths = cx.files.paths(record.id)
+  const driver = cx.driver(spec.hypervisor)
+  if (!restore) {
+    record.exit = null
+    record.startedAt = nowIso()
+    record.stoppedAt = null
+  }
+  if (!restore) record.scsiController = wantsScsiController(cx, record)
+  const vmSpec = await vmSpecOf(cx, record, rootfs, signal)
   const startVm: StartVm = async (s, how = {}) => {
     // Each attempt's events are read from where it began (a failed template restore may have left some).
     if (!restore) record.statusMark = await statusMark(paths.statusLog)
@@ -186,9 +224,9 @@ export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: 
     return vm
   }
   if (restore) {
-    // The NIC as the snapshot's VMM had it: a VM once restored from a template keeps the template's.
-    const nics = vmSpec.nics?.map((n) => ({ ...n, mac: record.vmmMac ?? n.mac }))
-    return startVm({ ...vmSpec, ...(nics ? { nics } : {}), restoreFrom: paths.snapshot })
+    const s = restoreSpec(cx, record, vmSpec)
+    const key = warmRestoreKey(cx, s)
+    return startVm(s, key ? { adopt: (opts) => cx.opts.warm!.adopt(key, s, opts, { adoptTap: (spare) => adoptSpareTap(cx, record, spare) }) } : {})
   }
   const plan = mode !== 'create' ? undefined : await templatePlan(cx, record, vmSpec).catch((err: unknown) => {
     cx.logger.warn('no boot template for this shape', { id: record.id, error: errorMessage(err) })

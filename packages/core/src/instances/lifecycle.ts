@@ -8,7 +8,7 @@ import { rm } from 'node:fs/promises'
 import { ConflictError, errorMessage, HypemanError, NotSupportedError } from '@hypeman-ts/common'
 import { requestGuestStop } from '../guest/index.js'
 import { sendIdentity } from './identity.js'
-import { boot, finishBoot, rootfsOf, waitForGuest } from './boot.js'
+import { boot, finishBoot, rootfsOf, waitForGuest, warmForRestore } from './boot.js'
 import type { InstanceContext } from './context.js'
 import { undoCreateSteps } from './create.js'
 import type { Instance } from './model.js'
@@ -166,6 +166,7 @@ export async function standby(cx: InstanceContext, idOrName: string): Promise<In
     const r = (await cx.files.read(id))!
     if (!r.snapshot) throw new HypemanError('snapshot_failed', `standby of ${r.name}: the VMM ended but no snapshot was kept`, { step: 'standby' })
     await cx.files.log(id, `standby: ${snap.bytes} bytes in ${Math.round(snap.durationMs)} ms`)
+    void warmForRestore(cx, r).catch((err: unknown) => cx.logger.warn('no warm VMM for the restore', { id, error: errorMessage(err) }))
   })
 }
 

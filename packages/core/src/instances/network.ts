@@ -70,6 +70,17 @@ export async function unregisterEgress(cx: InstanceContext, record: InstanceReco
   proxy?.policies.delete(record.network.ip)
 }
 
+/** Spare TAPs from the host network, for warm VMMs of shapes with a NIC (templates/warm-pool.ts); undefined without a network. */
+export function spareTaps(cx: InstanceContext): { add(): Promise<string>; remove(tap: string): Promise<void> } | undefined {
+  const network = cx.opts.network
+  return network && { add: async () => (await network.get()).addSpareTap(), remove: async (tap) => (await network.get()).removeSpareTap(tap) }
+}
+
+/** Makes a warm VMM's spare TAP the instance's port (it is attached already): its VMM then carries the instance's traffic. */
+export async function adoptSpareTap(cx: InstanceContext, record: InstanceRecord, spare: string): Promise<void> {
+  await (await cx.opts.network!.get()).adoptTap(record.id, spare)
+}
+
 /** Gives the instance's address, TAP, rules and shaping back (idempotent). */
 export async function detachNetwork(cx: InstanceContext, record: InstanceRecord): Promise<void> {
   if (!cx.opts.network) return

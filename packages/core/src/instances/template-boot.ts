@@ -17,6 +17,7 @@ import { errorMessage } from '@hypeman-ts/common'
 import type { PersistedVm, RunningVm, StartOptions, VmSpec } from '@hypeman-ts/vmm-drivers'
 import { copyDiskSparse, DISK_SERIAL, waitForStatusEvent } from '../guest/index.js'
 import { sendGo } from './identity.js'
+import { adoptSpareTap, spareTaps } from './network.js'
 import type { Template, TemplateStore } from '../templates/store.js'
 import { templateKey } from '../templates/store.js'
 import type { InstanceContext } from './context.js'
@@ -38,7 +39,7 @@ export interface TemplatePlan {
 }
 
 /** Disks every instance of a shape shares (the image's, the kernel headers'): keyed by identity. */
-const SHARED_DISKS: ReadonlySet<string> = new Set([DISK_SERIAL.rootfs, DISK_SERIAL.headers])
+export const SHARED_DISKS: ReadonlySet<string> = new Set([DISK_SERIAL.rootfs, DISK_SERIAL.headers])
 
 /**
  * Starts a VMM for `spec` and records it on the instance (boot.ts): `adopt` may give one (a warm
@@ -185,12 +186,12 @@ async function restoreTemplate(
       memoryFile: { path: memory, shared: false },
       restoreFrom: t.snapshotDir,
     }
-    // A warm VMM opened its TAP when it was spawned: one with a NIC would hold another instance's.
-    const warmKey = cx.opts.warm && !spec.nics?.length ? plan.key : undefined
+    // A warm VMM with a NIC holds a spare TAP, which becomes the instance's: that needs the host network.
+    const warmKey = cx.opts.warm && (!spec.nics?.length || cx.opts.network) ? plan.key : undefined
     const moveDisks = [DISK_SERIAL.overlay]
     vm = await startVm(restoreSpec, {
       // A warm VMM has a copy of the template's overlay of its own: it becomes this instance's.
-      ...(warmKey ? { adopt: (opts: StartOptions) => cx.opts.warm!.adopt(warmKey, restoreSpec, { ...opts, moveDisks }) } : {}),
+      ...(warmKey ? { adopt: (opts: StartOptions) => cx.opts.warm!.adopt(warmKey, restoreSpec, { ...opts, moveDisks }, { adoptTap: (spare) => adoptSpareTap(cx, record, spare) }) } : {}),
       ...(made ? {} : { beforeStart: () => copyDiskSparse(overlay, paths.overlay, signal) }),
     })
     await sendGo(cx, record, signal)
@@ -199,7 +200,8 @@ async function restoreTemplate(
     if (warmKey) {
       // The next one is spawned once this guest's program runs, not while it boots.
       const settled = waitForStatusEvent(paths.statusLog, ['started', 'exited', 'error'], { since: record.statusMark, timeoutMs: cx.bootTimeoutMs, signal: cx.opts.warm!.closing })
-      cx.opts.warm!.refill(warmKey, cx.driver(record.spec.hypervisor), restoreSpec, { sharedDisks: SHARED_DISKS, seed: { [DISK_SERIAL.overlay]: overlay }, after: settled })
+      const taps = spareTaps(cx)
+      cx.opts.warm!.refill(warmKey, cx.driver(record.spec.hypervisor), restoreSpec, { sharedDisks: SHARED_DISKS, seed: { [DISK_SERIAL.overlay]: overlay }, after: settled, ...(taps ? { taps } : {}) })
     }
     return vm
   } catch (err) {

@@ -8,8 +8,12 @@
  *   <dataDir>/warm/<slot>/    the slot's disks (sparse, of the instance's sizes) and logs
  *   <runBase>/warm/<slot>/    its sockets and pidfile; the QMP socket path marks the process
  *
+ * A shape with a NIC gets a spare TAP per slot (netsetup's `addSpareTap`): QEMU opens its TAP
+ * when it starts, so the adoption renames the spare to the instance's TAP (`adoptTap`) first.
+ *
  * Nothing of the pool outlives the manager: close ends every slot, and an open ends the ones a
- * crash left (a warm VMM no instance record names) and removes the slot dirs.
+ * crash left (a warm VMM no instance record names) and removes the slot dirs (netsetup's
+ * reconcile, before, removes spare TAPs).
  */
 import { randomBytes } from 'node:crypto'
 import { mkdir, open, rm, stat } from 'node:fs/promises'
@@ -37,11 +41,16 @@ export interface RefillOptions {
   seed?: Record<string, string>
   /** Spawning waits for it to settle. */
   after?: Promise<unknown>
+  /** For a spec with a NIC: the spare TAPs a slot's VMM opens (netsetup's addSpareTap), and their removal. */
+  taps?: { add(): Promise<string>; remove(tap: string): Promise<void> }
 }
 
 interface Slot {
   id: string
   vm: WarmVm
+  /** The spare TAP it holds, until an adoption renames it the instance's. */
+  tap?: string
+  removeTap?: (tap: string) => Promise<void>
 }
 
 export class WarmPool {
@@ -73,14 +82,22 @@ export class WarmPool {
    * `spec`'s VM from a warm VMM of shape `key`, or undefined when none is ready or the adoption
    * failed (the caller starts one; a failure is logged). The slot's files go either way.
    */
-  async adopt(key: string, spec: VmSpec, opts: AdoptOptions): Promise<RunningVm | undefined> {
+  async adopt(key: string, spec: VmSpec, opts: AdoptOptions, hooks: { adoptTap?: (spare: string) => Promise<void> } = {}): Promise<RunningVm | undefined> {
     const slots = this.#ready.get(key)
     const slot = slots?.shift()
     if (!slot) return undefined
     this.#touch(key)
     try {
+      if (slot.tap) {
+        if (!hooks.adoptTap) throw new Error('the warm VMM has a spare TAP and nothing adopts it')
+        // Renamed the instance's from here on, whatever the adoption does next.
+        const tap = slot.tap
+        delete slot.tap
+        await hooks.adoptTap(tap)
+      }
       return await slot.vm.adopt(spec, opts)
     } catch (err) {
+      await this.#end(slot)
       if (opts.signal?.aborted) throw err
       this.#logger.warn('adopting a warm VMM failed; starting one', { key, error: errorMessage(err) })
       return undefined
@@ -152,6 +169,7 @@ export class WarmPool {
     const dir = join(this.#o.dir, id)
     const runtimeDir = join(this.#o.runDir, id)
     await mkdir(dir, { recursive: true })
+    let tap: string | undefined
     try {
       const own = (p: string) => join(dir, basename(p))
       const disks = await Promise.all(
@@ -168,8 +186,13 @@ export class WarmPool {
           return { ...d, path }
         }),
       )
+      if (spec.nics?.length) {
+        if (spec.nics.length > 1 || !opts.taps) throw new Error('a warm VMM takes one NIC, with a spare TAP')
+        tap = await opts.taps.add()
+      }
       const vm = await driver.spawnWarm!({
         ...spec,
+        ...(tap ? { nics: [{ ...spec.nics![0]!, tap }] } : {}),
         name: `warm-${id}`,
         disks,
         channels: (spec.channels ?? []).map((c) => ({ ...c, backend: { ...c.backend, path: c.backend.kind === 'socket' ? join(runtimeDir, basename(c.backend.path)) : own(c.backend.path) } })),
@@ -177,14 +200,14 @@ export class WarmPool {
         vmmLog: join(dir, 'vmm.log'),
         runtimeDir,
       }, { signal: this.#closing.signal })
-      const slot = { id, vm }
+      const slot: Slot = { id, vm, ...(tap ? { tap, removeTap: opts.taps!.remove } : {}) }
       // A warm VMM that dies waiting leaves the pool.
       void vm.exited.then(() => {
         const slots = this.#ready.get(key)
         const at = slots?.indexOf(slot) ?? -1
         if (at >= 0) {
           slots!.splice(at, 1)
-          void this.#removeSlotFiles(id)
+          void this.#end(slot)
         }
       })
       if (this.#closed) {
@@ -196,6 +219,7 @@ export class WarmPool {
       await this.#evict()
     } catch (err) {
       await this.#removeSlotFiles(id)
+      if (tap) await opts.taps!.remove(tap).catch(() => {})
       throw err
     }
   }
@@ -214,6 +238,8 @@ export class WarmPool {
   async #end(slot: Slot): Promise<void> {
     await slot.vm.discard().catch((err) => this.#logger.warn('ending a warm VMM failed', { error: errorMessage(err) }))
     await this.#removeSlotFiles(slot.id)
+    if (slot.tap) await slot.removeTap?.(slot.tap).catch((err) => this.#logger.warn('removing a warm VMM\'s spare TAP failed; the next open removes it', { error: errorMessage(err) }))
+    delete slot.tap
   }
 
   async #removeSlotFiles(id: string): Promise<void> {

@@ -171,6 +171,8 @@ try {
   results.templates = {
     plainMade: /template [0-9a-f]{32} made/.test(bootLog(plain.id)),
     mediatedRestored: /restored from template/.test(bootLog(med.id)),
+    // The VMM was spawned ahead with a spare TAP, which became this instance's port.
+    mediatedWarm: /restored: VMM pid \d+ \(tcg, a warm VMM\)/.test(bootLog(med.id)),
     macs: [plain.network?.mac, med.network?.mac],
     guestMacs: await Promise.all([plain.id, med.id].map(async (id) => (await sh(id, 'for n in /sys/class/net/*; do [ -e $n/device ] && cat $n/address; done')).out.trim())),
   }

@@ -12,8 +12,8 @@
  *   boot left in a log is put ahead of this one's, as an append would have kept it;
  * - the snapshot is loaded unless it already was, and the VM runs.
  * QEMU cannot swap a virtio-serial port's chardev (`chardev-change`: "Chardev user does not
- * support chardev hotswap"), hence the renames; a NIC's TAP cannot be swapped either, so NICs
- * must be the same.
+ * support chardev hotswap"), hence the renames. A NIC's TAP cannot be swapped either: QEMU opened
+ * it by name at start, so the caller renames that TAP to the spec's before adopting.
  */
 import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -29,9 +29,11 @@ import { mapQemuStatus, QemuMachine } from './vm.js'
 
 /** The spec without what adopt may change: two specs with the same shape make the same machine. */
 export function warmShape(spec: VmSpec): string {
-  const { name: _n, consoleLog: _c, vmmLog: _v, runtimeDir: _r, restoreFrom: _s, disks, channels, ...rest } = spec
+  const { name: _n, consoleLog: _c, vmmLog: _v, runtimeDir: _r, restoreFrom: _s, disks, channels, nics, ...rest } = spec
   return JSON.stringify({
     ...rest,
+    // The TAP's name is not QEMU's business once it holds it: the caller renames it to the spec's.
+    nics: (nics ?? []).map(({ tap: _t, ...n }) => n),
     disks: (disks ?? []).map(({ path: _p, ...d }) => d),
     channels: (channels ?? []).map((c) => ({ name: c.name, kind: c.backend.kind })),
   })
