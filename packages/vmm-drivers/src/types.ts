@@ -378,6 +378,12 @@ export interface AdoptOptions extends StartOptions {
    * is there) rather than the VM re-pointed at the file already there.
    */
   moveDisks?: readonly string[]
+  /**
+   * Copy the guest from this paused VM of the same machine (QEMU: live migration over a unix
+   * socket, raw QMP through `execute`) instead of loading a snapshot: a clone. The source stays
+   * paused, the caller resumes it; its disks must have been copied to the spec's while it was.
+   */
+  migrateFrom?: { execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> }
 }
 
 /**

@@ -120,6 +120,32 @@ describe('a warm QEMU', { timeout: 120_000 }, () => {
     }
   })
 
+  it('clones a paused VM by live migration: the clone goes on from its moment on its own disk, and the source goes on too', async () => {
+    const src = await spec('clone-src', await disk(join(guest.dir, 'clone-src.img'), 'SSSS'))
+    const running = await driver.start(src)
+    await waitForText(src.consoleLog, /HM-READY/, 60_000)
+    const paused = await running.pause()
+    const copy = join(guest.dir, 'clone.img')
+    await writeFile(copy, await readFile(src.disks![0]!.path))
+    await writeFile(copy, 'KKKK', { flag: 'r+' })
+    const target = await spec('clone', { path: copy, serial: 'hm-test' })
+    const warm = await driver.spawnWarm(target)
+    const clone = await warm.adopt(target, { migrateFrom: paused })
+    try {
+      const resumed = await paused.resume()
+      expect(await resumed.state()).toBe('running')
+      // The clone did not boot: it carries on counting from the source's moment.
+      await waitForText(target.consoleLog, /HM-TICK \d+/, 20_000)
+      expect(await readFile(target.consoleLog, 'utf8')).not.toMatch(/HM-BOOTED/)
+      expect(await ask(echoPath(target), 'read-disk hm-test')).toBe('disk:KKKK')
+      expect(await ask(echoPath(src), 'read-disk hm-test')).toBe('disk:SSSS')
+      expect(existsSync(join(target.runtimeDir, 'migrate.sock'))).toBe(false)
+      await resumed.kill()
+    } finally {
+      await clone.kill()
+    }
+  })
+
   it('refuses what it cannot adopt, and the process is gone after', async () => {
     await expect(driver.spawnWarm({ ...(await spec('slot3', await disk(join(guest.dir, 'slot3.img'), 'x'))), disks: [{ ...(await disk(join(guest.dir, 'thr.img'), 'x')), throttle: { bytesPerSec: 1_000_000 } }] })).rejects.toMatchObject({
       code: 'invalid_input',

@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto'
 import { rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { errorMessage, HypemanError, NotFoundError, NotSupportedError, pathExists, TimeoutError } from '@hypeman-ts/common'
-import { SNAPSHOT_META_FILE, warmShape, warmUnsupported, type DiskSpec, type LiveVm, type PersistedVm, type RunningVm, type VmSpec } from '@hypeman-ts/vmm-drivers'
+import { SNAPSHOT_META_FILE, warmShape, warmUnsupported, type AdoptOptions, type DiskSpec, type LiveVm, type PausedVm, type PersistedVm, type RunningVm, type StartOptions, type VmSpec } from '@hypeman-ts/vmm-drivers'
 import {
   DISK_SERIAL,
   guestChannels,
@@ -181,6 +181,53 @@ export async function warmForRestore(cx: InstanceContext, record: InstanceRecord
 }
 
 /**
+ * Starts a VMM by `start` and makes it the instance's: the pid recorded as soon as it exists, its
+ * end watched, the boot logged (with `how` it came: a warm VMM, a clone). `fresh`: a boot of its
+ * own (not a restore, nor a clone), whose status events are read from where the log stands now.
+ */
+async function recordedStart(
+  cx: InstanceContext,
+  record: InstanceRecord,
+  s: VmSpec,
+  fresh: boolean,
+  signal: AbortSignal | undefined,
+  start: (opts: StartOptions) => Promise<{ vm: RunningVm; how?: string }>,
+): Promise<RunningVm> {
+  const paths = cx.files.paths(record.id)
+  // Each attempt's events are read from where it began (a failed template restore may have left some).
+  if (fresh) record.statusMark = await statusMark(paths.statusLog)
+  const { vm, how } = await start({
+    ...(signal ? { signal } : {}),
+    onSpawn: async (persisted: PersistedVm) => {
+      record.vmm = persisted
+      await cx.files.write(record)
+    },
+  })
+  record.vmm = vm.persisted
+  await cx.files.write(record)
+  watch(cx, record.id, vm)
+  await cx.files.log(record.id, `${s.restoreFrom ? 'restored' : how === 'a clone' ? 'cloned' : 'booted'}: VMM pid ${vm.pid} (${vm.accel}${how ? `, ${how}` : ''})`)
+  return vm
+}
+
+/**
+ * The fork's VMM as a clone of its paused source (fork.ts): a warm VMM of the machine (the pool's,
+ * else one spawned now) takes the source's guest over a live migration, runs, and is recorded as
+ * any boot's. Its disks were copied while the source was paused.
+ */
+export async function bootClone(cx: InstanceContext, record: InstanceRecord, source: PausedVm, signal?: AbortSignal): Promise<RunningVm> {
+  const driver = cx.driver(record.spec.hypervisor)
+  if (!driver.spawnWarm) throw new NotSupportedError(`${driver.name} cannot clone a running VM`, { field: 'hypervisor' })
+  const { restoreFrom: _none, ...s } = restoreSpec(cx, record, await vmSpecOf(cx, record, (await rootfsOf(cx, record)).diskPath, signal))
+  const key = warmRestoreKey(cx, { ...s, restoreFrom: '' })
+  const migrateFrom = source as unknown as NonNullable<AdoptOptions['migrateFrom']>
+  return recordedStart(cx, record, s, false, signal, async (opts) => {
+    const pooled = key ? await cx.opts.warm!.adopt(key, s, { ...opts, migrateFrom }, { adoptTap: (spare) => adoptSpareTap(cx, record, spare) }) : undefined
+    return { vm: pooled ?? (await (await driver.spawnWarm!(s, opts)).adopt(s, { ...opts, migrateFrom })), how: pooled ? 'a clone, in a warm VMM' : 'a clone' }
+  })
+}
+
+/**
  * What a boot starts from: a fresh overlay disk (`create`), the overlay of earlier boots
  * (`start`), or the standby snapshot (`restore`).
  */
@@ -194,9 +241,7 @@ export type BootMode = 'create' | 'start' | 'restore'
  */
 export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: string, signal: AbortSignal | undefined, mode: BootMode): Promise<RunningVm> {
   const restore = mode === 'restore'
-  const spec = record.spec
-  const paths = cx.files.paths(record.id)
-  const driver = cx.driver(spec.hypervisor)
+  const driver = cx.driver(record.spec.hypervisor)
   if (!restore) {
     record.exit = null
     record.startedAt = nowIso()
@@ -204,25 +249,13 @@ export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: 
   }
   if (!restore) record.scsiController = wantsScsiController(cx, record)
   const vmSpec = await vmSpecOf(cx, record, rootfs, signal)
-  const startVm: StartVm = async (s, how = {}) => {
-    // Each attempt's events are read from where it began (a failed template restore may have left some).
-    if (!restore) record.statusMark = await statusMark(paths.statusLog)
-    const opts = {
-      ...(signal ? { signal } : {}),
-      onSpawn: async (persisted: PersistedVm) => {
-        record.vmm = persisted
-        await cx.files.write(record)
-      },
-    }
-    const warm = how.adopt ? await how.adopt(opts) : undefined
-    if (!warm) await how.beforeStart?.()
-    const vm = warm ?? (await driver.start(s, opts))
-    record.vmm = vm.persisted
-    await cx.files.write(record)
-    watch(cx, record.id, vm)
-    await cx.files.log(record.id, `${s.restoreFrom ? 'restored' : 'booted'}: VMM pid ${vm.pid} (${vm.accel}${warm ? ', a warm VMM' : ''})`)
-    return vm
-  }
+  const startVm: StartVm = (s, how = {}) =>
+    recordedStart(cx, record, s, !restore, signal, async (opts) => {
+      const warm = how.adopt ? await how.adopt(opts) : undefined
+      if (warm) return { vm: warm, how: 'a warm VMM' }
+      await how.beforeStart?.()
+      return { vm: await driver.start(s, opts) }
+    })
   if (restore) {
     const s = restoreSpec(cx, record, vmSpec)
     const key = warmRestoreKey(cx, s)

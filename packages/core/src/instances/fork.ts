@@ -16,12 +16,14 @@
 import { copyFile, link, mkdir, readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createId } from '@paralleldrive/cuid2'
-import { ConflictError, NotSupportedError, ValidationError } from '@hypeman-ts/common'
+import { ConflictError, errorMessage, NotSupportedError, ValidationError } from '@hypeman-ts/common'
+import { warmUnsupported } from '@hypeman-ts/vmm-drivers'
 import { copyDiskSparse, decodeGuestConfig, writeGuestConfigDisk } from '../guest/index.js'
-import { guestVolumes, volumeOverlayPath } from './boot.js'
+import { bootClone, guestVolumes, volumeOverlayPath } from './boot.js'
 import { nowIso, type InstanceContext } from './context.js'
 import { egress, instanceDir, network, runCreate, type CreateStepDef } from './create.js'
 import { deleteInstance, restore, standby, start, stop } from './lifecycle.js'
+import { sendIdentity } from './identity.js'
 import type { Instance, InstanceState } from './model.js'
 import { guestNetwork } from './network.js'
 import { validateName } from './params.js'
@@ -74,7 +76,10 @@ const forkDisks: CreateStepDef = {
       // a restore removes its dir), so source and fork can share them until each has restored.
       await mkdir(to.snapshot)
       for (const name of await readdir(from.snapshot)) await link(join(from.snapshot, name), join(to.snapshot, name))
-      // The program in the snapshot was started in the source's boot: its events are the fork's history too.
+    }
+    if (forkOf!.snapshot || forkOf!.vmm) {
+      // The program in the snapshot (or the paused VM a clone copies) was started in the source's
+      // boot: its events are the fork's history too.
       await copyFile(from.statusLog, to.statusLog)
       record.statusMark = forkOf!.statusMark
     }
@@ -110,7 +115,7 @@ const forkReady: CreateStepDef = {
 }
 
 /** The fork's record: the source's spec and image under a new id, name and identity. */
-function forkRecord(source: InstanceRecord, name: string): InstanceRecord {
+function forkRecord(source: InstanceRecord, name: string, clone = false): InstanceRecord {
   const spec = structuredClone(source.spec)
   spec.name = name
   const record = newRecord(createId(), spec, nowIso())
@@ -118,9 +123,9 @@ function forkRecord(source: InstanceRecord, name: string): InstanceRecord {
   // The machine's device set as the source's last boot had it: a restore of its snapshot rebuilds that machine.
   if (source.kernelHeaders !== undefined) record.kernelHeaders = source.kernelHeaders
   if (source.scsiController !== undefined) record.scsiController = source.scsiController
-  if (source.snapshot) {
-    record.snapshot = true
-    // The snapshot's NIC is the source's: a restore passes the same MAC, and the guest takes the fork's.
+  if (source.snapshot || clone) {
+    if (source.snapshot) record.snapshot = true
+    // The snapshot's (or the clone's) NIC is the source's: its VMM gets the same MAC, and the guest takes the fork's.
     record.vmmMac = source.vmmMac ?? source.network?.mac ?? null
     record.reidentify = true
   }
@@ -147,6 +152,9 @@ export async function fork(cx: InstanceContext, idOrName: string, params: ForkPa
   const target: InstanceState = p.targetState ?? (before.state === 'Standby' ? 'Standby' : before.state === 'Running' ? 'Running' : 'Stopped')
 
   const wasRunning = before.state === 'Running'
+  // A clone needs a VMM the driver can spawn ahead and point at the fork's files.
+  const live = cx.live.get(source.id)
+  if (wasRunning && target === 'Running' && cx.driver(source.spec.hypervisor).spawnWarm && live && !warmUnsupported(live.spec)) return forkByClone(cx, source.id, p.name)
   if (wasRunning) await standby(cx, source.id)
   let made: Instance
   try {
@@ -188,6 +196,58 @@ export async function fork(cx: InstanceContext, idOrName: string, params: ForkPa
     throw sourceErr
   }
   return instanceView(cx, made.id)
+}
+
+/**
+ * A Running fork of a Running source, without a snapshot on disk: the source is paused, the fork
+ * made from its disks, and its guest copied into the fork's VMM by live migration (bootClone);
+ * then the source goes on and the fork is given its identity. The source is paused for the fork's
+ * steps and the copy, and runs again whatever happened; a failure deletes the fork.
+ */
+async function forkByClone(cx: InstanceContext, sourceId: string, name: string): Promise<Instance> {
+  let forkId: string | undefined
+  try {
+    await cx.ops.run(sourceId, () =>
+      cx.files.withLock(sourceId, async () => {
+        const vm = cx.live.get(sourceId)
+        if (vm?.phase !== 'running') throw new ConflictError(`instance ${sourceId} ended before its fork`, { field: 'state' })
+        const paused = await vm.pause()
+        cx.live.update(sourceId, paused)
+        try {
+          const now = (await cx.files.read(sourceId))!
+          const record = forkRecord(now, name, true)
+          forkId = record.id
+          const n = record.spec.network
+          const steps = [
+            instanceDir,
+            ...(record.spec.volumes?.length ? [forkVolumes] : []),
+            forkDisks,
+            ...(n.enabled ? [network] : []),
+            ...(n.enabled && n.egress.enabled ? [egress] : []),
+            forkConfig,
+            forkReady,
+          ]
+          await runCreate(cx, record, steps, { forkOf: now })
+          await cx.files.withLock(record.id, async () => {
+            const r = (await cx.files.read(record.id))!
+            r.startedAt = nowIso()
+            await bootClone(cx, r, paused)
+          })
+        } finally {
+          await paused.resume().then(
+            (running) => cx.live.update(sourceId, running),
+            (err: unknown) => cx.logger.warn('the fork\'s source did not resume', { id: sourceId, error: errorMessage(err) }),
+          )
+        }
+      }),
+    )
+    await cx.files.log(forkId!, `forked from ${sourceId}, Running, by a live copy of its guest`)
+    await sendIdentity(cx, (await cx.files.read(forkId!))!)
+  } catch (err) {
+    if (forkId) await deleteInstance(cx, forkId).catch(() => {})
+    throw err
+  }
+  return instanceView(cx, forkId!)
 }
 
 async function bringTo(cx: InstanceContext, id: string, target: InstanceState): Promise<void> {

@@ -35,7 +35,7 @@ export const DEFAULT_QBOOT = '/usr/share/qemu/qboot.rom'
 export const DEFAULT_HOTPLUG_SLOTS = 8
 
 /** Files the driver keeps in `runtimeDir`. */
-export const RUNTIME_FILES = { qmp: 'qmp.sock', pid: 'qemu.pid', vmmLog: 'vmm.log' } as const
+export const RUNTIME_FILES = { qmp: 'qmp.sock', pid: 'qemu.pid', vmmLog: 'vmm.log', migrate: 'migrate.sock' } as const
 
 export interface QemuArgvContext {
   accel: ResolvedAccel

@@ -22,7 +22,7 @@ export function processMark(runtimeDir: string): string {
 
 /** Sockets and the pidfile: things that mean nothing once the process is gone. Logs are kept. */
 export async function removeRuntimeFiles(spec: Pick<VmSpec, 'runtimeDir' | 'channels'>): Promise<void> {
-  const paths = [qmpSocketPath(spec.runtimeDir), pidFilePath(spec.runtimeDir)]
+  const paths = [qmpSocketPath(spec.runtimeDir), pidFilePath(spec.runtimeDir), join(spec.runtimeDir, RUNTIME_FILES.migrate)]
   for (const ch of spec.channels ?? []) if (ch.backend.kind === 'socket') paths.push(ch.backend.path)
   await Promise.all(paths.map((p) => rm(p, { force: true })))
 }

@@ -71,7 +71,7 @@ const MIGRATE_DEADLINE_MS = 10 * 60_000
  * QEMU caps migration at 128 MiB/s by default; a stopped guest has nothing to race, so lift it.
  * (No measurable difference for a 256 MiB guest under TCG, where the stream runs at ~140 MB/s anyway.)
  */
-const MIGRATE_MAX_BANDWIDTH = 1024 ** 4
+export const MIGRATE_MAX_BANDWIDTH = 1024 ** 4
 
 export class QemuMachine extends ProcessMachine {
   readonly driver = 'qemu' as const

@@ -17,7 +17,7 @@
  */
 import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { errorMessage, type Logger } from '@hypeman-ts/common'
+import { errorMessage, pollUntil, type Logger } from '@hypeman-ts/common'
 import { VmmError } from '../errors.js'
 import { killAndWait, type ProcessWatch } from '../process.js'
 import type { AdoptOptions, DiskSpec, PersistedVm, RunningVm, VmSpec, WarmVm } from '../types.js'
@@ -25,7 +25,7 @@ import { qemuDisk, RUNTIME_FILES } from './argv.js'
 import type { QmpClient } from './qmp-client.js'
 import { pidFilePath, qmpSocketPath, removeRuntimeFiles } from './runtime.js'
 import { loadSnapshot, loadSnapshotForRestore } from './snapshot.js'
-import { mapQemuStatus, QemuMachine } from './vm.js'
+import { mapQemuStatus, MIGRATE_MAX_BANDWIDTH, QemuMachine } from './vm.js'
 
 /** The spec without what adopt may change: two specs with the same shape make the same machine. */
 export function warmShape(spec: VmSpec): string {
@@ -88,15 +88,18 @@ export class QemuWarmVm implements WarmVm {
       if (this.loaded !== undefined && spec.restoreFrom !== this.loaded) {
         throw new VmmError('invalid_state', `this warm VM holds the snapshot of ${this.loaded}, not ${spec.restoreFrom ?? 'a cold boot'}`, { step: 'adopt' })
       }
-      if (this.loaded === undefined && !spec.restoreFrom) throw new VmmError('invalid_state', 'a warm VM without a snapshot can only restore one', { step: 'adopt' })
+      const from = opts.migrateFrom
+      if (this.loaded === undefined && !spec.restoreFrom && !from) throw new VmmError('invalid_state', 'a warm VM without a snapshot can only restore one, or clone a VM', { step: 'adopt' })
+      if (from && (this.loaded !== undefined || spec.restoreFrom)) throw new VmmError('invalid_state', 'a clone loads no snapshot', { step: 'adopt' })
       // Checked even when loaded at spawn: a snapshot broken since then is no longer the one to run.
-      const checked = await loadSnapshotForRestore(spec)
+      const checked = from ? undefined : await loadSnapshotForRestore(spec)
       const restore = this.loaded === undefined ? checked : undefined
       await this.#repointDisks(own.disks ?? [], spec.disks ?? [], new Set(opts.moveDisks ?? []))
       await this.#moveFiles(own, spec)
       const persisted: PersistedVm = { ...this.persisted, spec, controlSocket: qmpSocketPath(spec.runtimeDir) }
       await opts.onSpawn?.(persisted)
       if (restore) await loadSnapshot(this.qmp, restore, deadline, opts.signal)
+      if (from) await this.#migrateFrom(from, spec, deadline, opts.signal)
       opts.signal?.throwIfAborted()
       await this.qmp.execute('cont')
       const status = await this.qmp.execute<{ status: string }>('query-status')
@@ -108,6 +111,32 @@ export class QemuWarmVm implements WarmVm {
       await removeRuntimeFiles(spec).catch(() => {})
       if (err instanceof VmmError) throw err
       throw new VmmError('vmm_start_failed', `adopting a warm QEMU failed: ${errorMessage(err)}`, { step: 'adopt', cause: err })
+    }
+  }
+
+  /**
+   * The source's state over a unix socket in the runtime dir: this QEMU listens, the source sends
+   * (RAM and devices; no bandwidth cap, nothing shared left out). The source ends paused with its
+   * disks inactive; its `cont` takes them back (QEMU supports going on after a completed migration).
+   */
+  async #migrateFrom(from: NonNullable<AdoptOptions['migrateFrom']>, spec: VmSpec, deadline: number, signal?: AbortSignal): Promise<void> {
+    const uri = `unix:${join(spec.runtimeDir, RUNTIME_FILES.migrate)}`
+    await this.qmp.execute('migrate-incoming', { uri })
+    await from.execute('migrate-set-parameters', { 'max-bandwidth': MIGRATE_MAX_BANDWIDTH })
+    await from.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: false }] })
+    await from.execute('migrate', { uri })
+    const done = (q: { execute<T>(c: string): Promise<T> }, what: string) =>
+      pollUntil(
+        async () => {
+          const info = await q.execute<{ status?: string; 'error-desc'?: string }>('query-migrate')
+          return info.status === 'completed' || info.status === 'failed' || info.status === 'cancelled' ? info : undefined
+        },
+        { deadline, ...(signal ? { signal } : {}), intervalMs: 5, maxIntervalMs: 10, what, step: 'adopt.migrate' },
+      )
+    const [sent, received] = await Promise.all([done(from, 'the source to send its state'), done(this.qmp, 'the clone to receive its state')])
+    await rm(uri.slice('unix:'.length), { force: true })
+    for (const [side, info] of [['sending', sent], ['receiving', received]] as const) {
+      if (info.status !== 'completed') throw new VmmError('restore_failed', `${side} the guest's state ${info.status}: ${info['error-desc'] ?? 'no reason given'}`, { step: 'adopt.migrate' })
     }
   }
 
@@ -138,8 +167,12 @@ export class QemuWarmVm implements WarmVm {
 
   /** Logs keep what earlier boots wrote; sockets and the pidfile just move. */
   async #moveFiles(own: VmSpec, spec: VmSpec): Promise<void> {
-    await removeRuntimeFiles(spec)
-    await mkdir(spec.runtimeDir, { recursive: true })
+    const newRuntimeDir = spec.runtimeDir !== own.runtimeDir
+    if (newRuntimeDir) {
+      // Leftovers of an earlier VMM of that dir (a socket path that exists cannot be moved onto).
+      await removeRuntimeFiles(spec)
+      await mkdir(spec.runtimeDir, { recursive: true })
+    }
     const moves: [string, string, 'log' | 'move'][] = [
       [own.consoleLog, spec.consoleLog, 'log'],
       [vmmLogOf(own), vmmLogOf(spec), 'log'],
@@ -158,6 +191,6 @@ export class QemuWarmVm implements WarmVm {
       }
       await rename(from, to)
     }
-    await rm(own.runtimeDir, { recursive: true, force: true })
+    if (newRuntimeDir) await rm(own.runtimeDir, { recursive: true, force: true })
   }
 }
