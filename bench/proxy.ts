@@ -17,7 +17,8 @@
  *
  * For A/B work while developing (a reported run uses neither): `--targets direct,ours` and
  * `--workloads keepalive,large` run a subset, `--general-path` turns our HTTP/1.1 fast path off,
- * `--cpu-prof-dir DIR` writes V8 CPU profiles of our proxy, `--concurrency large=16,keepalive=128`
+ * `--cpu-prof-dir DIR` writes V8 CPU profiles of our proxy, `--perf-map` lets `perf` name its
+ * JavaScript frames (/tmp/perf-PID.map), `--nginx-workers N` runs more nginx workers, `--concurrency large=16,keepalive=128`
  * changes how many connections a workload keeps busy (for every target alike).
  */
 import { type ChildProcess, spawn } from 'node:child_process'
@@ -197,7 +198,7 @@ async function main(): Promise<void> {
 
     const upstream = tsNode('proxy/upstream.ts', [join(dir, 'up.key'), join(dir, 'up.pem'), SECRET])
     const { port: upPort } = await firstJson<{ port: number }>(upstream, 'upstream')
-    const ours = tsNode('proxy/our-proxy.ts', [join(dir, 'ours'), join(dir, 'up-ca.pem'), SECRET, `127.0.0.1:${upPort}`, UPSTREAM_NAME, ...(args.includes('--general-path') ? ['--general-path'] : [])], PROFILE_DIR ? ['--cpu-prof', '--cpu-prof-dir', PROFILE_DIR] : [])
+    const ours = tsNode('proxy/our-proxy.ts', [join(dir, 'ours'), join(dir, 'up-ca.pem'), SECRET, `127.0.0.1:${upPort}`, UPSTREAM_NAME, ...(args.includes('--general-path') ? ['--general-path'] : [])], [...(PROFILE_DIR ? ['--cpu-prof', '--cpu-prof-dir', PROFILE_DIR] : []), ...(args.includes('--perf-map') ? ['--perf-basic-prof'] : [])])
     const oursInfo = await firstJson<{ port: number; transparentPort: number; ca: string }>(ours, 'our proxy')
     const withNginx = chosenTargets.includes('nginx')
     const nginxPort = await freePort()

@@ -249,6 +249,7 @@ export class Frontend {
       ALPNProtocols: ['h2', 'http/1.1'],
       ...(transparent
         ? {
+            secureContext: ctx.leaves.sniContext,
             SNICallback: (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => {
               const host = normalizeHost(servername)
               if (!host) {
