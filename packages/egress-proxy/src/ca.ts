@@ -10,7 +10,7 @@
  * are issued on demand per destination host, all with one EC P-256 key made at start-up, and
  * cached until shortly before they expire.
  */
-import { X509Certificate, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto'
+import { X509Certificate, constants, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto'
 import { chmod, mkdir, readFile, stat } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { createSecureContext, type SecureContext } from 'node:tls'
@@ -143,8 +143,14 @@ export class LeafIssuer {
    * One for all: a TLSSocket given no context builds its own, an OpenSSL context per
    * connection that was a tenth of the proxy's CPU per handshake. The protocol settings are
    * the leaves' (the SNI switch replaces the certificate, not the versions a hello is held to).
+   *
+   * No session resumption through it. Tickets are sealed and opened with the keys of this
+   * first context, so a shared one would let a guest resume, and a resumed handshake skips
+   * the SNI callback, which is what sets a transparent connection's destination: the request
+   * would then be routed as plain HTTP by its Host header (a test holds this). A context per
+   * connection had no resumption either, its keys dying with it.
    */
-  readonly sniContext: SecureContext = createSecureContext(LEAF_TLS)
+  readonly sniContext: SecureContext = createSecureContext({ ...LEAF_TLS, secureOptions: constants.SSL_OP_NO_TICKET })
 
   constructor(
     private readonly ca: Pick<CaState, 'certPem' | 'certDer' | 'key' | 'notAfter'>,
