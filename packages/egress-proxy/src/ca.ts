@@ -141,7 +141,7 @@ export class LeafIssuer {
   /**
    * What a transparent connection starts its handshake with, before its SNI picks the leaf.
    * One for all: a TLSSocket given no context builds its own, an OpenSSL context per
-   * connection that was a tenth of the proxy's CPU per handshake. The protocol settings are
+   * connection that was a tenth to a sixth of the proxy's CPU per handshake. The protocol settings are
    * the leaves' (the SNI switch replaces the certificate, not the versions a hello is held to).
    *
    * No session resumption through it. Tickets are sealed and opened with the keys of this

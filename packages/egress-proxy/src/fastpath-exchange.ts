@@ -379,8 +379,8 @@ export class Exchange implements UpstreamUser, PoolWaiter {
     // The upstream's keep-alive clock started when it finished writing the response, which can
     // be long before a slow guest has taken the body and the connection comes back here (the
     // body waited in kernel buffers); counted from the head's arrival, a reused connection is
-    // never one the upstream is already closing. A soak with slow readers found the race: a
-    // POST on such a connection cannot be retried.
+    // never one the upstream is already closing (a POST sent on such a connection cannot be
+    // retried). Node's HTTP server, for one, starts that clock on 'finish'.
     const keepAliveMs = this.response?.keepAliveMs
     this.ctx.upstreams.pool.release(up, keepAliveMs === undefined ? undefined : keepAliveMs - (performance.now() - this.responseAt))
   }
