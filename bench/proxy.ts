@@ -348,14 +348,15 @@ async function main(): Promise<void> {
   } finally {
     for (const c of children) if (c.exitCode === null) c.kill('SIGTERM')
     await new Promise((r) => setTimeout(r, 200))
-    for (const c of children) if (c.exitCode === null) c.kill('SIGKILL')
+    for (const c of children) if (c.exitCode === null && c.spawnfile !== 'nginx') c.kill('SIGKILL')
     await rm(dir, { recursive: true, force: true })
   }
 }
 
-// Whatever happens, leave no upstream, proxy or mitmproxy behind.
+// Whatever happens, leave no upstream, proxy, nginx or mitmproxy behind. nginx's master gets
+// SIGTERM, which it passes to its workers; a SIGKILL would leave them running on the port.
 process.once('exit', () => {
-  for (const c of children) if (c.exitCode === null) c.kill('SIGKILL')
+  for (const c of children) if (c.exitCode === null) c.kill(c.spawnfile === 'nginx' ? 'SIGTERM' : 'SIGKILL')
 })
 for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130))
 
