@@ -10,7 +10,7 @@
  * are issued on demand per destination host, all with one EC P-256 key made at start-up, and
  * cached until shortly before they expire.
  */
-import { X509Certificate, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto'
+import { X509Certificate, constants, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto'
 import { chmod, mkdir, readFile, stat } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { createSecureContext, type SecureContext } from 'node:tls'
@@ -24,6 +24,8 @@ const CA_VALIDITY = 3650 * DAY
 /** Guests restored from standby may run behind; a leaf valid from two days ago still verifies there. */
 const BACKDATE = 2 * DAY
 const CN_MAX = 64
+/** TLS settings of every context shown to clients. */
+const LEAF_TLS = { minVersion: 'TLSv1.2' } as const
 
 export interface CaState {
   dir: string
@@ -136,6 +138,19 @@ export class LeafIssuer {
   private readonly now: () => number
   private readonly max: number
   issued = 0
+  /**
+   * What a transparent connection starts its handshake with, before its SNI picks the leaf.
+   * One for all: a TLSSocket given no context builds its own, an OpenSSL context per
+   * connection that was a tenth to a sixth of the proxy's CPU per handshake. The protocol settings are
+   * the leaves' (the SNI switch replaces the certificate, not the versions a hello is held to).
+   *
+   * No session resumption through it. Tickets are sealed and opened with the keys of this
+   * first context, so a shared one would let a guest resume, and a resumed handshake skips
+   * the SNI callback, which is what sets a transparent connection's destination: the request
+   * would then be routed as plain HTTP by its Host header (a test holds this). A context per
+   * connection had no resumption either, its keys dying with it.
+   */
+  readonly sniContext: SecureContext = createSecureContext({ ...LEAF_TLS, secureOptions: constants.SSL_OP_NO_TICKET })
 
   constructor(
     private readonly ca: Pick<CaState, 'certPem' | 'certDer' | 'key' | 'notAfter'>,
@@ -184,7 +199,7 @@ export class LeafIssuer {
     const leaf: Leaf = {
       // The leaf alone: clients have the CA as their trust anchor, and sending it too only
       // adds bytes to every handshake (RFC 8446 §4.4.2 lets the root be omitted).
-      context: createSecureContext({ key: this.keyPem, cert: pem, minVersion: 'TLSv1.2' }),
+      context: createSecureContext({ ...LEAF_TLS, key: this.keyPem, cert: pem }),
       pem,
       renewAt: notAfter - this.opts.renewBeforeMs,
       notAfter,

@@ -73,6 +73,8 @@ export class Exchange implements UpstreamUser, PoolWaiter {
   private retried = false
   /** The upstream connection had carried requests before this one. */
   private reused = false
+  /** performance.now() when the response head arrived. */
+  private responseAt = 0
   private waitingGuestDrain = false
 
   constructor(
@@ -207,6 +209,7 @@ export class Exchange implements UpstreamUser, PoolWaiter {
   private startResponse(head: ResponseHead, buf: Buffer, at: number): void {
     const { ctx, fast } = this
     this.response = head
+    this.responseAt = performance.now()
     this.pending = null
     this.framing = responseFraming(this.req.method, head)
     this.guestClose ||= this.framing.kind === 'close' || ctx.closing
@@ -369,7 +372,16 @@ export class Exchange implements UpstreamUser, PoolWaiter {
     if (up === null) return
     this.up = null
     up.user = null
-    if (reuse) this.ctx.upstreams.pool.release(up, this.response?.keepAliveMs)
-    else up.socket.destroy()
+    if (!reuse) {
+      up.socket.destroy()
+      return
+    }
+    // The upstream's keep-alive clock started when it finished writing the response, which can
+    // be long before a slow guest has taken the body and the connection comes back here (the
+    // body waited in kernel buffers); counted from the head's arrival, a reused connection is
+    // never one the upstream is already closing (a POST sent on such a connection cannot be
+    // retried). Node's HTTP server, for one, starts that clock on 'finish'.
+    const keepAliveMs = this.response?.keepAliveMs
+    this.ctx.upstreams.pool.release(up, keepAliveMs === undefined ? undefined : keepAliveMs - (performance.now() - this.responseAt))
   }
 }

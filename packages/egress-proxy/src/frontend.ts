@@ -249,6 +249,7 @@ export class Frontend {
       ALPNProtocols: ['h2', 'http/1.1'],
       ...(transparent
         ? {
+            secureContext: ctx.leaves.sniContext,
             SNICallback: (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => {
               const host = normalizeHost(servername)
               if (!host) {
@@ -287,6 +288,14 @@ export class Frontend {
       // A server-side TLSSocket made outside a tls.Server never clears this flag, and an
       // HTTP/2 session would wait forever for a 'secureConnect' that servers do not emit.
       ;(tls as unknown as { secureConnecting: boolean }).secureConnecting = false
+      // A transparent TLS connection's destination comes from the SNI callback alone; one that
+      // finished without it (a resumed session skips the callback) must not fall back to the
+      // Host header, which is how plain HTTP is routed.
+      if (transparent && !conn.target) {
+        ctx.metrics.denied.inc(['no_sni'])
+        tls.destroy()
+        return
+      }
       if (tls.alpnProtocol === 'h2') this.h2.emit('connection', tls)
       else this.serveH1(conn, tls)
     })

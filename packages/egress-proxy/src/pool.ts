@@ -176,7 +176,7 @@ export class UpstreamPool {
     return { key, origin }
   }
 
-  /** Takes a connection back after a complete exchange; `keepAliveMs` is the upstream's own limit. */
+  /** Takes a connection back after a complete exchange; `keepAliveMs` is what is left of the upstream's own limit. */
   release(conn: PooledConnection, keepAliveMs?: number): void {
     conn.user = null
     conn.uses++
@@ -190,15 +190,16 @@ export class UpstreamPool {
       conn.socket.destroy()
       return
     }
-    const waiter = origin.waiting.shift()
-    if (waiter) {
-      waiter.cb.acquired(null, conn)
-      return
-    }
-    // Leave a second of margin before the upstream's own timeout, as undici does.
+    // Leave a second of margin before the upstream's own timeout, as undici does. One past it
+    // goes even with exchanges waiting: its close brings a waiter a fresh dial (forget).
     const ttl = keepAliveMs === undefined ? this.opts.idleTimeoutMs : Math.min(this.opts.idleTimeoutMs, keepAliveMs - 1000)
     if (ttl <= 0) {
       conn.socket.destroy()
+      return
+    }
+    const waiter = origin.waiting.shift()
+    if (waiter) {
+      waiter.cb.acquired(null, conn)
       return
     }
     conn.deadline = performance.now() + ttl

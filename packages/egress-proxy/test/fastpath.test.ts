@@ -480,6 +480,25 @@ describe('fast path failures', () => {
     expect(a).not.toBe(b)
   })
 
+  it('counts the upstream Keep-Alive timeout from the response head, not from the end of a slow body', async () => {
+    // The upstream's clock may start long before the proxy has the last byte: a body written at
+    // once waits in kernel buffers while a slow guest drains it. Here the body ends 1.2 s after
+    // the head, past what timeout=2 leaves after its second of margin, so the connection is
+    // not reused: a request sent on it could meet the upstream's close (and a POST cannot be replayed).
+    up.respond = (req, socket) => {
+      if (req.target !== '/ka-slow') return void socket.write(ok('next'))
+      socket.write('HTTP/1.1 200 OK\r\nKeep-Alive: timeout=2\r\nContent-Length: 4\r\n\r\nsl')
+      setTimeout(() => socket.write('ow'), 1200)
+    }
+    const g = await guest()
+    g.send('GET /ka-slow HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    expect((await g.response()).body).toBe('slow')
+    g.send('GET /ka-next HTTP/1.1\r\nHost: api.test\r\n\r\n')
+    expect((await g.response()).body).toBe('next')
+    const [a, b] = ['/ka-slow', '/ka-next'].map((t) => up.requests.find((x) => x.target === t)!.connection)
+    expect(a).not.toBe(b)
+  })
+
   it('an upstream that never answers is a 504 after upstreamHeadersTimeout', async () => {
     up.respond = () => {}
     const g = await guest(timeouts)

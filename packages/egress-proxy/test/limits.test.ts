@@ -9,6 +9,7 @@ import { connect as tlsConnect, type TLSSocket } from 'node:tls'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { EgressProxy } from '../src/index.js'
 import { curl } from './support/clients.js'
+import { guestTls } from './support/guest.js'
 import { bearerPolicy, type Harness, startHarness } from './support/harness.js'
 import { streamed } from './support/upstream.js'
 
@@ -48,16 +49,8 @@ function drain(s: Socket | TLSSocket, ms: number): Promise<{ data: string; close
   })
 }
 
-async function tunnel(proxy: EgressProxy, target: string): Promise<TLSSocket> {
-  const s = await open(proxy.address!.port)
-  s.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`)
-  await new Promise<void>((resolve) => s.once('data', () => resolve()))
-  const tls = tlsConnect({ socket: s, servername: target.split(':')[0], ca: proxy.caPem, ALPNProtocols: ['http/1.1'] })
-  await new Promise<void>((resolve, reject) => {
-    tls.once('secureConnect', () => resolve())
-    tls.once('error', reject)
-  })
-  return tls
+function tunnel(proxy: EgressProxy, target: string): Promise<TLSSocket> {
+  return guestTls({ port: proxy.address!.port, ca: proxy.caPem, target, via: 'connect' })
 }
 
 describe('limits', () => {

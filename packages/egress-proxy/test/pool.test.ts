@@ -178,6 +178,18 @@ describe('UpstreamPool', () => {
     p.destroy()
   })
 
+  it("does not hand a waiter a connection past the upstream's keep-alive: the waiter gets a new one", async () => {
+    const p = pool({ limit: 1 })
+    const a = await acquire(p, 'api.test', goodPort)
+    const waiting = acquire(p, 'api.test', goodPort)
+    // Less than the second of margin left of the upstream's Keep-Alive timeout.
+    p.release(a, 500)
+    const b = await waiting
+    expect(b).not.toBe(a)
+    expect(a.socket.destroyed).toBe(true)
+    p.destroy()
+  })
+
   it('closes connections idle for longer than the idle timeout, and those the upstream closed or wrote to', async () => {
     const p = pool({ idleMs: 100 })
     const a = await acquire(p, 'api.test', goodPort)

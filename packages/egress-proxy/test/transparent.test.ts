@@ -104,6 +104,35 @@ describe('transparent TLS (destination from SNI)', () => {
     }
   })
 
+  it('a session from an earlier connection is not resumed: the destination is always the SNI of this handshake', async () => {
+    // A resumed handshake skips the SNI callback that sets the destination; resumption would
+    // route the request by its Host header, as plain HTTP.
+    const once = async (servername: string, session?: Buffer) => {
+      const s = tlsConnect({ host: '127.0.0.1', port: tp, servername, ca: h.proxy.caPem, ALPNProtocols: ['http/1.1'], ...(session ? { session } : {}) })
+      let ticket: Buffer | undefined
+      s.on('session', (b: Buffer) => (ticket = b))
+      await new Promise((resolve, reject) => {
+        s.once('secureConnect', resolve)
+        s.once('error', reject)
+      })
+      const reused = s.isSessionReused()
+      s.write(`GET /echo HTTP/1.1\r\nHost: ${servername}\r\nConnection: close\r\n\r\n`)
+      let text = ''
+      s.on('data', (d: Buffer) => (text += d.toString()))
+      await new Promise((resolve) => s.once('close', resolve))
+      return { reused, ticket, echo: seen(text.slice(text.indexOf('\r\n\r\n') + 4)) }
+    }
+    const first = await once('api.test')
+    expect(first.ticket).toBeDefined()
+    for (const name of ['api.test', 'other.test']) {
+      const again = await once(name, first.ticket)
+      expect(again.reused).toBe(false)
+      // Over TLS to the HTTPS upstream (the plain one would answer without ALPN), with the secret only for api.test.
+      expect((again.echo as { alpn?: string }).alpn).toBe('http/1.1')
+      expect(again.echo.headers.authorization).toBe(name === 'api.test' ? `Bearer ${SECRET}` : undefined)
+    }
+  })
+
   it('a client that sends no SNI cannot be routed and is refused at the handshake', async () => {
     const before = h.proxy.metrics().match(/hypeman_egress_denied_total\{reason="no_sni"\} (\d+)/)?.[1] ?? '0'
     const r = await curl(['--cacert', h.proxy.caPath, `https://127.0.0.1:${tp}/echo`])

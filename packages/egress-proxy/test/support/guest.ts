@@ -17,6 +17,48 @@ export interface GuestResponse {
   body: string
 }
 
+export interface GuestTlsOptions {
+  /** The proxy listener's port on 127.0.0.1: the explicit one for `connect`, the transparent one otherwise. */
+  port: number
+  /** The proxy's CA (PEM or a SecureContext's `ca`). */
+  ca: string
+  /** "host:port" the guest wants; over the transparent listener only the host counts (its SNI). */
+  target: string
+  via: 'connect' | 'transparent'
+  localAddress?: string
+}
+
+/** A guest's TLS connection to `target` through the proxy, by CONNECT or as a redirected connection. */
+export async function guestTls(o: GuestTlsOptions): Promise<TLSSocket> {
+  const raw = netConnect({ host: '127.0.0.1', port: o.port, ...(o.localAddress ? { localAddress: o.localAddress } : {}) })
+  raw.on('error', () => {})
+  await new Promise<void>((resolve, reject) => {
+    raw.once('connect', () => resolve())
+    raw.once('error', reject)
+  })
+  const host = o.target.slice(0, o.target.lastIndexOf(':'))
+  if (o.via === 'connect') {
+    raw.write(`CONNECT ${o.target} HTTP/1.1\r\nHost: ${o.target}\r\n\r\n`)
+    const answer = await new Promise<string>((resolve, reject) => {
+      raw.once('data', (d: Buffer) => resolve(d.toString('latin1')))
+      raw.once('close', () => reject(new Error('closed before the CONNECT answer')))
+    })
+    if (!answer.startsWith('HTTP/1.1 200')) {
+      raw.destroy()
+      throw new Error(`CONNECT refused: ${answer.split('\r\n')[0]}`)
+    }
+  }
+  const socket = tlsConnect({ socket: raw, servername: host, ca: o.ca, ALPNProtocols: ['http/1.1'] })
+  await new Promise<void>((resolve, reject) => {
+    socket.once('secureConnect', () => resolve())
+    socket.once('error', (err) => {
+      socket.destroy()
+      reject(err)
+    })
+  })
+  return socket
+}
+
 export class RawGuest {
   private text = ''
   private at = 0
@@ -36,20 +78,7 @@ export class RawGuest {
   }
 
   static async open(proxy: EgressProxy, target: string, localAddress?: string): Promise<RawGuest> {
-    const raw = netConnect({ host: '127.0.0.1', port: proxy.address!.port, ...(localAddress ? { localAddress } : {}) })
-    await new Promise<void>((resolve, reject) => {
-      raw.once('connect', () => resolve())
-      raw.once('error', reject)
-    })
-    raw.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`)
-    const answer = await new Promise<string>((resolve) => raw.once('data', (d: Buffer) => resolve(d.toString('latin1'))))
-    if (!answer.startsWith('HTTP/1.1 200')) throw new Error(`CONNECT refused: ${answer.split('\r\n')[0]}`)
-    const socket = tlsConnect({ socket: raw, servername: target.slice(0, target.lastIndexOf(':')), ca: proxy.caPem, ALPNProtocols: ['http/1.1'] })
-    await new Promise<void>((resolve, reject) => {
-      socket.once('secureConnect', () => resolve())
-      socket.once('error', reject)
-    })
-    return new RawGuest(socket)
+    return new RawGuest(await guestTls({ port: proxy.address!.port, ca: proxy.caPem, target, via: 'connect', ...(localAddress ? { localAddress } : {}) }))
   }
 
   send(text: string | Buffer): void {
