@@ -4,7 +4,8 @@
  * uses; what cannot be adopted is refused and leaves no process.
  */
 import { existsSync } from 'node:fs'
-import { readFile, rm, truncate, writeFile } from 'node:fs/promises'
+import { readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises'
+import { getPriority } from 'node:os'
 import { createConnection, type Socket } from 'node:net'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -77,6 +78,9 @@ describe('a warm QEMU', { timeout: 120_000 }, () => {
     const slot = await spec('slot', await disk(join(guest.dir, 'slot.img'), '\0\0\0\0'))
     const warm = await driver.spawnWarm({ ...slot, restoreFrom: snapshot })
     expect(existsSync(`/proc/${warm.pid}`)).toBe(true)
+    // Waiting at the lowest CPU priority, every thread of it.
+    const nice = async () => Promise.all((await readdir(`/proc/${warm.pid}/task`)).map((t) => getPriority(Number(t))))
+    expect(new Set(await nice())).toEqual(new Set([19]))
     // Paused: the guest's tick counter does not move while it waits.
     await new Promise((r) => setTimeout(r, 1500))
     expect(await readFile(slot.consoleLog, 'utf8')).not.toMatch(/HM-TICK/)
@@ -87,6 +91,7 @@ describe('a warm QEMU', { timeout: 120_000 }, () => {
     const vm: QemuRunningVm = (await warm.adopt({ ...target, restoreFrom: snapshot }, { onSpawn: (p) => void (recorded = p.controlSocket) })) as QemuRunningVm
     try {
       expect(vm.pid).toBe(warm.pid)
+      expect(new Set(await nice())).toEqual(new Set([0]))
       expect(recorded).toBe(join(target.runtimeDir, 'qmp.sock'))
       expect(vm.persisted.spec.consoleLog).toBe(target.consoleLog)
       expect(await vm.state()).toBe('running')

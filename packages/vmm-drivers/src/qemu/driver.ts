@@ -19,7 +19,7 @@ import { QmpClient } from './qmp-client.js'
 import { pidFilePath, processMark, qmpSocketPath, removeRuntimeFiles } from './runtime.js'
 import { loadSnapshot, loadSnapshotForRestore } from './snapshot.js'
 import { mapQemuStatus, QemuMachine, QemuPausedVm, QemuRunningVm } from './vm.js'
-import { QemuWarmVm, vmmLogOf, warmUnsupported } from './warm.js'
+import { QemuWarmVm, vmmLogOf, WARM_NICE, warmUnsupported } from './warm.js'
 
 export interface QemuDriverOptions {
   /** Default `qemu-system-x86_64` (from PATH). */
@@ -186,7 +186,9 @@ export class QemuDriver implements VmmDriver {
     const qmpSocket = qmpSocketPath(spec.runtimeDir)
     const pidFile = pidFilePath(spec.runtimeDir)
     const argv = buildQemuArgv(spec, { accel, qmpSocket, pidFile, bios: this.#opts.bios ?? DEFAULT_QBOOT, incoming: true, paused: true })
-    const [command, args] = vmmCommand(this.qemuBinary, argv, spec.netns)
+    // At the lowest CPU priority, every thread (they inherit it): spawned ahead of need, it must
+    // not slow what runs now on a small host. The adoption gives its threads the normal priority back.
+    const [command, args] = vmmCommand('nice', ['-n', String(WARM_NICE), this.qemuBinary, ...argv], spec.netns)
     let qmp: QmpClient | undefined
     const readyTimeoutMs = opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000
     const steps: Step<StartRun>[] = [

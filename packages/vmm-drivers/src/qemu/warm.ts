@@ -15,7 +15,8 @@
  * support chardev hotswap"), hence the renames. A NIC's TAP cannot be swapped either: QEMU opened
  * it by name at start, so the caller renames that TAP to the spec's before adopting.
  */
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { setPriority } from 'node:os'
 import { join } from 'node:path'
 import { errorMessage, pollUntil, type Logger } from '@hypeman-ts/common'
 import { VmmError } from '../errors.js'
@@ -45,6 +46,22 @@ export function warmUnsupported(spec: VmSpec): string | undefined {
   if ((spec.disks ?? []).some((d) => d.throttle)) return 'a throttled disk cannot be re-pointed'
   if ((spec.disks ?? []).some((d) => d.bus === 'scsi')) return 'hot-plugged disks are added per VM'
   return undefined
+}
+
+/** The nice value a warm VM waits at (driver.ts spawns it so); adopted, its threads get 0. */
+export const WARM_NICE = 19
+
+/**
+ * Every thread of `pid` to nice 0 (on Linux the nice value is per thread). Lowering it needs
+ * CAP_SYS_NICE (root has it); without, the VM runs on at the warm priority, which is said.
+ */
+async function renice(pid: number, logger: Logger): Promise<void> {
+  const tids = await readdir(`/proc/${pid}/task`).catch(() => [])
+  try {
+    for (const tid of tids) setPriority(Number(tid), 0)
+  } catch (err) {
+    logger.warn(`the adopted VMM ${pid} keeps the warm VMM's low CPU priority (nice ${WARM_NICE}): ${errorMessage(err)}`)
+  }
 }
 
 export function vmmLogOf(spec: VmSpec): string {
@@ -94,6 +111,8 @@ export class QemuWarmVm implements WarmVm {
       // Checked even when loaded at spawn: a snapshot broken since then is no longer the one to run.
       const checked = from ? undefined : await loadSnapshotForRestore(spec)
       const restore = this.loaded === undefined ? checked : undefined
+      // From here the work is the caller's, now: at the normal priority.
+      await renice(this.pid, this.logger)
       await this.#repointDisks(own.disks ?? [], spec.disks ?? [], new Set(opts.moveDisks ?? []))
       await this.#moveFiles(own, spec)
       const persisted: PersistedVm = { ...this.persisted, spec, controlSocket: qmpSocketPath(spec.runtimeDir) }
