@@ -206,7 +206,7 @@ async function recordedStart(
   record.vmm = vm.persisted
   await cx.files.write(record)
   watch(cx, record.id, vm)
-  await cx.files.log(record.id, `${s.restoreFrom ? 'restored' : how === 'a clone' ? 'cloned' : 'booted'}: VMM pid ${vm.pid} (${vm.accel}${how ? `, ${how}` : ''})`)
+  await cx.files.log(record.id, `${s.restoreFrom ? 'restored' : how?.startsWith('a clone') ? 'cloned' : 'booted'}: VMM pid ${vm.pid} (${vm.accel}${how ? `, ${how}` : ''})`)
   return vm
 }
 

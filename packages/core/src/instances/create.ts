@@ -76,6 +76,11 @@ export const instanceDir: CreateStepDef = {
   // Done by `reserve` under the names lock, before the run; here for its undo.
   run: async () => {},
   undo: async ({ cx, record }) => {
+    // A fork's VMM has no `vmm` step; and an adopted warm VMM carries its slot's mark, not this
+    // runtime dir's: each is ended by its recorded pid.
+    const vm = cx.live.forget(record.id)
+    if (vm) await vm.kill().catch(() => {})
+    if (record.vmm) await cx.driver(record.vmm.driver).destroy(record.vmm).catch(() => {})
     await destroyRuntime(cx, record.id)
     // Volumes attached after create (attachVolume) have no `volumes` step to undo: released here.
     await cx.opts.volumes?.release(record.id)

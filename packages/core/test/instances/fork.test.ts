@@ -3,7 +3,8 @@
  * (standby, fork, restore); each fork its own machine, the source undisturbed; bad input leaves
  * nothing behind.
  */
-import { readdir } from 'node:fs/promises'
+import { existsSync, readFileSync } from 'node:fs'
+import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { describe, expect, inject, it } from 'vitest'
 import { fileManager } from '../support/manager.js'
@@ -23,6 +24,11 @@ const sh = async (id: string, script: string) => {
 }
 
 const identity = (id: string) => sh(id, 'echo "$(hostname) $(cat /etc/machine-id) $(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \\n")"')
+
+/** The pid of the instance's VMM, from its record. */
+function vmmPid(id: string): number {
+  return JSON.parse(readFileSync(join(t.dataDir, 'instances', id, 'instance.json'), 'utf8')).vmm.pid
+}
 
 describe('fork', () => {
   it('from Stopped: copies the disks; the fork boots with them, the source keeps its own', async () => {
@@ -72,14 +78,28 @@ describe('fork', () => {
     expect(lines.join('\n')).toMatch(/identity: reseeded/)
   })
 
-  it('from Running with fromRunning: standby, fork, restore; both run', async () => {
+  it('from Running with fromRunning: to Running, a live copy of the paused source (no snapshot); both run, and a delete ends the copy\'s VMM', async () => {
     const src = await t.hm.instances.create({ image: BUSYBOX, name: 'running-src', cmd: COUNTER })
     await expect(t.hm.instances.fork(src.id, { name: 'running-fork' })).rejects.toMatchObject({ code: 'conflict', field: 'state' })
+    // A standby leaves a warm VMM of the machine behind for a restore: the copy takes it.
+    await t.hm.instances.standby(src.id)
+    await t.hm.instances.restore(src.id)
+    const restoreSlots = () => Object.entries(t.hm.warm!.ready).filter(([k, n]) => k.startsWith('restore-') && n > 0).length
+    for (let i = 0; i < 300 && restoreSlots() === 0; i++) await new Promise((r) => setTimeout(r, 100))
+    expect(restoreSlots()).toBe(1)
+    const srcPid = vmmPid(src.id)
     const f = await t.hm.instances.fork(src.id, { name: 'running-fork', fromRunning: true })
     expect(f.state).toBe('Running')
     expect((await t.hm.instances.get(src.id)).state).toBe('Running')
+    // The source was never stopped: the same VMM goes on.
+    expect(vmmPid(src.id)).toBe(srcPid)
+    expect(await readFile(join(t.dataDir, 'instances', f.id, 'hypeman.log'), 'utf8')).toMatch(/cloned: VMM pid \d+ \(tcg, a clone, in a warm VMM\)/)
+    const counted = Number(await sh(f.id, 'cat /tmp/count'))
     expect(Number(await sh(src.id, 'cat /tmp/count'))).toBeGreaterThan(0)
-    expect(Number(await sh(f.id, 'cat /tmp/count'))).toBeGreaterThan(0)
+    expect(counted).toBeGreaterThan(0)
+    const forkPid = vmmPid(f.id)
+    await t.hm.instances.delete(f.id)
+    expect(existsSync(`/proc/${forkPid}`) && !readFileSync(`/proc/${forkPid}/status`, 'utf8').includes('zombie')).toBe(false)
     const fs = await t.hm.instances.fork(src.id, { name: 'running-fork-standby', fromRunning: true, targetState: 'Standby' })
     expect(fs.state).toBe('Standby')
   })
