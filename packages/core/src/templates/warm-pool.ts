@@ -34,6 +34,9 @@ export interface WarmPoolOptions {
   logger?: Logger
 }
 
+/** How long after its trigger a refill starts spawning (see #quiet). */
+const REFILL_DELAY_MS = 1000
+
 export interface RefillOptions {
   /** Disks every instance shares (by serial): the slot uses the same files. */
   sharedDisks: ReadonlySet<string>
@@ -108,7 +111,7 @@ export class WarmPool {
 
   /**
    * Spawns warm VMMs of shape `key` up to the pool's size, for specs like `spec` (its own files
-   * replaced by the slot's), once `after` settles. Failures are logged; the boots go on without.
+   * replaced by the slot's), a second after `after` settles. Failures are logged; the boots go on without.
    */
   refill(key: string, driver: VmmDriver, spec: VmSpec, opts: RefillOptions): void {
     if (this.#closed || !driver.spawnWarm || this.#o.perShape <= 0) return
@@ -118,6 +121,7 @@ export class WarmPool {
     this.#spawning.set(key, (this.#spawning.get(key) ?? 0) + wanted)
     const refill = (opts.after ?? Promise.resolve())
       .catch(() => {})
+      .then(() => this.#quiet())
       .then(async () => {
         for (let i = 0; i < wanted; i++) {
           try {
@@ -162,6 +166,17 @@ export class WarmPool {
     await rm(this.#o.dir, { recursive: true, force: true })
     await rm(this.#o.runDir, { recursive: true, force: true })
     return ended
+  }
+
+  /**
+   * A moment after the trigger: what a caller does next (a standby after a create, a restore after
+   * a standby) does not share a small host's CPU with the spawn. Ends early when the pool closes.
+   */
+  #quiet(): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, REFILL_DELAY_MS)
+      this.#closing.signal.addEventListener('abort', () => (clearTimeout(timer), resolve()), { once: true })
+    })
   }
 
   async #spawn(key: string, driver: VmmDriver, spec: VmSpec, opts: RefillOptions): Promise<void> {
