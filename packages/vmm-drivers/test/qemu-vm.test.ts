@@ -4,38 +4,19 @@
  */
 import { existsSync } from 'node:fs'
 import { mkdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises'
-import type { Socket } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { randomBytes } from 'node:crypto'
 import { run, type Logger } from '@hypeman-ts/common'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { QemuDriver, type QemuRunningVm, type VmEvent, type VmSpec } from '../src/index.js'
-import { guestSpec, prepareGuest, qemuProcessesMentioning, waitForText, type TestGuest } from './support/guest.js'
+import { guestSpec, prepareGuest, qemuProcessesMentioning, roundTrip, waitForText, type TestGuest } from './support/guest.js'
 
 const MiB = 1024 * 1024
 
 function captureLogger(): Logger & { warnings: string[] } {
   const warnings: string[] = []
   return { warnings, debug() {}, info() {}, warn: (m) => warnings.push(m), error: (m) => warnings.push(m) }
-}
-
-/** Sends a line on a socket-backed port and resolves with the first reply line. */
-async function roundTrip(sock: Socket, line: string): Promise<string> {
-  let buf = ''
-  const reply = new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no reply to ${line}; got ${JSON.stringify(buf)}`)), 20_000)
-    sock.on('data', (d: Buffer) => {
-      buf += d.toString()
-      const nl = buf.indexOf('\n')
-      if (nl >= 0) {
-        clearTimeout(timer)
-        resolve(buf.slice(0, nl))
-      }
-    })
-  })
-  sock.write(`${line}\n`)
-  return reply
 }
 
 function lastTick(text: string): number {

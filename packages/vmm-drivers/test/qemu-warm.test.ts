@@ -6,11 +6,11 @@
 import { existsSync } from 'node:fs'
 import { readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises'
 import { getPriority } from 'node:os'
-import { createConnection, type Socket } from 'node:net'
+import { createConnection } from 'node:net'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { QemuDriver, type DiskSpec, type QemuRunningVm, type VmSpec } from '../src/index.js'
-import { guestSpec, prepareGuest, qemuProcessesMentioning, waitForText, type TestGuest } from './support/guest.js'
+import { guestSpec, prepareGuest, qemuProcessesMentioning, roundTrip, waitForText, type TestGuest } from './support/guest.js'
 
 const MiB = 1024 * 1024
 const quiet = { debug() {}, info() {}, warn() {}, error() {} }
@@ -31,23 +31,11 @@ async function spec(name: string, d: DiskSpec, extra: Partial<VmSpec> = {}): Pro
   return s
 }
 
+/** A line on the socket port at `path`, on a connection of its own; the first reply line. */
 async function ask(path: string, line: string): Promise<string> {
-  const sock: Socket = createConnection(path)
+  const sock = createConnection(path)
   try {
-    let buf = ''
-    return await new Promise<string>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no reply to ${line}; got ${JSON.stringify(buf)}`)), 20_000)
-      sock.on('error', reject)
-      sock.on('data', (d: Buffer) => {
-        buf += d.toString()
-        const nl = buf.indexOf('\n')
-        if (nl >= 0) {
-          clearTimeout(timer)
-          resolve(buf.slice(0, nl))
-        }
-      })
-      sock.write(`${line}\n`)
-    })
+    return await roundTrip(sock, line)
   } finally {
     sock.destroy()
   }

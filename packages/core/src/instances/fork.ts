@@ -114,6 +114,20 @@ const forkReady: CreateStepDef = {
   },
 }
 
+/** The create's recorded steps a fork runs (its VMM is started after, by the state it goes to). */
+function forkSteps(record: InstanceRecord): CreateStepDef[] {
+  const n = record.spec.network
+  return [
+    instanceDir,
+    ...(record.spec.volumes?.length ? [forkVolumes] : []),
+    forkDisks,
+    ...(n.enabled ? [network] : []),
+    ...(n.enabled && n.egress.enabled ? [egress] : []),
+    forkConfig,
+    forkReady,
+  ]
+}
+
 /** The fork's record: the source's spec and image under a new id, name and identity. */
 function forkRecord(source: InstanceRecord, name: string, clone = false): InstanceRecord {
   const spec = structuredClone(source.spec)
@@ -162,17 +176,7 @@ export async function fork(cx: InstanceContext, idOrName: string, params: ForkPa
       // Under the source's queue: no lifecycle operation changes its disks while they are copied.
       const now = (await cx.files.read(source.id))!
       const record = forkRecord(now, p.name)
-      const n = record.spec.network
-      const steps = [
-        instanceDir,
-        ...(record.spec.volumes?.length ? [forkVolumes] : []),
-        forkDisks,
-        ...(n.enabled ? [network] : []),
-        ...(n.enabled && n.egress.enabled ? [egress] : []),
-        forkConfig,
-        forkReady,
-      ]
-      return runCreate(cx, record, steps, { forkOf: now })
+      return runCreate(cx, record, forkSteps(record), { forkOf: now })
     })
   } catch (err) {
     if (wasRunning) await restore(cx, source.id)
@@ -217,17 +221,7 @@ async function forkByClone(cx: InstanceContext, sourceId: string, name: string):
           const now = (await cx.files.read(sourceId))!
           const record = forkRecord(now, name, true)
           forkId = record.id
-          const n = record.spec.network
-          const steps = [
-            instanceDir,
-            ...(record.spec.volumes?.length ? [forkVolumes] : []),
-            forkDisks,
-            ...(n.enabled ? [network] : []),
-            ...(n.enabled && n.egress.enabled ? [egress] : []),
-            forkConfig,
-            forkReady,
-          ]
-          await runCreate(cx, record, steps, { forkOf: now })
+          await runCreate(cx, record, forkSteps(record), { forkOf: now })
           await cx.files.withLock(record.id, async () => {
             const r = (await cx.files.read(record.id))!
             r.startedAt = nowIso()

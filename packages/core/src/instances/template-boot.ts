@@ -14,7 +14,7 @@
 import { mkdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { errorMessage } from '@hypeman-ts/common'
-import type { PersistedVm, RunningVm, StartOptions, VmSpec } from '@hypeman-ts/vmm-drivers'
+import { warmUnsupported, type PersistedVm, type RunningVm, type StartOptions, type VmSpec } from '@hypeman-ts/vmm-drivers'
 import { copyDiskSparse, DISK_SERIAL, waitForStatusEvent } from '../guest/index.js'
 import { sendGo } from './identity.js'
 import { adoptSpareTap, spareTaps } from './network.js'
@@ -187,7 +187,7 @@ async function restoreTemplate(
       restoreFrom: t.snapshotDir,
     }
     // A warm VMM with a NIC holds a spare TAP, which becomes the instance's: that needs the host network.
-    const warmKey = cx.opts.warm && (!spec.nics?.length || cx.opts.network) ? plan.key : undefined
+    const warmKey = cx.opts.warm && (!spec.nics?.length || cx.opts.network) && !warmUnsupported(restoreSpec) ? plan.key : undefined
     const moveDisks = [DISK_SERIAL.overlay]
     vm = await startVm(restoreSpec, {
       // A warm VMM has a copy of the template's overlay of its own: it becomes this instance's.

@@ -119,13 +119,16 @@ export class WarmPool {
     const wanted = this.#o.perShape - have
     if (wanted <= 0) return
     this.#spawning.set(key, (this.#spawning.get(key) ?? 0) + wanted)
+    // Now, while the instance's files exist: a short-lived one may be gone by the time of the spawn.
+    const sizes = Promise.all((spec.disks ?? []).map((d) => (opts.sharedDisks.has(d.serial) ? 0 : stat(d.path).then((st) => st.size))))
+    sizes.catch(() => {})
     const refill = (opts.after ?? Promise.resolve())
       .catch(() => {})
       .then(() => this.#quiet())
       .then(async () => {
         for (let i = 0; i < wanted; i++) {
           try {
-            if (!this.#closed) await this.#spawn(key, driver, spec, opts)
+            if (!this.#closed) await this.#spawn(key, driver, spec, opts, await sizes)
           } catch (err) {
             if (!this.#closed) this.#logger.warn('spawning a warm VMM failed; boots of this shape start their own', { key, error: errorMessage(err) })
             break
@@ -179,7 +182,7 @@ export class WarmPool {
     })
   }
 
-  async #spawn(key: string, driver: VmmDriver, spec: VmSpec, opts: RefillOptions): Promise<void> {
+  async #spawn(key: string, driver: VmmDriver, spec: VmSpec, opts: RefillOptions, sizes: number[]): Promise<void> {
     const id = randomBytes(6).toString('hex')
     const dir = join(this.#o.dir, id)
     const runtimeDir = join(this.#o.runDir, id)
@@ -196,7 +199,7 @@ export class WarmPool {
             await copyDiskSparse(seed, path)
           } else {
             const f = await open(path, 'w', 0o600)
-            await f.truncate((await stat(d.path)).size).finally(() => f.close())
+            await f.truncate(sizes[i]!).finally(() => f.close())
           }
           return { ...d, path }
         }),

@@ -4,14 +4,13 @@
  * restore.cont) → query-status. On failure the process is killed and its runtime files removed
  * before the error (with QEMU's own last words) is thrown.
  */
-import { join } from 'node:path'
 import { stderrLogger, throwIfAborted, ValidationError, withoutSteps, type Logger, type Step } from '@hypeman-ts/common'
 import { attachVmm } from '../attach.js'
 import { VmmError } from '../errors.js'
 import { vmmCommand } from '../netns.js'
 import { findProcessesByArg, isSameProcessAlive, killAndWait, readStartTime } from '../process.js'
 import { checkSpecFiles, validateVmSpec } from '../spec.js'
-import { ON_SPAWN, spawnStep, startVmm, type StartRun } from '../start.js'
+import { ON_SPAWN, spawnStep, startVmm, type StartPlan, type StartRun } from '../start.js'
 import type { Accel, AttachOptions, DestroyTarget, DriverCapabilities, PersistedVm, ResolvedAccel, StartOptions, VmmDriver, VmSpec } from '../types.js'
 import { AccelResolver } from './accel.js'
 import { buildQemuArgv, DEFAULT_QBOOT, QEMU_MACHINE_CMDLINE, RUNTIME_FILES } from './argv.js'
@@ -94,79 +93,91 @@ export class QemuDriver implements VmmDriver {
     return isSameProcessAlive(persisted.pid, persisted.pidStartTime)
   }
 
-  async start(spec: VmSpec, opts: StartOptions = {}): Promise<QemuRunningVm> {
-    throwIfAborted(opts.signal, 'start')
-    validateVmSpec(spec, [RUNTIME_FILES.qmp], { memoryFile: true, passthrough: true, diskHotplug: true })
+  /**
+   * What a start and a warm spawn share: the checks before anything is spawned, the plan of the
+   * spawn, and the QMP connect step (whose client `qmp.client` holds once it ran).
+   */
+  async #plan(spec: VmSpec, opts: StartOptions, warm: boolean) {
+    throwIfAborted(opts.signal, warm ? 'spawnWarm' : 'start')
+    validateVmSpec(spec, [RUNTIME_FILES.qmp], { memoryFile: true, passthrough: !warm, diskHotplug: true })
+    const refused = warm ? warmUnsupported(spec) : undefined
+    if (refused) throw new ValidationError('spec', `no warm VM for this spec: ${refused}`)
     await checkSpecFiles(spec)
     const restore = spec.restoreFrom ? await loadSnapshotForRestore(spec) : undefined
     const accel = await this.resolveAccel(spec.accel ?? 'auto')
     if (restore && restore.meta.accel !== accel) {
       throw new ValidationError('restoreFrom', `snapshot was taken under ${restore.meta.accel}, this start resolved to ${accel}`)
     }
-
     const qmpSocket = qmpSocketPath(spec.runtimeDir)
     const pidFile = pidFilePath(spec.runtimeDir)
-    const argv = buildQemuArgv(spec, { accel, qmpSocket, pidFile, bios: this.#opts.bios ?? DEFAULT_QBOOT, incoming: !!restore })
-    const [command, args] = vmmCommand(this.qemuBinary, argv, spec.netns)
-    let qmp: QmpClient | undefined
+    const bios = this.#opts.bios ?? DEFAULT_QBOOT
+    const argv = buildQemuArgv(spec, { accel, qmpSocket, pidFile, bios, incoming: warm || !!restore, paused: warm })
+    // A warm VM waits at the lowest CPU priority, every thread (they inherit it): spawned ahead of
+    // need, it must not slow what runs now on a small host. Its adoption gives the normal one back.
+    const [command, args] = warm ? vmmCommand('nice', ['-n', String(WARM_NICE), this.qemuBinary, ...argv], spec.netns) : vmmCommand(this.qemuBinary, argv, spec.netns)
+    const readyTimeoutMs = opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000
+    const qmp: { client?: QmpClient } = {}
+    const connect: Step<StartRun> = {
+      name: 'qmp.connect',
+      run: async (r, signal) => {
+        qmp.client = await QmpClient.connect(qmpSocket, { deadline: r.deadline, signal })
+        r.ready()
+      },
+      undo: async () => qmp.client?.destroy(),
+    }
+    const plan: StartPlan = {
+      driver: 'qemu',
+      label: 'QEMU',
+      spec,
+      accel,
+      controlSocket: qmpSocket,
+      command,
+      args,
+      vmmLog: vmmLogOf(spec),
+      pidFile,
+      mark: processMark(spec.runtimeDir),
+      removeRuntimeFiles: () => removeRuntimeFiles(spec),
+      restore: !!restore,
+      readyTimeoutMs,
+      // One deadline covers the connect and the snapshot load: whichever step it passes in, QEMU was not ready.
+      isReadyTimeout: () => true,
+      opts,
+      logger: this.#logger,
+    }
+    return { plan, restore, qmp, connect, readyTimeoutMs }
+  }
+
+  async start(spec: VmSpec, opts: StartOptions = {}): Promise<QemuRunningVm> {
+    const { plan, restore, qmp, connect } = await this.#plan(spec, opts, false)
     const steps: Step<StartRun>[] = [
       spawnStep('qemu'),
       ON_SPAWN,
-      {
-        name: 'qmp.connect',
-        run: async (r, signal) => {
-          qmp = await QmpClient.connect(qmpSocket, { deadline: r.deadline, signal })
-          r.ready()
-        },
-        undo: async () => qmp?.destroy(),
-      },
+      connect,
       {
         name: 'restore.incoming',
-        run: (r, signal) => loadSnapshot(qmp as QmpClient, restore!, r.deadline, signal),
+        run: (r, signal) => loadSnapshot(qmp.client!, restore!, r.deadline, signal),
       },
       {
         name: 'restore.cont',
         run: async (r) => {
-          const c = qmp as QmpClient
-          const status = await c.execute<{ status: string }>('query-status')
-          if (status.status !== 'running') await c.execute('cont')
+          const status = await qmp.client!.execute<{ status: string }>('query-status')
+          if (status.status !== 'running') await qmp.client!.execute('cont')
           r.restored()
         },
       },
       {
         name: 'query-status',
         run: async () => {
-          const status = await (qmp as QmpClient).execute<{ status: string }>('query-status')
+          const status = await qmp.client!.execute<{ status: string }>('query-status')
           if (mapQemuStatus(status.status) !== 'running') {
             throw new VmmError('vmm_start_failed', `QEMU is ${status.status} right after start`, { step: 'query-status' })
           }
         },
       },
     ]
-    const run = await startVmm(
-      {
-        driver: 'qemu',
-        label: 'QEMU',
-        spec,
-        accel,
-        controlSocket: qmpSocket,
-        command,
-        args,
-        vmmLog: vmmLogOf(spec),
-        pidFile,
-        mark: processMark(spec.runtimeDir),
-        removeRuntimeFiles: () => removeRuntimeFiles(spec),
-        restore: !!restore,
-        readyTimeoutMs: opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000,
-        // One deadline covers the connect and the snapshot load: whichever step it passes in, QEMU was not ready.
-        isReadyTimeout: () => true,
-        opts,
-        logger: this.#logger,
-      },
-      // A restore is the boot with the snapshot's steps; QEMU was spawned waiting for it (-incoming).
-      restore ? steps : withoutSteps(steps, RESTORE_STEPS),
-    )
-    return new QemuMachine(run.vmm.persisted, qmp as QmpClient, run.vmm.watch, run.timings, this.#logger).runningView()
+    // A restore is the boot with the snapshot's steps; QEMU was spawned waiting for it (-incoming).
+    const run = await startVmm(plan, restore ? steps : withoutSteps(steps, RESTORE_STEPS))
+    return new QemuMachine(run.vmm.persisted, qmp.client!, run.vmm.watch, run.timings, this.#logger).runningView()
   }
 
   /**
@@ -175,56 +186,14 @@ export class QemuDriver implements VmmDriver {
    * by the mark of `spec.runtimeDir`.
    */
   async spawnWarm(spec: VmSpec, opts: Pick<StartOptions, 'signal' | 'readyTimeoutMs'> = {}): Promise<QemuWarmVm> {
-    throwIfAborted(opts.signal, 'spawnWarm')
-    validateVmSpec(spec, [RUNTIME_FILES.qmp], { memoryFile: true, diskHotplug: true })
-    const refused = warmUnsupported(spec)
-    if (refused) throw new ValidationError('spec', `no warm VM for this spec: ${refused}`)
-    await checkSpecFiles(spec)
-    const restore = spec.restoreFrom ? await loadSnapshotForRestore(spec) : undefined
-    const accel = await this.resolveAccel(spec.accel ?? 'auto')
-    if (restore && restore.meta.accel !== accel) throw new ValidationError('restoreFrom', `snapshot was taken under ${restore.meta.accel}, this start resolved to ${accel}`)
-    const qmpSocket = qmpSocketPath(spec.runtimeDir)
-    const pidFile = pidFilePath(spec.runtimeDir)
-    const argv = buildQemuArgv(spec, { accel, qmpSocket, pidFile, bios: this.#opts.bios ?? DEFAULT_QBOOT, incoming: true, paused: true })
-    // At the lowest CPU priority, every thread (they inherit it): spawned ahead of need, it must
-    // not slow what runs now on a small host. The adoption gives its threads the normal priority back.
-    const [command, args] = vmmCommand('nice', ['-n', String(WARM_NICE), this.qemuBinary, ...argv], spec.netns)
-    let qmp: QmpClient | undefined
-    const readyTimeoutMs = opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000
+    const { plan, restore, qmp, connect, readyTimeoutMs } = await this.#plan(spec, opts, true)
     const steps: Step<StartRun>[] = [
       spawnStep('qemu'),
-      {
-        name: 'qmp.connect',
-        run: async (r, signal) => {
-          qmp = await QmpClient.connect(qmpSocket, { deadline: r.deadline, signal })
-          r.ready()
-        },
-        undo: async () => qmp?.destroy(),
-      },
-      ...(restore ? [{ name: 'restore.incoming', run: (r: StartRun, signal: AbortSignal) => loadSnapshot(qmp as QmpClient, restore, r.deadline, signal) }] : []),
+      connect,
+      ...(restore ? [{ name: 'restore.incoming', run: (r: StartRun, signal: AbortSignal) => loadSnapshot(qmp.client!, restore, r.deadline, signal) }] : []),
     ]
-    const run = await startVmm(
-      {
-        driver: 'qemu',
-        label: 'QEMU',
-        spec,
-        accel,
-        controlSocket: qmpSocket,
-        command,
-        args,
-        vmmLog: vmmLogOf(spec),
-        pidFile,
-        mark: processMark(spec.runtimeDir),
-        removeRuntimeFiles: () => removeRuntimeFiles(spec),
-        restore: !!restore,
-        readyTimeoutMs,
-        isReadyTimeout: () => true,
-        opts,
-        logger: this.#logger,
-      },
-      steps,
-    )
-    return new QemuWarmVm(run.vmm.persisted, qmp as QmpClient, run.vmm.watch, spec.restoreFrom, readyTimeoutMs, this.#logger)
+    const run = await startVmm(plan, steps)
+    return new QemuWarmVm(run.vmm.persisted, qmp.client!, run.vmm.watch, spec.restoreFrom, readyTimeoutMs, this.#logger)
   }
 
   async attach(persisted: PersistedVm, opts: AttachOptions = {}): Promise<QemuRunningVm | QemuPausedVm> {

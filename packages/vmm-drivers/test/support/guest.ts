@@ -9,6 +9,7 @@
 import { existsSync, readdirSync } from 'node:fs'
 import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
+import type { Socket } from 'node:net'
 import { basename, join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { processAlive, run } from '@hypeman-ts/common'
@@ -202,4 +203,22 @@ export async function qemuProcessesMentioning(needle: string): Promise<number[]>
     if (processAlive(Number(entry))) pids.push(Number(entry))
   }
   return pids
+}
+
+/** Sends a line on a socket-backed port and resolves with the first reply line. */
+export async function roundTrip(sock: Socket, line: string): Promise<string> {
+  let buf = ''
+  const reply = new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no reply to ${line}; got ${JSON.stringify(buf)}`)), 20_000)
+    sock.on('data', (d: Buffer) => {
+      buf += d.toString()
+      const nl = buf.indexOf('\n')
+      if (nl >= 0) {
+        clearTimeout(timer)
+        resolve(buf.slice(0, nl))
+      }
+    })
+  })
+  sock.write(`${line}\n`)
+  return reply
 }
