@@ -602,10 +602,12 @@ static void pid1(void)
 		net_close();
 		network_ms = (int64_t)(monotonic_ms() - t0);
 	}
+	if (!tpl.on)
+		open_scsi_modules(I.cfg.vol_scsi);
+	/* After the SCSI driver: a volume attached while running is on its bus now. */
 	if (volumes_find(&I.cfg, DISK_WAIT_MS, err, sizeof err) < 0)
 		fail("find_disks", err);
 	if (!tpl.on) {
-		open_scsi_modules(I.cfg.vol_scsi);
 		find_ports(&app, !I.cfg.skip_agent);
 		open_late_modules(&late);
 		if (strcmp(I.cfg.rootfs_fstype, "erofs") == 0 && load_modules(MODULES_LIST, "erofs", err, sizeof err) < 0)
