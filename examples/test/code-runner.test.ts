@@ -115,12 +115,28 @@ async function postJson(body: unknown): Promise<{ status: number; headers: Recor
 }
 
 const instancesLeft = () => readdir(join(dataDir, 'instances')).catch(() => [])
+/**
+ * The QEMUs of the app's runs: every QEMU of its data dir but the warm VMMs waiting for the next
+ * run (core's pool keeps one spawned ahead; a waiting one's slot dir exists, an adopted one's not).
+ */
 const qemuOfApp = () => {
+  let pids: string[]
   try {
-    return execFileSync('pgrep', ['-f', `qemu-system.*${dataDir}`], { encoding: 'utf8' }).trim()
+    pids = execFileSync('pgrep', ['-f', `qemu-system.*${dataDir}`], { encoding: 'utf8' }).trim().split('\n')
   } catch {
     return '' // pgrep: no process matched
   }
+  const waiting = (pid: string) => {
+    let cmdline = ''
+    try {
+      cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8')
+    } catch {
+      return true // gone meanwhile
+    }
+    const slot = /guest=warm-([0-9a-f]+)/.exec(cmdline)
+    return slot !== null && existsSync(join(dataDir, 'warm', slot[1]!))
+  }
+  return pids.filter((pid) => !waiting(pid)).join('\n')
 }
 const linkExists = (name: string) => existsSync(`/sys/class/net/${name}`)
 const groupAlive = (pid: number) => {
