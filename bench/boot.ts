@@ -24,7 +24,7 @@
  */
 import { spawn } from 'node:child_process'
 import { copyFile, mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
-import { join } from 'node:path'
+import { basename, dirname, join } from 'node:path'
 import { buildQemuArgv, type VmSpec } from '@hypeman-ts/vmm-drivers'
 import { createOverlayDisk } from '../packages/core/src/guest/index.js'
 import { withBusyboxManager } from './lib/busybox-manager.js'
@@ -87,6 +87,8 @@ async function bare(spec: VmSpec, dir: string): Promise<{ toInit: number; toProg
     disks: (spec.disks ?? []).map((d) => (d.serial === 'hm-overlay' ? { ...d, path: overlay } : d)),
     consoleLog: join(dir, 'console.log'),
     runtimeDir: dir,
+    // RAM in a tmpfs file, as our instances have it, of this run's own.
+    ...(spec.memoryFile ? { memoryFile: { ...spec.memoryFile, path: join(dirname(spec.memoryFile.path), `bare-${basename(dir)}`) } } : {}),
     channels: (spec.channels ?? []).map((c) => ({ ...c, backend: { ...c.backend, path: c.name === 'hypeman.status' ? status : join(dir, `${c.name}.${c.backend.kind}`) } })),
   }
   const argv = buildQemuArgv(s, { accel: 'tcg', qmpSocket: join(dir, 'qmp.sock'), pidFile: join(dir, 'qemu.pid') })
@@ -99,6 +101,7 @@ async function bare(spec: VmSpec, dir: string): Promise<{ toInit: number; toProg
   } finally {
     qemu.kill('SIGKILL')
     await new Promise((r) => qemu.once('exit', r))
+    if (s.memoryFile) await rm(s.memoryFile.path, { force: true })
   }
 }
 

@@ -2,6 +2,7 @@
 import { randomBytes } from 'node:crypto'
 import { open, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
+import { run } from './run.js'
 
 /** `sizeBytes`: the file's length, larger than the data; the rest reads as zeros and takes no space. */
 export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644, sizeBytes?: number): Promise<void> {
@@ -65,5 +66,25 @@ export async function pathExists(path: string): Promise<boolean> {
     const code = (err as NodeJS.ErrnoException).code
     if (code === 'ENOENT' || code === 'ENOTDIR') return false
     throw err
+  }
+}
+
+/**
+ * Copies a file keeping it sparse: holes stay holes, and a reflink is used where the filesystem
+ * has them (cp: SEEK_DATA and copy_file_range, in the kernel). `zerosToHoles` also reads every
+ * data block to turn runs of zeros into holes (slower: for disk images, where mkfs wrote zeros).
+ * An existing `to` is overwritten in place, as the same inode: what maps it sees the new content.
+ */
+export async function copySparse(from: string, to: string, opts: { zerosToHoles?: boolean; signal?: AbortSignal } = {}): Promise<void> {
+  await run('cp', [`--sparse=${opts.zerosToHoles ? 'always' : 'auto'}`, '--reflink=auto', '--', from, to], opts.signal ? { signal: opts.signal } : {})
+}
+
+/** Flushes a file's data to the disk (fdatasync). */
+export async function syncFile(path: string): Promise<void> {
+  const fh = await open(path, 'r+')
+  try {
+    await fh.datasync()
+  } finally {
+    await fh.close()
   }
 }

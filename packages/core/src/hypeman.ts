@@ -22,7 +22,7 @@ import { ImageManager, type ImageManagerOptions } from './images/manager.js'
 import { InstanceManager } from './instances/manager.js'
 import type { Instance } from './instances/model.js'
 import type { CreateInstanceParams, Hypervisor } from './instances/params.js'
-import { InstanceFiles } from './instances/record.js'
+import { InstanceFiles, WARM_DIR } from './instances/record.js'
 import { TemplateStore } from './templates/store.js'
 import { WarmPool } from './templates/warm-pool.js'
 import { VolumeManager } from './volumes/manager.js'
@@ -190,7 +190,7 @@ export class Hypeman {
       await templates?.init()
       const warmCount = opts.templates === false ? 0 : (opts.templates?.warm ?? 1)
       if (!Number.isInteger(warmCount) || warmCount < 0 || warmCount > 16) throw new ValidationError('templates.warm', 'expected a whole number from 0 to 16')
-      const warm = warmCount > 0 ? new WarmPool({ dir: join(dataDir, 'warm'), runDir: join(files.runBase, 'warm'), perShape: warmCount, maxShapes: 4, logger }) : undefined
+      const warm = warmCount > 0 ? new WarmPool({ dir: join(dataDir, WARM_DIR), runDir: join(files.runBase, WARM_DIR), ramDir: join(files.ramBase, WARM_DIR), perShape: warmCount, maxShapes: 4, logger }) : undefined
       if (warm) closers.push(() => warm.close())
       const devices = new DeviceManager({
         dir: join(dataDir, 'devices'),
@@ -312,6 +312,7 @@ export class Hypeman {
     await this.images.close()
     // The proxy listens on the bridge's address: it closes (with the other closers) first.
     for (const close of this.closers) await close()
+    await this.instances.removeEmptyBases()
     if (opts.removeNetwork && this.network && (await this.network.exists())) await (await this.network.get()).destroy()
     await rm(this.lockPath, { force: true })
   }

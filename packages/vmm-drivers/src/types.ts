@@ -112,10 +112,12 @@ export interface VmSpec {
   /** Boot memory in bytes, a whole number of MiB. */
   memoryBytes: number
   /**
-   * Guest RAM in a file instead of anonymous memory. `shared`: the guest's writes go to the file,
-   * and a snapshot leaves the RAM out of its stream (the file is the RAM). Not shared: the file
-   * is mapped copy-on-write (read lazily, shared in the page cache by every VM that maps it):
-   * how a VM restores a snapshot taken with a shared file. QEMU only (`capabilities.memoryFile`).
+   * Guest RAM in a file instead of anonymous memory. `shared`: the guest's writes go to the file
+   * (put it on tmpfs: on a disk filesystem every first touch of a page allocates a block, and
+   * dirty pages are written back), a standby streams only the devices and copies the file into
+   * the snapshot, sparse, and a restore copies the snapshot's RAM into it. Not shared: the file is
+   * the snapshot's own RAM file, mapped copy-on-write (read lazily, shared in the page cache by
+   * every VM that maps it). QEMU only (`capabilities.memoryFile`).
    */
   memoryFile?: { path: string; shared: boolean }
   hotplugMemory?: HotplugMemorySpec
@@ -384,6 +386,11 @@ export interface AdoptOptions extends StartOptions {
    * paused, the caller resumes it; its disks must have been copied to the spec's while it was.
    */
   migrateFrom?: { execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> }
+  /**
+   * With `migrateFrom`: the paused source's RAM file (its `memoryFile`, shared). The RAM is copied
+   * from it in the kernel and only the devices' state is migrated, instead of streaming every page.
+   */
+  ramFrom?: string
 }
 
 /**

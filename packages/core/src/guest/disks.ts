@@ -3,7 +3,7 @@
  * serials and port names itself.
  */
 import { rm, truncate, writeFile } from 'node:fs/promises'
-import { run } from '@hypeman-ts/common'
+import { copySparse, run } from '@hypeman-ts/common'
 import type { ChannelSpec, DiskSpec } from '@hypeman-ts/vmm-drivers'
 import { DISK_SERIAL, hotVolumeOverlaySerial, hotVolumeSerial, PORT_NAME, volumeDiskSerial, volumeOverlaySerial } from './constants.js'
 
@@ -81,7 +81,7 @@ export function guestChannels(paths: GuestChannelPaths, opts: { skipGuestAgent?:
 
 /** A copy that keeps holes holes: a 10 GB overlay with 50 MB written copies 50 MB. */
 export async function copyDiskSparse(from: string, to: string, signal?: AbortSignal): Promise<void> {
-  await run('cp', ['--sparse=always', '--reflink=auto', '--', from, to], { ...(signal ? { signal } : {}) })
+  await copySparse(from, to, { zerosToHoles: true, ...(signal ? { signal } : {}) })
 }
 
 /**

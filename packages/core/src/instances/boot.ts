@@ -34,11 +34,12 @@ import { adoptSpareTap, spareTaps } from './network.js'
 import type { InstanceRecord } from './record.js'
 import { exitFromGuest } from './state.js'
 
-/** Removes the instance's runtime dir and whatever a VMM left in it. */
+/** Removes the instance's runtime dir and whatever a VMM left in it, and its RAM file. */
 export async function destroyRuntime(cx: InstanceContext, id: string): Promise<void> {
-  const runtimeDir = cx.files.paths(id).runtimeDir
+  const { runtimeDir, memory } = cx.files.paths(id)
   for (const d of Object.values(cx.opts.drivers)) await d?.destroy({ runtimeDir }).catch(() => {})
   await rm(runtimeDir, { recursive: true, force: true })
+  await rm(memory, { force: true })
 }
 
 export async function rootfsOf(cx: InstanceContext, record: InstanceRecord): Promise<{ diskPath: string }> {
@@ -127,6 +128,9 @@ async function vmSpecOf(cx: InstanceContext, record: InstanceRecord, rootfs: str
     cmdline: [assets.cmdline, spec.hotplugBytes ? 'memhp_default_state=online' : ''].filter(Boolean).join(' '),
     vcpus: spec.vcpus,
     memoryBytes: spec.memoryBytes,
+    // RAM in a tmpfs file of the instance's: a standby streams only the devices and copies the
+    // file into the snapshot, a restore copies it back, a fork of a running one copies it.
+    ...((cx.driver(spec.hypervisor).capabilities.memoryFile && (await cx.files.ramFileFits(spec.memoryBytes))) ? { memoryFile: { path: paths.memory, shared: true } } : {}),
     ...(spec.hotplugBytes ? { hotplugMemory: { maxBytes: spec.memoryBytes + spec.hotplugBytes } } : {}),
     disks: guestDisks({
       rootfs,
@@ -221,9 +225,12 @@ export async function bootClone(cx: InstanceContext, record: InstanceRecord, sou
   const { restoreFrom: _none, ...s } = restoreSpec(cx, record, await vmSpecOf(cx, record, (await rootfsOf(cx, record)).diskPath, signal))
   const key = warmRestoreKey(cx, { ...s, restoreFrom: '' })
   const migrateFrom = source as unknown as NonNullable<AdoptOptions['migrateFrom']>
+  // A source whose RAM is a file of its own: copied in the kernel, only the devices migrate.
+  const ram = source.persisted.spec.memoryFile
+  const clone: AdoptOptions = { migrateFrom, ...(ram?.shared ? { ramFrom: ram.path } : {}) }
   return recordedStart(cx, record, s, false, signal, async (opts) => {
-    const pooled = key ? await cx.opts.warm!.adopt(key, s, { ...opts, migrateFrom }, { adoptTap: (spare) => adoptSpareTap(cx, record, spare) }) : undefined
-    return { vm: pooled ?? (await (await driver.spawnWarm!(s, opts)).adopt(s, { ...opts, migrateFrom })), how: pooled ? 'a clone, in a warm VMM' : 'a clone' }
+    const pooled = key ? await cx.opts.warm!.adopt(key, s, { ...opts, ...clone }, { adoptTap: (spare) => adoptSpareTap(cx, record, spare) }) : undefined
+    return { vm: pooled ?? (await (await driver.spawnWarm!(s, opts)).adopt(s, { ...opts, ...clone })), how: pooled ? 'a clone, in a warm VMM' : 'a clone' }
   })
 }
 
@@ -248,6 +255,8 @@ export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: 
     record.stoppedAt = null
   }
   if (!restore) record.scsiController = wantsScsiController(cx, record)
+  // A boot starts on RAM of its own: nothing a VMM left is carried over.
+  await rm(cx.files.paths(record.id).memory, { force: true })
   const vmSpec = await vmSpecOf(cx, record, rootfs, signal)
   const startVm: StartVm = (s, how = {}) =>
     recordedStart(cx, record, s, !restore, signal, async (opts) => {
@@ -329,6 +338,8 @@ export async function finishBoot(cx: InstanceContext, record: InstanceRecord, re
   const guest = await guestStatus(cx, record)
   record.vmm = null
   if (await promoteStagedSnapshot(cx, record.id)) record.snapshot = true
+  // The VMM is gone: its RAM is in the snapshot (a standby) or nobody's state (power-off).
+  await rm(cx.files.paths(record.id).memory, { force: true })
   if (!record.snapshot) {
     record.stoppedAt = nowIso()
     record.exit = exitFromGuest(guest) ?? { code: null, message: `the VM ended (${reason}) before the program reported an exit` }

@@ -22,7 +22,7 @@ import { copyDiskSparse, decodeGuestConfig, writeGuestConfigDisk } from '../gues
 import { bootClone, guestVolumes, volumeOverlayPath } from './boot.js'
 import { nowIso, type InstanceContext } from './context.js'
 import { egress, instanceDir, network, runCreate, type CreateStepDef } from './create.js'
-import { deleteInstance, restore, standby, start, stop } from './lifecycle.js'
+import { deleteInstance, refillRestoreShape, restore, standby, start, stop } from './lifecycle.js'
 import { sendIdentity } from './identity.js'
 import type { Instance, InstanceState } from './model.js'
 import { guestNetwork } from './network.js'
@@ -72,8 +72,9 @@ const forkDisks: CreateStepDef = {
     const to = cx.files.paths(record.id)
     await copyDiskSparse(from.overlay, to.overlay, signal)
     if (forkOf!.snapshot) {
-      // Links, not copies: a snapshot's files are never written again (a standby writes a new dir,
-      // a restore removes its dir), so source and fork can share them until each has restored.
+      // Links, not copies: a snapshot's files (its RAM too) are never written again (a standby
+      // writes a new dir, a restore copies the RAM out and removes its dir), so source and fork
+      // can share them until each has restored.
       await mkdir(to.snapshot)
       for (const name of await readdir(from.snapshot)) await link(join(from.snapshot, name), join(to.snapshot, name))
     }
@@ -226,6 +227,7 @@ async function forkByClone(cx: InstanceContext, sourceId: string, name: string):
             const r = (await cx.files.read(record.id))!
             r.startedAt = nowIso()
             await bootClone(cx, r, paused)
+            refillRestoreShape(cx, r)
           })
         } finally {
           await paused.resume().then(

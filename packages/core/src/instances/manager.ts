@@ -227,4 +227,9 @@ export class InstanceManager {
   detachAll(): Promise<void> {
     return detachAll(this.#cx)
   }
+
+  /** The run and RAM bases go once nothing is left in them (after the warm pool closed). */
+  removeEmptyBases(): Promise<void> {
+    return this.#cx.files.removeRunBaseIfEmpty()
+  }
 }

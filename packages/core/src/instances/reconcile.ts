@@ -36,6 +36,7 @@ export async function reconcile(cx: InstanceContext): Promise<{ reattached: numb
       continue
     }
     known.add(id)
+    await rm(cx.files.paths(id).snapshotConsumed, { recursive: true, force: true })
     if (!record.vmm || cx.live.get(id)) continue
     const driver = cx.driver(record.vmm.driver)
     if (driver.isAlive(record.vmm)) {
@@ -62,6 +63,11 @@ export async function reconcile(cx: InstanceContext): Promise<{ reattached: numb
     if (known.has(id)) continue
     await destroyRuntime(cx, id)
     stats.removed++
+  }
+  // RAM files hold guest memory on tmpfs: none stays without a VMM that runs on it.
+  for (const id of await cx.files.ramIds()) {
+    const record = known.has(id) ? await cx.files.read(id) : undefined
+    if (!record?.vmm) await rm(cx.files.paths(id).memory, { force: true })
   }
   if (cx.opts.network && (await cx.opts.network.exists())) {
     await (await cx.opts.network.get()).reconcile(known)

@@ -25,7 +25,7 @@ import type { InstanceRecord } from './record.js'
 
 /** Bumped when what a template holds changes meaning (the guest's wait, the `go` message, the root mounted before it). */
 const TEMPLATE_FORMAT = 2
-/** The template's RAM, next to the stream in its snapshot dir: mapped copy-on-write by every restore. */
+/** The template's RAM, next to the stream in its snapshot dir: each instance runs on a copy of it. */
 const TEMPLATE_MEMORY_FILE = 'memory'
 /** The overlay disk as the template's guest left it, root mounted: each instance boots on a copy. */
 const TEMPLATE_OVERLAY_FILE = 'overlay.ext4'
@@ -134,7 +134,9 @@ async function makeTemplate(
   let vm: RunningVm | undefined
   try {
     await mkdir(making.snapshotDir, { recursive: true })
-    vm = await startVm({ ...spec, cmdline: plan.cmdline, memoryFile: { path: join(making.snapshotDir, TEMPLATE_MEMORY_FILE), shared: true } })
+    // On the instance's own RAM file (tmpfs), which the standby copies into the template; else
+    // on the template's file itself, where the standby leaves it.
+    vm = await startVm({ ...spec, cmdline: plan.cmdline, memoryFile: spec.memoryFile ?? { path: join(making.snapshotDir, TEMPLATE_MEMORY_FILE), shared: true } })
     const paths = cx.files.paths(record.id)
     const event = await waitForStatusEvent(paths.statusLog, 'template', { since: record.statusMark, timeoutMs: cx.bootTimeoutMs, ...(signal ? { signal } : {}) })
     if (event.type !== 'template') throw new Error(`the guest reported ${event.type} before reaching the template point`)
@@ -179,18 +181,21 @@ async function restoreTemplate(
     record.vmmMac = t.mac
     record.template = t.key
     record.awaitingGo = true
+    // The instance's RAM file (boot.ts) gets a copy of the template's (the driver copies it in),
+    // so that its standby copies RAM rather than streams it. Without one, the template's file is
+    // mapped copy-on-write: read lazily, shared in the page cache by every copy.
     const restoreSpec: VmSpec = {
       ...spec,
       cmdline: plan.cmdline,
       ...(spec.nics ? { nics: spec.nics.map((n) => ({ ...n, mac: t.mac ?? n.mac })) } : {}),
-      memoryFile: { path: memory, shared: false },
+      memoryFile: spec.memoryFile ?? { path: memory, shared: false },
       restoreFrom: t.snapshotDir,
     }
     // A warm VMM with a NIC holds a spare TAP, which becomes the instance's: that needs the host network.
     const warmKey = cx.opts.warm && (!spec.nics?.length || cx.opts.network) && !warmUnsupported(restoreSpec) ? plan.key : undefined
     const moveDisks = [DISK_SERIAL.overlay]
     vm = await startVm(restoreSpec, {
-      // A warm VMM has a copy of the template's overlay of its own: it becomes this instance's.
+      // A warm VMM has copies of the template's overlay and RAM of its own: they become this instance's.
       ...(warmKey ? { adopt: (opts: StartOptions) => cx.opts.warm!.adopt(warmKey, restoreSpec, { ...opts, moveDisks }, { adoptTap: (spare) => adoptSpareTap(cx, record, spare) }) } : {}),
       ...(made ? {} : { beforeStart: () => copyDiskSparse(overlay, paths.overlay, signal) }),
     })

@@ -7,6 +7,7 @@
  *
  *   <dataDir>/warm/<slot>/    the slot's disks (sparse, of the instance's sizes) and logs
  *   <runBase>/warm/<slot>/    its sockets and pidfile; the QMP socket path marks the process
+ *   <ramBase>/warm/<slot>     its guest RAM file (tmpfs), when the shape has one
  *
  * A shape with a NIC gets a spare TAP per slot (netsetup's `addSpareTap`): QEMU opens its TAP
  * when it starts, so the adoption renames the spare to the instance's TAP (`adoptTap`) first.
@@ -27,6 +28,8 @@ export interface WarmPoolOptions {
   dir: string
   /** Slot sockets: `<runBase>/warm`. */
   runDir: string
+  /** Slot RAM files: `<ramBase>/warm` (the instances' RAM dir: an adoption renames the file). */
+  ramDir: string
   /** Warm VMMs kept per shape. */
   perShape: number
   /** Shapes kept; the least recently used one's VMMs end first. */
@@ -156,6 +159,7 @@ export class WarmPool {
     await Promise.all([...this.#ready.keys()].map((k) => this.drop(k)))
     await rm(this.#o.dir, { recursive: true, force: true })
     await rm(this.#o.runDir, { recursive: true, force: true })
+    await rm(this.#o.ramDir, { recursive: true, force: true })
   }
 
   /** At open: ends warm VMMs a crashed manager left (those no instance record names, `known`) and removes the slots. */
@@ -168,6 +172,7 @@ export class WarmPool {
     }
     await rm(this.#o.dir, { recursive: true, force: true })
     await rm(this.#o.runDir, { recursive: true, force: true })
+    await rm(this.#o.ramDir, { recursive: true, force: true })
     return ended
   }
 
@@ -187,6 +192,7 @@ export class WarmPool {
     const dir = join(this.#o.dir, id)
     const runtimeDir = join(this.#o.runDir, id)
     await mkdir(dir, { recursive: true })
+    await mkdir(this.#o.ramDir, { recursive: true, mode: 0o700 })
     let tap: string | undefined
     try {
       const own = (p: string) => join(dir, basename(p))
@@ -204,6 +210,9 @@ export class WarmPool {
           return { ...d, path }
         }),
       )
+      // The VMM maps its RAM file at spawn (the driver copies a snapshot's RAM in): the slot's own,
+      // next to the instances' on the same tmpfs, moved to the instance's at adoption.
+      const memory = spec.memoryFile?.shared ? join(this.#o.ramDir, id) : undefined
       if (spec.nics?.length) {
         if (spec.nics.length > 1 || !opts.taps) throw new Error('a warm VMM takes one NIC, with a spare TAP')
         tap = await opts.taps.add()
@@ -213,6 +222,7 @@ export class WarmPool {
         ...(tap ? { nics: [{ ...spec.nics![0]!, tap }] } : {}),
         name: `warm-${id}`,
         disks,
+        ...(memory ? { memoryFile: { path: memory, shared: true } } : {}),
         channels: (spec.channels ?? []).map((c) => ({ ...c, backend: { ...c.backend, path: c.backend.kind === 'socket' ? join(runtimeDir, basename(c.backend.path)) : own(c.backend.path) } })),
         consoleLog: own(spec.consoleLog),
         vmmLog: join(dir, 'vmm.log'),
@@ -263,5 +273,6 @@ export class WarmPool {
   async #removeSlotFiles(id: string): Promise<void> {
     await rm(join(this.#o.dir, id), { recursive: true, force: true })
     await rm(join(this.#o.runDir, id), { recursive: true, force: true })
+    await rm(join(this.#o.ramDir, id), { force: true })
   }
 }

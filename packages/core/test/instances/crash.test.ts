@@ -3,10 +3,10 @@
  * found again, VMs that died meanwhile are marked Stopped.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { afterEach, describe, expect, inject, it } from 'vitest'
 import { Hypeman } from '../../src/index.js'
 import { warmQemus } from '../support/manager.js'
@@ -97,6 +97,11 @@ describe('kill -9 of the host process', () => {
     const [rec] = records(dataDir)
     const warm = warmQemus(dataDir)
     expect(warm).toHaveLength(1)
+    // The guest's RAM is a tmpfs file, and one no VMM runs on (a crash's leftover) must not stay.
+    const ram = JSON.parse(readFileSync(join(dataDir, 'instances', rec!.id, 'instance.json'), 'utf8')).vmm.spec.memoryFile.path as string
+    expect(existsSync(ram)).toBe(true)
+    const orphan = join(dirname(ram), 'orphan-of-a-crash')
+    writeFileSync(orphan, 'x')
     child.kill('SIGKILL')
     await new Promise((r) => child.once('exit', r))
 
@@ -104,6 +109,8 @@ describe('kill -9 of the host process', () => {
     let hm = await Hypeman.open({ dataDir, network: false })
     await until('the warm VMM to be gone', () => (existsSync(`/proc/${warm[0]}`) ? undefined : true), 10_000)
     expect(existsSync(join(dataDir, 'warm'))).toBe(false)
+    expect(existsSync(orphan)).toBe(false)
+    expect(existsSync(ram)).toBe(true)
     const inst = await hm.instances.get('crash-run')
     expect(inst.state).toBe('Running')
     expect((await hm.instances.exec(inst.id, { argv: ['echo', 'still here'] })).stdout.toString()).toBe('still here\n')
@@ -119,6 +126,7 @@ describe('kill -9 of the host process', () => {
     expect(after.state).toBe('Stopped')
     expect(after.stoppedAt).not.toBeNull()
     expect(after.exitMessage).toMatch(/ended \(killed\)/)
+    expect(existsSync(ram)).toBe(false)
     await hm.instances.delete('crash-run')
     expect(qemuProcessesFor(rec!.id)).toEqual([])
   })

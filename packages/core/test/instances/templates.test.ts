@@ -3,7 +3,7 @@
  * restore it, and each restored guest is its own machine (entropy, machine-id, hostname, env,
  * clock); a broken or outdated template never fails a create.
  */
-import { statSync } from 'node:fs'
+import { existsSync, readFileSync, statSync } from 'node:fs'
 import { mkdtemp, readFile, rm, truncate, utimes } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -109,6 +109,30 @@ describe('boot templates', () => {
     const log = await readFile(join(t.dataDir, 'instances', created.id, 'hypeman.log'), 'utf8')
     expect(log.match(/restored from template/g)).toHaveLength(1)
     expect(log).toMatch(/booted: VMM/)
+    await t.hm.instances.delete(created.id)
+  })
+
+  it('an instance runs on a tmpfs RAM file of its own, a copy of the template’s: standby streams only the devices and keeps a copy, restore reads it back', async () => {
+    const created = await t.hm.instances.create({ image: BUSYBOX, name: 'tpl-standby', cmd: ['sh', '-c', 'sleep 600'] })
+    const dir = join(t.dataDir, 'instances', created.id)
+    const ram = () => JSON.parse(readFileSync(join(dir, 'instance.json'), 'utf8')).vmm.spec.memoryFile.path as string
+    const running = ram()
+    expect(running.startsWith('/dev/shm/hypeman-ts/')).toBe(true)
+    expect(statSync(running).blocks * 512).toBeGreaterThan(8 * 1024 * 1024)
+    // State that lives only in guest RAM: a tmpfs file and a process.
+    expect((await t.sh(created.id, 'mkdir -p /mnt/ram && mount -t tmpfs none /mnt/ram && echo in-ram > /mnt/ram/x')).code).toBe(0)
+    const pid = (await t.sh(created.id, 'pidof sleep')).out
+    await t.hm.instances.standby(created.id)
+    expect(statSync(join(dir, 'snapshot', 'vmstate')).size).toBeLessThan(1024 * 1024)
+    expect(statSync(join(dir, 'snapshot', 'memory')).blocks * 512).toBeGreaterThan(8 * 1024 * 1024)
+    expect(existsSync(running)).toBe(false)
+    await t.hm.instances.restore(created.id)
+    expect((await t.sh(created.id, 'cat /mnt/ram/x')).out).toBe('in-ram\n')
+    expect((await t.sh(created.id, 'pidof sleep')).out).toBe(pid)
+    expect(ram()).toBe(running)
+    // Powered off, the RAM is nobody's state: the file goes.
+    await t.hm.instances.stop(created.id)
+    expect(existsSync(running)).toBe(false)
     await t.hm.instances.delete(created.id)
   })
 

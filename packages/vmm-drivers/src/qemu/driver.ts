@@ -4,7 +4,8 @@
  * restore.cont) → query-status. On failure the process is killed and its runtime files removed
  * before the error (with QEMU's own last words) is thrown.
  */
-import { stderrLogger, throwIfAborted, ValidationError, withoutSteps, type Logger, type Step } from '@hypeman-ts/common'
+import { rm } from 'node:fs/promises'
+import { copySparse, stderrLogger, throwIfAborted, ValidationError, withoutSteps, type Logger, type Step } from '@hypeman-ts/common'
 import { attachVmm } from '../attach.js'
 import { VmmError } from '../errors.js'
 import { vmmCommand } from '../netns.js'
@@ -144,12 +145,19 @@ export class QemuDriver implements VmmDriver {
       opts,
       logger: this.#logger,
     }
-    return { plan, restore, qmp, connect, readyTimeoutMs }
+    // The snapshot's RAM copied into the VM's own shared file before QEMU maps it (in the kernel,
+    // sparse: the pages the guest had touched), so the snapshot stays true for another restore.
+    const ramFrom = restore?.ramFrom
+    const ram: Step<StartRun>[] = ramFrom
+      ? [{ name: 'restore.ram', run: (_r, signal) => copySparse(ramFrom, spec.memoryFile!.path, { signal }), undo: () => rm(spec.memoryFile!.path, { force: true }) }]
+      : []
+    return { plan, restore, qmp, connect, ram, readyTimeoutMs }
   }
 
   async start(spec: VmSpec, opts: StartOptions = {}): Promise<QemuRunningVm> {
-    const { plan, restore, qmp, connect } = await this.#plan(spec, opts, false)
+    const { plan, restore, qmp, connect, ram } = await this.#plan(spec, opts, false)
     const steps: Step<StartRun>[] = [
+      ...ram,
       spawnStep('qemu'),
       ON_SPAWN,
       connect,
@@ -186,8 +194,9 @@ export class QemuDriver implements VmmDriver {
    * by the mark of `spec.runtimeDir`.
    */
   async spawnWarm(spec: VmSpec, opts: Pick<StartOptions, 'signal' | 'readyTimeoutMs'> = {}): Promise<QemuWarmVm> {
-    const { plan, restore, qmp, connect, readyTimeoutMs } = await this.#plan(spec, opts, true)
+    const { plan, restore, qmp, connect, ram, readyTimeoutMs } = await this.#plan(spec, opts, true)
     const steps: Step<StartRun>[] = [
+      ...ram,
       spawnStep('qemu'),
       connect,
       ...(restore ? [{ name: 'restore.incoming', run: (r: StartRun, signal: AbortSignal) => loadSnapshot(qmp.client!, restore, r.deadline, signal) }] : []),

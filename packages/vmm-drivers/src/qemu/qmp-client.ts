@@ -99,8 +99,12 @@ export class QmpClient {
 
   /** Connects, reads the greeting and negotiates capabilities; ready for commands when it resolves. */
   static async connect(path: string, opts: QmpConnectOptions): Promise<QmpClient> {
+    // Polled often: QEMU's socket appears ≈ 80–100 ms after the spawn, and a backed-off poll
+    // would notice it up to one interval late (tens of ms on every start). A failed connect is cheap.
     const socket = await pollUntil(() => connectOnce(path), {
       deadline: opts.deadline,
+      intervalMs: 2,
+      maxIntervalMs: 5,
       ...(opts.signal ? { signal: opts.signal } : {}),
       what: `QMP socket ${path}`,
       step: 'qmp.connect',

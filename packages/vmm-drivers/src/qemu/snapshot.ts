@@ -8,7 +8,7 @@
  * paths are single-quoted).
  */
 import { stat } from 'node:fs/promises'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { pollUntil, ValidationError } from '@hypeman-ts/common'
 import { VmmError } from '../errors.js'
 import { machineShapeFingerprint, readSnapshotMeta, SNAPSHOT_META_FILE } from '../snapshot-meta.js'
@@ -18,6 +18,7 @@ import type { QmpClient } from './qmp-client.js'
 export { SNAPSHOT_META_FILE }
 export const SNAPSHOT_STATE_FILE = 'vmstate'
 export const SNAPSHOT_FORMAT = 'hypeman-ts/qemu-migration/1'
+export const SNAPSHOT_RAM_FILE = 'memory'
 
 export interface QemuSnapshotMeta {
   format: typeof SNAPSHOT_FORMAT
@@ -30,8 +31,10 @@ export interface QemuSnapshotMeta {
   bytes: number
   createdAt: string
   /**
-   * The RAM is not in the stream but in the shared file the VM ran on (`VmSpec.memoryFile`; its
-   * name here): a restore must map that file (unshared) and load the stream with `x-ignore-shared`.
+   * The RAM is not in the stream but in this file of the snapshot dir (`SNAPSHOT_RAM_FILE`): the
+   * VM ran on a shared RAM file (`VmSpec.memoryFile`) and the standby copied it here, sparse. A
+   * restore maps it copy-on-write, or copies it into the spec's own shared file, and loads the
+   * stream with `x-ignore-shared`.
    */
   ramInFile?: string
 }
@@ -68,8 +71,16 @@ export function migrateFromFileUri(path: string): string {
   return `exec:cat ${shellQuote(path)}`
 }
 
+/** A checked snapshot (loadSnapshotForRestore). */
+export interface CheckedSnapshot {
+  meta: QemuSnapshotMeta
+  statePath: string
+  /** The snapshot's RAM file, to copy into the spec's shared RAM file before the VM runs. */
+  ramFrom?: string
+}
+
 /** Reads and checks a snapshot directory for restoring `spec`; returns the path of the stream. */
-export async function loadSnapshotForRestore(spec: VmSpec): Promise<{ meta: QemuSnapshotMeta; statePath: string }> {
+export async function loadSnapshotForRestore(spec: VmSpec): Promise<CheckedSnapshot> {
   const dir = spec.restoreFrom as string
   const meta = await readSnapshotMeta<QemuSnapshotMeta>(dir)
   if (meta.format !== SNAPSHOT_FORMAT || meta.driver !== 'qemu') {
@@ -82,8 +93,20 @@ export async function loadSnapshotForRestore(spec: VmSpec): Promise<{ meta: Qemu
       `snapshot ${dir} was taken from a VM with different vCPUs, memory, disks (hot-plugged ones included), NICs or channels than this spec`,
     )
   }
-  if (meta.ramInFile && !spec.memoryFile) {
-    throw new ValidationError('memoryFile', `snapshot ${dir} keeps the guest RAM in ${meta.ramInFile}: the restore must map it (memoryFile)`)
+  let ramFrom: string | undefined
+  if (meta.ramInFile) {
+    const ram = resolve(dir, meta.ramInFile)
+    if (!spec.memoryFile) throw new ValidationError('memoryFile', `snapshot ${dir} keeps the guest RAM in ${ram}: the restore must map it or a copy (memoryFile)`)
+    // QEMU would make a missing file anew, empty: a guest running on zeros.
+    const size = await stat(ram).then((s) => s.size, () => -1)
+    if (size !== spec.memoryBytes) {
+      throw new VmmError('restore_failed', `the snapshot's RAM file ${ram} is missing or has the wrong size (${size} of ${spec.memoryBytes} bytes)`, { field: 'restoreFrom' })
+    }
+    const same = resolve(spec.memoryFile.path) === ram
+    // Shared, the VM writes its RAM file: never the snapshot's own, which stays true for the next restore.
+    if (spec.memoryFile.shared && same) throw new ValidationError('memoryFile', `a VM restored from ${dir} would write the snapshot's RAM: give it a file of its own`)
+    if (!spec.memoryFile.shared && !same) throw new ValidationError('memoryFile', `mapped copy-on-write, the RAM file is the snapshot's own (${ram})`)
+    if (spec.memoryFile.shared) ramFrom = ram
   }
   const statePath = join(dir, meta.stateFile)
   const size = await stat(statePath).then(
@@ -95,14 +118,14 @@ export async function loadSnapshotForRestore(spec: VmSpec): Promise<{ meta: Qemu
       field: 'restoreFrom',
     })
   }
-  return { meta, statePath }
+  return { meta, statePath, ...(ramFrom ? { ramFrom } : {}) }
 }
 
 /**
  * Loads a checked snapshot (loadSnapshotForRestore) into a QEMU waiting with `-incoming defer`.
  * The load of a small stream takes tens of milliseconds: polled often, so the wait adds little.
  */
-export async function loadSnapshot(qmp: QmpClient, restore: { meta: QemuSnapshotMeta; statePath: string }, deadline: number, signal?: AbortSignal): Promise<void> {
+export async function loadSnapshot(qmp: QmpClient, restore: CheckedSnapshot, deadline: number, signal?: AbortSignal): Promise<void> {
   // A stream written with the RAM in a shared file has no RAM pages: they are in the file this VM maps.
   if (restore.meta.ramInFile) await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] })
   await qmp.execute('migrate-incoming', { uri: migrateFromFileUri(restore.statePath) })

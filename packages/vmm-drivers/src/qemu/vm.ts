@@ -7,8 +7,8 @@
  */
 import { mkdir, rm, stat } from 'node:fs/promises'
 import { createConnection, type Socket } from 'node:net'
-import { basename, join } from 'node:path'
-import { errorMessage, NotSupportedError, pollUntil, TimeoutError, ValidationError, withDeadline, writeJsonAtomic, type Logger } from '@hypeman-ts/common'
+import { join, resolve } from 'node:path'
+import { copySparse, errorMessage, NotSupportedError, pollUntil, syncFile, TimeoutError, ValidationError, withDeadline, writeJsonAtomic, type Logger } from '@hypeman-ts/common'
 import { QmpCommandError, VmmError } from '../errors.js'
 import { ProcessMachine, type EndRequest, type GuestStop } from '../machine.js'
 import type { ProcessExit, ProcessWatch } from '../process.js'
@@ -21,6 +21,7 @@ import {
   migrateToFileUri,
   SNAPSHOT_FORMAT,
   SNAPSHOT_META_FILE,
+  SNAPSHOT_RAM_FILE,
   SNAPSHOT_STATE_FILE,
   type QemuSnapshotMeta,
 } from './snapshot.js'
@@ -173,11 +174,14 @@ export class QemuMachine extends ProcessMachine {
     await mkdir(dir, { recursive: true })
     const statePath = join(dir, SNAPSHOT_STATE_FILE)
     const metaPath = join(dir, SNAPSHOT_META_FILE)
+    const memory = this.persisted.spec.memoryFile?.shared ? this.persisted.spec.memoryFile.path : undefined
+    const ramInFile = memory ? SNAPSHOT_RAM_FILE : undefined
+    const ramPath = join(dir, SNAPSHOT_RAM_FILE)
     // An old snapshot in the same dir must not survive as if it were this one.
     await rm(metaPath, { force: true })
     await rm(statePath, { force: true })
+    if (memory && resolve(memory) !== resolve(ramPath)) await rm(ramPath, { force: true })
     const started = Date.now()
-    const ramInFile = this.persisted.spec.memoryFile?.shared ? basename(this.persisted.spec.memoryFile.path) : undefined
     await this.#qmp('stop')
     try {
       await this.#qmp('migrate-set-parameters', { 'max-bandwidth': MIGRATE_MAX_BANDWIDTH }).catch((err) =>
@@ -199,8 +203,14 @@ export class QemuMachine extends ProcessMachine {
       if (final.status !== 'completed') {
         throw new VmmError('snapshot_failed', `snapshot ${final.status}: ${final['error-desc'] ?? 'no reason given'}`, { step: 'standby.migrate' })
       }
+      // The RAM is the VM's shared file (on tmpfs, as a rule): copied into the snapshot while the
+      // guest is stopped, sparse and in the kernel. Both files reach the disk before the snapshot
+      // is called one, or a host crash could pair the stream with RAM the page cache never wrote.
+      if (memory && resolve(memory) !== resolve(ramPath)) await copySparse(memory, ramPath)
+      await Promise.all([syncFile(statePath), ...(memory ? [syncFile(ramPath)] : [])])
     } catch (err) {
       await rm(statePath, { force: true })
+      if (memory && resolve(memory) !== resolve(ramPath)) await rm(ramPath, { force: true })
       await this.resumeAfterFailedSnapshot(before)
       if (err instanceof VmmError || err instanceof QmpCommandError || err instanceof TimeoutError) throw err
       throw new VmmError('snapshot_failed', `snapshot failed: ${errorMessage(err)}`, { step: 'standby', cause: err })
@@ -219,7 +229,9 @@ export class QemuMachine extends ProcessMachine {
       ...(ramInFile ? { ramInFile } : {}),
     }
     await writeJsonAtomic(metaPath, meta)
-    return { dir, bytes, durationMs: Date.now() - started, createdAt }
+    // What the snapshot takes on disk: the stream, and the RAM pages the guest had touched.
+    const ramBytes = memory ? (await stat(ramPath)).blocks * 512 : 0
+    return { dir, bytes: bytes + ramBytes, durationMs: Date.now() - started, createdAt }
   }
 
   /** Boot memory plus the DIMMs hotplugged so far. */

@@ -10,6 +10,9 @@
  *   `moveDisks`, its warm file is moved to the spec's path;
  * - logs and sockets are renamed to the spec's paths (QEMU keeps its descriptors); what an earlier
  *   boot left in a log is put ahead of this one's, as an append would have kept it;
+ * - a shared RAM file (`memoryFile`) is the warm VM's own, mapped at spawn: the RAM the VM
+ *   resumes with is copied into it (the snapshot's, unless the spawn loaded the snapshot and
+ *   copied it then; a clone source's, `ramFrom`), and the file is moved to the spec's path;
  * - the snapshot is loaded unless it already was, and the VM runs.
  * QEMU cannot swap a virtio-serial port's chardev (`chardev-change`: "Chardev user does not
  * support chardev hotswap"), hence the renames. A NIC's TAP cannot be swapped either: QEMU opened
@@ -17,8 +20,8 @@
  */
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { setPriority } from 'node:os'
-import { join } from 'node:path'
-import { errorMessage, pollUntil, type Logger } from '@hypeman-ts/common'
+import { join, resolve } from 'node:path'
+import { copySparse, errorMessage, pollUntil, type Logger } from '@hypeman-ts/common'
 import { VmmError } from '../errors.js'
 import { killAndWait, type ProcessWatch } from '../process.js'
 import type { AdoptOptions, DiskSpec, PersistedVm, RunningVm, VmSpec, WarmVm } from '../types.js'
@@ -30,9 +33,11 @@ import { mapQemuStatus, MIGRATE_MAX_BANDWIDTH, QemuMachine } from './vm.js'
 
 /** The spec without what adopt may change: two specs with the same shape make the same machine. */
 export function warmShape(spec: VmSpec): string {
-  const { name: _n, consoleLog: _c, vmmLog: _v, runtimeDir: _r, restoreFrom: _s, disks, channels, nics, ...rest } = spec
+  const { name: _n, consoleLog: _c, vmmLog: _v, runtimeDir: _r, restoreFrom: _s, disks, channels, nics, memoryFile, ...rest } = spec
   return JSON.stringify({
     ...rest,
+    // A shared RAM file is moved to the spec's at adoption; a file mapped copy-on-write is shared and stays.
+    ...(memoryFile ? { memoryFile: memoryFile.shared ? { shared: true } : memoryFile } : {}),
     // The TAP's name is not QEMU's business once it holds it: the caller renames it to the spec's.
     nics: (nics ?? []).map(({ tap: _t, ...n }) => n),
     disks: (disks ?? []).map(({ path: _p, ...d }) => d),
@@ -108,17 +113,20 @@ export class QemuWarmVm implements WarmVm {
       const from = opts.migrateFrom
       if (this.loaded === undefined && !spec.restoreFrom && !from) throw new VmmError('invalid_state', 'a warm VM without a snapshot can only restore one, or clone a VM', { step: 'adopt' })
       if (from && (this.loaded !== undefined || spec.restoreFrom)) throw new VmmError('invalid_state', 'a clone loads no snapshot', { step: 'adopt' })
+      if (opts.ramFrom && !from) throw new VmmError('invalid_state', 'ramFrom is the RAM of a clone\'s source (migrateFrom)', { step: 'adopt' })
       // Checked even when loaded at spawn: a snapshot broken since then is no longer the one to run.
       const checked = from ? undefined : await loadSnapshotForRestore(spec)
       const restore = this.loaded === undefined ? checked : undefined
       // From here the work is the caller's, now: at the normal priority.
       await renice(this.pid, this.logger)
+      // The RAM to resume with: a clone's source's, or the snapshot's unless the spawn copied it in.
+      await this.#adoptRam(own, spec, from ? opts.ramFrom : restore?.ramFrom, opts.signal)
       await this.#repointDisks(own.disks ?? [], spec.disks ?? [], new Set(opts.moveDisks ?? []))
       await this.#moveFiles(own, spec)
       const persisted: PersistedVm = { ...this.persisted, spec, controlSocket: qmpSocketPath(spec.runtimeDir) }
       await opts.onSpawn?.(persisted)
       if (restore) await loadSnapshot(this.qmp, restore, deadline, opts.signal)
-      if (from) await this.#migrateFrom(from, spec, deadline, opts.signal)
+      if (from) await this.#migrateFrom(from, spec, !!opts.ramFrom, deadline, opts.signal)
       opts.signal?.throwIfAborted()
       await this.qmp.execute('cont')
       const status = await this.qmp.execute<{ status: string }>('query-status')
@@ -135,14 +143,17 @@ export class QemuWarmVm implements WarmVm {
 
   /**
    * The source's state over a unix socket in the runtime dir: this QEMU listens, the source sends
-   * (RAM and devices; no bandwidth cap, nothing shared left out). The source ends paused with its
+   * (the devices, and the RAM unless it was copied: `ramCopied`; no bandwidth cap). The source ends paused with its
    * disks inactive; its `cont` takes them back (QEMU supports going on after a completed migration).
    */
-  async #migrateFrom(from: NonNullable<AdoptOptions['migrateFrom']>, spec: VmSpec, deadline: number, signal?: AbortSignal): Promise<void> {
+  async #migrateFrom(from: NonNullable<AdoptOptions['migrateFrom']>, spec: VmSpec, ramCopied: boolean, deadline: number, signal?: AbortSignal): Promise<void> {
     const uri = `unix:${join(spec.runtimeDir, RUNTIME_FILES.migrate)}`
+    // Both ends agree: with the RAM copied, shared RAM blocks are left out of the stream.
+    const ignoreShared = { capabilities: [{ capability: 'x-ignore-shared', state: ramCopied }] }
+    await this.qmp.execute('migrate-set-capabilities', ignoreShared)
     await this.qmp.execute('migrate-incoming', { uri })
     await from.execute('migrate-set-parameters', { 'max-bandwidth': MIGRATE_MAX_BANDWIDTH })
-    await from.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: false }] })
+    await from.execute('migrate-set-capabilities', ignoreShared)
     await from.execute('migrate', { uri })
     const done = (q: { execute<T>(c: string): Promise<T> }, what: string) =>
       pollUntil(
@@ -163,6 +174,23 @@ export class QemuWarmVm implements WarmVm {
     this.qmp.destroy()
     await killAndWait(this.persisted.pid, this.persisted.pidStartTime)
     await removeRuntimeFiles(this.persisted.spec).catch(() => {})
+  }
+
+  /**
+   * The warm VM's shared RAM file becomes the spec's: `content` (when given and not the file
+   * itself) is copied into it first, in place, while the VM has not run (QEMU maps it, so the
+   * mapping sees the copy), then it is moved over the spec's path.
+   */
+  async #adoptRam(own: VmSpec, spec: VmSpec, content: string | undefined, signal?: AbortSignal): Promise<void> {
+    const mine = own.memoryFile
+    const wanted = spec.memoryFile
+    if (!mine?.shared || !wanted?.shared) return
+    if (content !== undefined && resolve(content) !== resolve(mine.path)) {
+      const size = await stat(content).then((st) => st.size, () => -1)
+      if (size !== spec.memoryBytes) throw new VmmError('restore_failed', `the guest RAM file ${content} is missing or has the wrong size (${size} bytes)`, { step: 'adopt' })
+      await copySparse(content, mine.path, signal ? { signal } : {})
+    }
+    if (resolve(mine.path) !== resolve(wanted.path)) await rename(mine.path, wanted.path)
   }
 
   /** Disks of the same size only: the guest read each one's capacity before the snapshot. */
