@@ -182,8 +182,11 @@ export class WarmPool {
    */
   #quiet(): Promise<void> {
     return new Promise((resolve) => {
-      const timer = setTimeout(resolve, REFILL_DELAY_MS)
-      this.#closing.signal.addEventListener('abort', () => (clearTimeout(timer), resolve()), { once: true })
+      const signal = this.#closing.signal
+      const onClose = (): void => (clearTimeout(timer), resolve())
+      // Each refill waits here: a listener left behind would pile up on the pool's signal.
+      const timer = setTimeout(() => (signal.removeEventListener('abort', onClose), resolve()), REFILL_DELAY_MS)
+      signal.addEventListener('abort', onClose, { once: true })
     })
   }
 
