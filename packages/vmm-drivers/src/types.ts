@@ -369,9 +369,10 @@ export interface VmmDriver {
   /**
    * Spawns a VMM before it is needed, paused, on files of its own (a pool's slot), with
    * `spec.restoreFrom` loaded already when given; `WarmVm.adopt` later makes it another spec's
-   * VM. Drivers without it start every VM with `start`.
+   * VM. Drivers without it start every VM with `start`. It waits at the lowest CPU priority
+   * unless `now` (spawned for an adoption that follows at once, e.g. a clone with no pooled VMM).
    */
-  spawnWarm?(spec: VmSpec, opts?: Pick<StartOptions, 'signal' | 'readyTimeoutMs'>): Promise<WarmVm>
+  spawnWarm?(spec: VmSpec, opts?: Pick<StartOptions, 'signal' | 'readyTimeoutMs'> & { now?: boolean }): Promise<WarmVm>
 }
 
 export interface AdoptOptions extends StartOptions {

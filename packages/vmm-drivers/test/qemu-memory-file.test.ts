@@ -5,7 +5,8 @@
  * file, which becomes the spec's; a clone copies the source's file and migrates only the devices.
  */
 import { existsSync } from 'node:fs'
-import { readFile, rename, rm, stat, truncate, writeFile } from 'node:fs/promises'
+import { readdir, readFile, rename, rm, stat, truncate, writeFile } from 'node:fs/promises'
+import { getPriority } from 'node:os'
 import { createConnection } from 'node:net'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -126,7 +127,9 @@ describe('guest RAM in a shared file', { timeout: 120_000 }, () => {
     await waitForText(src.consoleLog, /HM-READY/, 60_000)
     const paused = await running.pause()
     const target = await spec('c-clone', 'KKKK')
-    const warm = await driver.spawnWarm(target)
+    // Spawned for an adoption that follows at once: at the normal priority from the start.
+    const warm = await driver.spawnWarm(target, { now: true })
+    expect(new Set(await Promise.all((await readdir(`/proc/${warm.pid}/task`)).map((t) => getPriority(Number(t)))))).toEqual(new Set([0]))
     const clone = await warm.adopt(target, { migrateFrom: paused, ramFrom: src.memoryFile!.path })
     try {
       const sent = await paused.execute<{ ram?: { transferred: number } }>('query-migrate')

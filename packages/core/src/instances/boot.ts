@@ -230,7 +230,7 @@ export async function bootClone(cx: InstanceContext, record: InstanceRecord, sou
   const clone: AdoptOptions = { migrateFrom, ...(ram?.shared ? { ramFrom: ram.path } : {}) }
   return recordedStart(cx, record, s, false, signal, async (opts) => {
     const pooled = key ? await cx.opts.warm!.adopt(key, s, { ...opts, ...clone }, { adoptTap: (spare) => adoptSpareTap(cx, record, spare) }) : undefined
-    return { vm: pooled ?? (await (await driver.spawnWarm!(s, opts)).adopt(s, { ...opts, ...clone })), how: pooled ? 'a clone, in a warm VMM' : 'a clone' }
+    return { vm: pooled ?? (await (await driver.spawnWarm!(s, { ...opts, now: true })).adopt(s, { ...opts, ...clone })), how: pooled ? 'a clone, in a warm VMM' : 'a clone' }
   })
 }
 

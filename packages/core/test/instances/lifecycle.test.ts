@@ -179,11 +179,15 @@ describe('a long-running instance', () => {
   it('delete removes the VMM, its sockets and every file', async () => {
     const pidOf = async (id: string) => JSON.parse(readFileSync(join(dataDir, 'instances', id, 'instance.json'), 'utf8')).vmm?.pid as number
     const pids = [await pidOf(a.id), await pidOf(b.id)]
+    const ramOf = (id: string) => JSON.parse(readFileSync(join(dataDir, 'instances', id, 'instance.json'), 'utf8')).vmm?.spec.memoryFile?.path as string
+    const rams = [ramOf(a.id), ramOf(b.id)]
+    for (const ram of rams) expect(existsSync(ram)).toBe(true)
     await hm.instances.delete(a.id)
     await hm.instances.delete(b.id)
     await expect(hm.instances.get(a.id)).rejects.toMatchObject({ code: 'not_found' })
     expect(readdirSync(join(dataDir, 'instances')).filter((n) => !n.startsWith('.'))).toEqual([])
     for (const pid of pids) expect(existsSync(`/proc/${pid}`)).toBe(false)
+    for (const ram of rams) expect(existsSync(ram)).toBe(false)
     const runDirs = (await run('sh', ['-c', 'ls /run/hypeman-ts/*/ 2>/dev/null || true'])).stdout
     expect(runDirs).not.toContain(a.id)
     expect(runDirs).not.toContain(b.id)

@@ -98,7 +98,7 @@ export class QemuDriver implements VmmDriver {
    * What a start and a warm spawn share: the checks before anything is spawned, the plan of the
    * spawn, and the QMP connect step (whose client `qmp.client` holds once it ran).
    */
-  async #plan(spec: VmSpec, opts: StartOptions, warm: boolean) {
+  async #plan(spec: VmSpec, opts: StartOptions, warm: boolean, niced = warm) {
     throwIfAborted(opts.signal, warm ? 'spawnWarm' : 'start')
     validateVmSpec(spec, [RUNTIME_FILES.qmp], { memoryFile: true, passthrough: !warm, diskHotplug: true })
     const refused = warm ? warmUnsupported(spec) : undefined
@@ -115,7 +115,7 @@ export class QemuDriver implements VmmDriver {
     const argv = buildQemuArgv(spec, { accel, qmpSocket, pidFile, bios, incoming: warm || !!restore, paused: warm })
     // A warm VM waits at the lowest CPU priority, every thread (they inherit it): spawned ahead of
     // need, it must not slow what runs now on a small host. Its adoption gives the normal one back.
-    const [command, args] = warm ? vmmCommand('nice', ['-n', String(WARM_NICE), this.qemuBinary, ...argv], spec.netns) : vmmCommand(this.qemuBinary, argv, spec.netns)
+    const [command, args] = niced ? vmmCommand('nice', ['-n', String(WARM_NICE), this.qemuBinary, ...argv], spec.netns) : vmmCommand(this.qemuBinary, argv, spec.netns)
     const readyTimeoutMs = opts.readyTimeoutMs ?? this.#opts.readyTimeoutMs ?? 15_000
     const qmp: { client?: QmpClient } = {}
     const connect: Step<StartRun> = {
@@ -193,8 +193,10 @@ export class QemuDriver implements VmmDriver {
    * `spec.restoreFrom` loaded when given (warm.ts). No onSpawn: the caller finds a warm VM it lost
    * by the mark of `spec.runtimeDir`.
    */
-  async spawnWarm(spec: VmSpec, opts: Pick<StartOptions, 'signal' | 'readyTimeoutMs'> = {}): Promise<QemuWarmVm> {
-    const { plan, restore, qmp, connect, ram, readyTimeoutMs } = await this.#plan(spec, opts, true)
+  async spawnWarm(spec: VmSpec, opts: Pick<StartOptions, 'signal' | 'readyTimeoutMs'> & { now?: boolean } = {}): Promise<QemuWarmVm> {
+    const { now, ...startOpts } = opts
+    // Needed now, it must not start at the lowest priority behind the guests that run.
+    const { plan, restore, qmp, connect, ram, readyTimeoutMs } = await this.#plan(spec, startOpts, true, !now)
     const steps: Step<StartRun>[] = [
       ...ram,
       spawnStep('qemu'),
