@@ -32,6 +32,8 @@ export interface Conn {
   /** The HTTP/2 session on `tls`, when the guest negotiated h2. */
   session?: ServerHttp2Session
   target?: Target
+  /** The last Host header normalised on this connection and its canonical host (requests on a connection repeat it). */
+  authority?: { raw: string; host: string | null }
   /** The policy lookup, cached until the source table changes. */
   entry: SourceEntry | undefined
   version: number

@@ -83,8 +83,10 @@ function destinationOf(ctx: ProxyContext, conn: Conn, url: string, hostHeader: s
  * not compared: a transparent connection's real port is not known (it is `transparentPorts`),
  * and front ends pick a site by name.
  */
-function namesDestination(dest: Destination): boolean {
-  return normalizeHost(dest.authority) === dest.host
+function namesDestination(conn: Conn, dest: Destination): boolean {
+  let seen = conn.authority
+  if (seen === undefined || seen.raw !== dest.authority) seen = conn.authority = { raw: dest.authority, host: normalizeHost(dest.authority) }
+  return seen.host === dest.host
 }
 
 /**
@@ -102,7 +104,7 @@ export function decide(ctx: ProxyContext, conn: Conn, method: string, url: strin
   if (dest instanceof EgressError) return { kind: 'refuse', err: dest }
   const policy = entry.policy
   const plan = dest.scheme === 'https' && !ECHOING_METHODS.has(method.toUpperCase()) ? policy.planFor(dest.host) : undefined
-  if (plan && plan.credentials.length > 0 && !namesDestination(dest)) {
+  if (plan && plan.credentials.length > 0 && !namesDestination(conn, dest)) {
     // Domain fronting: behind a shared front end (a CDN) the Host header, not the TLS name,
     // picks the site, so a secret for the connection's host would reach the site the guest named.
     const err = new EgressError(

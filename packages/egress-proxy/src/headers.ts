@@ -64,7 +64,7 @@ function echoedBack(lower: string): boolean {
 }
 
 /** Swaps this policy's placeholders in one header value; records credentials that do not apply. */
-function swapPlaceholders(value: string, policy: CompiledPolicy, plan: HostPlan | undefined, out: RequestRewrite, injected: Set<string>): string {
+function swapPlaceholders(value: string, policy: CompiledPolicy, plan: HostPlan | undefined, out: RequestRewrite): string {
   let result = ''
   let last = 0
   scanPlaceholders(value, (token, at) => {
@@ -77,9 +77,14 @@ function swapPlaceholders(value: string, policy: CompiledPolicy, plan: HostPlan 
     }
     result += value.slice(last, at) + secret
     last = at + token.length
-    injected.add(cred.name)
+    addOnce(out.injected, cred.name)
   })
   return last === 0 ? value : result + value.slice(last)
+}
+
+/** A policy has a handful of credentials: a list is cheaper than a Set built per request. */
+function addOnce(list: string[], name: string): void {
+  if (!list.includes(name)) list.push(name)
 }
 
 /**
@@ -88,7 +93,6 @@ function swapPlaceholders(value: string, policy: CompiledPolicy, plan: HostPlan 
  */
 export function rewriteRequestHeaders(raw: readonly string[], opts: RewriteOptions): RequestRewrite {
   const out: RequestRewrite = { headers: ['host', opts.authority], injected: [], unmatched: [], hasBody: false }
-  const injected = new Set<string>()
   const { policy, plan } = opts
   const extraHop = connectionTokens(raw)
   const headers = out.headers
@@ -106,7 +110,7 @@ export function rewriteRequestHeaders(raw: readonly string[], opts: RewriteOptio
     if (extraHop?.has(lower)) continue
     if (lower === 'content-length' && value !== '0') out.hasBody = true
     if (plan?.setLower.has(lower)) continue
-    if (policy && value.includes(PLACEHOLDER_PREFIX)) value = swapPlaceholders(value, policy, echoedBack(lower) ? undefined : plan, out, injected)
+    if (policy && value.includes(PLACEHOLDER_PREFIX)) value = swapPlaceholders(value, policy, echoedBack(lower) ? undefined : plan, out)
     if (lower === 'cookie') {
       cookies = cookies === undefined ? value : `${cookies}; ${value}`
       continue
@@ -118,10 +122,9 @@ export function rewriteRequestHeaders(raw: readonly string[], opts: RewriteOptio
   if (plan) {
     for (const s of plan.set) {
       headers.push(s.header, s.value)
-      injected.add(s.credential)
+      addOnce(out.injected, s.credential)
     }
   }
-  out.injected = [...injected]
   return out
 }
 

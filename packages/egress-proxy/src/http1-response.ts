@@ -137,11 +137,17 @@ export function parseResponseHead(buf: Buffer, maxHeadSize: number, start = 0): 
     const field = fieldOf(buf, pos, nameLen)
     switch (field) {
       case Field.ContentLength: {
-        // "42, 42" (a list of one repeated value) is the only list allowed (RFC 9110 §8.6).
-        for (const part of buf.toString('latin1', from, to).split(',')) {
-          const v = trimOws(part)
-          if (!DIGITS.test(v) || (contentLength >= 0 && Number(v) !== contentLength)) return invalid('invalid Content-Length')
-          contentLength = Number(v)
+        const digits = digitsValue(buf, from, to)
+        if (digits >= 0) {
+          if (contentLength >= 0 && digits !== contentLength) return invalid('invalid Content-Length')
+          contentLength = digits
+        } else {
+          // "42, 42" (a list of one repeated value) is the only list allowed (RFC 9110 §8.6).
+          for (const part of buf.toString('latin1', from, to).split(',')) {
+            const v = trimOws(part)
+            if (!DIGITS.test(v) || (contentLength >= 0 && Number(v) !== contentLength)) return invalid('invalid Content-Length')
+            contentLength = Number(v)
+          }
         }
         lengthAt = keep.length
         keep.push(pos, eol + 2)
@@ -211,6 +217,18 @@ export function parseResponseHead(buf: Buffer, maxHeadSize: number, start = 0): 
 
 const isDigit = (c: number) => c >= 48 && c <= 57
 
+/** `buf[from..to]` as a number when it is 1 to 15 digits and nothing else (what DIGITS accepts), else -1. */
+function digitsValue(buf: Buffer, from: number, to: number): number {
+  if (to <= from || to - from > 15) return -1
+  let n = 0
+  for (let i = from; i < to; i++) {
+    const c = buf[i]!
+    if (!isDigit(c)) return -1
+    n = n * 10 + (c - 48)
+  }
+  return n
+}
+
 function nameIsExact(buf: Buffer, at: number, text: string): boolean {
   for (let i = 0; i < text.length; i++) if (buf[at + i] !== text.charCodeAt(i)) return false
   return true
@@ -264,20 +282,29 @@ const CLOSE_LINE = Buffer.from('Connection: close\r\n', 'latin1')
 /**
  * The response the guest receives, head and the first body bytes in one buffer: the upstream's
  * status line (as HTTP/1.1) and the header lines parseResponseHead kept, copied as they came,
- * then `Connection: close` when `close`, then `body[from..to]`.
+ * then `Connection: close` when `close`, then `body[bodyFrom..bodyTo]`.
  */
-export function guestResponse(head: ResponseHead, close: boolean, body?: Buffer, from = 0, to = body?.length ?? 0): Buffer {
+export function guestResponse(head: ResponseHead, close: boolean, body?: Buffer, bodyFrom = 0, bodyTo = body?.length ?? 0): Buffer {
   const { source, keep } = head
   let size = HTTP11.length + (head.statusTo - head.statusFrom) + (close ? CLOSE_LINE.length : 0) + 2
   for (let k = 0; k < keep.length; k += 2) size += keep[k + 1]! - keep[k]!
-  const bodyBytes = body === undefined ? 0 : to - from
+  const bodyBytes = body === undefined ? 0 : bodyTo - bodyFrom
   const out = Buffer.allocUnsafe(size + bodyBytes)
   let at = HTTP11.copy(out, 0)
-  at += source.copy(out, at, head.statusFrom, head.statusTo)
-  for (let k = 0; k < keep.length; k += 2) at += source.copy(out, at, keep[k]!, keep[k + 1]!)
+  // Kept lines mostly follow each other in the source: each run of them is one copy.
+  let from = head.statusFrom
+  let to = head.statusTo
+  for (let k = 0; k < keep.length; k += 2) {
+    if (keep[k] !== to) {
+      at += source.copy(out, at, from, to)
+      from = keep[k]!
+    }
+    to = keep[k + 1]!
+  }
+  at += source.copy(out, at, from, to)
   if (close) at += CLOSE_LINE.copy(out, at)
   out[at++] = 13
   out[at++] = 10
-  if (bodyBytes > 0) body!.copy(out, at, from, to)
+  if (bodyBytes > 0) body!.copy(out, at, bodyFrom, bodyTo)
   return out
 }

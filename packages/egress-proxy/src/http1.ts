@@ -67,6 +67,8 @@ export function trimOws(s: string): string {
  * where the response ends.
  */
 export function connectionOptions(value: string): string[] | undefined {
+  // The values nearly every message carries name no field.
+  if (value.indexOf(',') < 0 && NOT_DROPPABLE.has(trimOws(value).toLowerCase())) return undefined
   let named: string[] | undefined
   for (const t of value.split(',')) {
     const token = trimOws(t).toLowerCase()
@@ -78,6 +80,7 @@ const NOT_DROPPABLE = new Set(['close', 'keep-alive', 'upgrade', 'content-length
 
 /** Whether a comma-separated list (Connection, Upgrade) holds `token`, compared in lower case. */
 export function hasToken(list: string, token: string): boolean {
+  if (list.indexOf(',') < 0) return trimOws(list).toLowerCase() === token
   for (const t of list.split(',')) if (trimOws(t).toLowerCase() === token) return true
   return false
 }

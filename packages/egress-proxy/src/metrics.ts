@@ -124,6 +124,9 @@ export class ProxyMetrics {
   }
 }
 
+const STATUS_CLASSES = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx', '6xx', '7xx', '8xx', '9xx']
+
+/** "2xx" for 200..299: a label per request, looked up rather than built. */
 export function statusClass(status: number): string {
-  return `${Math.floor(status / 100)}xx`
+  return STATUS_CLASSES[Math.floor(status / 100)] ?? `${Math.floor(status / 100)}xx`
 }

@@ -42,6 +42,12 @@ describe('decide', () => {
     expect('dest' in d && d.dest !== undefined).toBe(withDest)
   })
 
+  it('judges each request\'s Host on a kept-alive connection, whatever the one before it named', () => {
+    const c = conn('10.0.0.5', tls)
+    const hosts = ['API.test.', 'other.test', 'api.test:443', 'other.test', 'api.test']
+    expect(hosts.map((h) => decide(ctx, c, 'GET', '/', h, ['Host', h]).kind)).toEqual(['forward', 'refuse', 'forward', 'refuse', 'forward'])
+  })
+
   it('a placeholder towards a host its credential does not name: forwarded untouched, or refused naming the credential', () => {
     const to = { host: 'other.test', port: 443, tls: true }
     const forwarded = decide(ctx, conn('10.0.0.5', to), 'GET', '/', 'other.test', ['X-Key', ph('10.0.0.5')])

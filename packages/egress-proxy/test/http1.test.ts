@@ -27,6 +27,8 @@ describe('parseRequestHead', () => {
   it.each([
     ['a Content-Length body', 'POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n', { contentLength: 12 }],
     ['Connection: close', 'GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n', { close: true }],
+    ['Connection: close alone', 'GET / HTTP/1.1\r\nConnection:  CLOSE \r\n\r\n', { close: true }],
+    ['Connection: keep-alive', 'GET / HTTP/1.1\r\nConnection: Keep-Alive\r\n\r\n', { close: false }],
     ['an absolute-form target', 'GET https://api.test/x HTTP/1.1\r\n\r\n', { target: 'https://api.test/x', host: undefined }],
     ['obs-text in a value', 'GET / HTTP/1.1\r\nX-Name: caf\xe9\r\n\r\n', { headers: ['X-Name', 'caf\xe9'] }],
   ])('takes %s', (_what, head, expected) => {
@@ -54,6 +56,7 @@ describe('parseRequestHead', () => {
     ['Expect', 'POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n', 'expect'],
     ['Upgrade', 'GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n', 'upgrade'],
     ['Connection: upgrade', 'GET / HTTP/1.1\r\nConnection: Upgrade\r\n\r\n', 'upgrade'],
+    ['Connection: upgrade in a list', 'GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\n\r\n', 'upgrade'],
     ['two Host headers', 'GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n', 'host'],
     ['a head over the limit', `GET / HTTP/1.1\r\nX-Big: ${'a'.repeat(2000)}\r\n\r\n`, 'head_size'],
     ['too many headers', `GET / HTTP/1.1\r\n${'A:1\r\n'.repeat(130)}\r\n`, 'too_many_headers'],
@@ -73,6 +76,9 @@ describe('connectionOptions', () => {
     expect(connectionOptions(' X-Trace ,close, Upgrade')).toEqual(['x-trace'])
     expect(connectionOptions('Content-Length, transfer-encoding, HOST, te')).toEqual(['te'])
     expect(connectionOptions(',,')).toBeUndefined()
+    expect(connectionOptions(' Close ')).toBeUndefined()
+    expect(connectionOptions('HOST')).toBeUndefined()
+    expect(connectionOptions(' X-Trace ')).toEqual(['x-trace'])
   })
 })
 

@@ -91,6 +91,25 @@ describe('limits', () => {
     expect(r.closed).toBe(true)
   })
 
+  it('the explicit listener: a silent client is cut off, a CONNECT split over reads and one with the first bytes of the tunnel behind it both tunnel', async () => {
+    const silent = await open(tight.address!.port)
+    const t0 = performance.now()
+    expect((await drain(silent, 5000)).closed).toBe(true)
+    expect(performance.now() - t0).toBeLessThan(3000)
+    // A head that is not whole in the first read goes to Node's HTTP server, with the bytes read.
+    const split = await open(h.proxy.address!.port)
+    split.write(`CONNECT api.test:${h.https.port} HT`)
+    await new Promise((r) => setTimeout(r, 50))
+    split.write('TP/1.1\r\nHost: api.test\r\n\r\n')
+    const splitAnswer = await new Promise<string>((resolve) => split.once('data', (d: Buffer) => resolve(d.toString('latin1'))))
+    expect(splitAnswer).toMatch(/^HTTP\/1\.1 200/)
+    split.destroy()
+    // Bytes after the head (a client that does not wait for the 200) are the tunnel's first bytes.
+    const eager = await open(h.proxy.address!.port)
+    eager.write(`CONNECT api.test:${h.http.port} HTTP/1.1\r\n\r\nGET /echo HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n`)
+    expect((await drain(eager, 5000)).data).toMatch(/^HTTP\/1\.1 200 Connection Established\r\n\r\nHTTP\/1\.1 200 /)
+  })
+
   it('an idle kept-alive connection is closed', async () => {
     const tls = await tunnel(tight, `api.test:${h.https.port}`)
     tls.write(`GET /echo HTTP/1.1\r\nHost: api.test\r\n\r\n`)
