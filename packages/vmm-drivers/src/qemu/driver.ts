@@ -149,7 +149,7 @@ export class QemuDriver implements VmmDriver {
     // sparse: the pages the guest had touched), so the snapshot stays true for another restore.
     const ramFrom = restore?.ramFrom
     const ram: Step<StartRun>[] = ramFrom
-      ? [{ name: 'restore.ram', run: (_r, signal) => copySparse(ramFrom, spec.memoryFile!.path, { signal }), undo: () => rm(spec.memoryFile!.path, { force: true }) }]
+      ? [{ name: 'restore.ram', run: (_r, signal) => copySparse(ramFrom, spec.memoryFile!.path, { signal, lowPriority: niced }), undo: () => rm(spec.memoryFile!.path, { force: true }) }]
       : []
     return { plan, restore, qmp, connect, ram, readyTimeoutMs }
   }
