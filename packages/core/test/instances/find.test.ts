@@ -32,7 +32,7 @@ async function put(r: InstanceRecord): Promise<void> {
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'hm-find-'))
-  files = new InstanceFiles(dir, join(dir, 'run'))
+  files = new InstanceFiles(dir, join(dir, 'run'), join(dir, 'ram'))
   await files.init()
   for (const r of [
     record('abc111', 'one'),
