@@ -83,6 +83,21 @@ export async function copySparse(from: string, to: string, opts: { zerosToHoles?
   await run(cmd!, args, opts.signal ? { signal: opts.signal } : {})
 }
 
+/**
+ * Writes `from`'s data into `to` in place: `to` is neither truncated nor re-created, so its size
+ * never changes while the copy runs (QEMU refuses a RAM file whose size is not the guest's when
+ * it opens it, and may open it mid-copy). `to` must be a file of `from`'s size holding only holes
+ * (a sparse file just sized): `from`'s holes and zero blocks are skipped, and stay holes there.
+ * Slower than copySparse (every block of `from` is read), ≈ 65 ms for 75 MB in 256 MiB on tmpfs.
+ */
+export async function copyIntoHoles(from: string, to: string, opts: { signal?: AbortSignal; lowPriority?: boolean } = {}): Promise<void> {
+  const [a, b] = await Promise.all([stat(from), stat(to)])
+  if (a.size !== b.size) throw new Error(`cannot copy ${from} (${a.size} bytes) into ${to} (${b.size} bytes) in place: the sizes differ`)
+  const dd = ['dd', `if=${from}`, `of=${to}`, 'bs=64K', 'conv=notrunc,sparse', 'status=none']
+  const [cmd, ...args] = opts.lowPriority ? ['nice', '-n', '19', ...dd] : dd
+  await run(cmd!, args, opts.signal ? { signal: opts.signal } : {})
+}
+
 /** Flushes a file's data to the disk (fdatasync). */
 export async function syncFile(path: string): Promise<void> {
   const fh = await open(path, 'r+')

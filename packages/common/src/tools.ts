@@ -32,6 +32,9 @@ export const HOST_TOOLS: Readonly<Record<string, HostTool>> = {
   nft: { for: 'egress enforcement', debian: 'nftables', fedora: 'nftables', alpine: 'nftables' },
   sysctl: { for: 'IP forwarding', debian: 'procps', fedora: 'procps-ng', alpine: 'procps' },
   nsenter: { for: 'VMs in a network namespace', debian: 'util-linux', fedora: 'util-linux', alpine: 'util-linux' },
+  // GNU's: sparse copies (`--sparse`, `--reflink`; `conv=notrunc,sparse`), which busybox's lack.
+  cp: { for: 'sparse copies of disks and guest RAM', debian: 'coreutils', fedora: 'coreutils', alpine: 'coreutils' },
+  dd: { for: 'copying a clone\'s RAM in place', debian: 'coreutils', fedora: 'coreutils', alpine: 'coreutils' },
   make: { for: 'building the guest init from source', debian: 'make', fedora: 'make', alpine: 'make' },
   gcc: { for: 'building the guest init from source (static)', debian: 'gcc libc6-dev', fedora: 'gcc glibc-static', alpine: 'gcc musl-dev' },
 }

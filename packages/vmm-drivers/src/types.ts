@@ -369,10 +369,23 @@ export interface VmmDriver {
   /**
    * Spawns a VMM before it is needed, paused, on files of its own (a pool's slot), with
    * `spec.restoreFrom` loaded already when given; `WarmVm.adopt` later makes it another spec's
-   * VM. Drivers without it start every VM with `start`. It waits at the lowest CPU priority
-   * unless `now` (spawned for an adoption that follows at once, e.g. a clone with no pooled VMM).
+   * VM. Drivers without it start every VM with `start`.
    */
-  spawnWarm?(spec: VmSpec, opts?: Pick<StartOptions, 'signal' | 'readyTimeoutMs'> & { now?: boolean }): Promise<WarmVm>
+  spawnWarm?(spec: VmSpec, opts?: SpawnWarmOptions): Promise<WarmVm>
+}
+
+export interface SpawnWarmOptions extends Pick<StartOptions, 'signal' | 'readyTimeoutMs'> {
+  /**
+   * Spawned for an adoption that follows at once (a clone with no pooled VMM): at the normal CPU
+   * priority. Otherwise it waits at the lowest.
+   */
+  now?: boolean
+  /**
+   * For a clone of a paused VM whose RAM is a shared file (`AdoptOptions.ramFrom`): that file,
+   * copied into this VMM's RAM file while the VMM starts. An adoption with the same `ramFrom`
+   * then does not copy it again. Needs a shared `memoryFile` of the same size and no `restoreFrom`.
+   */
+  ramFrom?: string
 }
 
 export interface AdoptOptions extends StartOptions {
@@ -412,6 +425,13 @@ export interface WarmVm {
    * loaded at spawn. Once it throws the process is gone; a warm VM is adopted at most once.
    */
   adopt(spec: VmSpec, opts?: AdoptOptions): Promise<RunningVm>
+  /**
+   * Starts copying `from` (a paused VM's shared RAM file) into this VMM's RAM file now, ahead of
+   * its adoption as that VM's clone (`AdoptOptions.ramFrom` the same path), which then waits for
+   * the copy instead of making it (and fails if it failed). Resolves when the copy is done.
+   * Drivers without shared RAM files do not have it.
+   */
+  preloadRam?(from: string): Promise<void>
   /** Ends the process and removes its runtime files. */
   discard(): Promise<void>
 }

@@ -10,7 +10,7 @@ import { getPriority } from 'node:os'
 import { createConnection } from 'node:net'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { QemuDriver, type DiskSpec, type QemuRunningVm, type VmSpec } from '../src/index.js'
+import { QemuDriver, type DiskSpec, type QemuPausedVm, type QemuRunningVm, type RunningVm, type VmSpec, type WarmVm } from '../src/index.js'
 import { guestSpec, prepareGuest, qemuProcessesMentioning, roundTrip, waitForText, type TestGuest } from './support/guest.js'
 
 const MiB = 1024 * 1024
@@ -47,6 +47,43 @@ async function ask(s: VmSpec, line: string): Promise<string> {
 /** Bytes the file takes on disk: the pages the guest touched, not its size. */
 async function allocated(path: string): Promise<number> {
   return (await stat(path)).blocks * 512
+}
+
+/** A test guest started on spec `name` (its disk holding `mark`), then paused: a clone's source. */
+async function pausedSource(name: string, mark: string): Promise<{ src: VmSpec; paused: QemuPausedVm }> {
+  const src = await spec(name, mark)
+  const running = await driver.start(src)
+  await waitForText(src.consoleLog, /HM-READY/, 60_000)
+  return { src, paused: await running.pause() }
+}
+
+/** The clone adopted while the source's RAM file is not at its path: a copy made now would fail. */
+async function adoptWithSourceRamAway(src: VmSpec, paused: QemuPausedVm, target: VmSpec, warm: WarmVm): Promise<RunningVm> {
+  const away = `${src.memoryFile!.path}.away`
+  await rename(src.memoryFile!.path, away)
+  try {
+    return await warm.adopt(target, { migrateFrom: paused, ramFrom: src.memoryFile!.path })
+  } finally {
+    await rename(away, src.memoryFile!.path)
+  }
+}
+
+/** Less than a MiB of RAM went over the migration; both run on, each with its own disk and RAM file; both end. */
+async function checkClone(src: VmSpec, paused: QemuPausedVm, target: VmSpec, clone: RunningVm, srcMark: string, cloneMark: string): Promise<void> {
+  try {
+    const sent = await paused.execute<{ ram?: { transferred: number } }>('query-migrate')
+    expect(sent.ram?.transferred ?? 0).toBeLessThan(1 * MiB)
+    const resumed = await paused.resume()
+    await waitForText(target.consoleLog, /HM-TICK \d+/, 20_000)
+    expect(await readFile(target.consoleLog, 'utf8')).not.toMatch(/HM-BOOTED/)
+    expect(await ask(target, 'read-disk hm-test')).toBe(`disk:${cloneMark}`)
+    expect(await ask(src, 'read-disk hm-test')).toBe(`disk:${srcMark}`)
+    const [a, b] = await Promise.all([stat(src.memoryFile!.path), stat(target.memoryFile!.path)])
+    expect(a.ino).not.toBe(b.ino)
+    await resumed.kill()
+  } finally {
+    await clone.kill()
+  }
 }
 
 beforeAll(async () => {
@@ -122,29 +159,54 @@ describe('guest RAM in a shared file', { timeout: 120_000 }, () => {
   })
 
   it('a clone copies the source’s RAM file and migrates only the devices; both go on, each on its own RAM', async () => {
-    const src = await spec('c', 'SSSS')
-    const running = await driver.start(src)
-    await waitForText(src.consoleLog, /HM-READY/, 60_000)
-    const paused = await running.pause()
+    const { src, paused } = await pausedSource('c', 'SSSS')
     const target = await spec('c-clone', 'KKKK')
     // Spawned for an adoption that follows at once: at the normal priority from the start.
     const warm = await driver.spawnWarm(target, { now: true })
     expect(new Set(await Promise.all((await readdir(`/proc/${warm.pid}/task`)).map((t) => getPriority(Number(t)))))).toEqual(new Set([0]))
     const clone = await warm.adopt(target, { migrateFrom: paused, ramFrom: src.memoryFile!.path })
-    try {
-      const sent = await paused.execute<{ ram?: { transferred: number } }>('query-migrate')
-      expect(sent.ram?.transferred ?? 0).toBeLessThan(1 * MiB)
-      const resumed = await paused.resume()
-      await waitForText(target.consoleLog, /HM-TICK \d+/, 20_000)
-      expect(await readFile(target.consoleLog, 'utf8')).not.toMatch(/HM-BOOTED/)
-      expect(await ask(target, 'read-disk hm-test')).toBe('disk:KKKK')
-      expect(await ask(src, 'read-disk hm-test')).toBe('disk:SSSS')
-      const [a, b] = await Promise.all([stat(src.memoryFile!.path), stat(target.memoryFile!.path)])
-      expect(a.ino).not.toBe(b.ino)
-      await resumed.kill()
-    } finally {
-      await clone.kill()
-    }
+    await checkClone(src, paused, target, clone, 'SSSS', 'KKKK')
+  })
+
+  it('a clone spawned with ramFrom gets the source’s RAM while QEMU starts, and its adoption does not copy it again', async () => {
+    const { src, paused } = await pausedSource('e', 'EEEE')
+    const target = await spec('e-clone', 'FFFF')
+    const warm = await driver.spawnWarm(target, { now: true, ramFrom: src.memoryFile!.path })
+    expect((await readFile(target.memoryFile!.path)).equals(await readFile(src.memoryFile!.path))).toBe(true)
+    expect(await allocated(target.memoryFile!.path)).toBeLessThan(src.memoryBytes)
+    const clone = await adoptWithSourceRamAway(src, paused, target, warm)
+    await checkClone(src, paused, target, clone, 'EEEE', 'FFFF')
+  })
+
+  it('a waiting warm VM preloads a clone source’s RAM; the adoption waits for that copy, and a failed one fails it', async () => {
+    const { src, paused } = await pausedSource('g', 'GGGG')
+    // A preload from a file of another size fails, and so does the adoption that counts on it.
+    const bad = await spec('g-bad', '\0')
+    const badWarm = await driver.spawnWarm(bad, { now: true })
+    const short = join(guest.dir, 'g-short.ram')
+    await writeFile(short, 'x')
+    await expect(badWarm.preloadRam!(short)).rejects.toMatchObject({ code: 'restore_failed' })
+    await expect(badWarm.adopt(bad, { migrateFrom: paused, ramFrom: short })).rejects.toMatchObject({ code: 'restore_failed' })
+    await badWarm.exited
+    const target = await spec('g-clone', 'HHHH')
+    const warm = await driver.spawnWarm(target, { now: true })
+    await warm.preloadRam!(src.memoryFile!.path)
+    expect((await readFile(target.memoryFile!.path)).equals(await readFile(src.memoryFile!.path))).toBe(true)
+    const clone = await adoptWithSourceRamAway(src, paused, target, warm)
+    await checkClone(src, paused, target, clone, 'GGGG', 'HHHH')
+  })
+
+  it('refuses a spawn with ramFrom that cannot take it, naming ramFrom, and leaves no process', async () => {
+    const s = await spec('h', 'IIII')
+    const other = join(guest.dir, 'h-other.ram')
+    await writeFile(other, 'not the guest size')
+    await expect(driver.spawnWarm(s, { ramFrom: other })).rejects.toMatchObject({ code: 'invalid_input', field: 'ramFrom' })
+    await expect(driver.spawnWarm(s, { ramFrom: join(guest.dir, 'missing.ram') })).rejects.toMatchObject({ field: 'ramFrom' })
+    const { memoryFile: _none, ...anonymous } = s
+    await truncate(other, s.memoryBytes)
+    await expect(driver.spawnWarm(anonymous, { ramFrom: other })).rejects.toMatchObject({ field: 'ramFrom' })
+    await expect(driver.spawnWarm({ ...s, restoreFrom: join(guest.dir, 'b-snap') }, { ramFrom: other })).rejects.toMatchObject({ field: 'ramFrom' })
+    expect(await qemuProcessesMentioning(s.runtimeDir)).toEqual([])
   })
 
   it('refuses ramFrom without a clone source, and the warm VM is gone after', async () => {

@@ -62,6 +62,7 @@ static struct {
 	pid_t main_pid, agent_pid;
 	int main_running;
 	int agent_restarts;
+	int agent_pending; /* replaced by `identity`: the new one starts once the host has its reply */
 	char agent_dev[64];
 	char cfgdev[64]; /* the config disk, read again by `identity` */
 	char ifname[32]; /* the configured NIC */
@@ -73,7 +74,7 @@ static struct {
 	struct module_set scsi; /* the SCSI driver, opened and not loaded: the agent loads it at the first hot mount */
 	struct buf ctrl_rx;
 	int inputs[MAX_INPUTS];
-	int ninputs;
+	int ninputs, inputs_opened;
 } I = {.ctrl = -1, .overlay_fd = -1};
 
 static void power_off(void) __attribute__((noreturn));
@@ -264,14 +265,15 @@ static int reidentify(const char *args, char *err, size_t cap)
 		return -1;
 	nc.skip_agent = I.cfg.skip_agent;
 	I.cfg = nc;
-	/* The agent again with the new config, before the host hears `ok`: a host message the old agent
-	 * had received but not read would be lost with it (the port drops unread data on close). */
+	/* The old agent ends before the host hears `ok`: a host message it had received but not read
+	 * would be lost with it (the port drops unread data on close). With the port closed, what the
+	 * host sends waits in the VMM for the new agent, started after the reply (agent_pending). */
 	if (I.agent_pid > 0) {
 		kill(I.agent_pid, SIGKILL);
 		while (waitpid(I.agent_pid, NULL, 0) < 0 && errno == EINTR) {
 		}
 		I.agent_pid = 0;
-		start_agent();
+		I.agent_pending = 1;
 	}
 	return 0;
 }
@@ -284,6 +286,10 @@ static void ctrl_command(char *line)
 		char err[256], reply[300];
 		if (reidentify(line + 9, err, sizeof err) == 0) {
 			ctrl_reply("ok\n");
+			if (I.agent_pending) {
+				I.agent_pending = 0;
+				start_agent();
+			}
 		} else {
 			logmsg("identity: %s", err);
 			snprintf(reply, sizeof reply, "error %s\n", err);
@@ -339,6 +345,8 @@ static void ctrl_read(void)
 /* The ACPI power button (VMM "system_powerdown") arrives as KEY_POWER on an evdev device. */
 static void open_power_buttons(void)
 {
+	if (I.inputs_opened++)
+		return;
 	DIR *d = opendir("/dev/input");
 	struct dirent *e;
 	while (d && (e = readdir(d)) != NULL && I.ninputs < MAX_INPUTS) {
@@ -557,7 +565,13 @@ static void pid1(void)
 		if (tpl.erofs && load_modules(MODULES_LIST, "erofs", err, sizeof err) < 0)
 			fail("template", err);
 		find_ports(&app, tpl.agent);
-		open_late_modules(&late);
+		/* Nothing of the late modules and the power buttons is an instance's: done here once, not
+		 * by every instance after its program started. There they cost ≈ 250-400 ms of TCG CPU,
+		 * which a standby or a fork soon after carried into a VMM with a cold translation cache
+		 * and paid for again. */
+		if (load_modules(MODULES_LIST, "late", err, sizeof err) < 0)
+			logmsg("late modules: %s", err);
+		open_power_buttons();
 		if (I.ctrl < 0)
 			fail("template", "no " PORT_CONTROL " port to wait on");
 		/* The root too: the image and headers disks are every instance's, and the host gives each
@@ -750,6 +764,13 @@ static int cli(int argc, char **argv)
 		printf("%s\n", out);
 		return 0;
 	}
+	if (argc == 3 && strcmp(argv[1], "write-machine-id") == 0) {
+		if (write_machine_id(argv[2], err, sizeof err) < 0) {
+			fprintf(stderr, "%s\n", err);
+			return 1;
+		}
+		return 0;
+	}
 	if (argc == 3 && strcmp(argv[1], "apply-egress") == 0) {
 		if (cli_config(argv[2], &c) < 0)
 			return 1;
@@ -779,7 +800,7 @@ static int cli(int argc, char **argv)
 		return rc;
 	}
 	fprintf(stderr, "usage: hypeman-init (as PID 1) | parse-config FILE | resolve-user ROOT SPEC | render-etc FILE | "
-			"mount-target PATH | apply-egress FILE | builtin write-file|mkdir|read-tree|mount-volume|umount-volume ARGS...\n");
+			"mount-target PATH | write-machine-id ID | apply-egress FILE | builtin write-file|mkdir|read-tree|mount-volume|umount-volume ARGS...\n");
 	return 2;
 }
 

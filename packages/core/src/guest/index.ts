@@ -6,6 +6,7 @@ export {
   encodeGuestConfig,
   packConfigImage,
   decodeGuestConfig,
+  readGuestConfigDisk,
   guestConfigEntries,
   writeGuestConfigDisk,
   rewriteGuestConfigVolumes,

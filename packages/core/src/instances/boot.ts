@@ -33,6 +33,7 @@ import { bootWithTemplate, SHARED_DISKS, templatePlan, type StartVm } from './te
 import { adoptSpareTap, spareTaps } from './network.js'
 import type { InstanceRecord } from './record.js'
 import { exitFromGuest } from './state.js'
+import type { RefillOptions, WarmClaim } from '../templates/warm-pool.js'
 
 /** Removes the instance's runtime dir and whatever a VMM left in it, and its RAM file. */
 export async function destroyRuntime(cx: InstanceContext, id: string): Promise<void> {
@@ -176,12 +177,30 @@ function warmRestoreKey(cx: InstanceContext, s: VmSpec): string | undefined {
  * when none can serve it; a failure is the pool's to log.
  */
 export async function warmForRestore(cx: InstanceContext, record: InstanceRecord): Promise<void> {
-  if (!cx.opts.warm) return
+  const w = await restoreShape(cx, record)
+  if (w) cx.opts.warm!.refill(w.key, cx.driver(record.spec.hypervisor), w.spec, w.opts)
+}
+
+/**
+ * A warm VMM of the record's restore shape for a clone of its paused VM (a fork of the running
+ * instance): claimed now, so that QEMU starts, and the source's RAM is copied into it, while the
+ * fork's steps run. Undefined without a pool or when none can serve the shape.
+ */
+export async function claimForClone(cx: InstanceContext, record: InstanceRecord, source: PausedVm): Promise<WarmClaim | undefined> {
+  const w = await restoreShape(cx, record)
+  const ram = source.persisted.spec.memoryFile
+  return w ? cx.opts.warm!.claim(w.key, cx.driver(record.spec.hypervisor), w.spec, w.opts, ram?.shared ? ram.path : undefined) : undefined
+}
+
+/** The warm pool's key, spec (nothing loaded) and refill options for a restore of the record's machine. */
+async function restoreShape(cx: InstanceContext, record: InstanceRecord): Promise<{ key: string; spec: VmSpec; opts: RefillOptions } | undefined> {
+  if (!cx.opts.warm) return undefined
   const s = restoreSpec(cx, record, await vmSpecOf(cx, record, (await rootfsOf(cx, record)).diskPath))
   const key = warmRestoreKey(cx, s)
+  if (!key) return undefined
   const { restoreFrom: _loadedAtAdoption, ...empty } = s
   const taps = spareTaps(cx)
-  if (key) cx.opts.warm.refill(key, cx.driver(record.spec.hypervisor), empty, { sharedDisks: SHARED_DISKS, ...(taps ? { taps } : {}) })
+  return { key, spec: empty, opts: { sharedDisks: SHARED_DISKS, ...(taps ? { taps } : {}) } }
 }
 
 /**
@@ -219,7 +238,7 @@ async function recordedStart(
  * else one spawned now) takes the source's guest over a live migration, runs, and is recorded as
  * any boot's. Its disks were copied while the source was paused.
  */
-export async function bootClone(cx: InstanceContext, record: InstanceRecord, source: PausedVm, signal?: AbortSignal): Promise<RunningVm> {
+export async function bootClone(cx: InstanceContext, record: InstanceRecord, source: PausedVm, claim?: WarmClaim, signal?: AbortSignal): Promise<RunningVm> {
   const driver = cx.driver(record.spec.hypervisor)
   if (!driver.spawnWarm) throw new NotSupportedError(`${driver.name} cannot clone a running VM`, { field: 'hypervisor' })
   const { restoreFrom: _none, ...s } = restoreSpec(cx, record, await vmSpecOf(cx, record, (await rootfsOf(cx, record)).diskPath, signal))
@@ -228,8 +247,12 @@ export async function bootClone(cx: InstanceContext, record: InstanceRecord, sou
   // A source whose RAM is a file of its own: copied in the kernel, only the devices migrate.
   const ram = source.persisted.spec.memoryFile
   const clone: AdoptOptions = { migrateFrom, ...(ram?.shared ? { ramFrom: ram.path } : {}) }
+  // A claim made for another machine (the source's shape changed since) is not this one's.
+  if (claim && claim.key !== key) await claim.release()
+  const mine = claim?.key === key ? claim : undefined
+  const hooks = { adoptTap: (spare: string) => adoptSpareTap(cx, record, spare) }
   return recordedStart(cx, record, s, false, signal, async (opts) => {
-    const pooled = key ? await cx.opts.warm!.adopt(key, s, { ...opts, ...clone }, { adoptTap: (spare) => adoptSpareTap(cx, record, spare) }) : undefined
+    const pooled = mine ? await mine.adopt(s, { ...opts, ...clone }, hooks) : key ? await cx.opts.warm!.adopt(key, s, { ...opts, ...clone }, hooks) : undefined
     return { vm: pooled ?? (await (await driver.spawnWarm!(s, { ...opts, now: true })).adopt(s, { ...opts, ...clone })), how: pooled ? 'a clone, in a warm VMM' : 'a clone' }
   })
 }

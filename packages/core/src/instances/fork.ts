@@ -13,13 +13,14 @@
  * reconcile undo a half-made fork as they undo a create), then brought to `targetState`; a fork
  * that cannot get there is deleted, and the source is restored whatever happened.
  */
-import { copyFile, link, mkdir, readdir, readFile } from 'node:fs/promises'
+import { copyFile, link, mkdir, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createId } from '@paralleldrive/cuid2'
 import { ConflictError, errorMessage, NotSupportedError, ValidationError } from '@hypeman-ts/common'
 import { warmUnsupported } from '@hypeman-ts/vmm-drivers'
-import { copyDiskSparse, decodeGuestConfig, writeGuestConfigDisk } from '../guest/index.js'
-import { bootClone, guestVolumes, volumeOverlayPath } from './boot.js'
+import type { WarmClaim } from '../templates/warm-pool.js'
+import { copyDiskSparse, readGuestConfigDisk, writeGuestConfigDisk } from '../guest/index.js'
+import { bootClone, claimForClone, guestVolumes, volumeOverlayPath } from './boot.js'
 import { nowIso, type InstanceContext } from './context.js'
 import { egress, instanceDir, network, runCreate, type CreateStepDef } from './create.js'
 import { deleteInstance, refillRestoreShape, restore, standby, start, stop } from './lifecycle.js'
@@ -92,7 +93,7 @@ const forkConfig: CreateStepDef = {
   name: 'config_disk',
   async run(c) {
     const { cx, record, forkOf } = c
-    const source = decodeGuestConfig(await readFile(cx.files.paths(forkOf!.id).config))
+    const source = await readGuestConfigDisk(cx.files.paths(forkOf!.id).config)
     const { requires: _requires, network: _network, egress: _egress, volumes: _volumes, ...kept } = source
     await writeGuestConfigDisk(cx.files.paths(record.id).config, {
       ...kept,
@@ -218,15 +219,18 @@ async function forkByClone(cx: InstanceContext, sourceId: string, name: string):
         if (vm?.phase !== 'running') throw new ConflictError(`instance ${sourceId} ended before its fork`, { field: 'state' })
         const paused = await vm.pause()
         cx.live.update(sourceId, paused)
+        let claim: WarmClaim | undefined
         try {
           const now = (await cx.files.read(sourceId))!
+          // The fork's VMM starts, and gets the source's RAM, while the fork's steps run.
+          claim = await claimForClone(cx, now, paused)
           const record = forkRecord(now, name, true)
           forkId = record.id
           await runCreate(cx, record, forkSteps(record), { forkOf: now })
           await cx.files.withLock(record.id, async () => {
             const r = (await cx.files.read(record.id))!
             r.startedAt = nowIso()
-            await bootClone(cx, r, paused)
+            await bootClone(cx, r, paused, claim)
             refillRestoreShape(cx, r)
           })
         } finally {
@@ -234,6 +238,8 @@ async function forkByClone(cx: InstanceContext, sourceId: string, name: string):
             (running) => cx.live.update(sourceId, running),
             (err: unknown) => cx.logger.warn('the fork\'s source did not resume', { id: sourceId, error: errorMessage(err) }),
           )
+          // A claim the clone did not take (a step failed) ends, after the source is back.
+          await claim?.release()
         }
       }),
     )

@@ -51,6 +51,20 @@ export interface RefillOptions {
   taps?: { add(): Promise<string>; remove(tap: string): Promise<void> }
 }
 
+export interface AdoptHooks {
+  /** Renames the slot's spare TAP to the instance's (before the adoption). */
+  adoptTap?: (spare: string) => Promise<void>
+}
+
+/** A warm VMM taken for one boot (WarmPool.claim). */
+export interface WarmClaim {
+  readonly key: string
+  /** As WarmPool.adopt, with the claimed VMM (waiting for its spawn); undefined a second time. */
+  adopt(spec: VmSpec, opts: AdoptOptions, hooks?: AdoptHooks): Promise<RunningVm | undefined>
+  /** Ends the claimed VMM unless it was adopted. */
+  release(): Promise<void>
+}
+
 interface Slot {
   id: string
   vm: WarmVm
@@ -66,6 +80,8 @@ export class WarmPool {
   readonly #ready = new Map<string, Slot[]>()
   readonly #spawning = new Map<string, number>()
   readonly #refills = new Set<Promise<void>>()
+  /** Claims neither adopted nor released yet, by their release. */
+  readonly #claims = new Set<() => Promise<void>>()
   readonly #closing = new AbortController()
   #closed = false
 
@@ -88,11 +104,61 @@ export class WarmPool {
    * `spec`'s VM from a warm VMM of shape `key`, or undefined when none is ready or the adoption
    * failed (the caller starts one; a failure is logged). The slot's files go either way.
    */
-  async adopt(key: string, spec: VmSpec, opts: AdoptOptions, hooks: { adoptTap?: (spare: string) => Promise<void> } = {}): Promise<RunningVm | undefined> {
-    const slots = this.#ready.get(key)
-    const slot = slots?.shift()
+  async adopt(key: string, spec: VmSpec, opts: AdoptOptions, hooks: AdoptHooks = {}): Promise<RunningVm | undefined> {
+    const slot = this.#ready.get(key)?.shift()
     if (!slot) return undefined
     this.#touch(key)
+    return this.#adoptSlot(key, slot, spec, opts, hooks)
+  }
+
+  /**
+   * A warm VMM of shape `key` for a boot that will need it in a moment (a fork of a running
+   * instance, whose steps run meanwhile): the ready one, else one spawned now, at the normal
+   * priority and without the refill's delay. `ramFrom`: the paused clone source's RAM file,
+   * copied into the VMM's now (while it starts, for a spawned one). The claim is adopted once or
+   * released (which ends it); the pool's close ends one that is neither.
+   */
+  claim(key: string, driver: VmmDriver, spec: VmSpec, opts: RefillOptions, ramFrom?: string): WarmClaim {
+    const ready = this.#ready.get(key)?.shift()
+    if (ready) this.#touch(key)
+    // Only into a RAM file of the slot's own (a spec with a shared one gets one).
+    const ram = spec.memoryFile?.shared ? ramFrom : undefined
+    // The adoption waits for the copy and fails (then starts a VMM of its own) if it failed.
+    if (ready && ram !== undefined) ready.vm.preloadRam?.(ram).catch(() => {})
+    const spawned: Promise<Slot | undefined> = ready
+      ? Promise.resolve(ready)
+      : !this.#closed && driver.spawnWarm
+        ? this.#diskSizes(spec, opts)
+            .then((sizes) => this.#makeSlot(driver, spec, opts, sizes, true, ram))
+            .catch((err: unknown) => {
+              if (!this.#closed) this.#logger.warn('spawning a warm VMM for a claim failed; the boot starts its own', { key, error: errorMessage(err) })
+              return undefined
+            })
+        : Promise.resolve(undefined)
+    let taken = false
+    const take = async (): Promise<Slot | undefined> => {
+      if (taken) return undefined
+      taken = true
+      const slot = await spawned
+      this.#claims.delete(release)
+      return slot
+    }
+    const release = async (): Promise<void> => {
+      const slot = await take()
+      if (slot) await this.#end(slot)
+    }
+    this.#claims.add(release)
+    return {
+      key,
+      adopt: async (s, adoptOpts, hooks = {}) => {
+        const slot = await take()
+        return slot ? this.#adoptSlot(key, slot, s, adoptOpts, hooks) : undefined
+      },
+      release,
+    }
+  }
+
+  async #adoptSlot(key: string, slot: Slot, spec: VmSpec, opts: AdoptOptions, hooks: AdoptHooks): Promise<RunningVm | undefined> {
     try {
       if (slot.tap) {
         if (!hooks.adoptTap) throw new Error('the warm VMM has a spare TAP and nothing adopts it')
@@ -123,7 +189,7 @@ export class WarmPool {
     if (wanted <= 0) return
     this.#spawning.set(key, (this.#spawning.get(key) ?? 0) + wanted)
     // Now, while the instance's files exist: a short-lived one may be gone by the time of the spawn.
-    const sizes = Promise.all((spec.disks ?? []).map((d) => (opts.sharedDisks.has(d.serial) ? 0 : stat(d.path).then((st) => st.size))))
+    const sizes = this.#diskSizes(spec, opts)
     sizes.catch(() => {})
     const refill = (opts.after ?? Promise.resolve())
       .catch(() => {})
@@ -156,6 +222,7 @@ export class WarmPool {
     this.#closed = true
     this.#closing.abort()
     await Promise.all([...this.#refills])
+    await Promise.all([...this.#claims].map((release) => release()))
     await Promise.all([...this.#ready.keys()].map((k) => this.drop(k)))
     await rm(this.#o.dir, { recursive: true, force: true })
     await rm(this.#o.runDir, { recursive: true, force: true })
@@ -190,7 +257,33 @@ export class WarmPool {
     })
   }
 
+  /** The sizes of `spec`'s own disks (0 for the shared ones), for a slot's empty copies. */
+  #diskSizes(spec: VmSpec, opts: RefillOptions): Promise<number[]> {
+    return Promise.all((spec.disks ?? []).map((d) => (opts.sharedDisks.has(d.serial) ? 0 : stat(d.path).then((st) => st.size))))
+  }
+
   async #spawn(key: string, driver: VmmDriver, spec: VmSpec, opts: RefillOptions, sizes: number[]): Promise<void> {
+    const slot = await this.#makeSlot(driver, spec, opts, sizes, false)
+    // A warm VMM that dies waiting leaves the pool.
+    void slot.vm.exited.then(() => {
+      const slots = this.#ready.get(key)
+      const at = slots?.indexOf(slot) ?? -1
+      if (at >= 0) {
+        slots!.splice(at, 1)
+        void this.#end(slot)
+      }
+    })
+    if (this.#closed) {
+      await this.#end(slot)
+      return
+    }
+    this.#ready.set(key, [...(this.#ready.get(key) ?? []), slot])
+    this.#touch(key)
+    await this.#evict()
+  }
+
+  /** A VMM spawned on files of its own; `now` and `ramFrom` as driver.spawnWarm takes them. */
+  async #makeSlot(driver: VmmDriver, spec: VmSpec, opts: RefillOptions, sizes: number[], now: boolean, ramFrom?: string): Promise<Slot> {
     const id = randomBytes(6).toString('hex')
     const dir = join(this.#o.dir, id)
     const runtimeDir = join(this.#o.runDir, id)
@@ -230,24 +323,8 @@ export class WarmPool {
         consoleLog: own(spec.consoleLog),
         vmmLog: join(dir, 'vmm.log'),
         runtimeDir,
-      }, { signal: this.#closing.signal })
-      const slot: Slot = { id, vm, ...(tap ? { tap, removeTap: opts.taps!.remove } : {}) }
-      // A warm VMM that dies waiting leaves the pool.
-      void vm.exited.then(() => {
-        const slots = this.#ready.get(key)
-        const at = slots?.indexOf(slot) ?? -1
-        if (at >= 0) {
-          slots!.splice(at, 1)
-          void this.#end(slot)
-        }
-      })
-      if (this.#closed) {
-        await this.#end(slot)
-        return
-      }
-      this.#ready.set(key, [...(this.#ready.get(key) ?? []), slot])
-      this.#touch(key)
-      await this.#evict()
+      }, { signal: this.#closing.signal, ...(now ? { now } : {}), ...(ramFrom !== undefined ? { ramFrom } : {}) })
+      return { id, vm, ...(tap ? { tap, removeTap: opts.taps!.remove } : {}) }
     } catch (err) {
       await this.#removeSlotFiles(id)
       if (tap) await opts.taps!.remove(tap).catch(() => {})

@@ -1,14 +1,16 @@
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { crc32 } from 'node:zlib'
 import { run } from '@hypeman-ts/common'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
+  CONFIG_DISK_BYTES,
   CONFIG_HEADER_SIZE,
   decodeGuestConfig,
   encodeGuestConfig,
   packConfigImage,
+  readGuestConfigDisk,
   writeGuestConfigDisk,
   type GuestConfig,
 } from '../../src/guest/config-disk.js'
@@ -102,10 +104,27 @@ describe('config disk encoding', () => {
     expect(() => decodeGuestConfig(Buffer.alloc(4096))).toThrowError(/bad magic/)
   })
 
-  it('writes the image atomically to a file', async () => {
+  it('writes the image atomically to a file, and reads it back from its header and payload', async () => {
     const path = join(dir, 'config.img')
     await writeGuestConfigDisk(path, full)
-    expect(decodeGuestConfig(await readFile(path)).argv).toEqual(full.argv)
+    expect((await stat(path)).size).toBe(CONFIG_DISK_BYTES)
+    expect(await readGuestConfigDisk(path)).toEqual(decodeGuestConfig(await readFile(path)))
+    expect((await readGuestConfigDisk(path)).argv).toEqual(full.argv)
+  })
+
+  it('refuses a config disk file that is cut short or names more payload than it holds', async () => {
+    const path = join(dir, 'config.img')
+    await writeGuestConfigDisk(path, full)
+    const img = await readFile(path)
+    const len = img.readUInt32LE(12)
+    await writeFile(path, img.subarray(0, CONFIG_HEADER_SIZE + len - 1))
+    await expect(readGuestConfigDisk(path)).rejects.toThrowError(expect.objectContaining({ code: 'bad_config_disk' }))
+    await writeFile(path, img.subarray(0, 10))
+    await expect(readGuestConfigDisk(path)).rejects.toThrowError(/bad magic/)
+    const huge = Buffer.from(img.subarray(0, CONFIG_HEADER_SIZE + len))
+    huge.writeUInt32LE(0xffffffff, 12)
+    await writeFile(path, huge)
+    await expect(readGuestConfigDisk(path)).rejects.toThrowError(/exceeds the image/)
   })
 })
 

@@ -1,10 +1,10 @@
 /**
  * The init's /etc files (guest/src/etc.c): what it renders for /etc/hosts, /etc/hostname and
  * /etc/resolv.conf, and where a bind-mount over such a path lands when the image has it as a
- * symlink (run under chroot, as the guest runs it in its switched root). The mounts themselves
- * are checked in real VMs (network.test.ts, vm.test.ts).
+ * symlink (run under chroot, as the guest runs it in its switched root), and how it writes
+ * /etc/machine-id (boot.c). The mounts themselves are checked in real VMs (network.test.ts, vm.test.ts).
  */
-import { copyFile, lstat, mkdir, mkdtemp, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises'
+import { chown, copyFile, link, lstat, mkdir, mkdtemp, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { run } from '@hypeman-ts/common'
@@ -92,5 +92,54 @@ describe('where a bind-mount over an image path lands (chroot)', () => {
   it('refuses a directory and a symlink loop', async () => {
     await expect(target('/etc/adir')).rejects.toThrowError(/not a regular file/)
     await expect(target('/etc/loop-a')).rejects.toThrowError(/more than 16 symbolic links/)
+  })
+})
+
+describe('/etc/machine-id (chroot)', () => {
+  const ID = '0123456789abcdef0123456789abcdef'
+  let root: string
+  beforeAll(async () => {
+    root = join(dir, 'mid-root')
+    await mkdir(join(root, 'etc'), { recursive: true })
+    await copyFile(init, join(root, 'hypeman-init'))
+  })
+  const write = (id = ID) => run('chroot', [root, '/hypeman-init', 'write-machine-id', id])
+  const mid = (): string => join(root, 'etc/machine-id')
+
+  it('rewrites a plain file in place, root-owned, 0444, exactly the id', async () => {
+    await writeFile(mid(), 'an image id that is longer than the new one\n', { mode: 0o644 })
+    await chown(mid(), 1000, 1000)
+    const ino = (await lstat(mid())).ino
+    await write()
+    const st = await lstat(mid())
+    expect(st.ino).toBe(ino)
+    expect([st.uid, st.gid, st.mode & 0o7777]).toEqual([0, 0, 0o444])
+    expect(await readFile(mid(), 'utf8')).toBe(`${ID}\n`)
+    // Again with the same length: still the same file.
+    await write('fedcba9876543210fedcba9876543210')
+    expect((await lstat(mid())).ino).toBe(ino)
+    expect(await readFile(mid(), 'utf8')).toBe('fedcba9876543210fedcba9876543210\n')
+  })
+
+  it('replaces a symlink, a hard-linked file and a FIFO rather than writing through them', async () => {
+    await writeFile(join(root, 'etc/shadow-ish'), 'secret\n')
+    await rm(mid(), { force: true })
+    await symlink('shadow-ish', mid())
+    await write()
+    expect((await lstat(mid())).isFile()).toBe(true)
+    expect(await readFile(join(root, 'etc/shadow-ish'), 'utf8')).toBe('secret\n')
+
+    await rm(mid())
+    await link(join(root, 'etc/shadow-ish'), mid())
+    await write()
+    expect((await lstat(mid())).nlink).toBe(1)
+    expect(await readFile(mid(), 'utf8')).toBe(`${ID}\n`)
+    expect(await readFile(join(root, 'etc/shadow-ish'), 'utf8')).toBe('secret\n')
+
+    await rm(mid())
+    await run('mkfifo', [mid()])
+    await write()
+    expect((await lstat(mid())).isFile()).toBe(true)
+    expect(await readFile(mid(), 'utf8')).toBe(`${ID}\n`)
   })
 })

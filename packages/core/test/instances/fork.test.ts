@@ -94,6 +94,17 @@ describe('fork', () => {
     // The source was never stopped: the same VMM goes on.
     expect(vmmPid(src.id)).toBe(srcPid)
     expect(await readFile(join(t.dataDir, 'instances', f.id, 'hypeman.log'), 'utf8')).toMatch(/cloned: VMM pid \d+ \(tcg, a clone, in a warm VMM\)/)
+    // At once a second one: the first took the waiting VMM (the refill waits a second), so this
+    // fork's claim spawns one, and the source's RAM is copied into it while it starts.
+    expect(restoreSlots()).toBe(0)
+    const f2 = await t.hm.instances.fork(src.id, { name: 'running-fork-2', fromRunning: true })
+    expect(await readFile(join(t.dataDir, 'instances', f2.id, 'hypeman.log'), 'utf8')).toMatch(/cloned: VMM pid \d+ \(tcg, a clone, in a warm VMM\)/)
+    expect(Number(await sh(f2.id, 'cat /tmp/count'))).toBeGreaterThan(0)
+    const [srcHost, srcMachine] = (await identity(src.id)).split(' ')
+    const [f2Host, f2Machine] = (await identity(f2.id)).split(' ')
+    expect([f2Host, f2Machine]).toEqual(['running-fork-2', expect.not.stringMatching(srcMachine!)])
+    expect(srcHost).toBe('running-src')
+    await t.hm.instances.delete(f2.id)
     const counted = Number(await sh(f.id, 'cat /tmp/count'))
     expect(Number(await sh(src.id, 'cat /tmp/count'))).toBeGreaterThan(0)
     expect(counted).toBeGreaterThan(0)

@@ -100,6 +100,26 @@ describe('boot templates', () => {
     expect(r.out.hostname).toBe('tpl-warm')
   })
 
+  it('the power button stops an instance restored from a template (the template opened it, and loaded its driver)', async () => {
+    const created = await t.hm.instances.create({
+      image: BUSYBOX,
+      name: 'tpl-button',
+      cmd: ['sh', '-c', 'trap "echo stopped by power button; exit 3" TERM; echo ready; while :; do sleep 1 & wait $!; done'],
+    })
+    // The trap is set once the program said so.
+    for await (const line of t.hm.instances.logs(created.id, { follow: true, signal: AbortSignal.timeout(30_000) })) if (line === 'ready') break
+    expect(await readFile(join(t.dataDir, 'instances', created.id, 'hypeman.log'), 'utf8')).toMatch(/restored from template/)
+    // No control port: the stop falls back to the ACPI power button.
+    const record = JSON.parse(await readFile(join(t.dataDir, 'instances', created.id, 'instance.json'), 'utf8'))
+    await rm(record.vmm.spec.channels.find((c: { name: string }) => c.name === 'hypeman.control').backend.path)
+    const stopped = await t.hm.instances.stop(created.id, { timeoutMs: 20_000 })
+    expect(stopped).toMatchObject({ state: 'Stopped', exitCode: 3 })
+    const lines: string[] = []
+    for await (const line of t.hm.instances.logs(created.id, { tail: 10 })) lines.push(line)
+    expect(lines).toContain('stopped by power button')
+    await t.hm.instances.delete(created.id)
+  })
+
   it('a started-again instance boots cold on its own overlay (a template holds a root on another disk)', async () => {
     const created = await t.hm.instances.create({ image: BUSYBOX, name: 'tpl-restart', cmd: ['sh', '-c', 'sleep 600'] })
     expect((await t.sh(created.id, 'echo kept > /kept && sync')).code).toBe(0)

@@ -4,15 +4,15 @@
  * restore.cont) → query-status. On failure the process is killed and its runtime files removed
  * before the error (with QEMU's own last words) is thrown.
  */
-import { rm } from 'node:fs/promises'
-import { copySparse, stderrLogger, throwIfAborted, ValidationError, withoutSteps, type Logger, type Step } from '@hypeman-ts/common'
+import { open, rm, stat } from 'node:fs/promises'
+import { copyIntoHoles, copySparse, stderrLogger, throwIfAborted, ValidationError, withoutSteps, type Logger, type Step, type StepList } from '@hypeman-ts/common'
 import { attachVmm } from '../attach.js'
 import { VmmError } from '../errors.js'
 import { vmmCommand } from '../netns.js'
 import { findProcessesByArg, isSameProcessAlive, killAndWait, readStartTime } from '../process.js'
 import { checkSpecFiles, validateVmSpec } from '../spec.js'
 import { ON_SPAWN, spawnStep, startVmm, type StartPlan, type StartRun } from '../start.js'
-import type { Accel, AttachOptions, DestroyTarget, DriverCapabilities, PersistedVm, ResolvedAccel, StartOptions, VmmDriver, VmSpec } from '../types.js'
+import type { Accel, AttachOptions, DestroyTarget, DriverCapabilities, PersistedVm, ResolvedAccel, SpawnWarmOptions, StartOptions, VmmDriver, VmSpec } from '../types.js'
 import { AccelResolver } from './accel.js'
 import { buildQemuArgv, DEFAULT_QBOOT, QEMU_MACHINE_CMDLINE, RUNTIME_FILES } from './argv.js'
 import { QmpClient } from './qmp-client.js'
@@ -57,6 +57,26 @@ export const QEMU_CAPABILITIES: DriverCapabilities = Object.freeze({
 
 /** The steps only a restore has. */
 const RESTORE_STEPS = ['restore.incoming', 'restore.cont']
+
+/**
+ * A clone's RAM copied while QEMU starts, not after: the file is sized first (QEMU refuses a RAM
+ * file of another size when it opens it, which it may do mid-copy), then the source's data is
+ * written into it in place. QEMU writes nothing into guest RAM before the migration, so the copy
+ * and QEMU's start need no order between them.
+ */
+function cloneRamSteps(path: string, bytes: number, from: string, spawn: Step<StartRun>, lowPriority: boolean): StepList<StartRun> {
+  const sized: Step<StartRun> = {
+    name: 'clone.ram.size',
+    run: async () => {
+      await rm(path, { force: true })
+      const f = await open(path, 'wx', 0o600)
+      await f.truncate(bytes).finally(() => f.close())
+    },
+    undo: () => rm(path, { force: true }),
+  }
+  const copy: Step<StartRun> = { name: 'clone.ram', run: (_r, signal) => copyIntoHoles(from, path, { signal, lowPriority }) }
+  return [sized, [spawn, copy]]
+}
 
 export class QemuDriver implements VmmDriver {
   readonly name = 'qemu' as const
@@ -193,18 +213,25 @@ export class QemuDriver implements VmmDriver {
    * `spec.restoreFrom` loaded when given (warm.ts). No onSpawn: the caller finds a warm VM it lost
    * by the mark of `spec.runtimeDir`.
    */
-  async spawnWarm(spec: VmSpec, opts: Pick<StartOptions, 'signal' | 'readyTimeoutMs'> & { now?: boolean } = {}): Promise<QemuWarmVm> {
-    const { now, ...startOpts } = opts
+  async spawnWarm(spec: VmSpec, opts: SpawnWarmOptions = {}): Promise<QemuWarmVm> {
+    const { now, ramFrom, ...startOpts } = opts
+    if (ramFrom !== undefined) {
+      if (!spec.memoryFile?.shared) throw new ValidationError('ramFrom', 'a clone\'s RAM is copied into a shared memoryFile; this spec has none')
+      if (spec.restoreFrom) throw new ValidationError('ramFrom', 'a clone loads no snapshot (restoreFrom)')
+      const size = await stat(ramFrom).then((st) => st.size, () => -1)
+      if (size !== spec.memoryBytes) throw new ValidationError('ramFrom', `${ramFrom} is missing or is not the guest's ${spec.memoryBytes} bytes (${size})`)
+    }
     // Needed now, it must not start at the lowest priority behind the guests that run.
     const { plan, restore, qmp, connect, ram, readyTimeoutMs } = await this.#plan(spec, startOpts, true, !now)
-    const steps: Step<StartRun>[] = [
+    const spawn = spawnStep('qemu')
+    const steps: StepList<StartRun> = [
       ...ram,
-      spawnStep('qemu'),
+      ...(ramFrom !== undefined ? cloneRamSteps(spec.memoryFile!.path, spec.memoryBytes, ramFrom, spawn, !now) : [spawn]),
       connect,
       ...(restore ? [{ name: 'restore.incoming', run: (r: StartRun, signal: AbortSignal) => loadSnapshot(qmp.client!, restore, r.deadline, signal) }] : []),
     ]
     const run = await startVmm(plan, steps)
-    return new QemuWarmVm(run.vmm.persisted, qmp.client!, run.vmm.watch, spec.restoreFrom, readyTimeoutMs, this.#logger)
+    return new QemuWarmVm(run.vmm.persisted, qmp.client!, run.vmm.watch, spec.restoreFrom, readyTimeoutMs, this.#logger, ramFrom)
   }
 
   async attach(persisted: PersistedVm, opts: AttachOptions = {}): Promise<QemuRunningVm | QemuPausedVm> {

@@ -69,12 +69,20 @@ async function renice(pid: number, logger: Logger): Promise<void> {
   }
 }
 
+/** A RAM file to resume with must be the guest's size: a short one would fault the VMM at the first touch past its end. */
+export async function checkRamFile(path: string, bytes: number): Promise<void> {
+  const size = await stat(path).then((st) => st.size, () => -1)
+  if (size !== bytes) throw new VmmError('restore_failed', `the guest RAM file ${path} is missing or has the wrong size (${size} bytes)`, { step: 'adopt' })
+}
+
 export function vmmLogOf(spec: VmSpec): string {
   return spec.vmmLog ?? join(spec.runtimeDir, RUNTIME_FILES.vmmLog)
 }
 
 export class QemuWarmVm implements WarmVm {
   #adopted = false
+  /** A clone source's RAM file copied into ours ahead of the adoption (spawnWarm's or preloadRam's `ramFrom`). */
+  #ram: { from: string; copied: Promise<void> } | undefined
 
   constructor(
     readonly persisted: PersistedVm,
@@ -84,7 +92,24 @@ export class QemuWarmVm implements WarmVm {
     readonly loaded: string | undefined,
     readonly readyTimeoutMs: number,
     readonly logger: Logger,
-  ) {}
+    /** The clone source's RAM file the spawn copied in, if any. */
+    ramFrom?: string,
+  ) {
+    if (ramFrom !== undefined) this.#ram = { from: resolve(ramFrom), copied: Promise.resolve() }
+  }
+
+  preloadRam(from: string): Promise<void> {
+    const mine = this.persisted.spec.memoryFile
+    const copied = this.#adopted
+      ? Promise.reject(new VmmError('invalid_state', 'this warm VM was adopted already', { step: 'adopt' }))
+      : !mine?.shared || this.loaded !== undefined
+        ? Promise.reject(new VmmError('invalid_state', 'only a warm VM with a shared RAM file and no snapshot loaded takes a clone\'s RAM', { step: 'adopt' }))
+        : checkRamFile(from, this.persisted.spec.memoryBytes).then(() => copySparse(from, mine.path))
+    // Awaited by the adoption; until then a failure is only kept.
+    copied.catch(() => {})
+    this.#ram = { from: resolve(from), copied }
+    return copied
+  }
 
   get pid(): number {
     return this.persisted.pid
@@ -185,9 +210,13 @@ export class QemuWarmVm implements WarmVm {
     const mine = own.memoryFile
     const wanted = spec.memoryFile
     if (!mine?.shared || !wanted?.shared) return
-    if (content !== undefined && resolve(content) !== resolve(mine.path)) {
-      const size = await stat(content).then((st) => st.size, () => -1)
-      if (size !== spec.memoryBytes) throw new VmmError('restore_failed', `the guest RAM file ${content} is missing or has the wrong size (${size} bytes)`, { step: 'adopt' })
+    const ahead = this.#ram
+    this.#ram = undefined
+    if (content !== undefined && ahead?.from === resolve(content)) {
+      // Copied while the VMM started or waited: the source was paused before, and still is.
+      await ahead.copied
+    } else if (content !== undefined && resolve(content) !== resolve(mine.path)) {
+      await checkRamFile(content, spec.memoryBytes)
       await copySparse(content, mine.path, signal ? { signal } : {})
     }
     if (resolve(mine.path) !== resolve(wanted.path)) await rename(mine.path, wanted.path)
