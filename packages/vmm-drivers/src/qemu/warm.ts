@@ -70,7 +70,7 @@ async function renice(pid: number, logger: Logger): Promise<void> {
 }
 
 /** A RAM file to resume with must be the guest's size: a short one would fault the VMM at the first touch past its end. */
-export async function checkRamFile(path: string, bytes: number): Promise<void> {
+async function checkRamFile(path: string, bytes: number): Promise<void> {
   const size = await stat(path).then((st) => st.size, () => -1)
   if (size !== bytes) throw new VmmError('restore_failed', `the guest RAM file ${path} is missing or has the wrong size (${size} bytes)`, { step: 'adopt' })
 }
@@ -216,6 +216,8 @@ export class QemuWarmVm implements WarmVm {
       // Copied while the VMM started or waited: the source was paused before, and still is.
       await ahead.copied
     } else if (content !== undefined && resolve(content) !== resolve(mine.path)) {
+      // Not over a preload of another file still writing into the same one.
+      await ahead?.copied.catch(() => {})
       await checkRamFile(content, spec.memoryBytes)
       await copySparse(content, mine.path, signal ? { signal } : {})
     }
