@@ -367,6 +367,12 @@ export interface VmmDriver {
   /** Resolves `auto` to what this host can run (probing KVM with a deadline, cached). */
   resolveAccel(accel: Accel): Promise<ResolvedAccel>
   /**
+   * The file a snapshot keeps the guest RAM in, when it keeps it in one (drivers with
+   * `capabilities.memoryFile`): a restore maps it copy-on-write (`memoryFile`, not shared) or
+   * a copy of it. Undefined when the RAM is in the stream or the dir holds no snapshot of this driver.
+   */
+  snapshotRamFile?(dir: string): Promise<string | undefined>
+  /**
    * Spawns a VMM before it is needed, paused, on files of its own (a pool's slot), with
    * `spec.restoreFrom` loaded already when given; `WarmVm.adopt` later makes it another spec's
    * VM. Drivers without it start every VM with `start`.

@@ -163,6 +163,21 @@ function restoreSpec(cx: InstanceContext, record: InstanceRecord, vmSpec: VmSpec
 }
 
 /**
+ * A restore with no RAM file of its own (no room on the RAM dir's tmpfs for a copy) of a snapshot
+ * that keeps the RAM in a file maps that file copy-on-write: read lazily, the snapshot untouched.
+ * The guest runs on, its RAM the host's page cache plus what it writes; its next standby streams
+ * the RAM, as with anonymous memory. Failing the restore instead would keep the instance on
+ * Standby until the host has room.
+ */
+async function withSnapshotRam(cx: InstanceContext, record: InstanceRecord, s: VmSpec): Promise<VmSpec> {
+  if (s.memoryFile || !s.restoreFrom) return s
+  const ram = await cx.driver(record.spec.hypervisor).snapshotRamFile?.(s.restoreFrom)
+  if (!ram) return s
+  await cx.files.log(record.id, `no room for a copy of the guest's RAM on ${cx.files.ramBase}: the snapshot's RAM is mapped copy-on-write`)
+  return { ...s, memoryFile: { path: ram, shared: false } }
+}
+
+/**
  * The warm-VMM shape of a restore, when one can serve it: not with parts the driver cannot
  * re-point (hot-plugged or throttled disks, devices); with a NIC only on the host network (the
  * warm VMM's spare TAP becomes the instance's).
@@ -289,7 +304,7 @@ export async function boot(cx: InstanceContext, record: InstanceRecord, rootfs: 
       return { vm: await driver.start(s, opts) }
     })
   if (restore) {
-    const s = restoreSpec(cx, record, vmSpec)
+    const s = await withSnapshotRam(cx, record, restoreSpec(cx, record, vmSpec))
     const key = warmRestoreKey(cx, s)
     return startVm(s, key ? { adopt: (opts) => cx.opts.warm!.adopt(key, s, opts, { adoptTap: (spare) => adoptSpareTap(cx, record, spare) }) } : {})
   }

@@ -9,7 +9,8 @@ import { createHash } from 'node:crypto'
 import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
+import { run } from '@hypeman-ts/common'
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
 import { Hypeman, MAX_ARG_STRLEN, type InstanceState } from '../../src/index.js'
 
@@ -180,6 +181,41 @@ describe('the runtime dir', () => {
       await m.close()
       expect(existsSync(runBase)).toBe(false)
     } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+})
+
+describe('a restore with no room on the RAM tmpfs for a copy of the guest’s RAM', () => {
+  it('maps the snapshot’s RAM copy-on-write: the guest goes on, and stands by and restores again', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'hm-noroom-'))
+    const m = await Hypeman.open({ dataDir: dir, network: false, templates: false, defaults: { vcpus: 1, size: '256MB', overlaySize: '64MB' } })
+    const record = (id: string) => JSON.parse(readFileSync(join(dir, 'instances', id, 'instance.json'), 'utf8'))
+    const pidInGuest = async (id: string) => (await m.instances.exec(id, { argv: ['cat', '/tmp/pid'] })).stdout.toString()
+    let mounted: string | undefined
+    try {
+      const { id } = await m.instances.create({ image: BUSYBOX, name: 'no-room', cmd: ['sh', '-c', 'exec sleep 600'] })
+      const marker = (await m.instances.exec(id, { argv: ['sh', '-c', 'echo $$ > /tmp/pid; cat /tmp/pid'] })).stdout.toString()
+      const ramFile: string = record(id).vmm.spec.memoryFile.path
+      await m.instances.standby(id)
+      expect(existsSync(join(dir, 'instances', id, 'snapshot', 'memory'))).toBe(true)
+      // The RAM dir full: a 16 MiB tmpfs over it, where a 256 MB guest does not fit.
+      mounted = dirname(ramFile)
+      await run('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'hm-test-full', mounted])
+      expect(await m.instances.restore(id)).toMatchObject({ state: 'Running' })
+      expect(await pidInGuest(id)).toBe(marker)
+      expect(record(id).vmm.spec.memoryFile).toEqual({ path: join(dir, 'instances', id, 'snapshot', 'memory'), shared: false })
+      expect(readFileSync(join(dir, 'instances', id, 'hypeman.log'), 'utf8')).toContain('mapped copy-on-write')
+      // Its next standby streams the RAM; the restore of that needs no RAM file at all.
+      await m.instances.standby(id)
+      expect(existsSync(join(dir, 'instances', id, 'snapshot', 'memory'))).toBe(false)
+      expect(await m.instances.restore(id)).toMatchObject({ state: 'Running' })
+      expect(await pidInGuest(id)).toBe(marker)
+      expect(record(id).vmm.spec.memoryFile).toBeUndefined()
+      await m.instances.delete(id)
+    } finally {
+      if (mounted) await run('umount', [mounted])
+      await m.close()
       await rm(dir, { recursive: true, force: true })
     }
   })

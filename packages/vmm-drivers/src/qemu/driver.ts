@@ -17,7 +17,7 @@ import { AccelResolver } from './accel.js'
 import { buildQemuArgv, DEFAULT_QBOOT, QEMU_MACHINE_CMDLINE, RUNTIME_FILES } from './argv.js'
 import { QmpClient } from './qmp-client.js'
 import { pidFilePath, processMark, qmpSocketPath, removeRuntimeFiles } from './runtime.js'
-import { loadSnapshot, loadSnapshotForRestore } from './snapshot.js'
+import { loadSnapshot, loadSnapshotForRestore, snapshotRamFile } from './snapshot.js'
 import { mapQemuStatus, QemuMachine, QemuPausedVm, QemuRunningVm } from './vm.js'
 import { QemuWarmVm, vmmLogOf, WARM_NICE, warmUnsupported } from './warm.js'
 
@@ -100,6 +100,10 @@ export class QemuDriver implements VmmDriver {
       ...(opts.accelProbe?.deadlineMs !== undefined ? { deadlineMs: opts.accelProbe.deadlineMs } : {}),
       ...(opts.accelProbe?.cacheFile !== undefined ? { cacheFile: opts.accelProbe.cacheFile } : {}),
     })
+  }
+
+  snapshotRamFile(dir: string): Promise<string | undefined> {
+    return snapshotRamFile(dir)
   }
 
   async resolveAccel(accel: Accel): Promise<ResolvedAccel> {

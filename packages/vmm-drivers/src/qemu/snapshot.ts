@@ -121,6 +121,12 @@ export async function loadSnapshotForRestore(spec: VmSpec): Promise<CheckedSnaps
   return { meta, statePath, ...(ramFrom ? { ramFrom } : {}) }
 }
 
+/** The snapshot's RAM file when it has one (`ramInFile`); see VmmDriver.snapshotRamFile. */
+export async function snapshotRamFile(dir: string): Promise<string | undefined> {
+  const meta = await readSnapshotMeta<QemuSnapshotMeta>(dir).catch(() => undefined)
+  return meta?.driver === 'qemu' && meta.ramInFile ? resolve(dir, meta.ramInFile) : undefined
+}
+
 /**
  * Loads a checked snapshot (loadSnapshotForRestore) into a QEMU waiting with `-incoming defer`.
  * The load of a small stream takes tens of milliseconds: polled often, so the wait adds little.
