@@ -108,6 +108,8 @@ describe('guest RAM in a shared file', { timeout: 120_000 }, () => {
     expect((await stat(join(dir, 'vmstate'))).size).toBeLessThan(1 * MiB)
     const meta = JSON.parse(await readFile(join(dir, 'snapshot.json'), 'utf8'))
     expect(meta.ramInFile).toBe('memory')
+    expect(await driver.snapshotRamFile(dir)).toBe(join(dir, 'memory'))
+    expect(await driver.snapshotRamFile(join(guest.dir, 'no-such-snapshot'))).toBeUndefined()
     expect(await allocated(join(dir, 'memory'))).toBeGreaterThan(8 * MiB)
     expect(snap.bytes).toBeGreaterThan(8 * MiB)
     const before = Math.max(...ticks(await readFile(s.consoleLog, 'utf8')))

@@ -153,6 +153,8 @@ describe('a VM through its whole life', { timeout: 120_000 }, () => {
     expect(snap.exit.reason).toBe('standby')
     expect(snap.bytes).toBeGreaterThan(1 * MiB)
     expect(snap.bytes).toBe((await stat(join(snapshotDir, 'vmstate'))).size)
+    // Anonymous memory: the RAM is in the stream, no file to map.
+    expect(await driver.snapshotRamFile(snapshotDir)).toBeUndefined()
     expect(await vm.state()).toBe('exited')
     expect(existsSync(`/proc/${pid}`)).toBe(false)
     await assertNoProcessAndNoRuntimeFiles(spec)
