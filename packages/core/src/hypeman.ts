@@ -176,6 +176,14 @@ export class Hypeman {
         logger,
         inUse: async () => (instances ? instances.digestsInUse() : new Set()),
         prepareTemplate: (image, shape, signal) => instances!.prepareTemplate(image, shape, signal ? { signal } : {}),
+        // Its templates restore onto its disk, which is gone: they and their warm VMMs go too.
+        removed: async (digest) => {
+          for (const t of (await templates?.list()) ?? []) {
+            if (t.shape.imageDigest !== digest) continue
+            await warm?.drop(t.key)
+            await templates!.drop(t.key, 'its image was deleted')
+          }
+        },
       })
       await images.init()
       const volumes = new VolumeManager({

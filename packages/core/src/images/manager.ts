@@ -102,6 +102,8 @@ export interface ImageManagerOptions {
   inUse?: () => Promise<ReadonlySet<string>>
   /** Makes the boot template of an image for a machine shape (the instances' side of `prepare`). */
   prepareTemplate?: (image: string, shape: TemplateShape, signal?: AbortSignal) => Promise<Template>
+  /** After a delete left an image without a name (its disk is gone): what was made from it (boot templates) goes too. */
+  removed?: (digest: string) => Promise<void>
   logger?: Logger
 }
 
@@ -383,14 +385,16 @@ export class ImageManager {
       throw new NotFoundError(`image ${key} not found`, { field: 'name' })
     }
     const inUse = (await this.opts.inUse?.()) ?? new Set<string>()
-    await this.store.withStoreLock(async () => {
+    const last = await this.store.withStoreLock(async () => {
       const others = (await this.store.listRefs()).filter((r) => r.name !== key && r.digest === ref.digest)
       if (others.length === 0 && inUse.has(ref.digest)) {
         throw new ImageError('image_in_use', `image ${key} is used by an instance; delete the instance first`)
       }
       await this.store.deleteRef(key)
       await this.store.gc(inUse)
+      return others.length === 0
     })
+    if (last) await this.opts.removed?.(ref.digest).catch((err: unknown) => this.logger.warn('removing what was made from a deleted image failed', { digest: ref.digest, error: errorMessage(err) }))
     this.jobs.delete(key)
   }
 

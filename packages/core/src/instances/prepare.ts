@@ -5,6 +5,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { NotSupportedError } from '@hypeman-ts/common'
+import { waitForStatusEvent } from '../guest/index.js'
 import type { Template } from '../templates/store.js'
 import type { InstanceContext } from './context.js'
 import { createInstance } from './create.js'
@@ -20,9 +21,14 @@ export async function prepareTemplate(cx: InstanceContext, image: string, shape:
   const name = `template-${randomBytes(4).toString('hex')}`
   const inst = await createInstance(cx, { ...shape, image, name, cmd: ['true'] }, { ...(signal ? { signal } : {}), waitForRunning: false })
   try {
-    const key = (await cx.files.read(inst.id))?.template
-    const made = key ? await store.get(key) : undefined
+    const record = await cx.files.read(inst.id)
+    const made = record?.template ? await store.get(record.template) : undefined
     if (!made) throw new NotSupportedError('this shape boots cold: no template is made for it (see the README, "Boot templates")', { field: 'shape' })
+    // Its program ends before it goes: the shape's warm VMM is spawned once that shows in its
+    // status log, and a deleted log would hold the spawn back until the boot timeout.
+    await waitForStatusEvent(cx.files.paths(inst.id).statusLog, ['exited', 'error'], { since: record!.statusMark, timeoutMs: cx.bootTimeoutMs, ...(signal ? { signal } : {}) }).catch((err: unknown) => {
+      if (signal?.aborted) throw err
+    })
     return made
   } finally {
     await deleteInstance(cx, inst.id)

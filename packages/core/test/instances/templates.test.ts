@@ -202,6 +202,29 @@ describe('boot templates', () => {
     await expect(t.hm.images.prepare(BUSYBOX, { ...shape, hotplugSize: '256MB' } as never)).rejects.toMatchObject({ code: 'not_supported' })
   })
 
+  it('deleting an image drops its templates and their warm VMMs; other images keep theirs', async () => {
+    const image = `${reg.open}/busybox-plain:latest`
+    const pulled = await t.hm.images.pull(image)
+    const busybox = await t.hm.images.pull(BUSYBOX)
+    expect(pulled.digest).not.toBe(busybox.digest)
+    const kept = await t.hm.images.prepare(BUSYBOX, { vcpus: 1, size: '192MB', overlaySize: '64MB' })
+    const made = await t.hm.images.prepare(image, { vcpus: 1, size: '160MB', overlaySize: '64MB' })
+    expect(made.shape.imageDigest).toBe(pulled.digest)
+    const deadline = Date.now() + 60_000
+    while (!(t.hm.warm!.ready[made.key]! > 0)) {
+      expect(Date.now() < deadline, 'no warm VMM for the new template within 60 s').toBe(true)
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    const before = warmQemus(t.dataDir)
+    const othersBefore = (await t.hm.templates!.list()).filter((x) => x.key !== made.key).map((x) => x.key).sort()
+    expect(othersBefore).toContain(kept.key)
+    await t.hm.images.delete(image)
+    expect((await t.hm.templates!.list()).map((x) => x.key).sort()).toEqual(othersBefore)
+    expect(existsSync(made.dir)).toBe(false)
+    expect(t.hm.warm!.ready[made.key]).toBeUndefined()
+    expect(warmQemus(t.dataDir)).toHaveLength(before.length - 1)
+  })
+
   it('a shape with volumes boots cold', async () => {
     const vol = await t.hm.volumes.create({ name: 'tpl-vol', size: '16MB' })
     const created = await t.hm.instances.create({ image: BUSYBOX, name: 'tpl-vol-user', cmd: ['true'], volumes: [{ volumeId: vol.id, mountPath: '/data' }] })
