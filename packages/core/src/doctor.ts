@@ -108,6 +108,12 @@ export async function doctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
   checks.push(await toolCheck('mkfs.erofs', false, ['--help']))
   checks.push(await toolCheck('depmod', true))
   checks.push(await toolCheck('lz4', true, ['-V']))
+  // Sparse copies of disks and guest RAM use GNU's options (busybox's cp and dd lack them).
+  for (const tool of ['cp', 'dd']) {
+    const c = await toolCheck(tool, true)
+    if (c.status === 'ok' && !/coreutils/.test(c.detail)) Object.assign(c, { status: 'missing', detail: `${c.detail} (needs GNU coreutils: --sparse, --reflink, conv=sparse)`, fix: installHint(tool) })
+    checks.push(c)
+  }
 
   const busybox = await toolCheck(DEFAULT_BUSYBOX, true, ['--help'])
   if (busybox.status !== 'ok') busybox.fix = installHint('busybox')

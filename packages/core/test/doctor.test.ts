@@ -34,7 +34,7 @@ describe('doctor', () => {
     expect(report.checks.filter((c) => c.required && c.status !== 'ok')).toEqual([])
     expect(report.ok).toBe(true)
     const names = report.checks.map((c) => c.name)
-    for (const n of ['node', 'qemu-system-x86_64', 'kvm', 'mkfs.ext4', 'busybox (static)', 'guest kernel', 'guest init', 'data dir', 'cache dir', 'privileges', 'nft', 'tc', 'ip']) expect(names).toContain(n)
+    for (const n of ['node', 'qemu-system-x86_64', 'kvm', 'mkfs.ext4', 'cp', 'dd', 'busybox (static)', 'guest kernel', 'guest init', 'data dir', 'cache dir', 'privileges', 'nft', 'tc', 'ip']) expect(names).toContain(n)
     // scripts/setup made the headers disk of the cached kernel.
     expect(report.checks.find((c) => c.name === 'kernel headers')).toMatchObject({ status: 'ok', required: false, detail: expect.stringMatching(/^disk cached for /) })
   })
@@ -48,10 +48,21 @@ describe('doctor', () => {
     expect(by['qemu-system-x86_64']).toMatchObject({ status: 'missing', required: true, fix: expect.stringContaining('apt-get install qemu-system-x86') })
     expect(by['nft']).toMatchObject({ status: 'missing', fix: expect.stringContaining('nftables') })
     expect(by['mkfs.ext4']).toMatchObject({ status: 'missing', fix: expect.stringContaining('e2fsprogs') })
+    expect(by['cp']).toMatchObject({ status: 'missing', fix: expect.stringContaining('coreutils') })
     // A fresh cache and no apt: the kernel has to be given.
     expect(by['guest kernel']).toMatchObject({ status: 'missing', fix: expect.stringContaining('kernel: { image') })
     expect(by['kernel headers']).toMatchObject({ status: 'warn', required: false, fix: expect.stringContaining('skipKernelHeaders: true') })
     expect(by['data dir']).toMatchObject({ status: 'ok' })
+  })
+
+  it('takes busybox\'s cp and dd for missing: the sparse copies need GNU\'s options', async () => {
+    const bin = join(dir, 'bbbin')
+    await mkdir(bin)
+    await symlink(process.execPath, join(bin, 'node'))
+    for (const tool of ['cp', 'dd']) await symlink('/bin/busybox', join(bin, tool))
+    const res = await run(process.execPath, ['--import', 'tsx', cli, 'doctor', '--json', '--no-network', '--data-dir', join(dir, 'data'), '--cache-dir', join(dir, 'cache')], { env: { ...process.env, PATH: bin }, okCodes: [1] })
+    const by = Object.fromEntries(JSON.parse(res.stdout).checks.map((c: { name: string }) => [c.name, c]))
+    for (const tool of ['cp', 'dd']) expect(by[tool]).toMatchObject({ status: 'missing', detail: expect.stringContaining('needs GNU coreutils'), fix: expect.stringContaining('coreutils') })
   })
 
   it('the text report marks what is missing and says how to fix it', async () => {
