@@ -77,10 +77,7 @@ export async function pathExists(path: string): Promise<boolean> {
  * `lowPriority`: at nice 19.
  */
 export async function copySparse(from: string, to: string, opts: { zerosToHoles?: boolean; signal?: AbortSignal; lowPriority?: boolean } = {}): Promise<void> {
-  const cp = ['cp', `--sparse=${opts.zerosToHoles ? 'always' : 'auto'}`, '--reflink=auto', '--', from, to]
-  // Work ahead of need (a warm VMM's RAM) yields the CPU to what runs now.
-  const [cmd, ...args] = opts.lowPriority ? ['nice', '-n', '19', ...cp] : cp
-  await run(cmd!, args, opts.signal ? { signal: opts.signal } : {})
+  await runCopy(['cp', `--sparse=${opts.zerosToHoles ? 'always' : 'auto'}`, '--reflink=auto', '--', from, to], opts)
 }
 
 /**
@@ -93,8 +90,12 @@ export async function copySparse(from: string, to: string, opts: { zerosToHoles?
 export async function copyIntoHoles(from: string, to: string, opts: { signal?: AbortSignal; lowPriority?: boolean } = {}): Promise<void> {
   const [a, b] = await Promise.all([stat(from), stat(to)])
   if (a.size !== b.size) throw new Error(`cannot copy ${from} (${a.size} bytes) into ${to} (${b.size} bytes) in place: the sizes differ`)
-  const dd = ['dd', `if=${from}`, `of=${to}`, 'bs=64K', 'conv=notrunc,sparse', 'status=none']
-  const [cmd, ...args] = opts.lowPriority ? ['nice', '-n', '19', ...dd] : dd
+  await runCopy(['dd', `if=${from}`, `of=${to}`, 'bs=64K', 'conv=notrunc,sparse', 'status=none'], opts)
+}
+
+/** A copy command; `lowPriority`: at nice 19, as work ahead of need (a warm VMM's RAM) yields the CPU to what runs now. */
+async function runCopy(argv: string[], opts: { signal?: AbortSignal; lowPriority?: boolean }): Promise<void> {
+  const [cmd, ...args] = opts.lowPriority ? ['nice', '-n', '19', ...argv] : argv
   await run(cmd!, args, opts.signal ? { signal: opts.signal } : {})
 }
 
